@@ -1,0 +1,7 @@
+//! Authentication: from a bearer token and a client certificate to a `Principal`.
+
+pub mod jwks;
+pub mod principal;
+pub mod privileges;
+pub mod scope;
+pub mod token;

@@ -1,0 +1,297 @@
+//! Who is calling: a Station, a Citizen or a Supporter, derived from validated claims by the
+//! rules of the EDS security page. Anything that is not exactly one of them is refused.
+//!
+//! Fixed rules where a token could be read two ways:
+//! - `system/` and `user/` AuditEvent scopes in one token: refused (403), the kinds of
+//!   client are enrolled separately.
+//! - A user token that qualifies as Supporter (a `cvr` and the granting role for that CVR in
+//!   `priv`) is a Supporter even if it also carries a `cpr`: the role is an explicit grant by
+//!   the user catalogue. Without the role, a `cpr` makes it a Citizen.
+
+use super::privileges;
+use super::scope::{self, Grants};
+use super::token::{EdsClaims, OrgContext};
+use crate::error::Refusal;
+
+/// What the principal rules are checked against (from configuration).
+#[derive(Debug, Clone)]
+pub struct PrincipalPolicy {
+    pub accepted_acr: Vec<String>,
+    pub supporter_role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Station {
+    pub device_id: String,
+    /// Present only if the token's `SOR:`/`GLN:` scopes agree with `ehmi:org_context`:
+    /// a station can register only with an org context.
+    pub org: Option<OrgContext>,
+    pub grants: Grants,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Station(Station),
+    Citizen { cpr: String, grants: Grants },
+    Supporter { cvr: String, grants: Grants },
+}
+
+impl Principal {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Principal::Station(_) => "station",
+            Principal::Citizen { .. } => "citizen",
+            Principal::Supporter { .. } => "supporter",
+        }
+    }
+
+    pub fn grants(&self) -> Grants {
+        match self {
+            Principal::Station(s) => s.grants,
+            Principal::Citizen { grants, .. } | Principal::Supporter { grants, .. } => *grants,
+        }
+    }
+
+    /// A stable identity for binding page handles: kind and the identifier the constraint is
+    /// built from. Never logged (a CPR is personal data).
+    pub fn binding_key(&self) -> String {
+        match self {
+            Principal::Station(s) => format!("station\u{0}{}", s.device_id),
+            Principal::Citizen { cpr, .. } => format!("citizen\u{0}{cpr}"),
+            Principal::Supporter { cvr, .. } => format!("supporter\u{0}{cvr}"),
+        }
+    }
+}
+
+/// Longest identifier accepted in a claim; real ones are far shorter.
+const MAX_IDENTIFIER_LEN: usize = 128;
+
+fn identifier(name: &str, value: Option<&str>) -> Result<String, Refusal> {
+    let v = value.map(str::trim).unwrap_or_default();
+    if v.is_empty() {
+        return Err(Refusal::forbidden(format!("the token has no {name} claim")));
+    }
+    if v.len() > MAX_IDENTIFIER_LEN || v.chars().any(char::is_control) {
+        return Err(Refusal::forbidden(format!("the token's {name} claim is not a valid identifier")));
+    }
+    Ok(v.to_string())
+}
+
+pub fn principal_from_claims(claims: &EdsClaims, policy: &PrincipalPolicy) -> Result<Principal, Refusal> {
+    let scopes = scope::parse(&claims.scope);
+    if !scopes.eds {
+        return Err(Refusal::forbidden("the token is not issued for EDS (scope EDS missing)"));
+    }
+    match (scopes.system.any(), scopes.user.any()) {
+        (true, true) => Err(Refusal::forbidden(
+            "the token carries both system and user AuditEvent scopes",
+        )),
+        (true, false) => station(claims, &scopes),
+        (false, true) => user(claims, scopes.user, policy),
+        (false, false) => Err(Refusal::forbidden(
+            "the token grants no EDS AuditEvent access (system/AuditEvent.crs or user/AuditEvent.rs)",
+        )),
+    }
+}
+
+fn station(claims: &EdsClaims, scopes: &scope::Scopes) -> Result<Principal, Refusal> {
+    let device_id = identifier("ehmi:eer:device_id", claims.device_id.as_deref())?;
+    if scopes.sor.len() > 1 || scopes.gln.len() > 1 {
+        return Err(Refusal::forbidden(
+            "a station token is issued for one organisational context: at most one SOR: and one GLN: scope",
+        ));
+    }
+    let org = match &claims.org_context {
+        None => {
+            if !scopes.sor.is_empty() || !scopes.gln.is_empty() {
+                return Err(Refusal::forbidden(
+                    "SOR:/GLN: scopes without an ehmi:org_context claim",
+                ));
+            }
+            None
+        }
+        Some(org) => {
+            let sor = identifier("ehmi:org_context.sor", Some(&org.sor))?;
+            let gln = identifier("ehmi:org_context.gln", Some(&org.gln))?;
+            let scoped_sor = scopes.sor.first().map(String::as_str);
+            let scoped_gln = scopes.gln.first().map(String::as_str);
+            if scoped_sor.is_some_and(|s| s != sor) || scoped_gln.is_some_and(|g| g != gln) {
+                return Err(Refusal::forbidden(
+                    "the token's SOR:/GLN: scopes do not match its ehmi:org_context",
+                ));
+            }
+            // Registration needs both scopes present and equal to the org context.
+            (scoped_sor.is_some() && scoped_gln.is_some()).then(|| OrgContext {
+                name: org.name.clone(),
+                sor,
+                gln,
+            })
+        }
+    };
+    Ok(Principal::Station(Station { device_id, org, grants: scopes.system }))
+}
+
+fn user(claims: &EdsClaims, grants: Grants, policy: &PrincipalPolicy) -> Result<Principal, Refusal> {
+    // User clients never register, whatever their scope letters say.
+    let grants = Grants { create: false, ..grants };
+    let acr_ok = claims
+        .acr
+        .as_deref()
+        .is_some_and(|a| policy.accepted_acr.iter().any(|x| x == a));
+    if !acr_ok {
+        return Err(Refusal::forbidden(
+            "user access to EDS requires NSIS assurance level Substantial or higher (acr)",
+        ));
+    }
+    if claims.cvr.is_some() {
+        let cvr = identifier("cvr", claims.cvr.as_deref())?;
+        let role_granted = match &claims.privileges {
+            Some(p) => privileges::parse(p)
+                .map(|groups| privileges::grants(&groups, &cvr, &policy.supporter_role))
+                .unwrap_or(false),
+            None => false,
+        };
+        if role_granted {
+            return Ok(Principal::Supporter { cvr, grants });
+        }
+        if claims.cpr.is_none() {
+            return Err(Refusal::forbidden(
+                "the token's priv claim does not grant the EDS supporter role for its cvr",
+            ));
+        }
+    }
+    let cpr = identifier("cpr", claims.cpr.as_deref())?;
+    Ok(Principal::Citizen { cpr, grants })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NSIS_HIGH, NSIS_SUBSTANTIAL};
+    use serde_json::json;
+
+    const ROLE: &str = "urn:test:supporter";
+
+    fn policy() -> PrincipalPolicy {
+        PrincipalPolicy {
+            accepted_acr: vec![NSIS_SUBSTANTIAL.into(), NSIS_HIGH.into()],
+            supporter_role: ROLE.into(),
+        }
+    }
+
+    fn claims(v: serde_json::Value) -> EdsClaims {
+        let mut base = json!({"exp": 4_000_000_000i64});
+        if let (Some(b), Some(extra)) = (base.as_object_mut(), v.as_object()) {
+            b.extend(extra.clone());
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn station_claims() -> serde_json::Value {
+        json!({
+            "scope": "EDS system/AuditEvent.crs SOR:111 GLN:222",
+            "ehmi:eer:device_id": "dev-1",
+            "ehmi:org_context": {"name": "Org", "sor": "111", "gln": "222"}
+        })
+    }
+
+    #[test]
+    fn station_with_matching_org_context_can_register() {
+        let p = principal_from_claims(&claims(station_claims()), &policy()).unwrap();
+        let Principal::Station(s) = p else { panic!("not a station") };
+        assert_eq!(s.device_id, "dev-1");
+        assert_eq!(s.org.unwrap().sor, "111");
+        assert!(s.grants.create && s.grants.read && s.grants.search);
+    }
+
+    #[test]
+    fn station_without_org_scopes_can_search_but_has_no_org() {
+        let mut c = station_claims();
+        c["scope"] = json!("EDS system/AuditEvent.rs");
+        c.as_object_mut().unwrap().remove("ehmi:org_context");
+        let Principal::Station(s) = principal_from_claims(&claims(c), &policy()).unwrap() else {
+            panic!()
+        };
+        assert!(s.org.is_none());
+        assert!(!s.grants.create);
+    }
+
+    #[test]
+    fn station_refusals() {
+        let cases: Vec<(&str, serde_json::Value)> = vec![
+            ("no EDS scope", json!({"scope": "system/AuditEvent.crs SOR:111 GLN:222"})),
+            ("no device id", json!({"ehmi:eer:device_id": null})),
+            ("empty device id", json!({"ehmi:eer:device_id": " "})),
+            ("SOR mismatch", json!({"scope": "EDS system/AuditEvent.crs SOR:999 GLN:222"})),
+            ("GLN mismatch", json!({"scope": "EDS system/AuditEvent.crs SOR:111 GLN:999"})),
+            ("two SOR scopes", json!({"scope": "EDS system/AuditEvent.crs SOR:111 SOR:112 GLN:222"})),
+            ("system and user", json!({"scope": "EDS system/AuditEvent.crs user/AuditEvent.rs SOR:111 GLN:222"})),
+            ("wildcard only", json!({"scope": "EDS system/*.crs"})),
+        ];
+        for (name, patch) in cases {
+            let mut c = station_claims();
+            for (k, v) in patch.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            let r = principal_from_claims(&claims(c), &policy());
+            assert!(matches!(r, Err(Refusal::Forbidden(_))), "{name}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn org_scopes_without_org_context_are_refused() {
+        let mut c = station_claims();
+        c.as_object_mut().unwrap().remove("ehmi:org_context");
+        assert!(principal_from_claims(&claims(c), &policy()).is_err());
+    }
+
+    #[test]
+    fn citizen_needs_substantial_acr() {
+        let ok = claims(json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL}));
+        assert_eq!(
+            principal_from_claims(&ok, &policy()).unwrap(),
+            Principal::Citizen { cpr: "0101701234".into(), grants: Grants { create: false, read: true, search: true } }
+        );
+        for acr in [json!("https://data.gov.dk/concept/core/nsis/loa/Low"), json!(null), json!("substantial")] {
+            let low = claims(json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": acr}));
+            assert!(principal_from_claims(&low, &policy()).is_err());
+        }
+    }
+
+    #[test]
+    fn user_tokens_never_create() {
+        let c = claims(json!({"scope": "EDS user/AuditEvent.crs", "cpr": "0101701234", "acr": NSIS_HIGH}));
+        assert!(!principal_from_claims(&c, &policy()).unwrap().grants().create);
+    }
+
+    #[test]
+    fn supporter_needs_role_for_own_cvr() {
+        let priv_ok = json!([{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:12345678", "privileges": [ROLE]}]);
+        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_ok}));
+        assert!(matches!(principal_from_claims(&c, &policy()).unwrap(), Principal::Supporter { .. }));
+
+        let priv_other = json!([{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:87654321", "privileges": [ROLE]}]);
+        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_other}));
+        assert!(principal_from_claims(&c, &policy()).is_err());
+
+        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL}));
+        assert!(principal_from_claims(&c, &policy()).is_err());
+    }
+
+    #[test]
+    fn supporter_role_wins_over_cpr_and_without_role_cpr_makes_a_citizen() {
+        let priv_ok = json!([{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:12345678", "privileges": [ROLE]}]);
+        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL, "priv": priv_ok}));
+        assert_eq!(principal_from_claims(&c, &policy()).unwrap().kind(), "supporter");
+        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL}));
+        assert_eq!(principal_from_claims(&c, &policy()).unwrap().kind(), "citizen");
+    }
+
+    #[test]
+    fn wrong_claim_types_make_the_token_malformed() {
+        let r: Result<EdsClaims, _> = serde_json::from_value(json!({"exp": 1, "cpr": 101701234}));
+        assert!(r.is_err());
+        let r: Result<EdsClaims, _> = serde_json::from_value(json!({"exp": "1"}));
+        assert!(r.is_err());
+    }
+}

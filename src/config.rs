@@ -1,0 +1,559 @@
+//! Configuration: one TOML file, parsed into typed settings and checked key by key.
+//!
+//! `load` is what the proxy runs with; `check` is what `eds-proxy check-config` prints. Both
+//! go through the same validation so a file that passes the check also starts.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// One thing wrong with a configuration file, named by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+fn problem(key: &str, reason: impl Into<String>) -> ConfigProblem {
+    ConfigProblem {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub public: PublicConfig,
+    pub token: TokenConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+    pub paging: PagingConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListenConfig {
+    pub address: String,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_ca: PathBuf,
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: default_admin_address(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamConfig {
+    pub base_url: String,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Kept below the FHIR server's keep-alive so a pooled connection is never reused after
+    /// the server has closed it (only idempotent requests could be retried safely).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PublicConfig {
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub audience: Vec<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Extra CA bundle trusted for the JWKS HTTPS endpoint (besides the system roots).
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default = "default_refresh_floor")]
+    pub jwks_refresh_floor_seconds: u64,
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_seconds: u64,
+    #[serde(default = "default_token_cache_entries")]
+    pub cache_max_entries: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccessConfig {
+    #[serde(default = "default_acr_values")]
+    pub accepted_acr: Vec<String>,
+    #[serde(default = "default_supporter_role")]
+    pub supporter_role: String,
+    #[serde(default = "default_device_label")]
+    pub device_label_system: String,
+    #[serde(default = "default_sor_label")]
+    pub sor_label_system: String,
+    #[serde(default = "default_cpr_label")]
+    pub cpr_label_system: String,
+    /// Any `meta.security` system under this prefix belongs to the proxy: clients may not
+    /// send such codings nor search on them.
+    #[serde(default = "default_label_prefix")]
+    pub reserved_label_prefix: String,
+    #[serde(default)]
+    pub cvr_directory: Option<PathBuf>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            accepted_acr: default_acr_values(),
+            supporter_role: default_supporter_role(),
+            device_label_system: default_device_label(),
+            sor_label_system: default_sor_label(),
+            cpr_label_system: default_cpr_label(),
+            reserved_label_prefix: default_label_prefix(),
+            cvr_directory: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PagingConfig {
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitsConfig {
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_count")]
+    pub max_count: u32,
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: default_max_body(),
+            max_count: default_max_count(),
+            max_response_bytes: default_max_response_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: default_threads(),
+            grace_period_seconds: default_grace(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_admin_address() -> String {
+    "127.0.0.1:9100".into()
+}
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    5_000
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["PS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_refresh_floor() -> u64 {
+    30
+}
+fn default_jwks_max_age() -> u64 {
+    3_600
+}
+fn default_token_cache_entries() -> u64 {
+    10_000
+}
+pub const NSIS_SUBSTANTIAL: &str = "https://data.gov.dk/concept/core/nsis/loa/Substantial";
+pub const NSIS_HIGH: &str = "https://data.gov.dk/concept/core/nsis/loa/High";
+fn default_acr_values() -> Vec<String> {
+    vec![NSIS_SUBSTANTIAL.into(), NSIS_HIGH.into()]
+}
+fn default_supporter_role() -> String {
+    "urn:dk:healthcare:ehmi:eds:role:supporter".into()
+}
+pub const DEFAULT_LABEL_PREFIX: &str = "urn:eds-proxy:label:";
+fn default_label_prefix() -> String {
+    DEFAULT_LABEL_PREFIX.into()
+}
+fn default_device_label() -> String {
+    format!("{DEFAULT_LABEL_PREFIX}device-id")
+}
+fn default_sor_label() -> String {
+    format!("{DEFAULT_LABEL_PREFIX}sor")
+}
+fn default_cpr_label() -> String {
+    format!("{DEFAULT_LABEL_PREFIX}cpr")
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_max_count() -> u32 {
+    100
+}
+fn default_max_response_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace() -> u64 {
+    30
+}
+
+/// Algorithms the proxy can ever accept: asymmetric only, never `none` or HMAC.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &["PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "RS256"];
+
+/// Minimum length of the page-signing secret, in bytes.
+pub const MIN_PAGE_SECRET_BYTES: usize = 32;
+
+impl Config {
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream.connect_timeout_ms)
+    }
+    pub fn upstream_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream.read_timeout_ms)
+    }
+    pub fn upstream_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream.idle_timeout_ms)
+    }
+}
+
+/// Parse and validate a configuration file. Relative paths inside it are resolved against
+/// the file's own folder, so a config works wherever the proxy is started from.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![problem("<file>", format!("cannot read {}: {e}", path.display()))])?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    parse(&text, base)
+}
+
+/// Parse TOML text; `base` resolves relative paths.
+pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigProblem>> {
+    let mut unknown = BTreeSet::new();
+    let de = toml::Deserializer::new(text);
+    let mut record_unknown = |path: serde_ignored::Path<'_>| {
+        unknown.insert(path.to_string());
+    };
+    let ignoring = serde_ignored::Deserializer::new(de, &mut record_unknown);
+    let parsed: Result<Config, _> = serde_path_to_error::deserialize(ignoring);
+    let mut problems: Vec<ConfigProblem> = unknown
+        .iter()
+        .map(|k| problem(k, "unknown key"))
+        .collect();
+    let mut config = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            let key = e.path().to_string();
+            let reason = e.into_inner().message().to_string();
+            problems.push(problem(&key, reason));
+            return Err(problems);
+        }
+    };
+    resolve_paths(&mut config, base);
+    problems.extend(validate(&config));
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+fn resolve_paths(c: &mut Config, base: &Path) {
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    fix(&mut c.listen.server_cert);
+    fix(&mut c.listen.server_key);
+    fix(&mut c.listen.client_ca);
+    fix(&mut c.paging.secret_file);
+    if let Some(p) = c.token.jwks_file.as_mut() {
+        fix(p);
+    }
+    if let Some(p) = c.token.jwks_ca.as_mut() {
+        fix(p);
+    }
+    if let Some(p) = c.access.cvr_directory.as_mut() {
+        fix(p);
+    }
+}
+
+fn validate(c: &Config) -> Vec<ConfigProblem> {
+    let mut out = Vec::new();
+    check_socket_addr(&mut out, "listen.address", &c.listen.address);
+    check_socket_addr(&mut out, "admin.address", &c.admin.address);
+    check_pem(&mut out, "listen.server_cert", &c.listen.server_cert, PemKind::Certificates);
+    check_pem(&mut out, "listen.server_key", &c.listen.server_key, PemKind::PrivateKey);
+    check_pem(&mut out, "listen.client_ca", &c.listen.client_ca, PemKind::Certificates);
+    check_url(&mut out, "upstream.base_url", &c.upstream.base_url, &["http", "https"]);
+    check_url(&mut out, "public.base_url", &c.public.base_url, &["https"]);
+    for (key, v) in [
+        ("upstream.connect_timeout_ms", c.upstream.connect_timeout_ms),
+        ("upstream.read_timeout_ms", c.upstream.read_timeout_ms),
+        ("upstream.idle_timeout_ms", c.upstream.idle_timeout_ms),
+    ] {
+        if v == 0 {
+            out.push(problem(key, "must be greater than 0"));
+        }
+    }
+    if c.token.issuer.trim().is_empty() {
+        out.push(problem("token.issuer", "must not be empty"));
+    }
+    if c.token.audience.is_empty() || c.token.audience.iter().any(|a| a.trim().is_empty()) {
+        out.push(problem("token.audience", "needs at least one non-empty audience"));
+    }
+    match (&c.token.jwks_url, &c.token.jwks_file) {
+        (None, None) => out.push(problem("token", "set one of jwks_url or jwks_file")),
+        (Some(_), Some(_)) => out.push(problem("token", "set only one of jwks_url and jwks_file")),
+        (Some(u), None) => check_url(&mut out, "token.jwks_url", u, &["https"]),
+        (None, Some(f)) => {
+            if let Err(e) = std::fs::read_to_string(f)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&t).map_err(|e| e.to_string())
+                })
+            {
+                out.push(problem("token.jwks_file", format!("{}: {e}", f.display())));
+            }
+        }
+    }
+    if let Some(ca) = &c.token.jwks_ca {
+        check_pem(&mut out, "token.jwks_ca", ca, PemKind::Certificates);
+    }
+    if c.token.algorithms.is_empty() {
+        out.push(problem("token.algorithms", "needs at least one algorithm"));
+    }
+    for alg in &c.token.algorithms {
+        if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
+            out.push(problem(
+                "token.algorithms",
+                format!(
+                    "`{alg}` is not allowed (asymmetric only: {})",
+                    SUPPORTED_ALGORITHMS.join(", ")
+                ),
+            ));
+        }
+    }
+    if c.access.accepted_acr.is_empty() {
+        out.push(problem("access.accepted_acr", "needs at least one value"));
+    }
+    if c.access.supporter_role.trim().is_empty() {
+        out.push(problem("access.supporter_role", "must not be empty"));
+    }
+    let prefix = &c.access.reserved_label_prefix;
+    if prefix.is_empty() {
+        out.push(problem("access.reserved_label_prefix", "must not be empty"));
+    }
+    for (key, system) in [
+        ("access.device_label_system", &c.access.device_label_system),
+        ("access.sor_label_system", &c.access.sor_label_system),
+        ("access.cpr_label_system", &c.access.cpr_label_system),
+    ] {
+        if !system.starts_with(prefix.as_str()) {
+            out.push(problem(key, format!("must start with access.reserved_label_prefix `{prefix}`")));
+        }
+        if system.contains(['|', ',', '$', '\\']) {
+            out.push(problem(key, "must not contain | , $ or \\"));
+        }
+    }
+    if let Some(dir) = &c.access.cvr_directory {
+        if let Err(e) = crate::cvr_directory::CvrDirectory::load(dir) {
+            out.push(problem("access.cvr_directory", e));
+        }
+    }
+    match std::fs::read(&c.paging.secret_file) {
+        Err(e) => out.push(problem(
+            "paging.secret_file",
+            format!("missing secret {}: {e}", c.paging.secret_file.display()),
+        )),
+        Ok(bytes) if trim_secret(&bytes).len() < MIN_PAGE_SECRET_BYTES => out.push(problem(
+            "paging.secret_file",
+            format!("secret must be at least {MIN_PAGE_SECRET_BYTES} bytes"),
+        )),
+        Ok(_) => {}
+    }
+    if c.limits.max_body_bytes == 0 {
+        out.push(problem("limits.max_body_bytes", "must be greater than 0"));
+    }
+    if c.limits.max_count == 0 {
+        out.push(problem("limits.max_count", "must be greater than 0"));
+    }
+    if c.server.threads == 0 {
+        out.push(problem("server.threads", "must be greater than 0"));
+    }
+    out
+}
+
+/// Secrets are read from files that often end in a newline; it is not part of the secret.
+pub fn trim_secret(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    bytes.get(..end).unwrap_or_default()
+}
+
+fn check_socket_addr(out: &mut Vec<ConfigProblem>, key: &str, v: &str) {
+    if v.parse::<std::net::SocketAddr>().is_err() {
+        out.push(problem(key, format!("`{v}` is not an address like 0.0.0.0:8443")));
+    }
+}
+
+fn check_url(out: &mut Vec<ConfigProblem>, key: &str, v: &str, schemes: &[&str]) {
+    match Url::parse(v) {
+        Err(e) => out.push(problem(key, format!("`{v}` is not a URL: {e}"))),
+        Ok(u) if !schemes.contains(&u.scheme()) => out.push(problem(
+            key,
+            format!("scheme must be one of {}", schemes.join(", ")),
+        )),
+        Ok(u) if u.host_str().is_none() => out.push(problem(key, "URL has no host")),
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            out.push(problem(key, "URL must not have a query or fragment"))
+        }
+        Ok(_) => {}
+    }
+}
+
+enum PemKind {
+    Certificates,
+    PrivateKey,
+}
+
+fn check_pem(out: &mut Vec<ConfigProblem>, key: &str, path: &Path, kind: PemKind) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            out.push(problem(key, format!("cannot read {}: {e}", path.display())));
+            return;
+        }
+    };
+    let ok = match kind {
+        PemKind::Certificates => {
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+            matches!(certs, Ok(c) if !c.is_empty())
+        }
+        PemKind::PrivateKey => PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
+    };
+    if !ok {
+        let what = match kind {
+            PemKind::Certificates => "no PEM certificate",
+            PemKind::PrivateKey => "no PEM private key",
+        };
+        out.push(problem(key, format!("{what} in {}", path.display())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named_by_path() {
+        let text = r#"
+[listen]
+address = "nope"
+server_cert = "/nonexistent/cert.pem"
+server_key = "/nonexistent/key.pem"
+client_ca = "/nonexistent/ca.pem"
+colour = "blue"
+[upstream]
+base_url = "ftp://x"
+[public]
+base_url = "https://proxy.example/fhir"
+[token]
+issuer = "https://issuer"
+audience = ["eds"]
+jwks_url = "https://issuer/jwks"
+algorithms = ["HS256"]
+[paging]
+secret_file = "/nonexistent/secret"
+"#;
+        let problems = parse(text, Path::new("/")).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "listen.colour",
+            "listen.address",
+            "listen.server_cert",
+            "listen.server_key",
+            "listen.client_ca",
+            "upstream.base_url",
+            "token.algorithms",
+            "paging.secret_file",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let text = "[listen]\naddress = 5\n";
+        let problems = parse(text, Path::new("/")).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "listen.address");
+    }
+
+    #[test]
+    fn trims_secret_whitespace() {
+        assert_eq!(trim_secret(b"abc\n"), b"abc");
+        assert_eq!(trim_secret(b"\n"), b"");
+    }
+}

@@ -1,0 +1,52 @@
+//! The CVR directory: which SOR codes belong to an organisation's CVR number, so a
+//! supporter's constraint can be expressed as SOR access labels.
+//!
+//! Read from a file, chosen by extension: `.toml` (`[cvr]` table: `"12345678" = ["SOR", …]`),
+//! `.json` (`{"12345678": ["SOR", …]}`). The SOR list must include every SOR code (child
+//! units too) whose registrations the organisation's supporters may see.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default)]
+pub struct CvrDirectory {
+    by_cvr: HashMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlDirectory {
+    cvr: HashMap<String, Vec<String>>,
+}
+
+impl CvrDirectory {
+    pub fn load(path: &Path) -> Result<CvrDirectory, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let by_cvr = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => toml::from_str::<TomlDirectory>(&text).map_err(|e| e.to_string())?.cvr,
+            Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string())?,
+            _ => return Err("CVR directory must be a .toml or .json file".into()),
+        };
+        for (cvr, sors) in &by_cvr {
+            if cvr.trim().is_empty() || sors.iter().any(|s| s.trim().is_empty()) {
+                return Err(format!("empty CVR or SOR code in entry `{cvr}`"));
+            }
+        }
+        Ok(CvrDirectory { by_cvr })
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>) -> Self {
+        CvrDirectory {
+            by_cvr: pairs
+                .into_iter()
+                .map(|(c, s)| (c.to_string(), s.into_iter().map(str::to_string).collect()))
+                .collect(),
+        }
+    }
+
+    pub fn sor_codes(&self, cvr: &str) -> &[String] {
+        self.by_cvr.get(cvr).map(Vec::as_slice).unwrap_or_default()
+    }
+}

@@ -1,0 +1,6 @@
+//! DEVELOPMENT ONLY: a throw-away PKI and a token signer for demos and tests. Nothing here
+//! is used by the proxy itself, and none of it is fit for production keys.
+
+pub mod cli;
+pub mod keys;
+pub mod pki;

@@ -1,0 +1,327 @@
+//! Classify an HTTP request into the one FHIR interaction it is, or refuse it. Deny by
+//! default: only the forms listed in DESIGN §1.4 get through.
+
+use crate::error::Refusal;
+use crate::fhir::paging::{self, PageRequest};
+use crate::fhir::query::{self, SearchQuery};
+
+/// The parts of a request the classifier looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    /// Raw path, without the query.
+    pub path: &'a str,
+    /// Raw query string, without `?`.
+    pub query: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    /// Any of If-None-Exist, If-Match, If-None-Match, If-Modified-Since is present.
+    pub conditional: bool,
+    /// The request body (empty when there is none).
+    pub body: &'a [u8],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interaction {
+    Capabilities,
+    Search(SearchQuery),
+    Read { id: String, version: Option<String> },
+    Create,
+    Page(PageRequest),
+}
+
+impl Interaction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Interaction::Capabilities => "capabilities",
+            Interaction::Search(_) => "search",
+            Interaction::Read { version: None, .. } => "read",
+            Interaction::Read { .. } => "vread",
+            Interaction::Create => "create",
+            Interaction::Page(_) => "page",
+        }
+    }
+}
+
+const RESOURCE: &str = "AuditEvent";
+
+/// `base_path` is the path of the public base URL (`/fhir`, or empty for the root).
+pub fn classify(req: &RequestParts<'_>, base_path: &str, max_count: u32) -> Result<Interaction, Refusal> {
+    let relative = strip_base(req.path, base_path)?;
+    let segments = split_segments(relative)?;
+    let raw_query = req.query.unwrap_or_default();
+    let method = req.method;
+    match segments.as_slice() {
+        [] => {
+            if method != "GET" {
+                return Err(Refusal::forbidden(
+                    "batch and transaction bundles are not allowed; paging links are GET only",
+                ));
+            }
+            let pairs = query::decode_pairs(raw_query);
+            if !pairs.iter().any(|(n, _)| n == "_getpages") {
+                return Err(Refusal::forbidden("system-level interactions are not allowed"));
+            }
+            refuse_conditional(req)?;
+            Ok(Interaction::Page(paging::parse_page_request(&pairs, max_count)?))
+        }
+        ["metadata"] => match method {
+            "GET" => {
+                check_format_only(raw_query)?;
+                Ok(Interaction::Capabilities)
+            }
+            _ => Err(Refusal::MethodNotAllowed("only GET is allowed on /metadata".into())),
+        },
+        [RESOURCE] => match method {
+            "GET" => {
+                refuse_conditional(req)?;
+                Ok(Interaction::Search(query::parse_search(&query::decode_pairs(raw_query), max_count)?))
+            }
+            "POST" => {
+                if req.conditional {
+                    return Err(Refusal::forbidden("conditional create (If-None-Exist) is not allowed"));
+                }
+                check_format_only(raw_query)?;
+                require_json(req.content_type)?;
+                Ok(Interaction::Create)
+            }
+            "PUT" | "PATCH" | "DELETE" => Err(Refusal::MethodNotAllowed(
+                "conditional update, patch and delete are not allowed".into(),
+            )),
+            _ => Err(Refusal::MethodNotAllowed(format!("{method} is not allowed on AuditEvent"))),
+        },
+        [RESOURCE, "_search"] => match method {
+            "POST" => {
+                refuse_conditional(req)?;
+                let form = req.content_type.map(media_type);
+                if form != Some("application/x-www-form-urlencoded") {
+                    return Err(Refusal::UnsupportedMediaType(
+                        "POST _search needs an application/x-www-form-urlencoded body".into(),
+                    ));
+                }
+                let body = std::str::from_utf8(req.body)
+                    .map_err(|_| Refusal::invalid("the search form is not UTF-8"))?;
+                let mut pairs = query::decode_pairs(raw_query);
+                pairs.extend(query::decode_pairs(body));
+                Ok(Interaction::Search(query::parse_search(&pairs, max_count)?))
+            }
+            _ => Err(Refusal::MethodNotAllowed("only POST is allowed on _search".into())),
+        },
+        [RESOURCE, id] if !id.starts_with('$') && !id.starts_with('_') => match method {
+            "GET" => {
+                refuse_conditional(req)?;
+                check_format_only(raw_query)?;
+                Ok(Interaction::Read { id: valid_id(id)?, version: None })
+            }
+            "PUT" | "PATCH" | "DELETE" => Err(Refusal::MethodNotAllowed(
+                "update, patch and delete are not allowed".into(),
+            )),
+            _ => Err(Refusal::MethodNotAllowed(format!("{method} is not allowed here"))),
+        },
+        [RESOURCE, id, "_history", vid] if !id.starts_with('$') => match method {
+            "GET" => {
+                refuse_conditional(req)?;
+                check_format_only(raw_query)?;
+                Ok(Interaction::Read { id: valid_id(id)?, version: Some(valid_id(vid)?) })
+            }
+            _ => Err(Refusal::MethodNotAllowed(format!("{method} is not allowed here"))),
+        },
+        segs if segs.iter().any(|s| s.starts_with('$')) => {
+            Err(Refusal::forbidden("FHIR operations ($…) are not allowed"))
+        }
+        segs if segs.contains(&"_history") => Err(Refusal::forbidden("history interactions are not allowed")),
+        [RESOURCE, ..] => Err(Refusal::forbidden("this AuditEvent interaction is not allowed")),
+        [_, _, ..] if segs_is_compartment(&segments) => {
+            Err(Refusal::forbidden("compartment searches are not allowed"))
+        }
+        _ => Err(Refusal::forbidden("only AuditEvent is served here")),
+    }
+}
+
+fn segs_is_compartment(segments: &[&str]) -> bool {
+    segments.len() >= 3
+}
+
+fn strip_base<'a>(path: &'a str, base_path: &str) -> Result<&'a str, Refusal> {
+    let base = base_path.trim_end_matches('/');
+    let rest = path.strip_prefix(base).ok_or_else(|| Refusal::forbidden("unknown path"))?;
+    if rest.is_empty() || rest == "/" {
+        return Ok("");
+    }
+    rest.strip_prefix('/').ok_or_else(|| Refusal::forbidden("unknown path"))
+}
+
+/// Refuse anything a path normaliser could read two ways: encodings, empty or dot segments,
+/// backslashes, matrix parameters.
+fn split_segments(relative: &str) -> Result<Vec<&str>, Refusal> {
+    if relative.is_empty() {
+        return Ok(Vec::new());
+    }
+    let relative = relative.strip_suffix('/').unwrap_or(relative);
+    let segments: Vec<&str> = relative.split('/').collect();
+    for s in &segments {
+        if s.is_empty() || *s == "." || *s == ".." {
+            return Err(Refusal::invalid("empty or dot segments are not allowed in the path"));
+        }
+        if s.contains(['%', '\\', ';']) || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Refusal::invalid("encoded or special characters are not allowed in the path"));
+        }
+    }
+    Ok(segments)
+}
+
+/// FHIR logical ids: `[A-Za-z0-9\-\.]{1,64}`.
+fn valid_id(id: &str) -> Result<String, Refusal> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err(Refusal::invalid("malformed resource id"))
+    }
+}
+
+fn refuse_conditional(req: &RequestParts<'_>) -> Result<(), Refusal> {
+    if req.conditional {
+        return Err(Refusal::forbidden("conditional requests are not allowed"));
+    }
+    Ok(())
+}
+
+/// Reads, creates and capabilities take no parameters but the JSON format ones.
+fn check_format_only(raw_query: &str) -> Result<(), Refusal> {
+    for (name, value) in query::decode_pairs(raw_query) {
+        match name.as_str() {
+            "_format" => query::check_format(&value)?,
+            "_pretty" => query::check_bool(&name, &value)?,
+            _ => return Err(Refusal::invalid(format!("`{name}` is not allowed on this interaction"))),
+        }
+    }
+    Ok(())
+}
+
+pub fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
+}
+
+fn require_json(content_type: Option<&str>) -> Result<(), Refusal> {
+    match content_type.map(media_type) {
+        Some(t) if t.eq_ignore_ascii_case("application/fhir+json") || t.eq_ignore_ascii_case("application/json") => Ok(()),
+        _ => Err(Refusal::UnsupportedMediaType(
+            "registrations must be sent as application/fhir+json".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(method: &'a str, path: &'a str, query: Option<&'a str>) -> RequestParts<'a> {
+        RequestParts { method, path, query, content_type: None, conditional: false, body: b"" }
+    }
+
+    fn classify_(r: RequestParts<'_>) -> Result<Interaction, Refusal> {
+        classify(&r, "/fhir", 100)
+    }
+
+    #[test]
+    fn allowed_forms() {
+        assert_eq!(classify_(req("GET", "/fhir/metadata", None)).unwrap(), Interaction::Capabilities);
+        assert!(matches!(classify_(req("GET", "/fhir/AuditEvent", Some("message-id=x"))).unwrap(), Interaction::Search(_)));
+        assert_eq!(
+            classify_(req("GET", "/fhir/AuditEvent/abc-1", None)).unwrap(),
+            Interaction::Read { id: "abc-1".into(), version: None }
+        );
+        assert_eq!(
+            classify_(req("GET", "/fhir/AuditEvent/abc/_history/2", None)).unwrap(),
+            Interaction::Read { id: "abc".into(), version: Some("2".into()) }
+        );
+        let mut create = req("POST", "/fhir/AuditEvent", None);
+        create.content_type = Some("application/fhir+json; charset=utf-8");
+        assert_eq!(classify_(create).unwrap(), Interaction::Create);
+        let mut search = req("POST", "/fhir/AuditEvent/_search", Some("_count=5"));
+        search.content_type = Some("application/x-www-form-urlencoded");
+        search.body = b"message-id=x";
+        let Interaction::Search(q) = classify_(search).unwrap() else { panic!() };
+        assert_eq!(q.params[0].value, "x");
+        assert_eq!(q.count, Some(5));
+        assert!(matches!(
+            classify_(req("GET", "/fhir", Some("_getpages=abc&_eds_sig=x"))).unwrap(),
+            Interaction::Page(_)
+        ));
+    }
+
+    #[test]
+    fn denied_forms() {
+        let cases = [
+            req("POST", "/fhir", None),
+            req("POST", "/fhir/", None),
+            req("GET", "/fhir", None),
+            req("POST", "/fhir", Some("_getpages=abc&_eds_sig=x")),
+            req("GET", "/fhir/Patient", None),
+            req("GET", "/fhir/Patient/1/AuditEvent", None),
+            req("GET", "/fhir/Patient/1/$everything", None),
+            req("GET", "/fhir/AuditEvent/$meta", None),
+            req("POST", "/fhir/AuditEvent/$validate", None),
+            req("GET", "/fhir/AuditEvent/1/$meta", None),
+            req("GET", "/fhir/AuditEvent/_history", None),
+            req("GET", "/fhir/AuditEvent/1/_history", None),
+            req("GET", "/fhir/_history", None),
+            req("PUT", "/fhir/AuditEvent/1", None),
+            req("PATCH", "/fhir/AuditEvent/1", None),
+            req("DELETE", "/fhir/AuditEvent/1", None),
+            req("DELETE", "/fhir/AuditEvent", Some("_id=1")),
+            req("PUT", "/fhir/AuditEvent", Some("_id=1")),
+            req("HEAD", "/fhir/AuditEvent", None),
+            req("GET", "/fhir//AuditEvent", None),
+            req("GET", "/fhir/./AuditEvent", None),
+            req("GET", "/fhir/x/../AuditEvent", None),
+            req("GET", "/fhir/Audit%45vent", None),
+            req("GET", "/fhir/auditevent", None),
+            req("GET", "/fhir/AuditEvent;x=1", None),
+            req("GET", "/other/AuditEvent", None),
+            req("GET", "/fhirAuditEvent", None),
+            req("GET", "/fhir/AuditEvent/a_b", None),
+            req("GET", "/fhir/AuditEvent/1", Some("_include=x")),
+            req("GET", "/fhir/metadata", Some("mode=full")),
+            req("POST", "/fhir/AuditEvent", None),
+            req("GET", "/fhir/AuditEvent/_search", None),
+        ];
+        for r in cases {
+            assert!(classify_(r).is_err(), "{} {} {:?} was allowed", r.method, r.path, r.query);
+        }
+    }
+
+    #[test]
+    fn conditional_requests_are_refused() {
+        let mut create = req("POST", "/fhir/AuditEvent", None);
+        create.content_type = Some("application/fhir+json");
+        create.conditional = true;
+        assert!(matches!(classify_(create), Err(Refusal::Forbidden(_))));
+        let mut read = req("GET", "/fhir/AuditEvent/1", None);
+        read.conditional = true;
+        assert!(classify_(read).is_err());
+    }
+
+    #[test]
+    fn non_json_create_is_415() {
+        let mut create = req("POST", "/fhir/AuditEvent", None);
+        create.content_type = Some("application/fhir+xml");
+        assert!(matches!(classify_(create), Err(Refusal::UnsupportedMediaType(_))));
+    }
+
+    #[test]
+    fn post_search_body_cannot_carry_forbidden_params() {
+        let mut search = req("POST", "/fhir/AuditEvent/_search", None);
+        search.content_type = Some("application/x-www-form-urlencoded");
+        search.body = b"_security=urn:eds-proxy:label:cpr|1";
+        assert!(classify_(search).is_err());
+        search.body = b"_include=AuditEvent:patient";
+        assert!(classify_(search).is_err());
+    }
+
+    #[test]
+    fn root_base_path_works() {
+        assert_eq!(classify(&req("GET", "/metadata", None), "", 100).unwrap(), Interaction::Capabilities);
+        assert_eq!(classify(&req("GET", "/metadata", None), "/", 100).unwrap(), Interaction::Capabilities);
+    }
+}

@@ -1,0 +1,184 @@
+//! Access labels: the `meta.security` codings the proxy stamps on every registration, and
+//! the constraint (a set of labels, any of which admits a resource) each principal sees.
+//!
+//! Labels make isolation a plain `_security=system|code` token search that every FHIR
+//! server supports with exact matching and no server-side set-up.
+
+use serde_json::Value;
+
+use crate::auth::principal::Principal;
+use crate::cvr_directory::CvrDirectory;
+use crate::error::Refusal;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label {
+    pub system: String,
+    pub code: String,
+}
+
+/// The configured label systems.
+#[derive(Debug, Clone)]
+pub struct LabelSystems {
+    pub device: String,
+    pub sor: String,
+    pub cpr: String,
+    pub reserved_prefix: String,
+}
+
+impl LabelSystems {
+    pub fn device(&self, device_id: &str) -> Label {
+        Label { system: self.device.clone(), code: device_id.to_string() }
+    }
+    pub fn sor(&self, sor: &str) -> Label {
+        Label { system: self.sor.clone(), code: sor.to_string() }
+    }
+    pub fn cpr(&self, cpr: &str) -> Label {
+        Label { system: self.cpr.clone(), code: cpr.to_string() }
+    }
+    /// True for any system the proxy owns; clients may not set codings in it.
+    pub fn is_reserved(&self, system: &str) -> bool {
+        system.starts_with(&self.reserved_prefix)
+            || system == self.device
+            || system == self.sor
+            || system == self.cpr
+    }
+}
+
+/// The labels that admit a resource to this principal: it must carry at least one of them.
+/// Never empty: a principal with nothing to see is refused instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    labels: Vec<Label>,
+}
+
+impl Constraint {
+    pub fn for_principal(
+        principal: &Principal,
+        systems: &LabelSystems,
+        directory: &CvrDirectory,
+    ) -> Result<Constraint, Refusal> {
+        let labels = match principal {
+            Principal::Station(s) => vec![systems.device(&s.device_id)],
+            Principal::Citizen { cpr, .. } => vec![systems.cpr(cpr)],
+            Principal::Supporter { cvr, .. } => {
+                let sors = directory.sor_codes(cvr);
+                if sors.is_empty() {
+                    return Err(Refusal::forbidden(
+                        "no SOR codes are known for the token's cvr in the CVR directory",
+                    ));
+                }
+                sors.iter().map(|s| systems.sor(s)).collect()
+            }
+        };
+        Ok(Constraint { labels })
+    }
+
+    pub fn labels(&self) -> &[Label] {
+        &self.labels
+    }
+
+    /// `_security` value: an OR list of `system|code` with FHIR search escaping.
+    pub fn search_value(&self) -> String {
+        self.labels
+            .iter()
+            .map(|l| format!("{}|{}", escape(&l.system), escape(&l.code)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// True if `resource.meta.security` holds one of the constraint's labels exactly.
+    pub fn admits(&self, resource: &Value) -> bool {
+        security_codings(resource).any(|(system, code)| {
+            self.labels.iter().any(|l| l.system == system && l.code == code)
+        })
+    }
+}
+
+/// (system, code) of every `meta.security` coding that has both.
+pub fn security_codings(resource: &Value) -> impl Iterator<Item = (&str, &str)> {
+    resource
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c.get("system")?.as_str()?, c.get("code")?.as_str()?)))
+}
+
+/// FHIR search escaping (`\`, `,`, `|`, `$`) for values the proxy injects.
+pub fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '\\' | ',' | '|' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::principal::Station;
+    use crate::auth::scope::Grants;
+    use serde_json::json;
+
+    pub fn systems() -> LabelSystems {
+        LabelSystems {
+            device: "urn:eds-proxy:label:device-id".into(),
+            sor: "urn:eds-proxy:label:sor".into(),
+            cpr: "urn:eds-proxy:label:cpr".into(),
+            reserved_prefix: "urn:eds-proxy:label:".into(),
+        }
+    }
+
+    fn station(id: &str) -> Principal {
+        Principal::Station(Station { device_id: id.into(), org: None, grants: Grants::default() })
+    }
+
+    #[test]
+    fn escaping_covers_reserved_characters() {
+        assert_eq!(escape(r"a,b|c$d\e"), r"a\,b\|c\$d\\e");
+    }
+
+    #[test]
+    fn each_principal_gets_its_own_label() {
+        let dir = CvrDirectory::from_pairs([("12345678", vec!["111", "222"])]);
+        let c = Constraint::for_principal(&station("dev,1"), &systems(), &dir).unwrap();
+        assert_eq!(c.search_value(), r"urn:eds-proxy:label:device-id|dev\,1");
+        let citizen = Principal::Citizen { cpr: "0101701234".into(), grants: Grants::default() };
+        assert_eq!(
+            Constraint::for_principal(&citizen, &systems(), &dir).unwrap().search_value(),
+            "urn:eds-proxy:label:cpr|0101701234"
+        );
+        let supporter = Principal::Supporter { cvr: "12345678".into(), grants: Grants::default() };
+        assert_eq!(
+            Constraint::for_principal(&supporter, &systems(), &dir).unwrap().search_value(),
+            "urn:eds-proxy:label:sor|111,urn:eds-proxy:label:sor|222"
+        );
+        let unknown = Principal::Supporter { cvr: "99999999".into(), grants: Grants::default() };
+        assert!(Constraint::for_principal(&unknown, &systems(), &dir).is_err());
+    }
+
+    #[test]
+    fn admits_only_exact_label() {
+        let dir = CvrDirectory::default();
+        let c = Constraint::for_principal(&station("dev-1"), &systems(), &dir).unwrap();
+        let mine = json!({"meta": {"security": [{"system": "urn:eds-proxy:label:device-id", "code": "dev-1"}]}});
+        let other = json!({"meta": {"security": [{"system": "urn:eds-proxy:label:device-id", "code": "dev-2"}]}});
+        let wrong_system = json!({"meta": {"security": [{"system": "urn:eds-proxy:label:cpr", "code": "dev-1"}]}});
+        let none = json!({"meta": {}});
+        assert!(c.admits(&mine));
+        assert!(!c.admits(&other));
+        assert!(!c.admits(&wrong_system));
+        assert!(!c.admits(&none));
+        assert!(!c.admits(&json!({})));
+    }
+
+    #[test]
+    fn reserved_systems() {
+        let s = systems();
+        assert!(s.is_reserved("urn:eds-proxy:label:anything"));
+        assert!(!s.is_reserved("http://terminology.hl7.org/CodeSystem/v3-Confidentiality"));
+    }
+}

@@ -1,0 +1,11 @@
+//! FHIR-level decisions: classify, constrain, validate, verify. Pure functions over plain
+//! data; the gateway calls them.
+
+pub mod capability;
+pub mod interaction;
+pub mod labels;
+pub mod paging;
+pub mod query;
+pub mod registration;
+pub mod response;
+pub mod strict_json;

@@ -1,0 +1,345 @@
+//! The canonical search model: a query string parsed into named parameters, checked against
+//! an allowlist, and serialised again. The raw client query is never forwarded.
+
+use std::fmt::Write;
+
+use crate::error::Refusal;
+
+/// AuditEvent search parameters a client may use: FHIR R4's own and the EDS IG's.
+pub const SEARCH_PARAMETERS: &[&str] = &[
+    // FHIR R4 AuditEvent and common resource parameters.
+    "_id", "_lastUpdated", "_profile", "_tag", "action", "address", "agent", "agent-name",
+    "agent-role", "altid", "date", "entity", "entity-name", "entity-role", "entity-type",
+    "outcome", "patient", "policy", "site", "source", "subtype", "type",
+    // EDS implementation guide (fsh/SearchParameters).
+    "cpr", "ehmiMessageType", "entityIdentifier", "message-id", "orig-message-id",
+    "participant-sor", "receiver-gln", "receiver-name", "receiver-sor", "receiverOrg",
+    "sender-gln", "sender-name", "sender-sor", "senderOrg",
+];
+
+/// Modifiers that only narrow or reshape a match on the parameter's own value. Type
+/// modifiers (`:Device`), `:iterate`, `:in`/`:not-in` and everything unknown are refused.
+const MODIFIERS: &[&str] = &["exact", "contains", "missing", "not", "text", "identifier", "of-type", "above", "below"];
+
+/// Parameters that turn a search into more than a constrained AuditEvent search.
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("_include", "_include is not allowed"),
+    ("_revinclude", "_revinclude is not allowed"),
+    ("_has", "_has (reverse chaining) is not allowed"),
+    ("_filter", "_filter is not allowed"),
+    ("_query", "named queries (_query) are not allowed"),
+    ("_list", "_list is not allowed"),
+    ("_contained", "_contained is not allowed"),
+    ("_containedType", "_containedType is not allowed"),
+    ("_text", "_text is not allowed"),
+    ("_content", "_content is not allowed"),
+    ("_security", "_security is reserved for the proxy's access labels"),
+    ("_source", "_source is not allowed"),
+    ("_getpages", "_getpages is only allowed on a signed paging link"),
+];
+
+/// A parsed `name[:modifier]=value` pair, percent-decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    pub modifier: Option<String>,
+    pub value: String,
+}
+
+/// A search the proxy is willing to forward, before the caller's constraint is added.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub params: Vec<Param>,
+    pub count: Option<u32>,
+    pub offset: Option<u32>,
+    pub sort: Option<String>,
+    pub summary: Option<String>,
+    pub elements: Option<String>,
+    pub total: Option<String>,
+}
+
+/// Decode an `application/x-www-form-urlencoded` string (query or `_search` body) into
+/// raw name/value pairs. `+` is a space, as servlet containers read it.
+pub fn decode_pairs(raw: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .filter(|(k, v)| !(k.is_empty() && v.is_empty()))
+        .collect()
+}
+
+/// Build a search from decoded pairs, refusing anything outside the allowlist.
+pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<SearchQuery, Refusal> {
+    let mut q = SearchQuery::default();
+    for (raw_name, value) in pairs {
+        let (name, modifier) = split_name(raw_name)?;
+        if let Some((_, why)) = FORBIDDEN.iter().find(|(n, _)| *n == name) {
+            return Err(Refusal::invalid(*why));
+        }
+        match name {
+            "_count" => set_once(&mut q.count, name, parse_count(value, max_count)?)?,
+            "_offset" => set_once(&mut q.offset, name, parse_number(name, value)?)?,
+            "_sort" => set_once(&mut q.sort, name, parse_sort(value)?)?,
+            "_summary" => set_once(&mut q.summary, name, parse_summary(value)?)?,
+            "_elements" => set_once(&mut q.elements, name, parse_elements(value)?)?,
+            "_total" => set_once(&mut q.total, name, parse_total(value)?)?,
+            "_format" => check_format(value)?,
+            "_pretty" => check_bool(name, value)?,
+            _ if modifier.is_some() && name.starts_with('_') && name != "_id" && name != "_tag" && name != "_profile" && name != "_lastUpdated" => {
+                return Err(Refusal::invalid(format!("modifiers are not allowed on {name}")));
+            }
+            _ if SEARCH_PARAMETERS.contains(&name) => {
+                if let Some(m) = modifier {
+                    if !MODIFIERS.contains(&m) {
+                        return Err(Refusal::invalid(format!("modifier :{m} is not allowed")));
+                    }
+                }
+                q.params.push(Param {
+                    name: name.to_string(),
+                    modifier: modifier.map(str::to_string),
+                    value: value.clone(),
+                });
+            }
+            _ => return Err(Refusal::invalid(format!("unknown or unsupported search parameter `{name}`"))),
+        }
+    }
+    Ok(q)
+}
+
+/// `name` or `name:modifier`; chains (`a.b`) and odd characters are refused outright.
+fn split_name(raw: &str) -> Result<(&str, Option<&str>), Refusal> {
+    let (name, modifier) = match raw.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (raw, None),
+    };
+    if name.contains('.') || modifier.is_some_and(|m| m.contains('.')) {
+        return Err(Refusal::invalid("chained search parameters are not allowed"));
+    }
+    if name.starts_with("_has") {
+        return Err(Refusal::invalid("_has (reverse chaining) is not allowed"));
+    }
+    let well_formed = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !well_formed(name) || modifier.is_some_and(|m| !well_formed(m)) {
+        return Err(Refusal::invalid(format!("malformed search parameter name `{}`", printable(raw))));
+    }
+    Ok((name, modifier))
+}
+
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+fn set_once<T>(slot: &mut Option<T>, name: &str, v: T) -> Result<(), Refusal> {
+    if slot.is_some() {
+        return Err(Refusal::invalid(format!("{name} may appear only once")));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+fn parse_number(name: &str, value: &str) -> Result<u32, Refusal> {
+    value
+        .parse::<u32>()
+        .map_err(|_| Refusal::invalid(format!("{name} must be a non-negative integer")))
+}
+
+/// `_count` above the limit is clamped, not refused: clients ask for "as many as you give".
+pub fn parse_count(value: &str, max_count: u32) -> Result<u32, Refusal> {
+    Ok(parse_number("_count", value)?.min(max_count))
+}
+
+fn parse_sort(value: &str) -> Result<String, Refusal> {
+    for key in value.split(',') {
+        let key = key.strip_prefix('-').unwrap_or(key);
+        if !(SEARCH_PARAMETERS.contains(&key) || key == "_lastUpdated" || key == "_id") {
+            return Err(Refusal::invalid(format!("cannot sort by `{}`", printable(key))));
+        }
+    }
+    Ok(value.to_string())
+}
+
+fn parse_summary(value: &str) -> Result<String, Refusal> {
+    match value {
+        "true" | "false" | "data" | "count" | "text" => Ok(value.to_string()),
+        _ => Err(Refusal::invalid("_summary must be true, false, data, text or count")),
+    }
+}
+
+/// `meta` is always added so the response check sees the access labels.
+fn parse_elements(value: &str) -> Result<String, Refusal> {
+    let mut elements: Vec<&str> = Vec::new();
+    for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '[' || c == ']') {
+            return Err(Refusal::invalid(format!("bad _elements entry `{}`", printable(e))));
+        }
+        elements.push(e);
+    }
+    if !elements.contains(&"meta") {
+        elements.push("meta");
+    }
+    Ok(elements.join(","))
+}
+
+fn parse_total(value: &str) -> Result<String, Refusal> {
+    match value {
+        "none" | "estimate" | "accurate" => Ok(value.to_string()),
+        _ => Err(Refusal::invalid("_total must be none, estimate or accurate")),
+    }
+}
+
+/// Responses are checked as JSON, so only JSON may be asked for.
+pub fn check_format(value: &str) -> Result<(), Refusal> {
+    match value {
+        "json" | "application/json" | "application/fhir+json" => Ok(()),
+        _ => Err(Refusal::invalid("only JSON (_format=json) is supported")),
+    }
+}
+
+pub fn check_bool(name: &str, value: &str) -> Result<(), Refusal> {
+    match value {
+        "true" | "false" => Ok(()),
+        _ => Err(Refusal::invalid(format!("{name} must be true or false"))),
+    }
+}
+
+/// Percent-encode one query component; everything but unreserved characters is escaped, so
+/// `,`, `|`, `&`, `=` and `\` can never change meaning between here and the server.
+pub fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl SearchQuery {
+    /// Serialise with `extra` (the caller's constraint) first. Parameter order is stable, so
+    /// identical searches produce identical upstream URLs.
+    pub fn to_query_string(&self, extra: &[(&str, String)]) -> String {
+        let mut out = String::new();
+        let mut push = |name: &str, value: &str| {
+            if !out.is_empty() {
+                out.push('&');
+            }
+            let _ = write!(out, "{}={}", encode(name), encode(value));
+        };
+        for (n, v) in extra {
+            push(n, v);
+        }
+        for p in &self.params {
+            let name = match &p.modifier {
+                Some(m) => format!("{}:{m}", p.name),
+                None => p.name.clone(),
+            };
+            push(&name, &p.value);
+        }
+        if let Some(v) = self.count {
+            push("_count", &v.to_string());
+        }
+        if let Some(v) = self.offset {
+            push("_offset", &v.to_string());
+        }
+        for (name, v) in [
+            ("_sort", &self.sort),
+            ("_summary", &self.summary),
+            ("_elements", &self.elements),
+            ("_total", &self.total),
+        ] {
+            if let Some(v) = v {
+                push(name, v);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str) -> Result<SearchQuery, Refusal> {
+        parse_search(&decode_pairs(q), 100)
+    }
+
+    #[test]
+    fn ordinary_searches_round_trip() {
+        let q = parse("message-id=MSG1&date=ge2025-01-01&_count=10&_sort=-date").unwrap();
+        assert_eq!(
+            q.to_query_string(&[]),
+            "message-id=MSG1&date=ge2025-01-01&_count=10&_sort=-date"
+        );
+    }
+
+    #[test]
+    fn values_are_reencoded_so_separators_cannot_be_smuggled() {
+        let q = parse("message-id=a%26_security%3Dx%7Cy").unwrap();
+        assert_eq!(q.params[0].value, "a&_security=x|y");
+        assert_eq!(q.to_query_string(&[]), "message-id=a%26_security%3Dx%7Cy");
+    }
+
+    #[test]
+    fn count_is_clamped_and_validated() {
+        assert_eq!(parse("_count=5000").unwrap().count, Some(100));
+        assert!(parse("_count=-1").is_err());
+        assert!(parse("_count=abc").is_err());
+        assert!(parse("_count=1&_count=2").is_err());
+    }
+
+    #[test]
+    fn forbidden_parameters_are_refused() {
+        for q in [
+            "_include=AuditEvent:patient",
+            "_include:iterate=AuditEvent:agent",
+            "_revinclude=*",
+            "_has:Provenance:target:agent=x",
+            "_filter=x eq 1",
+            "_query=everything",
+            "_list=1",
+            "_contained=true",
+            "_containedType=contained",
+            "_text=x",
+            "_content=x",
+            "_security=urn:x|y",
+            "_security:not=urn:x|y",
+            "_getpages=abc",
+            "patient.name=x",
+            "patient:Patient.name=x",
+            "agent.identifier=x",
+            "unknown=1",
+            "MESSAGE-ID=x",
+            "_format=xml",
+            "_pretty=yes",
+            "message-id:iterate=x",
+            "patient:Patient=1",
+            "type:in=http://vs",
+            "_id:exact%00=x",
+            "_sort=_security",
+        ] {
+            assert!(parse(q).is_err(), "{q} was accepted");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_names_are_decoded_before_matching() {
+        assert!(parse("%5Finclude=AuditEvent:patient").is_err());
+        assert!(parse("_secur%69ty=x").is_err());
+        assert!(parse("message%2Did=x").is_ok());
+    }
+
+    #[test]
+    fn elements_always_keep_meta() {
+        assert_eq!(parse("_elements=id,type").unwrap().elements.as_deref(), Some("id,type,meta"));
+        assert_eq!(parse("_elements=meta").unwrap().elements.as_deref(), Some("meta"));
+    }
+
+    #[test]
+    fn constraint_comes_first() {
+        let q = parse("message-id=a").unwrap();
+        assert_eq!(
+            q.to_query_string(&[("_security", "urn:l|v".into())]),
+            "_security=urn%3Al%7Cv&message-id=a"
+        );
+    }
+
+    #[test]
+    fn json_format_is_fine() {
+        assert!(parse("_format=json&_pretty=true").is_ok());
+    }
+}

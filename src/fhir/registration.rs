@@ -1,0 +1,365 @@
+//! Registration checks: a station may create an AuditEvent only if it is an EDS delivery
+//! status, names the station itself as the observing device, and names the token's
+//! organisational context (SOR + GLN) as its sender or receiver. A registration that passes
+//! gets the access labels stamped into `meta.security`.
+
+use serde_json::{json, Value};
+
+use crate::auth::principal::Station;
+use crate::error::Refusal;
+use crate::fhir::labels::{Label, LabelSystems};
+use crate::fhir::strict_json;
+
+pub const EDS_PROFILES: &[&str] = &[
+    "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus",
+    "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsBasicDeliveryStatus",
+];
+const OTHER_ID_EXTENSION: &str = "http://medcomehmi.dk/ig/eds/StructureDefinition/eds-otherId";
+
+/// Facts read from a registration that pass its checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub device_id: String,
+    pub sender: Party,
+    pub receiver: Party,
+    pub cpr: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Party {
+    pub sor: String,
+    pub gln: Option<String>,
+}
+
+/// Check a create body for `station` and return the body to forward, labels stamped.
+pub fn validate_and_label(body: &[u8], station: &Station, systems: &LabelSystems) -> Result<Vec<u8>, Refusal> {
+    if !station.grants.create {
+        return Err(Refusal::forbidden("the token does not grant system/AuditEvent.c"));
+    }
+    let org = station.org.as_ref().ok_or_else(|| {
+        Refusal::forbidden("registrations need a token with ehmi:org_context and matching SOR:/GLN: scopes")
+    })?;
+    let mut resource = strict_json::parse(body).map_err(|e| Refusal::invalid(format!("the body is not valid JSON: {e}")))?;
+    let reg = read_registration(&resource, systems)?;
+    if reg.device_id != station.device_id {
+        return Err(Refusal::forbidden(
+            "the registration's observing device is not the token's ehmi:eer:device_id",
+        ));
+    }
+    let is_party = |p: &Party| p.sor == org.sor && p.gln.as_deref() == Some(org.gln.as_str());
+    if !is_party(&reg.sender) && !is_party(&reg.receiver) {
+        return Err(Refusal::forbidden(
+            "the token's organisational context (SOR and GLN) is neither the sender nor the receiver",
+        ));
+    }
+    stamp(&mut resource, &labels_for(&reg, systems));
+    serde_json::to_vec(&resource).map_err(|e| Refusal::invalid(e.to_string()))
+}
+
+/// The labels a registration gets: its device, both parties' SOR codes, the patient's CPR.
+pub fn labels_for(reg: &Registration, systems: &LabelSystems) -> Vec<Label> {
+    let mut labels = vec![systems.device(&reg.device_id), systems.sor(&reg.sender.sor), systems.sor(&reg.receiver.sor)];
+    if let Some(cpr) = &reg.cpr {
+        labels.push(systems.cpr(cpr));
+    }
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+fn stamp(resource: &mut Value, labels: &[Label]) {
+    let codings = labels.iter().map(|l| json!({"system": l.system, "code": l.code}));
+    if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+        let security = meta.entry("security").or_insert_with(|| json!([]));
+        if let Some(arr) = security.as_array_mut() {
+            arr.extend(codings);
+        }
+    }
+}
+
+fn text_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Read and check the parts of a registration the access rules depend on.
+pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registration, Refusal> {
+    if r.get("resourceType").and_then(Value::as_str) != Some("AuditEvent") {
+        return Err(Refusal::invalid("the body is not an AuditEvent"));
+    }
+    let meta = r.get("meta").ok_or_else(|| Refusal::invalid("meta.profile must name an EDS profile"))?;
+    let profiles: Vec<&str> = meta
+        .get("profile")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let is_eds = |p: &&str| EDS_PROFILES.iter().any(|e| *p == *e || p.strip_prefix(e).is_some_and(|v| v.starts_with('|')));
+    if !profiles.iter().any(is_eds) {
+        return Err(Refusal::invalid("meta.profile must name an EDS profile"));
+    }
+    if let Some(sec) = meta.get("security") {
+        let arr = sec.as_array().ok_or_else(|| Refusal::invalid("meta.security must be an array"))?;
+        if arr.iter().any(|c| c.get("system").and_then(Value::as_str).is_some_and(|s| systems.is_reserved(s))) {
+            return Err(Refusal::invalid("access labels in meta.security are set by the proxy, not the client"));
+        }
+    }
+    let device_id = device_identity(r)?;
+    let sender = party(r, "ehmiSender")?;
+    let receiver = party(r, "ehmiReceiver")?;
+    let patients: Vec<&Value> = entities(r).filter(|e| text_at(e, "/type/code") == Some("ehmiPatient")).collect();
+    let cpr = match patients.as_slice() {
+        [] => None,
+        [p] => Some(
+            text_at(p, "/what/identifier/value")
+                .ok_or_else(|| Refusal::invalid("the ehmiPatient entity has no identifier value"))?
+                .to_string(),
+        ),
+        _ => return Err(Refusal::invalid("more than one ehmiPatient entity")),
+    };
+    let patient_profile = profiles.iter().any(|p| p.starts_with(EDS_PROFILES[0]));
+    if patient_profile && cpr.is_none() {
+        return Err(Refusal::invalid("an EdsPatientDeliveryStatus needs an ehmiPatient entity"));
+    }
+    Ok(Registration { device_id, sender, receiver, cpr })
+}
+
+fn entities(r: &Value) -> impl Iterator<Item = &Value> {
+    r.get("entity").and_then(Value::as_array).into_iter().flatten()
+}
+
+/// The station that records the event: `source.observer.identifier.value`, and/or the
+/// identifier of the contained Device `source.observer` references. Every identity given
+/// must agree; at least one must be given.
+fn device_identity(r: &Value) -> Result<String, Refusal> {
+    let observer = r
+        .pointer("/source/observer")
+        .ok_or_else(|| Refusal::invalid("source.observer is required"))?;
+    let mut identities: Vec<String> = Vec::new();
+    if observer.get("identifier").is_some() {
+        let v = text_at(observer, "/identifier/value")
+            .ok_or_else(|| Refusal::invalid("source.observer.identifier has no value"))?;
+        identities.push(v.to_string());
+    }
+    if let Some(reference) = observer.get("reference") {
+        let reference = reference.as_str().unwrap_or_default();
+        let local = reference.strip_prefix('#').ok_or_else(|| {
+            Refusal::invalid("source.observer must reference a contained Device (#id) or carry an identifier")
+        })?;
+        let contained: Vec<&Value> = r
+            .get("contained")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("id").and_then(Value::as_str) == Some(local))
+            .collect();
+        let [device] = contained.as_slice() else {
+            return Err(Refusal::invalid("source.observer references no single contained resource"));
+        };
+        if device.get("resourceType").and_then(Value::as_str) != Some("Device") {
+            return Err(Refusal::invalid("source.observer must reference a Device"));
+        }
+        let values: Vec<&str> = device
+            .get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| text_at(i, "/value"))
+            .collect();
+        if values.is_empty() {
+            return Err(Refusal::invalid("the observing Device has no identifier"));
+        }
+        // Several identifiers must all name the same station: no smuggling a second one.
+        identities.extend(values.into_iter().map(str::to_string));
+    }
+    let first = identities
+        .first()
+        .cloned()
+        .ok_or_else(|| Refusal::invalid("source.observer does not identify the station"))?;
+    if identities.iter().any(|i| *i != first) {
+        return Err(Refusal::forbidden(
+            "source.observer's identifier and the contained Device's identifier disagree",
+        ));
+    }
+    Ok(first)
+}
+
+fn party(r: &Value, role: &str) -> Result<Party, Refusal> {
+    let agents: Vec<&Value> = r
+        .get("agent")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| {
+            a.pointer("/type/coding")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|c| text_at(c, "/code") == Some(role)))
+        })
+        .collect();
+    let [agent] = agents.as_slice() else {
+        return Err(Refusal::invalid(format!("exactly one {role} agent is required")));
+    };
+    let sor = text_at(agent, "/who/identifier/value")
+        .ok_or_else(|| Refusal::invalid(format!("the {role} agent has no who.identifier.value (SOR)")))?
+        .to_string();
+    let glns: Vec<&str> = agent
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("url").and_then(Value::as_str) == Some(OTHER_ID_EXTENSION))
+        .filter(|e| {
+            e.pointer("/valueIdentifier/type/coding")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|c| text_at(c, "/code") == Some("GLN")))
+        })
+        .filter_map(|e| text_at(e, "/valueIdentifier/value"))
+        .collect();
+    let gln = match glns.as_slice() {
+        [] => None,
+        [g] => Some(g.to_string()),
+        _ => return Err(Refusal::invalid(format!("the {role} agent has more than one GLN"))),
+    };
+    Ok(Party { sor, gln })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::scope::Grants;
+    use crate::auth::token::OrgContext;
+
+    fn systems() -> LabelSystems {
+        LabelSystems {
+            device: "urn:eds-proxy:label:device-id".into(),
+            sor: "urn:eds-proxy:label:sor".into(),
+            cpr: "urn:eds-proxy:label:cpr".into(),
+            reserved_prefix: "urn:eds-proxy:label:".into(),
+        }
+    }
+
+    fn example() -> Value {
+        serde_json::from_str(include_str!("../../tests/fixtures/AuditEvent-EDS-PDS-01.1.json")).unwrap()
+    }
+
+    fn station(device: &str, sor: &str, gln: &str) -> Station {
+        Station {
+            device_id: device.into(),
+            org: Some(OrgContext { name: None, sor: sor.into(), gln: gln.into() }),
+            grants: Grants { create: true, read: true, search: true },
+        }
+    }
+
+    fn sender_station() -> Station {
+        station("Cura-EUA", "937961000016000", "GLN-1234")
+    }
+
+    fn run(body: &Value, st: &Station) -> Result<Value, Refusal> {
+        validate_and_label(&serde_json::to_vec(body).unwrap(), st, &systems()).map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn the_ig_example_is_accepted_and_labelled() {
+        let out = run(&example(), &sender_station()).unwrap();
+        let sec = out["meta"]["security"].as_array().unwrap();
+        let has = |s: &str, c: &str| sec.iter().any(|x| x["system"] == s && x["code"] == c);
+        assert!(has("urn:eds-proxy:label:device-id", "Cura-EUA"));
+        assert!(has("urn:eds-proxy:label:sor", "937961000016000"));
+        assert!(has("urn:eds-proxy:label:sor", "698141000016008"));
+        assert!(has("urn:eds-proxy:label:cpr", "PAT1234567890"));
+        assert_eq!(sec.len(), 4);
+    }
+
+    #[test]
+    fn receiver_org_context_is_accepted_too() {
+        assert!(run(&example(), &station("Cura-EUA", "698141000016008", "GLN-12345")).is_ok());
+    }
+
+    #[test]
+    fn wrong_device_or_org_is_forbidden() {
+        for st in [
+            station("MultiMed-AP", "937961000016000", "GLN-1234"),
+            station("Cura-EUA", "111", "GLN-1234"),
+            station("Cura-EUA", "937961000016000", "GLN-999"),
+            // sender's SOR with receiver's GLN: each party must match as a pair.
+            station("Cura-EUA", "937961000016000", "GLN-12345"),
+        ] {
+            assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))), "{st:?}");
+        }
+    }
+
+    #[test]
+    fn station_without_create_grant_or_org_is_forbidden() {
+        let mut st = sender_station();
+        st.grants.create = false;
+        assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))));
+        let mut st = sender_station();
+        st.org = None;
+        assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))));
+    }
+
+    #[test]
+    fn observer_identifier_must_agree_with_contained_device() {
+        let mut body = example();
+        body["source"]["observer"]["identifier"] = json!({"value": "Cura-EUA"});
+        assert!(run(&body, &sender_station()).is_ok());
+        body["source"]["observer"]["identifier"] = json!({"value": "Someone-Else"});
+        assert!(matches!(run(&body, &sender_station()), Err(Refusal::Forbidden(_))));
+        let mut body = example();
+        body["contained"][0]["identifier"] = json!([{"value": "Cura-EUA"}, {"value": "Other"}]);
+        assert!(run(&body, &sender_station()).is_err());
+    }
+
+    #[test]
+    fn identifier_alone_is_enough() {
+        let mut body = example();
+        body["source"]["observer"] = json!({"identifier": {"value": "Cura-EUA"}});
+        body.as_object_mut().unwrap().remove("contained");
+        assert!(run(&body, &sender_station()).is_ok());
+    }
+
+    #[test]
+    fn malformed_registrations_are_invalid() {
+        let mut cases: Vec<Value> = Vec::new();
+        let mut v = example();
+        v["resourceType"] = json!("Patient");
+        cases.push(v);
+        let mut v = example();
+        v["meta"]["profile"] = json!(["http://example.org/other"]);
+        cases.push(v);
+        let mut v = example();
+        v["meta"]["security"] = json!([{"system": "urn:eds-proxy:label:cpr", "code": "0101701234"}]);
+        cases.push(v);
+        let mut v = example();
+        v["source"]["observer"] = json!({"reference": "Device/123"});
+        cases.push(v);
+        let mut v = example();
+        v["source"]["observer"] = json!({"reference": "#missing"});
+        cases.push(v);
+        let mut v = example();
+        v["agent"].as_array_mut().unwrap().remove(0);
+        cases.push(v);
+        let mut v = example();
+        let dup = v["agent"][0].clone();
+        v["agent"].as_array_mut().unwrap().push(dup);
+        cases.push(v);
+        let mut v = example();
+        v["entity"].as_array_mut().unwrap().remove(0);
+        cases.push(v);
+        for (i, body) in cases.iter().enumerate() {
+            assert!(matches!(run(body, &sender_station()), Err(Refusal::Invalid(_))), "case {i}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_and_non_json_are_invalid() {
+        let st = sender_station();
+        assert!(validate_and_label(br#"{"resourceType":"AuditEvent","resourceType":"Patient"}"#, &st, &systems()).is_err());
+        assert!(validate_and_label(b"<AuditEvent/>", &st, &systems()).is_err());
+    }
+
+    #[test]
+    fn profile_with_version_counts() {
+        let mut v = example();
+        v["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus|1.0.2"]);
+        assert!(run(&v, &sender_station()).is_ok());
+    }
+}

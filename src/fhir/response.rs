@@ -1,0 +1,257 @@
+//! Response verification: nothing the FHIR server returns reaches the caller unless it carries
+//! the caller's access label. Searchsets lose every entry that does not (fail closed: the
+//! entry is dropped and counted); a read of a resource without it becomes 404. Links are
+//! rewritten to the proxy's public base and paging handles are signed for the caller.
+
+use serde_json::Value;
+
+use crate::error::Refusal;
+use crate::fhir::labels::Constraint;
+use crate::fhir::paging::{PageSigner, SIGNATURE_PARAM};
+use crate::fhir::query::{decode_pairs, encode};
+use crate::fhir::strict_json;
+
+/// What a response is checked and rewritten against.
+pub struct ResponseContext<'a> {
+    pub constraint: &'a Constraint,
+    /// The proxy's public base URL, without a trailing slash.
+    pub public_base: &'a str,
+    /// The FHIR server's base URL, without a trailing slash.
+    pub upstream_base: &'a str,
+    pub signer: &'a PageSigner,
+    pub principal_key: &'a str,
+}
+
+#[derive(Debug)]
+pub struct CheckedBundle {
+    pub body: Vec<u8>,
+    /// Entries removed because they did not carry the caller's label.
+    pub dropped: usize,
+}
+
+const PAGE_PARAMS: &[&str] = &["_getpages", "_getpagesoffset", "_count", "_bundletype", "_format", "_pretty"];
+
+fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
+    strict_json::parse(body).map_err(|_| Refusal::BadGateway("the FHIR server answered with something that is not JSON".into()))
+}
+
+/// Check a searchset: drop entries the caller may not see, rewrite and sign links.
+pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<CheckedBundle, Refusal> {
+    let mut bundle = parse_json(body)?;
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
+        || bundle.get("type").and_then(Value::as_str) != Some("searchset")
+    {
+        return Err(Refusal::BadGateway("the FHIR server did not answer a search with a searchset".into()));
+    }
+    let mut dropped = 0;
+    if let Some(entries) = bundle.get_mut("entry") {
+        let entries = entries
+            .as_array_mut()
+            .ok_or_else(|| Refusal::BadGateway("malformed searchset".into()))?;
+        entries.retain(|e| {
+            let keep = entry_visible(e, ctx.constraint);
+            if !keep {
+                dropped += 1;
+            }
+            keep
+        });
+        for e in entries.iter_mut() {
+            if let Some(full) = e.get("fullUrl").and_then(Value::as_str).and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base)) {
+                e["fullUrl"] = Value::String(full);
+            }
+        }
+    }
+    if dropped > 0 {
+        // The server's count included what the caller may not see.
+        if let Some(obj) = bundle.as_object_mut() {
+            obj.remove("total");
+        }
+    }
+    if let Some(links) = bundle.get_mut("link").and_then(Value::as_array_mut) {
+        links.retain_mut(|link| {
+            let rewritten = link.get("url").and_then(Value::as_str).and_then(|u| rewrite_link(u, ctx));
+            match rewritten {
+                Some(u) => {
+                    link["url"] = Value::String(u);
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+    let body = serde_json::to_vec(&bundle).map_err(|e| Refusal::BadGateway(e.to_string()))?;
+    Ok(CheckedBundle { body, dropped })
+}
+
+fn entry_visible(entry: &Value, constraint: &Constraint) -> bool {
+    let Some(resource) = entry.get("resource") else {
+        return false;
+    };
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some("AuditEvent") => constraint.admits(resource),
+        Some("OperationOutcome") => entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome"),
+        _ => false,
+    }
+}
+
+/// Outcome of checking a single resource (read, vread).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResourceCheck {
+    Visible,
+    /// Present but not the caller's: answer 404, never 403.
+    Hidden,
+}
+
+pub fn check_resource(body: &[u8], constraint: &Constraint) -> Result<ResourceCheck, Refusal> {
+    let resource = parse_json(body)?;
+    if resource.get("resourceType").and_then(Value::as_str) != Some("AuditEvent") {
+        return Ok(ResourceCheck::Hidden);
+    }
+    Ok(if constraint.admits(&resource) { ResourceCheck::Visible } else { ResourceCheck::Hidden })
+}
+
+/// Map a URL under the server's or the proxy's base onto the proxy's base. Anything else is
+/// not ours to hand out.
+pub fn rebase(url: &str, public_base: &str, upstream_base: &str) -> Option<String> {
+    let rest = [public_base, upstream_base]
+        .iter()
+        .find_map(|base| url.strip_prefix(base).filter(|r| r.is_empty() || r.starts_with(['/', '?'])))?;
+    Some(format!("{public_base}{rest}"))
+}
+
+/// Rewrite a Bundle link: paging links are rebuilt from their known parameters and signed;
+/// other links lose the proxy's own constraint parameter.
+pub fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<String> {
+    let rebased = rebase(url, ctx.public_base, ctx.upstream_base)?;
+    let (path, query) = match rebased.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => return Some(rebased),
+    };
+    let pairs = decode_pairs(query);
+    let page_id = pairs.iter().find(|(n, _)| n == "_getpages").map(|(_, v)| v.clone());
+    let kept: Vec<String> = match &page_id {
+        Some(_) => pairs
+            .iter()
+            .filter(|(n, _)| PAGE_PARAMS.contains(&n.as_str()))
+            .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
+            .collect(),
+        None => pairs
+            .iter()
+            .filter(|(n, _)| !n.starts_with("_security") && n != SIGNATURE_PARAM)
+            .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
+            .collect(),
+    };
+    let mut out = format!("{path}?{}", kept.join("&"));
+    if let Some(id) = page_id {
+        out.push_str(&format!("&{SIGNATURE_PARAM}={}", ctx.signer.sign(ctx.principal_key, &id)));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::principal::{Principal, Station};
+    use crate::auth::scope::Grants;
+    use crate::cvr_directory::CvrDirectory;
+    use crate::fhir::labels::LabelSystems;
+    use serde_json::json;
+
+    fn systems() -> LabelSystems {
+        LabelSystems {
+            device: "urn:eds-proxy:label:device-id".into(),
+            sor: "urn:eds-proxy:label:sor".into(),
+            cpr: "urn:eds-proxy:label:cpr".into(),
+            reserved_prefix: "urn:eds-proxy:label:".into(),
+        }
+    }
+
+    fn constraint() -> Constraint {
+        let p = Principal::Station(Station { device_id: "dev-1".into(), org: None, grants: Grants::default() });
+        Constraint::for_principal(&p, &systems(), &CvrDirectory::default()).unwrap()
+    }
+
+    fn audit(id: &str, device: &str) -> Value {
+        json!({"fullUrl": format!("http://hapi:8080/fhir/AuditEvent/{id}"),
+               "resource": {"resourceType": "AuditEvent", "id": id,
+                            "meta": {"security": [{"system": "urn:eds-proxy:label:device-id", "code": device}]}}})
+    }
+
+    fn with_ctx<T>(f: impl FnOnce(&ResponseContext<'_>) -> T) -> T {
+        let c = constraint();
+        let signer = PageSigner::new(vec![7; 32]);
+        let ctx = ResponseContext {
+            constraint: &c,
+            public_base: "https://proxy:8443/fhir",
+            upstream_base: "http://hapi:8080/fhir",
+            signer: &signer,
+            principal_key: "station\0dev-1",
+        };
+        f(&ctx)
+    }
+
+    #[test]
+    fn foreign_entries_are_dropped_and_counted() {
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
+            "entry": [audit("a", "dev-1"), audit("b", "dev-2"),
+                      {"resource": {"resourceType": "AuditEvent", "id": "c"}},
+                      {"resource": {"resourceType": "Patient", "id": "p", "meta": {"security": [{"system": "urn:eds-proxy:label:device-id", "code": "dev-1"}]}}}]});
+        let out = with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap());
+        assert_eq!(out.dropped, 3);
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(v["entry"].as_array().unwrap().len(), 1);
+        assert_eq!(v["entry"][0]["resource"]["id"], "a");
+        assert_eq!(v["entry"][0]["fullUrl"], "https://proxy:8443/fhir/AuditEvent/a");
+        assert!(v.get("total").is_none());
+    }
+
+    #[test]
+    fn paging_links_are_signed_and_constraint_stripped() {
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset",
+            "link": [
+                {"relation": "self", "url": "https://proxy:8443/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cdev-1&message-id=x"},
+                {"relation": "next", "url": "https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_elements=x"},
+                {"relation": "other", "url": "https://evil.example/fhir?_getpages=abc"}
+            ]});
+        let (out, sig) = with_ctx(|ctx| {
+            (check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap(), ctx.signer.sign(ctx.principal_key, "abc"))
+        });
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        let links = v["link"].as_array().unwrap();
+        assert_eq!(links.len(), 2);
+        assert_eq!(links[0]["url"], "https://proxy:8443/fhir/AuditEvent?message-id=x");
+        assert_eq!(
+            links[1]["url"],
+            format!("https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_eds_sig={sig}")
+        );
+    }
+
+    #[test]
+    fn non_searchset_or_non_json_fails_closed() {
+        with_ctx(|ctx| {
+            assert!(check_searchset(b"<Bundle/>", ctx).is_err());
+            assert!(check_searchset(br#"{"resourceType":"Bundle","type":"batch-response"}"#, ctx).is_err());
+            assert!(check_searchset(br#"{"resourceType":"Bundle","type":"searchset","entry":{}}"#, ctx).is_err());
+        });
+    }
+
+    #[test]
+    fn read_check() {
+        let c = constraint();
+        let mine = serde_json::to_vec(&audit("a", "dev-1")["resource"]).unwrap();
+        let other = serde_json::to_vec(&audit("a", "dev-2")["resource"]).unwrap();
+        assert_eq!(check_resource(&mine, &c).unwrap(), ResourceCheck::Visible);
+        assert_eq!(check_resource(&other, &c).unwrap(), ResourceCheck::Hidden);
+        assert_eq!(check_resource(br#"{"resourceType":"Patient"}"#, &c).unwrap(), ResourceCheck::Hidden);
+        assert!(check_resource(b"nope", &c).is_err());
+    }
+
+    #[test]
+    fn rebase_only_known_bases() {
+        with_ctx(|ctx| {
+            assert_eq!(rebase("http://hapi:8080/fhir/AuditEvent/1/_history/1", ctx.public_base, ctx.upstream_base).unwrap(), "https://proxy:8443/fhir/AuditEvent/1/_history/1");
+            assert!(rebase("http://hapi:8080/fhirX/AuditEvent/1", ctx.public_base, ctx.upstream_base).is_none());
+            assert!(rebase("http://other/fhir/AuditEvent/1", ctx.public_base, ctx.upstream_base).is_none());
+        });
+    }
+}

@@ -1,0 +1,331 @@
+//! The request pipeline on Pingora's HTTP server: TLS peer certificate → principal →
+//! interaction → constrained upstream request → verified response.
+//!
+//! eds-proxy is a buffering gateway rather than a streaming proxy: a response is checked in
+//! full before its status line is sent (a read of someone else's record must become 404), so
+//! it implements Pingora's `ServeHttp` and talks to the FHIR server through Pingora's pooled
+//! upstream connector. All decisions are made by the pure modules in `auth` and `fhir`.
+
+pub mod admin;
+pub mod authn;
+pub mod upstream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::auth::principal::Principal;
+use crate::cvr_directory::CvrDirectory;
+use crate::error::{Refusal, TokenFailure};
+use crate::fhir::interaction::{self, Interaction, RequestParts};
+use crate::fhir::labels::{Constraint, LabelSystems};
+use crate::fhir::paging::PageSigner;
+use crate::fhir::response::{self, ResourceCheck, ResponseContext};
+use crate::fhir::registration;
+use crate::metrics;
+use authn::Authenticator;
+use upstream::{Upstream, UpstreamResponse};
+
+pub struct Gateway {
+    pub authenticator: Arc<Authenticator>,
+    pub upstream: Upstream,
+    pub labels: LabelSystems,
+    pub directory: CvrDirectory,
+    pub signer: PageSigner,
+    pub public_base: String,
+    pub public_base_path: String,
+    pub upstream_base: String,
+    pub max_body_bytes: usize,
+    pub max_count: u32,
+    pub capability: Vec<u8>,
+    pub request_counter: AtomicU64,
+}
+
+/// A finished answer before it becomes an HTTP response.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn ok(status: u16, body: Vec<u8>) -> Answer {
+        Answer { status, body, headers: Vec::new() }
+    }
+    fn refusal(r: &Refusal) -> Answer {
+        Answer { status: r.status(), body: r.outcome_json(), headers: r.headers() }
+    }
+}
+
+/// What the access log and metrics learn about one request.
+#[derive(Default)]
+struct Outcome {
+    interaction: &'static str,
+    principal: &'static str,
+    reason: &'static str,
+    dropped: usize,
+}
+
+#[async_trait]
+impl ServeHttp for Gateway {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let started = Instant::now();
+        let request_id = format!("{:x}-{:x}", std::process::id(), self.request_counter.fetch_add(1, Ordering::Relaxed));
+        let mut outcome = Outcome { interaction: "unknown", principal: "none", ..Default::default() };
+        let answer = match self.handle(session, &request_id, &mut outcome).await {
+            Ok(a) => a,
+            Err(r) => {
+                outcome.reason = r.reason();
+                Answer::refusal(&r)
+            }
+        };
+        let decision = if answer.status < 400 { "allowed" } else { "refused" };
+        let reason = if answer.status < 400 { "ok" } else { outcome.reason };
+        metrics::REQUESTS
+            .with_label_values(&[outcome.interaction, outcome.principal, decision, reason])
+            .inc();
+        metrics::REQUEST_DURATION
+            .with_label_values(&[outcome.interaction])
+            .observe(started.elapsed().as_secs_f64());
+        self.access_log(session, &request_id, &outcome, answer.status, started);
+        build_response(answer, &request_id)
+    }
+}
+
+fn build_response(answer: Answer, request_id: &str) -> Response<Vec<u8>> {
+    let mut builder = Response::builder()
+        .status(answer.status)
+        .header("Content-Type", "application/fhir+json; charset=utf-8")
+        .header("Content-Length", answer.body.len())
+        .header("Cache-Control", "no-store")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("X-Request-ID", request_id);
+    for (name, value) in &answer.headers {
+        builder = builder.header(*name, value.as_str());
+    }
+    builder.body(answer.body).unwrap_or_else(|_| {
+        let mut r = Response::new(Vec::new());
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+fn header<'a>(session: &'a ServerSession, name: &str) -> Option<&'a str> {
+    session.get_header(name).and_then(|v| v.to_str().ok())
+}
+
+impl Gateway {
+    async fn handle(&self, session: &mut ServerSession, request_id: &str, outcome: &mut Outcome) -> Result<Answer, Refusal> {
+        let (method, path, query) = {
+            let req = session.req_header();
+            let uri = &req.uri;
+            (req.method.as_str().to_string(), uri.path().to_string(), uri.query().map(str::to_string))
+        };
+        if method == "GET" && path.trim_end_matches('/') == format!("{}/metadata", self.public_base_path) {
+            outcome.interaction = "capabilities";
+            if query.is_none() {
+                return Ok(Answer::ok(200, self.capability.clone()));
+            }
+        }
+        let cert = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| s.cert_digest.clone())
+            .unwrap_or_default();
+        if cert.is_empty() {
+            return Err(Refusal::Unauthenticated(TokenFailure::BindingMismatch));
+        }
+        if session.req_header().headers.get_all("authorization").iter().count() > 1 {
+            return Err(Refusal::Unauthenticated(TokenFailure::Malformed));
+        }
+        let authorization = session.get_header("authorization").map(|v| v.as_bytes().to_vec());
+        let principal = self.authenticator.authenticate(authorization.as_deref(), &cert).await?;
+        outcome.principal = principal.kind();
+
+        let body = self.read_body(session).await?;
+        let conditional = ["if-none-exist", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"]
+            .iter()
+            .any(|h| session.get_header(*h).is_some());
+        let parts = RequestParts {
+            method: &method,
+            path: &path,
+            query: query.as_deref(),
+            content_type: header(session, "content-type"),
+            conditional,
+            body: &body,
+        };
+        let interaction = interaction::classify(&parts, &self.public_base_path, self.max_count)?;
+        outcome.interaction = interaction.name();
+        self.dispatch(interaction, &principal, body, request_id, outcome).await
+    }
+
+    /// The whole request body, refused above the limit before it is all read.
+    async fn read_body(&self, session: &mut ServerSession) -> Result<Vec<u8>, Refusal> {
+        let declared = header(session, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes) {
+            return Err(Refusal::TooLarge(self.max_body_bytes));
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_body_bytes {
+                        return Err(Refusal::TooLarge(self.max_body_bytes));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(_) => return Err(Refusal::invalid("the request body could not be read")),
+            }
+        }
+    }
+
+    async fn dispatch(&self, interaction: Interaction, principal: &Principal, body: Vec<u8>, request_id: &str, outcome: &mut Outcome) -> Result<Answer, Refusal> {
+        let grants = principal.grants();
+        let step = outcome.interaction;
+        match interaction {
+            Interaction::Capabilities => Ok(Answer::ok(200, self.capability.clone())),
+            Interaction::Create => {
+                let Principal::Station(station) = principal else {
+                    return Err(Refusal::forbidden("only stations (system clients) register delivery statuses"));
+                };
+                let labelled = registration::validate_and_label(&body, station, &self.labels)?;
+                let resp = self.upstream_call(step, "POST", "AuditEvent", Some(labelled), request_id).await?;
+                self.created(resp)
+            }
+            Interaction::Search(query) => {
+                if !grants.search {
+                    return Err(Refusal::forbidden("the token does not grant search (s) on AuditEvent"));
+                }
+                let constraint = Constraint::for_principal(principal, &self.labels, &self.directory)?;
+                let qs = query.to_query_string(&[("_security", constraint.search_value())]);
+                let resp = self.upstream_call(step, "GET", &format!("AuditEvent?{qs}"), None, request_id).await?;
+                self.searchset(resp, &constraint, principal, outcome)
+            }
+            Interaction::Page(page) => {
+                if !grants.search {
+                    return Err(Refusal::forbidden("the token does not grant search (s) on AuditEvent"));
+                }
+                self.signer.verify(&principal.binding_key(), &page)?;
+                let constraint = Constraint::for_principal(principal, &self.labels, &self.directory)?;
+                let resp = self.upstream_call(step, "GET", &format!("?{}", page.upstream_query()), None, request_id).await?;
+                self.searchset(resp, &constraint, principal, outcome)
+            }
+            Interaction::Read { id, version } => {
+                if !grants.read {
+                    return Err(Refusal::forbidden("the token does not grant read (r) on AuditEvent"));
+                }
+                let constraint = Constraint::for_principal(principal, &self.labels, &self.directory)?;
+                let rel = match &version {
+                    Some(v) => format!("AuditEvent/{id}/_history/{v}"),
+                    None => format!("AuditEvent/{id}"),
+                };
+                let resp = self.upstream_call(step, "GET", &rel, None, request_id).await?;
+                if resp.status != 200 {
+                    return Err(upstream_failure(&resp));
+                }
+                match response::check_resource(&resp.body, &constraint)? {
+                    ResourceCheck::Visible => {
+                        let mut a = Answer::ok(200, resp.body);
+                        a.headers.extend(resp.etag.map(|v| ("ETag", v)));
+                        a.headers.extend(resp.last_modified.map(|v| ("Last-Modified", v)));
+                        Ok(a)
+                    }
+                    ResourceCheck::Hidden => {
+                        metrics::RESPONSE_DROPS.with_label_values(&[step, principal.kind()]).inc();
+                        Err(Refusal::NotFound)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn upstream_call(&self, step: &'static str, method: &str, relative: &str, body: Option<Vec<u8>>, request_id: &str) -> Result<UpstreamResponse, Refusal> {
+        let started = Instant::now();
+        let result = self.upstream.send(method, relative, body, request_id).await;
+        metrics::UPSTREAM_DURATION.with_label_values(&[step]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn response_context<'a>(&'a self, constraint: &'a Constraint, principal_key: &'a str) -> ResponseContext<'a> {
+        ResponseContext {
+            constraint,
+            public_base: &self.public_base,
+            upstream_base: &self.upstream_base,
+            signer: &self.signer,
+            principal_key,
+        }
+    }
+
+    fn searchset(&self, resp: UpstreamResponse, constraint: &Constraint, principal: &Principal, outcome: &mut Outcome) -> Result<Answer, Refusal> {
+        if resp.status != 200 {
+            return Err(upstream_failure(&resp));
+        }
+        let key = principal.binding_key();
+        let checked = response::check_searchset(&resp.body, &self.response_context(constraint, &key))?;
+        if checked.dropped > 0 {
+            log::error!("response check withheld {} entries the FHIR server returned outside the caller's constraint", checked.dropped);
+            metrics::RESPONSE_DROPS
+                .with_label_values(&[outcome.interaction, principal.kind()])
+                .inc_by(checked.dropped as u64);
+            outcome.dropped = checked.dropped;
+        }
+        Ok(Answer::ok(200, checked.body))
+    }
+
+    fn created(&self, resp: UpstreamResponse) -> Result<Answer, Refusal> {
+        if !(200..300).contains(&resp.status) {
+            return Err(upstream_failure(&resp));
+        }
+        let mut a = Answer::ok(resp.status, resp.body);
+        let location = resp.location.as_deref();
+        if let Some(loc) = location.and_then(|l| response::rebase(l, &self.public_base, &self.upstream_base)) {
+            a.headers.push(("Location", loc));
+        }
+        a.headers.extend(resp.etag.map(|v| ("ETag", v)));
+        Ok(a)
+    }
+
+    fn access_log(&self, session: &ServerSession, request_id: &str, o: &Outcome, status: u16, started: Instant) {
+        let line = json!({
+            "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "request_id": request_id,
+            "client": session.client_addr().map(|a| a.to_string()),
+            "method": session.req_header().method.as_str(),
+            "path": session.req_header().uri.path(),
+            "interaction": o.interaction,
+            "principal": o.principal,
+            "status": status,
+            "reason": if status < 400 { "ok" } else { o.reason },
+            "dropped": o.dropped,
+            "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+        });
+        log::info!(target: "access", "{line}");
+    }
+}
+
+/// Non-success answers from the FHIR server: "not there" stays 404 (410 too: a deleted
+/// record's existence is nobody's business); the server's own validation outcome for a
+/// caller's request is passed on; anything else is the server's failure (502).
+fn upstream_failure(resp: &UpstreamResponse) -> Refusal {
+    match resp.status {
+        404 | 410 => Refusal::NotFound,
+        400 | 409 | 412 | 422 => {
+            let diagnostics = serde_json::from_slice::<serde_json::Value>(&resp.body)
+                .ok()
+                .filter(|v| v["resourceType"] == "OperationOutcome")
+                .and_then(|v| v.pointer("/issue/0/diagnostics").and_then(|d| d.as_str()).map(str::to_string));
+            Refusal::invalid(format!(
+                "the FHIR server rejected the request{}",
+                diagnostics.map(|d| format!(": {d}")).unwrap_or_default()
+            ))
+        }
+        _ => Refusal::BadGateway(format!("the FHIR server answered {}", resp.status)),
+    }
+}

@@ -1,0 +1,90 @@
+//! The `eds-proxy` command: run the proxy, check a configuration, and development tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use eds_proxy::{config, server};
+
+#[derive(Parser)]
+#[command(name = "eds-proxy", version, about = "Security sidecar for the EHMI Delivery Status service (EDS)")]
+struct Cli {
+    /// Configuration file (TOML) to run the proxy with.
+    #[arg(long, global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file: exit 0 if it is usable, 1 with every problem named.
+    CheckConfig { file: PathBuf },
+    /// DEVELOPMENT ONLY tools: a throw-away PKI, a token issuer, token minting.
+    #[command(subcommand)]
+    Dev(eds_proxy::dev::cli::DevCommand),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Command::CheckConfig { file }), _) => check_config(&file),
+        (Some(Command::Dev(cmd)), _) => match eds_proxy::dev::cli::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        (None, Some(file)) => run(&file),
+        (None, None) => {
+            eprintln!("usage: eds-proxy --config FILE | eds-proxy check-config FILE | eds-proxy dev …");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match config::load(file) {
+        Ok(_) => {
+            println!("{}: OK", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                println!("{}: {p}", file.display());
+            }
+            println!("{}: {} problem(s)", file.display(), problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(file: &std::path::Path) -> ExitCode {
+    let config = match config::load(file) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::build_server(&config) {
+        Ok(s) => {
+            log::info!(
+                "eds-proxy listening on {} (FHIR, mTLS) and {} (admin), forwarding to {}",
+                config.listen.address,
+                config.admin.address,
+                config.upstream.base_url
+            );
+            s.run_forever()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
