@@ -257,7 +257,9 @@ fn default_grace() -> u64 {
 }
 
 /// Algorithms the proxy can ever accept: asymmetric only, never `none` or HMAC.
-pub const SUPPORTED_ALGORITHMS: &[&str] = &["PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "RS256"];
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "RS256",
+];
 
 /// Minimum length of the page-signing secret, in bytes.
 pub const MIN_PAGE_SECRET_BYTES: usize = 32;
@@ -277,8 +279,12 @@ impl Config {
 /// Parse and validate a configuration file. Relative paths inside it are resolved against
 /// the file's own folder, so a config works wherever the proxy is started from.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![problem("<file>", format!("cannot read {}: {e}", path.display()))])?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![problem(
+            "<file>",
+            format!("cannot read {}: {e}", path.display()),
+        )]
+    })?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     parse(&text, base)
 }
@@ -292,10 +298,8 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigProblem>> {
     };
     let ignoring = serde_ignored::Deserializer::new(de, &mut record_unknown);
     let parsed: Result<Config, _> = serde_path_to_error::deserialize(ignoring);
-    let mut problems: Vec<ConfigProblem> = unknown
-        .iter()
-        .map(|k| problem(k, "unknown key"))
-        .collect();
+    let mut problems: Vec<ConfigProblem> =
+        unknown.iter().map(|k| problem(k, "unknown key")).collect();
     let mut config = match parsed {
         Ok(c) => c,
         Err(e) => {
@@ -339,10 +343,30 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
     let mut out = Vec::new();
     check_socket_addr(&mut out, "listen.address", &c.listen.address);
     check_socket_addr(&mut out, "admin.address", &c.admin.address);
-    check_pem(&mut out, "listen.server_cert", &c.listen.server_cert, PemKind::Certificates);
-    check_pem(&mut out, "listen.server_key", &c.listen.server_key, PemKind::PrivateKey);
-    check_pem(&mut out, "listen.client_ca", &c.listen.client_ca, PemKind::Certificates);
-    check_url(&mut out, "upstream.base_url", &c.upstream.base_url, &["http", "https"]);
+    check_pem(
+        &mut out,
+        "listen.server_cert",
+        &c.listen.server_cert,
+        PemKind::Certificates,
+    );
+    check_pem(
+        &mut out,
+        "listen.server_key",
+        &c.listen.server_key,
+        PemKind::PrivateKey,
+    );
+    check_pem(
+        &mut out,
+        "listen.client_ca",
+        &c.listen.client_ca,
+        PemKind::Certificates,
+    );
+    check_url(
+        &mut out,
+        "upstream.base_url",
+        &c.upstream.base_url,
+        &["http", "https"],
+    );
     check_url(&mut out, "public.base_url", &c.public.base_url, &["https"]);
     for (key, v) in [
         ("upstream.connect_timeout_ms", c.upstream.connect_timeout_ms),
@@ -357,7 +381,10 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
         out.push(problem("token.issuer", "must not be empty"));
     }
     if c.token.audience.is_empty() || c.token.audience.iter().any(|a| a.trim().is_empty()) {
-        out.push(problem("token.audience", "needs at least one non-empty audience"));
+        out.push(problem(
+            "token.audience",
+            "needs at least one non-empty audience",
+        ));
     }
     match (&c.token.jwks_url, &c.token.jwks_file) {
         (None, None) => out.push(problem("token", "set one of jwks_url or jwks_file")),
@@ -407,7 +434,10 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
         ("access.cpr_label_system", &c.access.cpr_label_system),
     ] {
         if !system.starts_with(prefix.as_str()) {
-            out.push(problem(key, format!("must start with access.reserved_label_prefix `{prefix}`")));
+            out.push(problem(
+                key,
+                format!("must start with access.reserved_label_prefix `{prefix}`"),
+            ));
         }
         if system.contains(['|', ',', '$', '\\']) {
             out.push(problem(key, "must not contain | , $ or \\"));
@@ -452,7 +482,10 @@ pub fn trim_secret(bytes: &[u8]) -> &[u8] {
 
 fn check_socket_addr(out: &mut Vec<ConfigProblem>, key: &str, v: &str) {
     if v.parse::<std::net::SocketAddr>().is_err() {
-        out.push(problem(key, format!("`{v}` is not an address like 0.0.0.0:8443")));
+        out.push(problem(
+            key,
+            format!("`{v}` is not an address like 0.0.0.0:8443"),
+        ));
     }
 }
 

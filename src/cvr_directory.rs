@@ -23,9 +23,14 @@ struct TomlDirectory {
 
 impl CvrDirectory {
     pub fn load(path: &Path) -> Result<CvrDirectory, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let by_cvr = match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => toml::from_str::<TomlDirectory>(&text).map_err(|e| e.to_string())?.cvr,
+            Some("toml") => {
+                toml::from_str::<TomlDirectory>(&text)
+                    .map_err(|e| e.to_string())?
+                    .cvr
+            }
             Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string())?,
             _ => return Err("CVR directory must be a .toml or .json file".into()),
         };

@@ -189,13 +189,21 @@ mod tests {
     #[test]
     fn every_refusal_maps_to_status_and_outcome() {
         let cases = [
-            (Refusal::Unauthenticated(TokenFailure::Expired), 401, "login"),
+            (
+                Refusal::Unauthenticated(TokenFailure::Expired),
+                401,
+                "login",
+            ),
             (Refusal::forbidden("x"), 403, "forbidden"),
             (Refusal::invalid("x"), 400, "invalid"),
             (Refusal::NotFound, 404, "not-found"),
             (Refusal::MethodNotAllowed("x".into()), 405, "not-supported"),
             (Refusal::TooLarge(10), 413, "too-costly"),
-            (Refusal::UnsupportedMediaType("x".into()), 415, "not-supported"),
+            (
+                Refusal::UnsupportedMediaType("x".into()),
+                415,
+                "not-supported",
+            ),
             (Refusal::BadGateway("x".into()), 502, "transient"),
             (Refusal::GatewayTimeout, 504, "timeout"),
         ];
@@ -210,6 +218,8 @@ mod tests {
     #[test]
     fn invalid_token_carries_rfc6750_header() {
         let h = Refusal::Unauthenticated(TokenFailure::BindingMismatch).headers();
-        assert!(h[0].1.starts_with("Bearer error=\"invalid_token\", error_description="));
+        assert!(h[0]
+            .1
+            .starts_with("Bearer error=\"invalid_token\", error_description="));
     }
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use eds_proxy::{config, server};
 
 #[derive(Parser)]
-#[command(name = "eds-proxy", version, about = "Security sidecar for the EHMI Delivery Status service (EDS)")]
+#[command(
+    name = "eds-proxy",
+    version,
+    about = "Security sidecar for the EHMI Delivery Status service (EDS)"
+)]
 struct Cli {
     /// Configuration file (TOML) to run the proxy with.
     #[arg(long, global = false)]
@@ -40,7 +44,9 @@ fn main() -> ExitCode {
         },
         (None, Some(file)) => run(&file),
         (None, None) => {
-            eprintln!("usage: eds-proxy --config FILE | eds-proxy check-config FILE | eds-proxy dev …");
+            eprintln!(
+                "usage: eds-proxy --config FILE | eds-proxy check-config FILE | eds-proxy dev …"
+            );
             ExitCode::from(2)
         }
     }

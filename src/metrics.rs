@@ -3,19 +3,24 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec, IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
+    IntCounterVec, IntGauge,
 };
 
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register_int_counter_vec!(name, help, labels).unwrap_or_else(|_| {
-        IntCounterVec::new(prometheus::Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        IntCounterVec::new(prometheus::Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
     })
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    register_histogram_vec!(name, help, labels, LATENCY_BUCKETS.to_vec()).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+    register_histogram_vec!(name, help, labels, LATENCY_BUCKETS.to_vec())
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
 }
 
 /// Requests by interaction, principal kind, decision (allowed/refused) and reason.
@@ -28,28 +33,51 @@ pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram("eds_proxy_request_duration_seconds", "Total time per request", &["interaction"])
+    histogram(
+        "eds_proxy_request_duration_seconds",
+        "Total time per request",
+        &["interaction"],
+    )
 });
 
 pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram("eds_proxy_upstream_duration_seconds", "Time spent waiting for the FHIR server", &["interaction"])
+    histogram(
+        "eds_proxy_upstream_duration_seconds",
+        "Time spent waiting for the FHIR server",
+        &["interaction"],
+    )
 });
 
 pub static TOKEN_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("eds_proxy_token_failures_total", "Rejected access tokens by reason", &["reason"])
+    counter(
+        "eds_proxy_token_failures_total",
+        "Rejected access tokens by reason",
+        &["reason"],
+    )
 });
 
 pub static JWKS_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("eds_proxy_jwks_refreshes_total", "JWKS loads by result", &["result"])
+    counter(
+        "eds_proxy_jwks_refreshes_total",
+        "JWKS loads by result",
+        &["result"],
+    )
 });
 
 pub static JWKS_AGE: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("eds_proxy_jwks_age_seconds", "Seconds since the JWKS was last loaded")
-        .unwrap_or_else(|e| panic!("metric: {e}"))
+    register_int_gauge!(
+        "eds_proxy_jwks_age_seconds",
+        "Seconds since the JWKS was last loaded"
+    )
+    .unwrap_or_else(|e| panic!("metric: {e}"))
 });
 
 pub static TOKEN_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("eds_proxy_token_cache_total", "Validated-token cache lookups by result", &["result"])
+    counter(
+        "eds_proxy_token_cache_total",
+        "Validated-token cache lookups by result",
+        &["result"],
+    )
 });
 
 /// Entries or resources withheld because they lacked the caller's label: each one means the
@@ -63,7 +91,11 @@ pub static RESPONSE_DROPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("eds_proxy_upstream_errors_total", "FHIR server failures by kind", &["kind"])
+    counter(
+        "eds_proxy_upstream_errors_total",
+        "FHIR server failures by kind",
+        &["kind"],
+    )
 });
 
 /// Touch every metric so the series exist (at zero) from the first scrape on.

@@ -50,7 +50,8 @@ fn jwks_client(c: &Config) -> Result<reqwest::Client, String> {
 
 /// Build the gateway (everything but the listeners) from a configuration.
 pub fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
-    let secret = std::fs::read(&c.paging.secret_file).map_err(|e| format!("paging.secret_file: {e}"))?;
+    let secret =
+        std::fs::read(&c.paging.secret_file).map_err(|e| format!("paging.secret_file: {e}"))?;
     let secret = config::trim_secret(&secret).to_vec();
     let directory = match &c.access.cvr_directory {
         Some(p) => CvrDirectory::load(p)?,
@@ -59,7 +60,10 @@ pub fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
     let public = Url::parse(&c.public.base_url).map_err(|e| e.to_string())?;
     let upstream_url = Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?;
     let source = match (&c.token.jwks_url, &c.token.jwks_file) {
-        (Some(url), _) => JwksSource::Url { url: url.clone(), client: jwks_client(c)? },
+        (Some(url), _) => JwksSource::Url {
+            url: url.clone(),
+            client: jwks_client(c)?,
+        },
         (None, Some(file)) => JwksSource::File(file.clone()),
         (None, None) => return Err("token: no JWKS source".into()),
     };
@@ -125,14 +129,17 @@ fn tls_settings(c: &Config) -> Result<TlsSettings, String> {
     pingora::tls::install_default_crypto_provider();
     let mut roots = RootCertStore::empty();
     for cert in read_certs(&c.listen.client_ca)? {
-        roots.add(cert).map_err(|e| format!("listen.client_ca: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("listen.client_ca: {e}"))?;
     }
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
         .build()
         .map_err(|e| format!("listen.client_ca: {e}"))?;
     let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let mut tls = TlsSettings::intermediate(&path(&c.listen.server_cert), &path(&c.listen.server_key))
-        .map_err(|e| e.to_string())?;
+    let mut tls =
+        TlsSettings::intermediate(&path(&c.listen.server_cert), &path(&c.listen.server_key))
+            .map_err(|e| e.to_string())?;
     tls.set_client_cert_verifier(verifier);
     if c.listen.http2 {
         tls.enable_h2();
@@ -153,11 +160,17 @@ pub fn build_server(c: &Config) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut fhir = Service::new("eds-proxy FHIR listener".to_string(), HttpServer::new_app(gateway));
+    let mut fhir = Service::new(
+        "eds-proxy FHIR listener".to_string(),
+        HttpServer::new_app(gateway),
+    );
     fhir.add_tls_with_settings(&c.listen.address, None, tls_settings(c)?);
     server.add_service(fhir);
 
-    let mut admin = Service::new("eds-proxy admin".to_string(), HttpServer::new_app(AdminApp { keys }));
+    let mut admin = Service::new(
+        "eds-proxy admin".to_string(),
+        HttpServer::new_app(AdminApp { keys }),
+    );
     admin.add_tcp(&c.admin.address);
     server.add_service(admin);
     Ok(server)

@@ -18,7 +18,10 @@ use crate::metrics;
 #[derive(Debug, Clone)]
 pub enum JwksSource {
     File(PathBuf),
-    Url { url: String, client: reqwest::Client },
+    Url {
+        url: String,
+        client: reqwest::Client,
+    },
 }
 
 struct Snapshot {
@@ -68,9 +71,7 @@ impl KeyStore {
         let Ok(state) = self.state.read() else {
             return (None, true);
         };
-        let stale = state
-            .fetched_at
-            .is_none_or(|t| t.elapsed() > self.max_age);
+        let stale = state.fetched_at.is_none_or(|t| t.elapsed() > self.max_age);
         (state.keys.get(kid).cloned(), stale)
     }
 

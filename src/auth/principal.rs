@@ -72,15 +72,22 @@ fn identifier(name: &str, value: Option<&str>) -> Result<String, Refusal> {
         return Err(Refusal::forbidden(format!("the token has no {name} claim")));
     }
     if v.len() > MAX_IDENTIFIER_LEN || v.chars().any(char::is_control) {
-        return Err(Refusal::forbidden(format!("the token's {name} claim is not a valid identifier")));
+        return Err(Refusal::forbidden(format!(
+            "the token's {name} claim is not a valid identifier"
+        )));
     }
     Ok(v.to_string())
 }
 
-pub fn principal_from_claims(claims: &EdsClaims, policy: &PrincipalPolicy) -> Result<Principal, Refusal> {
+pub fn principal_from_claims(
+    claims: &EdsClaims,
+    policy: &PrincipalPolicy,
+) -> Result<Principal, Refusal> {
     let scopes = scope::parse(&claims.scope);
     if !scopes.eds {
-        return Err(Refusal::forbidden("the token is not issued for EDS (scope EDS missing)"));
+        return Err(Refusal::forbidden(
+            "the token is not issued for EDS (scope EDS missing)",
+        ));
     }
     match (scopes.system.any(), scopes.user.any()) {
         (true, true) => Err(Refusal::forbidden(
@@ -128,12 +135,23 @@ fn station(claims: &EdsClaims, scopes: &scope::Scopes) -> Result<Principal, Refu
             })
         }
     };
-    Ok(Principal::Station(Station { device_id, org, grants: scopes.system }))
+    Ok(Principal::Station(Station {
+        device_id,
+        org,
+        grants: scopes.system,
+    }))
 }
 
-fn user(claims: &EdsClaims, grants: Grants, policy: &PrincipalPolicy) -> Result<Principal, Refusal> {
+fn user(
+    claims: &EdsClaims,
+    grants: Grants,
+    policy: &PrincipalPolicy,
+) -> Result<Principal, Refusal> {
     // User clients never register, whatever their scope letters say.
-    let grants = Grants { create: false, ..grants };
+    let grants = Grants {
+        create: false,
+        ..grants
+    };
     let acr_ok = claims
         .acr
         .as_deref()
@@ -198,7 +216,9 @@ mod tests {
     #[test]
     fn station_with_matching_org_context_can_register() {
         let p = principal_from_claims(&claims(station_claims()), &policy()).unwrap();
-        let Principal::Station(s) = p else { panic!("not a station") };
+        let Principal::Station(s) = p else {
+            panic!("not a station")
+        };
         assert_eq!(s.device_id, "dev-1");
         assert_eq!(s.org.unwrap().sor, "111");
         assert!(s.grants.create && s.grants.read && s.grants.search);
@@ -219,13 +239,28 @@ mod tests {
     #[test]
     fn station_refusals() {
         let cases: Vec<(&str, serde_json::Value)> = vec![
-            ("no EDS scope", json!({"scope": "system/AuditEvent.crs SOR:111 GLN:222"})),
+            (
+                "no EDS scope",
+                json!({"scope": "system/AuditEvent.crs SOR:111 GLN:222"}),
+            ),
             ("no device id", json!({"ehmi:eer:device_id": null})),
             ("empty device id", json!({"ehmi:eer:device_id": " "})),
-            ("SOR mismatch", json!({"scope": "EDS system/AuditEvent.crs SOR:999 GLN:222"})),
-            ("GLN mismatch", json!({"scope": "EDS system/AuditEvent.crs SOR:111 GLN:999"})),
-            ("two SOR scopes", json!({"scope": "EDS system/AuditEvent.crs SOR:111 SOR:112 GLN:222"})),
-            ("system and user", json!({"scope": "EDS system/AuditEvent.crs user/AuditEvent.rs SOR:111 GLN:222"})),
+            (
+                "SOR mismatch",
+                json!({"scope": "EDS system/AuditEvent.crs SOR:999 GLN:222"}),
+            ),
+            (
+                "GLN mismatch",
+                json!({"scope": "EDS system/AuditEvent.crs SOR:111 GLN:999"}),
+            ),
+            (
+                "two SOR scopes",
+                json!({"scope": "EDS system/AuditEvent.crs SOR:111 SOR:112 GLN:222"}),
+            ),
+            (
+                "system and user",
+                json!({"scope": "EDS system/AuditEvent.crs user/AuditEvent.rs SOR:111 GLN:222"}),
+            ),
             ("wildcard only", json!({"scope": "EDS system/*.crs"})),
         ];
         for (name, patch) in cases {
@@ -247,44 +282,84 @@ mod tests {
 
     #[test]
     fn citizen_needs_substantial_acr() {
-        let ok = claims(json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL}));
+        let ok = claims(
+            json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL}),
+        );
         assert_eq!(
             principal_from_claims(&ok, &policy()).unwrap(),
-            Principal::Citizen { cpr: "0101701234".into(), grants: Grants { create: false, read: true, search: true } }
+            Principal::Citizen {
+                cpr: "0101701234".into(),
+                grants: Grants {
+                    create: false,
+                    read: true,
+                    search: true
+                }
+            }
         );
-        for acr in [json!("https://data.gov.dk/concept/core/nsis/loa/Low"), json!(null), json!("substantial")] {
-            let low = claims(json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": acr}));
+        for acr in [
+            json!("https://data.gov.dk/concept/core/nsis/loa/Low"),
+            json!(null),
+            json!("substantial"),
+        ] {
+            let low =
+                claims(json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": acr}));
             assert!(principal_from_claims(&low, &policy()).is_err());
         }
     }
 
     #[test]
     fn user_tokens_never_create() {
-        let c = claims(json!({"scope": "EDS user/AuditEvent.crs", "cpr": "0101701234", "acr": NSIS_HIGH}));
-        assert!(!principal_from_claims(&c, &policy()).unwrap().grants().create);
+        let c = claims(
+            json!({"scope": "EDS user/AuditEvent.crs", "cpr": "0101701234", "acr": NSIS_HIGH}),
+        );
+        assert!(
+            !principal_from_claims(&c, &policy())
+                .unwrap()
+                .grants()
+                .create
+        );
     }
 
     #[test]
     fn supporter_needs_role_for_own_cvr() {
         let priv_ok = json!([{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:12345678", "privileges": [ROLE]}]);
-        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_ok}));
-        assert!(matches!(principal_from_claims(&c, &policy()).unwrap(), Principal::Supporter { .. }));
+        let c = claims(
+            json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_ok}),
+        );
+        assert!(matches!(
+            principal_from_claims(&c, &policy()).unwrap(),
+            Principal::Supporter { .. }
+        ));
 
         let priv_other = json!([{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:87654321", "privileges": [ROLE]}]);
-        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_other}));
+        let c = claims(
+            json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_other}),
+        );
         assert!(principal_from_claims(&c, &policy()).is_err());
 
-        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL}));
+        let c = claims(
+            json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL}),
+        );
         assert!(principal_from_claims(&c, &policy()).is_err());
     }
 
     #[test]
     fn supporter_role_wins_over_cpr_and_without_role_cpr_makes_a_citizen() {
         let priv_ok = json!([{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:12345678", "privileges": [ROLE]}]);
-        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL, "priv": priv_ok}));
-        assert_eq!(principal_from_claims(&c, &policy()).unwrap().kind(), "supporter");
-        let c = claims(json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL}));
-        assert_eq!(principal_from_claims(&c, &policy()).unwrap().kind(), "citizen");
+        let c = claims(
+            json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL, "priv": priv_ok}),
+        );
+        assert_eq!(
+            principal_from_claims(&c, &policy()).unwrap().kind(),
+            "supporter"
+        );
+        let c = claims(
+            json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "cpr": "0101701234", "acr": NSIS_SUBSTANTIAL}),
+        );
+        assert_eq!(
+            principal_from_claims(&c, &policy()).unwrap().kind(),
+            "citizen"
+        );
     }
 
     #[test]

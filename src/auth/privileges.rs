@@ -31,7 +31,9 @@ pub fn parse(claim: &Value) -> Result<Vec<PrivilegeGroup>, String> {
             let xml = base64::engine::general_purpose::STANDARD
                 .decode(&compact)
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&compact))
-                .map_err(|_| "priv claim is neither a JSON list nor base64 OIO-BPP XML".to_string())?;
+                .map_err(|_| {
+                    "priv claim is neither a JSON list nor base64 OIO-BPP XML".to_string()
+                })?;
             parse_xml(&xml)
         }
         _ => Err("priv claim has an unexpected type".to_string()),
@@ -68,7 +70,10 @@ fn parse_xml(xml: &[u8]) -> Result<Vec<PrivilegeGroup>, String> {
                         .and_then(|a| a.unescape_value().ok())
                         .map(|v| v.into_owned())
                         .ok_or("PrivilegeGroup without Scope")?;
-                    current = Some(PrivilegeGroup { scope, privileges: Vec::new() });
+                    current = Some(PrivilegeGroup {
+                        scope,
+                        privileges: Vec::new(),
+                    });
                 }
                 b"Privilege" => in_privilege = true,
                 _ => {}

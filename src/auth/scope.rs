@@ -89,7 +89,11 @@ mod tests {
         assert!(s.eds);
         assert_eq!(
             s.system,
-            Grants { create: true, read: true, search: true }
+            Grants {
+                create: true,
+                read: true,
+                search: true
+            }
         );
         assert!(!s.user.any());
         assert_eq!(s.sor, vec!["306861000016006"]);
@@ -99,15 +103,35 @@ mod tests {
     #[test]
     fn user_scope_from_the_spec() {
         let s = parse("EDS user/AuditEvent.rs");
-        assert_eq!(s.user, Grants { create: false, read: true, search: true });
+        assert_eq!(
+            s.user,
+            Grants {
+                create: false,
+                read: true,
+                search: true
+            }
+        );
         assert!(!s.system.any());
     }
 
     #[test]
     fn subsets_grant_only_their_letters() {
-        assert_eq!(parse("system/AuditEvent.c").system, Grants { create: true, ..Default::default() });
-        assert_eq!(parse("system/AuditEvent.rs").system.create, false);
-        assert_eq!(parse("user/AuditEvent.cruds").user, Grants { create: true, read: true, search: true });
+        assert_eq!(
+            parse("system/AuditEvent.c").system,
+            Grants {
+                create: true,
+                ..Default::default()
+            }
+        );
+        assert!(!parse("system/AuditEvent.rs").system.create);
+        assert_eq!(
+            parse("user/AuditEvent.cruds").user,
+            Grants {
+                create: true,
+                read: true,
+                search: true
+            }
+        );
     }
 
     #[test]

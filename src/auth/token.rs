@@ -110,7 +110,10 @@ pub fn read_header(token: &str, policy: &TokenPolicy) -> Result<TokenHeader, Tok
     if !policy.algorithms.contains(&header.alg) || is_symmetric(header.alg) {
         return Err(TokenFailure::Algorithm);
     }
-    Ok(TokenHeader { alg: header.alg, kid: header.kid })
+    Ok(TokenHeader {
+        alg: header.alg,
+        kid: header.kid,
+    })
 }
 
 fn header_alg_is_present(token: &str) -> bool {
@@ -149,23 +152,29 @@ pub fn verify(
     validation.leeway = policy.leeway_seconds;
     validation.validate_nbf = true;
     validation.validate_exp = true;
-    let data = jsonwebtoken::decode::<EdsClaims>(token, &key.key, &validation).map_err(|e| {
-        match e.kind() {
-            ErrorKind::InvalidSignature => TokenFailure::Signature,
-            ErrorKind::ExpiredSignature => TokenFailure::Expired,
-            ErrorKind::ImmatureSignature => TokenFailure::NotYetValid,
-            ErrorKind::InvalidIssuer => TokenFailure::Issuer,
-            ErrorKind::InvalidAudience => TokenFailure::Audience,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenFailure::Algorithm,
-            ErrorKind::InvalidKeyFormat | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
-                TokenFailure::Signature
+    let data =
+        jsonwebtoken::decode::<EdsClaims>(token, &key.key, &validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::InvalidSignature => TokenFailure::Signature,
+                ErrorKind::ExpiredSignature => TokenFailure::Expired,
+                ErrorKind::ImmatureSignature => TokenFailure::NotYetValid,
+                ErrorKind::InvalidIssuer => TokenFailure::Issuer,
+                ErrorKind::InvalidAudience => TokenFailure::Audience,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    TokenFailure::Algorithm
+                }
+                ErrorKind::InvalidKeyFormat
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidRsaKey(_) => TokenFailure::Signature,
+                _ => TokenFailure::Malformed,
             }
-            _ => TokenFailure::Malformed,
-        }
-    })?;
+        })?;
     let claims = data.claims;
     let leeway = i64::try_from(policy.leeway_seconds).unwrap_or(i64::MAX);
-    if claims.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+    if claims
+        .iat
+        .is_some_and(|iat| iat > now.saturating_add(leeway))
+    {
         return Err(TokenFailure::IssuedInFuture);
     }
     let bound = claims
@@ -237,7 +246,10 @@ mod tests {
     fn fixture() -> Fixture {
         let key = SigningKey::generate("k1").unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk()).unwrap();
-        let vkey = VerificationKey { key: DecodingKey::from_jwk(&jwk).unwrap(), alg: Some(Algorithm::ES256) };
+        let vkey = VerificationKey {
+            key: DecodingKey::from_jwk(&jwk).unwrap(),
+            alg: Some(Algorithm::ES256),
+        };
         Fixture { key, vkey }
     }
 
@@ -252,7 +264,14 @@ mod tests {
 
     fn check(f: &Fixture, token: &str, cert: &[u8]) -> Result<EdsClaims, TokenFailure> {
         let header = read_header(token, &policy())?;
-        verify(token, &header, &f.vkey, &policy(), cert, jsonwebtoken::get_current_timestamp() as i64)
+        verify(
+            token,
+            &header,
+            &f.vkey,
+            &policy(),
+            cert,
+            jsonwebtoken::get_current_timestamp() as i64,
+        )
     }
 
     #[test]
@@ -267,7 +286,10 @@ mod tests {
     fn another_certificate_fails_binding() {
         let f = fixture();
         let t = f.key.sign(&claims()).unwrap();
-        assert_eq!(check(&f, &t, &cert_hash("B")).unwrap_err(), TokenFailure::BindingMismatch);
+        assert_eq!(
+            check(&f, &t, &cert_hash("B")).unwrap_err(),
+            TokenFailure::BindingMismatch
+        );
     }
 
     #[test]
@@ -275,10 +297,16 @@ mod tests {
         let f = fixture();
         let mut c = claims();
         c.as_object_mut().unwrap().remove("cnf");
-        assert_eq!(check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).unwrap_err(), TokenFailure::MissingBinding);
+        assert_eq!(
+            check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).unwrap_err(),
+            TokenFailure::MissingBinding
+        );
         let mut c = claims();
         c["cnf"] = json!({"x5t": "abc"});
-        assert_eq!(check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).unwrap_err(), TokenFailure::MissingBinding);
+        assert_eq!(
+            check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).unwrap_err(),
+            TokenFailure::MissingBinding
+        );
     }
 
     #[test]
@@ -287,12 +315,28 @@ mod tests {
         let now = jsonwebtoken::get_current_timestamp() as i64;
         let cases: Vec<(&str, Value, TokenFailure)> = vec![
             ("expired", json!({"exp": now - 120}), TokenFailure::Expired),
-            ("future nbf", json!({"nbf": now + 600}), TokenFailure::NotYetValid),
-            ("future iat", json!({"iat": now + 600}), TokenFailure::IssuedInFuture),
-            ("wrong iss", json!({"iss": "https://evil.test"}), TokenFailure::Issuer),
+            (
+                "future nbf",
+                json!({"nbf": now + 600}),
+                TokenFailure::NotYetValid,
+            ),
+            (
+                "future iat",
+                json!({"iat": now + 600}),
+                TokenFailure::IssuedInFuture,
+            ),
+            (
+                "wrong iss",
+                json!({"iss": "https://evil.test"}),
+                TokenFailure::Issuer,
+            ),
             ("wrong aud", json!({"aud": "other"}), TokenFailure::Audience),
             ("no exp", json!({"exp": null}), TokenFailure::Malformed),
-            ("string exp", json!({"exp": format!("{}", now + 600)}), TokenFailure::Malformed),
+            (
+                "string exp",
+                json!({"exp": format!("{}", now + 600)}),
+                TokenFailure::Malformed,
+            ),
         ];
         for (name, patch, expected) in cases {
             let mut c = claims();
@@ -304,7 +348,11 @@ mod tests {
                 }
             }
             let t = f.key.sign(&c).unwrap();
-            assert_eq!(check(&f, &t, &cert_hash("A")).unwrap_err(), expected, "{name}");
+            assert_eq!(
+                check(&f, &t, &cert_hash("A")).unwrap_err(),
+                expected,
+                "{name}"
+            );
         }
     }
 
@@ -335,15 +383,36 @@ mod tests {
     #[test]
     fn alg_none_and_hmac_are_refused_before_any_key_is_used() {
         let c = claims();
-        assert_eq!(read_header(&forge(json!({"alg": "none", "kid": "k1"}), &c, ""), &policy()).unwrap_err(), TokenFailure::Algorithm);
-        assert_eq!(read_header(&forge(json!({"alg": "None", "kid": "k1"}), &c, ""), &policy()).unwrap_err(), TokenFailure::Algorithm);
+        assert_eq!(
+            read_header(
+                &forge(json!({"alg": "none", "kid": "k1"}), &c, ""),
+                &policy()
+            )
+            .unwrap_err(),
+            TokenFailure::Algorithm
+        );
+        assert_eq!(
+            read_header(
+                &forge(json!({"alg": "None", "kid": "k1"}), &c, ""),
+                &policy()
+            )
+            .unwrap_err(),
+            TokenFailure::Algorithm
+        );
         let hs = jsonwebtoken::encode(
-            &jsonwebtoken::Header { alg: Algorithm::HS256, kid: Some("k1".into()), ..Default::default() },
+            &jsonwebtoken::Header {
+                alg: Algorithm::HS256,
+                kid: Some("k1".into()),
+                ..Default::default()
+            },
             &c,
             &jsonwebtoken::EncodingKey::from_secret(b"public key bytes"),
         )
         .unwrap();
-        assert_eq!(read_header(&hs, &policy()).unwrap_err(), TokenFailure::Algorithm);
+        assert_eq!(
+            read_header(&hs, &policy()).unwrap_err(),
+            TokenFailure::Algorithm
+        );
         let mut lax = policy();
         lax.algorithms.push(Algorithm::HS256);
         assert_eq!(read_header(&hs, &lax).unwrap_err(), TokenFailure::Algorithm);
@@ -353,7 +422,10 @@ mod tests {
     fn rs256_is_refused_unless_configured() {
         let c = claims();
         let t = forge(json!({"alg": "RS256", "kid": "k1"}), &c, "AAAA");
-        assert_eq!(read_header(&t, &policy()).unwrap_err(), TokenFailure::Algorithm);
+        assert_eq!(
+            read_header(&t, &policy()).unwrap_err(),
+            TokenFailure::Algorithm
+        );
     }
 
     #[test]
@@ -361,7 +433,10 @@ mod tests {
         let f = fixture();
         let t = forge(json!({"alg": "PS256", "kid": "k1"}), &claims(), "AAAA");
         let header = read_header(&t, &policy()).unwrap();
-        assert_eq!(verify(&t, &header, &f.vkey, &policy(), &cert_hash("A"), NOW).unwrap_err(), TokenFailure::Algorithm);
+        assert_eq!(
+            verify(&t, &header, &f.vkey, &policy(), &cert_hash("A"), NOW).unwrap_err(),
+            TokenFailure::Algorithm
+        );
     }
 
     #[test]
@@ -373,12 +448,21 @@ mod tests {
         c["cpr"] = json!("9999999999");
         parts[1] = b64(&serde_json::to_vec(&c).unwrap());
         let tampered = parts.join(".");
-        assert_eq!(check(&f, &tampered, &cert_hash("A")).unwrap_err(), TokenFailure::Signature);
+        assert_eq!(
+            check(&f, &tampered, &cert_hash("A")).unwrap_err(),
+            TokenFailure::Signature
+        );
     }
 
     #[test]
     fn garbage_is_malformed() {
-        for t in ["", "a.b", "a.b.c.d", "!!!.###.$$$", "eyJhbGciOiJFUzI1NiJ9.e30"] {
+        for t in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!!.###.$$$",
+            "eyJhbGciOiJFUzI1NiJ9.e30",
+        ] {
             assert!(read_header(t, &policy()).is_err(), "{t}");
         }
     }
@@ -387,7 +471,10 @@ mod tests {
     fn thumbprint_accepts_both_base64_alphabets() {
         let h = cert_hash("A");
         assert!(thumbprint_matches(&b64(&h), &h));
-        assert!(thumbprint_matches(&base64::engine::general_purpose::STANDARD.encode(&h), &h));
+        assert!(thumbprint_matches(
+            &base64::engine::general_purpose::STANDARD.encode(&h),
+            &h
+        ));
         assert!(!thumbprint_matches(&b64(&cert_hash("B")), &h));
         assert!(!thumbprint_matches("", &h));
         assert!(!thumbprint_matches(&b64(&h), &[]));

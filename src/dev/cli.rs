@@ -56,8 +56,16 @@ pub const ISSUER_KID: &str = "dev-issuer-1";
 pub fn run(cmd: DevCommand) -> Result<(), String> {
     match cmd {
         DevCommand::Pki { out, server_name } => write_pki(&out, &server_name),
-        DevCommand::MintToken { key, cert, issuer, audience, claims, lifetime } => {
-            let extra: Value = serde_json::from_str(&claims).map_err(|e| format!("--claims: {e}"))?;
+        DevCommand::MintToken {
+            key,
+            cert,
+            issuer,
+            audience,
+            claims,
+            lifetime,
+        } => {
+            let extra: Value =
+                serde_json::from_str(&claims).map_err(|e| format!("--claims: {e}"))?;
             let token = mint(&key, &cert, &issuer, &audience, extra, lifetime)?;
             println!("{token}");
             Ok(())
@@ -71,24 +79,41 @@ fn write_pki(out: &Path, server_names: &[String]) -> Result<(), String> {
     let ca = CertificateAuthority::new("eds-proxy development CA").map_err(|e| e.to_string())?;
     ca.cert.write(out, "ca").map_err(err)?;
     let names: Vec<&str> = server_names.iter().map(String::as_str).collect();
-    ca.server(&names).map_err(|e| e.to_string())?.write(out, "server").map_err(err)?;
+    ca.server(&names)
+        .map_err(|e| e.to_string())?
+        .write(out, "server")
+        .map_err(err)?;
     for (file, cn, org) in SAMPLE_CLIENTS {
-        ca.client(cn, org).map_err(|e| e.to_string())?.write(out, file).map_err(err)?;
+        ca.client(cn, org)
+            .map_err(|e| e.to_string())?
+            .write(out, file)
+            .map_err(err)?;
     }
     let key = SigningKey::generate(ISSUER_KID)?;
     std::fs::write(out.join("issuer.key"), &key.private_pem).map_err(err)?;
     let jwks = serde_json::to_string_pretty(&key.jwks()).map_err(|e| e.to_string())?;
     std::fs::write(out.join("jwks.json"), jwks).map_err(err)?;
-    println!("development PKI written to {} (NOT for production)", out.display());
+    println!(
+        "development PKI written to {} (NOT for production)",
+        out.display()
+    );
     Ok(())
 }
 
 /// Sign a token bound to `cert_path`'s certificate with the dev issuer key.
-pub fn mint(key: &Path, cert_path: &Path, issuer: &str, audience: &str, extra: Value, lifetime: i64) -> Result<String, String> {
+pub fn mint(
+    key: &Path,
+    cert_path: &Path,
+    issuer: &str,
+    audience: &str,
+    extra: Value,
+    lifetime: i64,
+) -> Result<String, String> {
     use rustls_pki_types::pem::PemObject;
     let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let signer = SigningKey::from_pem(ISSUER_KID, &pem)?;
-    let cert = rustls_pki_types::CertificateDer::from_pem_file(cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    let cert = rustls_pki_types::CertificateDer::from_pem_file(cert_path)
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut claims = json!({
         "iss": issuer, "aud": audience, "iat": now, "nbf": now, "exp": now + lifetime,

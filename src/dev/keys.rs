@@ -22,7 +22,12 @@ impl SigningKey {
     pub fn from_pem(kid: &str, pem: &str) -> Result<Self, String> {
         let pair = KeyPair::from_pem(pem).map_err(|e| e.to_string())?;
         let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
-        Ok(SigningKey { kid: kid.to_string(), private_pem: pem.to_string(), encoding, public_raw: pair.public_key_raw().to_vec() })
+        Ok(SigningKey {
+            kid: kid.to_string(),
+            private_pem: pem.to_string(),
+            encoding,
+            public_raw: pair.public_key_raw().to_vec(),
+        })
     }
 
     /// The public key as a JWK (`kty: EC`, `crv: P-256`).

@@ -54,8 +54,9 @@ fn param_type(name: &str) -> &'static str {
     match name {
         "_lastUpdated" | "date" => "date",
         "agent" | "entity" | "patient" | "source" => "reference",
-        "_id" | "_profile" | "_tag" | "action" | "agent-role" | "altid" | "entity-role" | "entity-type"
-        | "outcome" | "policy" | "site" | "subtype" | "type" | "ehmiMessageType" => "token",
+        "_id" | "_profile" | "_tag" | "action" | "agent-role" | "altid" | "entity-role"
+        | "entity-type" | "outcome" | "policy" | "site" | "subtype" | "type"
+        | "ehmiMessageType" => "token",
         _ => "string",
     }
 }
@@ -71,7 +72,12 @@ mod tests {
         assert_eq!(resources.len(), 1);
         assert_eq!(resources[0]["type"], "AuditEvent");
         assert_eq!(resources[0]["searchInclude"], json!([]));
-        let interactions: Vec<&str> = resources[0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+        let interactions: Vec<&str> = resources[0]["interaction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["code"].as_str().unwrap())
+            .collect();
         assert_eq!(interactions, ["read", "vread", "search-type", "create"]);
         assert_eq!(v["rest"][0]["interaction"], json!([]));
     }

@@ -45,7 +45,11 @@ impl Interaction {
 const RESOURCE: &str = "AuditEvent";
 
 /// `base_path` is the path of the public base URL (`/fhir`, or empty for the root).
-pub fn classify(req: &RequestParts<'_>, base_path: &str, max_count: u32) -> Result<Interaction, Refusal> {
+pub fn classify(
+    req: &RequestParts<'_>,
+    base_path: &str,
+    max_count: u32,
+) -> Result<Interaction, Refusal> {
     let relative = strip_base(req.path, base_path)?;
     let segments = split_segments(relative)?;
     let raw_query = req.query.unwrap_or_default();
@@ -59,26 +63,37 @@ pub fn classify(req: &RequestParts<'_>, base_path: &str, max_count: u32) -> Resu
             }
             let pairs = query::decode_pairs(raw_query);
             if !pairs.iter().any(|(n, _)| n == "_getpages") {
-                return Err(Refusal::forbidden("system-level interactions are not allowed"));
+                return Err(Refusal::forbidden(
+                    "system-level interactions are not allowed",
+                ));
             }
             refuse_conditional(req)?;
-            Ok(Interaction::Page(paging::parse_page_request(&pairs, max_count)?))
+            Ok(Interaction::Page(paging::parse_page_request(
+                &pairs, max_count,
+            )?))
         }
         ["metadata"] => match method {
             "GET" => {
                 check_format_only(raw_query)?;
                 Ok(Interaction::Capabilities)
             }
-            _ => Err(Refusal::MethodNotAllowed("only GET is allowed on /metadata".into())),
+            _ => Err(Refusal::MethodNotAllowed(
+                "only GET is allowed on /metadata".into(),
+            )),
         },
         [RESOURCE] => match method {
             "GET" => {
                 refuse_conditional(req)?;
-                Ok(Interaction::Search(query::parse_search(&query::decode_pairs(raw_query), max_count)?))
+                Ok(Interaction::Search(query::parse_search(
+                    &query::decode_pairs(raw_query),
+                    max_count,
+                )?))
             }
             "POST" => {
                 if req.conditional {
-                    return Err(Refusal::forbidden("conditional create (If-None-Exist) is not allowed"));
+                    return Err(Refusal::forbidden(
+                        "conditional create (If-None-Exist) is not allowed",
+                    ));
                 }
                 check_format_only(raw_query)?;
                 require_json(req.content_type)?;
@@ -87,7 +102,9 @@ pub fn classify(req: &RequestParts<'_>, base_path: &str, max_count: u32) -> Resu
             "PUT" | "PATCH" | "DELETE" => Err(Refusal::MethodNotAllowed(
                 "conditional update, patch and delete are not allowed".into(),
             )),
-            _ => Err(Refusal::MethodNotAllowed(format!("{method} is not allowed on AuditEvent"))),
+            _ => Err(Refusal::MethodNotAllowed(format!(
+                "{method} is not allowed on AuditEvent"
+            ))),
         },
         [RESOURCE, "_search"] => match method {
             "POST" => {
@@ -104,32 +121,48 @@ pub fn classify(req: &RequestParts<'_>, base_path: &str, max_count: u32) -> Resu
                 pairs.extend(query::decode_pairs(body));
                 Ok(Interaction::Search(query::parse_search(&pairs, max_count)?))
             }
-            _ => Err(Refusal::MethodNotAllowed("only POST is allowed on _search".into())),
+            _ => Err(Refusal::MethodNotAllowed(
+                "only POST is allowed on _search".into(),
+            )),
         },
         [RESOURCE, id] if !id.starts_with('$') && !id.starts_with('_') => match method {
             "GET" => {
                 refuse_conditional(req)?;
                 check_format_only(raw_query)?;
-                Ok(Interaction::Read { id: valid_id(id)?, version: None })
+                Ok(Interaction::Read {
+                    id: valid_id(id)?,
+                    version: None,
+                })
             }
             "PUT" | "PATCH" | "DELETE" => Err(Refusal::MethodNotAllowed(
                 "update, patch and delete are not allowed".into(),
             )),
-            _ => Err(Refusal::MethodNotAllowed(format!("{method} is not allowed here"))),
+            _ => Err(Refusal::MethodNotAllowed(format!(
+                "{method} is not allowed here"
+            ))),
         },
         [RESOURCE, id, "_history", vid] if !id.starts_with('$') => match method {
             "GET" => {
                 refuse_conditional(req)?;
                 check_format_only(raw_query)?;
-                Ok(Interaction::Read { id: valid_id(id)?, version: Some(valid_id(vid)?) })
+                Ok(Interaction::Read {
+                    id: valid_id(id)?,
+                    version: Some(valid_id(vid)?),
+                })
             }
-            _ => Err(Refusal::MethodNotAllowed(format!("{method} is not allowed here"))),
+            _ => Err(Refusal::MethodNotAllowed(format!(
+                "{method} is not allowed here"
+            ))),
         },
         segs if segs.iter().any(|s| s.starts_with('$')) => {
             Err(Refusal::forbidden("FHIR operations ($…) are not allowed"))
         }
-        segs if segs.contains(&"_history") => Err(Refusal::forbidden("history interactions are not allowed")),
-        [RESOURCE, ..] => Err(Refusal::forbidden("this AuditEvent interaction is not allowed")),
+        segs if segs.contains(&"_history") => {
+            Err(Refusal::forbidden("history interactions are not allowed"))
+        }
+        [RESOURCE, ..] => Err(Refusal::forbidden(
+            "this AuditEvent interaction is not allowed",
+        )),
         [_, _, ..] if segs_is_compartment(&segments) => {
             Err(Refusal::forbidden("compartment searches are not allowed"))
         }
@@ -143,11 +176,14 @@ fn segs_is_compartment(segments: &[&str]) -> bool {
 
 fn strip_base<'a>(path: &'a str, base_path: &str) -> Result<&'a str, Refusal> {
     let base = base_path.trim_end_matches('/');
-    let rest = path.strip_prefix(base).ok_or_else(|| Refusal::forbidden("unknown path"))?;
+    let rest = path
+        .strip_prefix(base)
+        .ok_or_else(|| Refusal::forbidden("unknown path"))?;
     if rest.is_empty() || rest == "/" {
         return Ok("");
     }
-    rest.strip_prefix('/').ok_or_else(|| Refusal::forbidden("unknown path"))
+    rest.strip_prefix('/')
+        .ok_or_else(|| Refusal::forbidden("unknown path"))
 }
 
 /// Refuse anything a path normaliser could read two ways: encodings, empty or dot segments,
@@ -160,10 +196,14 @@ fn split_segments(relative: &str) -> Result<Vec<&str>, Refusal> {
     let segments: Vec<&str> = relative.split('/').collect();
     for s in &segments {
         if s.is_empty() || *s == "." || *s == ".." {
-            return Err(Refusal::invalid("empty or dot segments are not allowed in the path"));
+            return Err(Refusal::invalid(
+                "empty or dot segments are not allowed in the path",
+            ));
         }
         if s.contains(['%', '\\', ';']) || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(Refusal::invalid("encoded or special characters are not allowed in the path"));
+            return Err(Refusal::invalid(
+                "encoded or special characters are not allowed in the path",
+            ));
         }
     }
     Ok(segments)
@@ -171,7 +211,11 @@ fn split_segments(relative: &str) -> Result<Vec<&str>, Refusal> {
 
 /// FHIR logical ids: `[A-Za-z0-9\-\.]{1,64}`.
 fn valid_id(id: &str) -> Result<String, Refusal> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if ok {
         Ok(id.to_string())
     } else {
@@ -192,7 +236,11 @@ fn check_format_only(raw_query: &str) -> Result<(), Refusal> {
         match name.as_str() {
             "_format" => query::check_format(&value)?,
             "_pretty" => query::check_bool(&name, &value)?,
-            _ => return Err(Refusal::invalid(format!("`{name}` is not allowed on this interaction"))),
+            _ => {
+                return Err(Refusal::invalid(format!(
+                    "`{name}` is not allowed on this interaction"
+                )))
+            }
         }
     }
     Ok(())
@@ -204,7 +252,12 @@ pub fn media_type(content_type: &str) -> &str {
 
 fn require_json(content_type: Option<&str>) -> Result<(), Refusal> {
     match content_type.map(media_type) {
-        Some(t) if t.eq_ignore_ascii_case("application/fhir+json") || t.eq_ignore_ascii_case("application/json") => Ok(()),
+        Some(t)
+            if t.eq_ignore_ascii_case("application/fhir+json")
+                || t.eq_ignore_ascii_case("application/json") =>
+        {
+            Ok(())
+        }
         _ => Err(Refusal::UnsupportedMediaType(
             "registrations must be sent as application/fhir+json".into(),
         )),
@@ -216,7 +269,14 @@ mod tests {
     use super::*;
 
     fn req<'a>(method: &'a str, path: &'a str, query: Option<&'a str>) -> RequestParts<'a> {
-        RequestParts { method, path, query, content_type: None, conditional: false, body: b"" }
+        RequestParts {
+            method,
+            path,
+            query,
+            content_type: None,
+            conditional: false,
+            body: b"",
+        }
     }
 
     fn classify_(r: RequestParts<'_>) -> Result<Interaction, Refusal> {
@@ -225,15 +285,27 @@ mod tests {
 
     #[test]
     fn allowed_forms() {
-        assert_eq!(classify_(req("GET", "/fhir/metadata", None)).unwrap(), Interaction::Capabilities);
-        assert!(matches!(classify_(req("GET", "/fhir/AuditEvent", Some("message-id=x"))).unwrap(), Interaction::Search(_)));
+        assert_eq!(
+            classify_(req("GET", "/fhir/metadata", None)).unwrap(),
+            Interaction::Capabilities
+        );
+        assert!(matches!(
+            classify_(req("GET", "/fhir/AuditEvent", Some("message-id=x"))).unwrap(),
+            Interaction::Search(_)
+        ));
         assert_eq!(
             classify_(req("GET", "/fhir/AuditEvent/abc-1", None)).unwrap(),
-            Interaction::Read { id: "abc-1".into(), version: None }
+            Interaction::Read {
+                id: "abc-1".into(),
+                version: None
+            }
         );
         assert_eq!(
             classify_(req("GET", "/fhir/AuditEvent/abc/_history/2", None)).unwrap(),
-            Interaction::Read { id: "abc".into(), version: Some("2".into()) }
+            Interaction::Read {
+                id: "abc".into(),
+                version: Some("2".into())
+            }
         );
         let mut create = req("POST", "/fhir/AuditEvent", None);
         create.content_type = Some("application/fhir+json; charset=utf-8");
@@ -241,7 +313,9 @@ mod tests {
         let mut search = req("POST", "/fhir/AuditEvent/_search", Some("_count=5"));
         search.content_type = Some("application/x-www-form-urlencoded");
         search.body = b"message-id=x";
-        let Interaction::Search(q) = classify_(search).unwrap() else { panic!() };
+        let Interaction::Search(q) = classify_(search).unwrap() else {
+            panic!()
+        };
         assert_eq!(q.params[0].value, "x");
         assert_eq!(q.count, Some(5));
         assert!(matches!(
@@ -287,7 +361,13 @@ mod tests {
             req("GET", "/fhir/AuditEvent/_search", None),
         ];
         for r in cases {
-            assert!(classify_(r).is_err(), "{} {} {:?} was allowed", r.method, r.path, r.query);
+            assert!(
+                classify_(r).is_err(),
+                "{} {} {:?} was allowed",
+                r.method,
+                r.path,
+                r.query
+            );
         }
     }
 
@@ -306,7 +386,10 @@ mod tests {
     fn non_json_create_is_415() {
         let mut create = req("POST", "/fhir/AuditEvent", None);
         create.content_type = Some("application/fhir+xml");
-        assert!(matches!(classify_(create), Err(Refusal::UnsupportedMediaType(_))));
+        assert!(matches!(
+            classify_(create),
+            Err(Refusal::UnsupportedMediaType(_))
+        ));
     }
 
     #[test]
@@ -321,7 +404,13 @@ mod tests {
 
     #[test]
     fn root_base_path_works() {
-        assert_eq!(classify(&req("GET", "/metadata", None), "", 100).unwrap(), Interaction::Capabilities);
-        assert_eq!(classify(&req("GET", "/metadata", None), "/", 100).unwrap(), Interaction::Capabilities);
+        assert_eq!(
+            classify(&req("GET", "/metadata", None), "", 100).unwrap(),
+            Interaction::Capabilities
+        );
+        assert_eq!(
+            classify(&req("GET", "/metadata", None), "/", 100).unwrap(),
+            Interaction::Capabilities
+        );
     }
 }

@@ -27,13 +27,22 @@ pub struct LabelSystems {
 
 impl LabelSystems {
     pub fn device(&self, device_id: &str) -> Label {
-        Label { system: self.device.clone(), code: device_id.to_string() }
+        Label {
+            system: self.device.clone(),
+            code: device_id.to_string(),
+        }
     }
     pub fn sor(&self, sor: &str) -> Label {
-        Label { system: self.sor.clone(), code: sor.to_string() }
+        Label {
+            system: self.sor.clone(),
+            code: sor.to_string(),
+        }
     }
     pub fn cpr(&self, cpr: &str) -> Label {
-        Label { system: self.cpr.clone(), code: cpr.to_string() }
+        Label {
+            system: self.cpr.clone(),
+            code: cpr.to_string(),
+        }
     }
     /// True for any system the proxy owns; clients may not set codings in it.
     pub fn is_reserved(&self, system: &str) -> bool {
@@ -89,7 +98,9 @@ impl Constraint {
     /// True if `resource.meta.security` holds one of the constraint's labels exactly.
     pub fn admits(&self, resource: &Value) -> bool {
         security_codings(resource).any(|(system, code)| {
-            self.labels.iter().any(|l| l.system == system && l.code == code)
+            self.labels
+                .iter()
+                .any(|l| l.system == system && l.code == code)
         })
     }
 }
@@ -133,7 +144,11 @@ mod tests {
     }
 
     fn station(id: &str) -> Principal {
-        Principal::Station(Station { device_id: id.into(), org: None, grants: Grants::default() })
+        Principal::Station(Station {
+            device_id: id.into(),
+            org: None,
+            grants: Grants::default(),
+        })
     }
 
     #[test]
@@ -146,17 +161,30 @@ mod tests {
         let dir = CvrDirectory::from_pairs([("12345678", vec!["111", "222"])]);
         let c = Constraint::for_principal(&station("dev,1"), &systems(), &dir).unwrap();
         assert_eq!(c.search_value(), r"urn:eds-proxy:label:device-id|dev\,1");
-        let citizen = Principal::Citizen { cpr: "0101701234".into(), grants: Grants::default() };
+        let citizen = Principal::Citizen {
+            cpr: "0101701234".into(),
+            grants: Grants::default(),
+        };
         assert_eq!(
-            Constraint::for_principal(&citizen, &systems(), &dir).unwrap().search_value(),
+            Constraint::for_principal(&citizen, &systems(), &dir)
+                .unwrap()
+                .search_value(),
             "urn:eds-proxy:label:cpr|0101701234"
         );
-        let supporter = Principal::Supporter { cvr: "12345678".into(), grants: Grants::default() };
+        let supporter = Principal::Supporter {
+            cvr: "12345678".into(),
+            grants: Grants::default(),
+        };
         assert_eq!(
-            Constraint::for_principal(&supporter, &systems(), &dir).unwrap().search_value(),
+            Constraint::for_principal(&supporter, &systems(), &dir)
+                .unwrap()
+                .search_value(),
             "urn:eds-proxy:label:sor|111,urn:eds-proxy:label:sor|222"
         );
-        let unknown = Principal::Supporter { cvr: "99999999".into(), grants: Grants::default() };
+        let unknown = Principal::Supporter {
+            cvr: "99999999".into(),
+            grants: Grants::default(),
+        };
         assert!(Constraint::for_principal(&unknown, &systems(), &dir).is_err());
     }
 
@@ -166,7 +194,8 @@ mod tests {
         let c = Constraint::for_principal(&station("dev-1"), &systems(), &dir).unwrap();
         let mine = json!({"meta": {"security": [{"system": "urn:eds-proxy:label:device-id", "code": "dev-1"}]}});
         let other = json!({"meta": {"security": [{"system": "urn:eds-proxy:label:device-id", "code": "dev-2"}]}});
-        let wrong_system = json!({"meta": {"security": [{"system": "urn:eds-proxy:label:cpr", "code": "dev-1"}]}});
+        let wrong_system =
+            json!({"meta": {"security": [{"system": "urn:eds-proxy:label:cpr", "code": "dev-1"}]}});
         let none = json!({"meta": {}});
         assert!(c.admits(&mine));
         assert!(!c.admits(&other));

@@ -8,18 +8,58 @@ use crate::error::Refusal;
 /// AuditEvent search parameters a client may use: FHIR R4's own and the EDS IG's.
 pub const SEARCH_PARAMETERS: &[&str] = &[
     // FHIR R4 AuditEvent and common resource parameters.
-    "_id", "_lastUpdated", "_profile", "_tag", "action", "address", "agent", "agent-name",
-    "agent-role", "altid", "date", "entity", "entity-name", "entity-role", "entity-type",
-    "outcome", "patient", "policy", "site", "source", "subtype", "type",
+    "_id",
+    "_lastUpdated",
+    "_profile",
+    "_tag",
+    "action",
+    "address",
+    "agent",
+    "agent-name",
+    "agent-role",
+    "altid",
+    "date",
+    "entity",
+    "entity-name",
+    "entity-role",
+    "entity-type",
+    "outcome",
+    "patient",
+    "policy",
+    "site",
+    "source",
+    "subtype",
+    "type",
     // EDS implementation guide (fsh/SearchParameters).
-    "cpr", "ehmiMessageType", "entityIdentifier", "message-id", "orig-message-id",
-    "participant-sor", "receiver-gln", "receiver-name", "receiver-sor", "receiverOrg",
-    "sender-gln", "sender-name", "sender-sor", "senderOrg",
+    "cpr",
+    "ehmiMessageType",
+    "entityIdentifier",
+    "message-id",
+    "orig-message-id",
+    "participant-sor",
+    "receiver-gln",
+    "receiver-name",
+    "receiver-sor",
+    "receiverOrg",
+    "sender-gln",
+    "sender-name",
+    "sender-sor",
+    "senderOrg",
 ];
 
 /// Modifiers that only narrow or reshape a match on the parameter's own value. Type
 /// modifiers (`:Device`), `:iterate`, `:in`/`:not-in` and everything unknown are refused.
-const MODIFIERS: &[&str] = &["exact", "contains", "missing", "not", "text", "identifier", "of-type", "above", "below"];
+const MODIFIERS: &[&str] = &[
+    "exact",
+    "contains",
+    "missing",
+    "not",
+    "text",
+    "identifier",
+    "of-type",
+    "above",
+    "below",
+];
 
 /// Parameters that turn a search into more than a constrained AuditEvent search.
 const FORBIDDEN: &[(&str, &str)] = &[
@@ -33,9 +73,15 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("_containedType", "_containedType is not allowed"),
     ("_text", "_text is not allowed"),
     ("_content", "_content is not allowed"),
-    ("_security", "_security is reserved for the proxy's access labels"),
+    (
+        "_security",
+        "_security is reserved for the proxy's access labels",
+    ),
     ("_source", "_source is not allowed"),
-    ("_getpages", "_getpages is only allowed on a signed paging link"),
+    (
+        "_getpages",
+        "_getpages is only allowed on a signed paging link",
+    ),
 ];
 
 /// A parsed `name[:modifier]=value` pair, percent-decoded.
@@ -84,8 +130,16 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
             "_total" => set_once(&mut q.total, name, parse_total(value)?)?,
             "_format" => check_format(value)?,
             "_pretty" => check_bool(name, value)?,
-            _ if modifier.is_some() && name.starts_with('_') && name != "_id" && name != "_tag" && name != "_profile" && name != "_lastUpdated" => {
-                return Err(Refusal::invalid(format!("modifiers are not allowed on {name}")));
+            _ if modifier.is_some()
+                && name.starts_with('_')
+                && name != "_id"
+                && name != "_tag"
+                && name != "_profile"
+                && name != "_lastUpdated" =>
+            {
+                return Err(Refusal::invalid(format!(
+                    "modifiers are not allowed on {name}"
+                )));
             }
             _ if SEARCH_PARAMETERS.contains(&name) => {
                 if let Some(m) = modifier {
@@ -99,7 +153,11 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                     value: value.clone(),
                 });
             }
-            _ => return Err(Refusal::invalid(format!("unknown or unsupported search parameter `{name}`"))),
+            _ => {
+                return Err(Refusal::invalid(format!(
+                    "unknown or unsupported search parameter `{name}`"
+                )))
+            }
         }
     }
     Ok(q)
@@ -112,14 +170,23 @@ fn split_name(raw: &str) -> Result<(&str, Option<&str>), Refusal> {
         None => (raw, None),
     };
     if name.contains('.') || modifier.is_some_and(|m| m.contains('.')) {
-        return Err(Refusal::invalid("chained search parameters are not allowed"));
+        return Err(Refusal::invalid(
+            "chained search parameters are not allowed",
+        ));
     }
     if name.starts_with("_has") {
         return Err(Refusal::invalid("_has (reverse chaining) is not allowed"));
     }
-    let well_formed = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let well_formed = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
     if !well_formed(name) || modifier.is_some_and(|m| !well_formed(m)) {
-        return Err(Refusal::invalid(format!("malformed search parameter name `{}`", printable(raw))));
+        return Err(Refusal::invalid(format!(
+            "malformed search parameter name `{}`",
+            printable(raw)
+        )));
     }
     Ok((name, modifier))
 }
@@ -151,7 +218,10 @@ fn parse_sort(value: &str) -> Result<String, Refusal> {
     for key in value.split(',') {
         let key = key.strip_prefix('-').unwrap_or(key);
         if !(SEARCH_PARAMETERS.contains(&key) || key == "_lastUpdated" || key == "_id") {
-            return Err(Refusal::invalid(format!("cannot sort by `{}`", printable(key))));
+            return Err(Refusal::invalid(format!(
+                "cannot sort by `{}`",
+                printable(key)
+            )));
         }
     }
     Ok(value.to_string())
@@ -160,7 +230,9 @@ fn parse_sort(value: &str) -> Result<String, Refusal> {
 fn parse_summary(value: &str) -> Result<String, Refusal> {
     match value {
         "true" | "false" | "data" | "count" | "text" => Ok(value.to_string()),
-        _ => Err(Refusal::invalid("_summary must be true, false, data, text or count")),
+        _ => Err(Refusal::invalid(
+            "_summary must be true, false, data, text or count",
+        )),
     }
 }
 
@@ -168,8 +240,14 @@ fn parse_summary(value: &str) -> Result<String, Refusal> {
 fn parse_elements(value: &str) -> Result<String, Refusal> {
     let mut elements: Vec<&str> = Vec::new();
     for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        if !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '[' || c == ']') {
-            return Err(Refusal::invalid(format!("bad _elements entry `{}`", printable(e))));
+        if !e
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '[' || c == ']')
+        {
+            return Err(Refusal::invalid(format!(
+                "bad _elements entry `{}`",
+                printable(e)
+            )));
         }
         elements.push(e);
     }
@@ -182,7 +260,9 @@ fn parse_elements(value: &str) -> Result<String, Refusal> {
 fn parse_total(value: &str) -> Result<String, Refusal> {
     match value {
         "none" | "estimate" | "accurate" => Ok(value.to_string()),
-        _ => Err(Refusal::invalid("_total must be none, estimate or accurate")),
+        _ => Err(Refusal::invalid(
+            "_total must be none, estimate or accurate",
+        )),
     }
 }
 
@@ -325,8 +405,14 @@ mod tests {
 
     #[test]
     fn elements_always_keep_meta() {
-        assert_eq!(parse("_elements=id,type").unwrap().elements.as_deref(), Some("id,type,meta"));
-        assert_eq!(parse("_elements=meta").unwrap().elements.as_deref(), Some("meta"));
+        assert_eq!(
+            parse("_elements=id,type").unwrap().elements.as_deref(),
+            Some("id,type,meta")
+        );
+        assert_eq!(
+            parse("_elements=meta").unwrap().elements.as_deref(),
+            Some("meta")
+        );
     }
 
     #[test]

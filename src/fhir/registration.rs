@@ -32,14 +32,23 @@ pub struct Party {
 }
 
 /// Check a create body for `station` and return the body to forward, labels stamped.
-pub fn validate_and_label(body: &[u8], station: &Station, systems: &LabelSystems) -> Result<Vec<u8>, Refusal> {
+pub fn validate_and_label(
+    body: &[u8],
+    station: &Station,
+    systems: &LabelSystems,
+) -> Result<Vec<u8>, Refusal> {
     if !station.grants.create {
-        return Err(Refusal::forbidden("the token does not grant system/AuditEvent.c"));
+        return Err(Refusal::forbidden(
+            "the token does not grant system/AuditEvent.c",
+        ));
     }
     let org = station.org.as_ref().ok_or_else(|| {
-        Refusal::forbidden("registrations need a token with ehmi:org_context and matching SOR:/GLN: scopes")
+        Refusal::forbidden(
+            "registrations need a token with ehmi:org_context and matching SOR:/GLN: scopes",
+        )
     })?;
-    let mut resource = strict_json::parse(body).map_err(|e| Refusal::invalid(format!("the body is not valid JSON: {e}")))?;
+    let mut resource = strict_json::parse(body)
+        .map_err(|e| Refusal::invalid(format!("the body is not valid JSON: {e}")))?;
     let reg = read_registration(&resource, systems)?;
     if reg.device_id != station.device_id {
         return Err(Refusal::forbidden(
@@ -58,7 +67,11 @@ pub fn validate_and_label(body: &[u8], station: &Station, systems: &LabelSystems
 
 /// The labels a registration gets: its device, both parties' SOR codes, the patient's CPR.
 pub fn labels_for(reg: &Registration, systems: &LabelSystems) -> Vec<Label> {
-    let mut labels = vec![systems.device(&reg.device_id), systems.sor(&reg.sender.sor), systems.sor(&reg.receiver.sor)];
+    let mut labels = vec![
+        systems.device(&reg.device_id),
+        systems.sor(&reg.sender.sor),
+        systems.sor(&reg.receiver.sor),
+    ];
     if let Some(cpr) = &reg.cpr {
         labels.push(systems.cpr(cpr));
     }
@@ -68,7 +81,9 @@ pub fn labels_for(reg: &Registration, systems: &LabelSystems) -> Vec<Label> {
 }
 
 fn stamp(resource: &mut Value, labels: &[Label]) {
-    let codings = labels.iter().map(|l| json!({"system": l.system, "code": l.code}));
+    let codings = labels
+        .iter()
+        .map(|l| json!({"system": l.system, "code": l.code}));
     if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
         let security = meta.entry("security").or_insert_with(|| json!([]));
         if let Some(arr) = security.as_array_mut() {
@@ -78,7 +93,10 @@ fn stamp(resource: &mut Value, labels: &[Label]) {
 }
 
 fn text_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
-    v.pointer(pointer).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// Read and check the parts of a registration the access rules depend on.
@@ -86,26 +104,42 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
     if r.get("resourceType").and_then(Value::as_str) != Some("AuditEvent") {
         return Err(Refusal::invalid("the body is not an AuditEvent"));
     }
-    let meta = r.get("meta").ok_or_else(|| Refusal::invalid("meta.profile must name an EDS profile"))?;
+    let meta = r
+        .get("meta")
+        .ok_or_else(|| Refusal::invalid("meta.profile must name an EDS profile"))?;
     let profiles: Vec<&str> = meta
         .get("profile")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let is_eds = |p: &&str| EDS_PROFILES.iter().any(|e| *p == *e || p.strip_prefix(e).is_some_and(|v| v.starts_with('|')));
+    let is_eds = |p: &&str| {
+        EDS_PROFILES
+            .iter()
+            .any(|e| *p == *e || p.strip_prefix(e).is_some_and(|v| v.starts_with('|')))
+    };
     if !profiles.iter().any(is_eds) {
         return Err(Refusal::invalid("meta.profile must name an EDS profile"));
     }
     if let Some(sec) = meta.get("security") {
-        let arr = sec.as_array().ok_or_else(|| Refusal::invalid("meta.security must be an array"))?;
-        if arr.iter().any(|c| c.get("system").and_then(Value::as_str).is_some_and(|s| systems.is_reserved(s))) {
-            return Err(Refusal::invalid("access labels in meta.security are set by the proxy, not the client"));
+        let arr = sec
+            .as_array()
+            .ok_or_else(|| Refusal::invalid("meta.security must be an array"))?;
+        if arr.iter().any(|c| {
+            c.get("system")
+                .and_then(Value::as_str)
+                .is_some_and(|s| systems.is_reserved(s))
+        }) {
+            return Err(Refusal::invalid(
+                "access labels in meta.security are set by the proxy, not the client",
+            ));
         }
     }
     let device_id = device_identity(r)?;
     let sender = party(r, "ehmiSender")?;
     let receiver = party(r, "ehmiReceiver")?;
-    let patients: Vec<&Value> = entities(r).filter(|e| text_at(e, "/type/code") == Some("ehmiPatient")).collect();
+    let patients: Vec<&Value> = entities(r)
+        .filter(|e| text_at(e, "/type/code") == Some("ehmiPatient"))
+        .collect();
     let cpr = match patients.as_slice() {
         [] => None,
         [p] => Some(
@@ -117,13 +151,23 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
     };
     let patient_profile = profiles.iter().any(|p| p.starts_with(EDS_PROFILES[0]));
     if patient_profile && cpr.is_none() {
-        return Err(Refusal::invalid("an EdsPatientDeliveryStatus needs an ehmiPatient entity"));
+        return Err(Refusal::invalid(
+            "an EdsPatientDeliveryStatus needs an ehmiPatient entity",
+        ));
     }
-    Ok(Registration { device_id, sender, receiver, cpr })
+    Ok(Registration {
+        device_id,
+        sender,
+        receiver,
+        cpr,
+    })
 }
 
 fn entities(r: &Value) -> impl Iterator<Item = &Value> {
-    r.get("entity").and_then(Value::as_array).into_iter().flatten()
+    r.get("entity")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
 }
 
 /// The station that records the event: `source.observer.identifier.value`, and/or the
@@ -142,7 +186,9 @@ fn device_identity(r: &Value) -> Result<String, Refusal> {
     if let Some(reference) = observer.get("reference") {
         let reference = reference.as_str().unwrap_or_default();
         let local = reference.strip_prefix('#').ok_or_else(|| {
-            Refusal::invalid("source.observer must reference a contained Device (#id) or carry an identifier")
+            Refusal::invalid(
+                "source.observer must reference a contained Device (#id) or carry an identifier",
+            )
         })?;
         let contained: Vec<&Value> = r
             .get("contained")
@@ -152,7 +198,9 @@ fn device_identity(r: &Value) -> Result<String, Refusal> {
             .filter(|c| c.get("id").and_then(Value::as_str) == Some(local))
             .collect();
         let [device] = contained.as_slice() else {
-            return Err(Refusal::invalid("source.observer references no single contained resource"));
+            return Err(Refusal::invalid(
+                "source.observer references no single contained resource",
+            ));
         };
         if device.get("resourceType").and_then(Value::as_str) != Some("Device") {
             return Err(Refusal::invalid("source.observer must reference a Device"));
@@ -195,10 +243,16 @@ fn party(r: &Value, role: &str) -> Result<Party, Refusal> {
         })
         .collect();
     let [agent] = agents.as_slice() else {
-        return Err(Refusal::invalid(format!("exactly one {role} agent is required")));
+        return Err(Refusal::invalid(format!(
+            "exactly one {role} agent is required"
+        )));
     };
     let sor = text_at(agent, "/who/identifier/value")
-        .ok_or_else(|| Refusal::invalid(format!("the {role} agent has no who.identifier.value (SOR)")))?
+        .ok_or_else(|| {
+            Refusal::invalid(format!(
+                "the {role} agent has no who.identifier.value (SOR)"
+            ))
+        })?
         .to_string();
     let glns: Vec<&str> = agent
         .get("extension")
@@ -216,7 +270,11 @@ fn party(r: &Value, role: &str) -> Result<Party, Refusal> {
     let gln = match glns.as_slice() {
         [] => None,
         [g] => Some(g.to_string()),
-        _ => return Err(Refusal::invalid(format!("the {role} agent has more than one GLN"))),
+        _ => {
+            return Err(Refusal::invalid(format!(
+                "the {role} agent has more than one GLN"
+            )))
+        }
     };
     Ok(Party { sor, gln })
 }
@@ -237,14 +295,25 @@ mod tests {
     }
 
     fn example() -> Value {
-        serde_json::from_str(include_str!("../../tests/fixtures/AuditEvent-EDS-PDS-01.1.json")).unwrap()
+        serde_json::from_str(include_str!(
+            "../../tests/fixtures/AuditEvent-EDS-PDS-01.1.json"
+        ))
+        .unwrap()
     }
 
     fn station(device: &str, sor: &str, gln: &str) -> Station {
         Station {
             device_id: device.into(),
-            org: Some(OrgContext { name: None, sor: sor.into(), gln: gln.into() }),
-            grants: Grants { create: true, read: true, search: true },
+            org: Some(OrgContext {
+                name: None,
+                sor: sor.into(),
+                gln: gln.into(),
+            }),
+            grants: Grants {
+                create: true,
+                read: true,
+                search: true,
+            },
         }
     }
 
@@ -253,7 +322,8 @@ mod tests {
     }
 
     fn run(body: &Value, st: &Station) -> Result<Value, Refusal> {
-        validate_and_label(&serde_json::to_vec(body).unwrap(), st, &systems()).map(|b| serde_json::from_slice(&b).unwrap())
+        validate_and_label(&serde_json::to_vec(body).unwrap(), st, &systems())
+            .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     #[test]
@@ -270,7 +340,11 @@ mod tests {
 
     #[test]
     fn receiver_org_context_is_accepted_too() {
-        assert!(run(&example(), &station("Cura-EUA", "698141000016008", "GLN-12345")).is_ok());
+        assert!(run(
+            &example(),
+            &station("Cura-EUA", "698141000016008", "GLN-12345")
+        )
+        .is_ok());
     }
 
     #[test]
@@ -282,7 +356,10 @@ mod tests {
             // sender's SOR with receiver's GLN: each party must match as a pair.
             station("Cura-EUA", "937961000016000", "GLN-12345"),
         ] {
-            assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))), "{st:?}");
+            assert!(
+                matches!(run(&example(), &st), Err(Refusal::Forbidden(_))),
+                "{st:?}"
+            );
         }
     }
 
@@ -302,7 +379,10 @@ mod tests {
         body["source"]["observer"]["identifier"] = json!({"value": "Cura-EUA"});
         assert!(run(&body, &sender_station()).is_ok());
         body["source"]["observer"]["identifier"] = json!({"value": "Someone-Else"});
-        assert!(matches!(run(&body, &sender_station()), Err(Refusal::Forbidden(_))));
+        assert!(matches!(
+            run(&body, &sender_station()),
+            Err(Refusal::Forbidden(_))
+        ));
         let mut body = example();
         body["contained"][0]["identifier"] = json!([{"value": "Cura-EUA"}, {"value": "Other"}]);
         assert!(run(&body, &sender_station()).is_err());
@@ -326,7 +406,8 @@ mod tests {
         v["meta"]["profile"] = json!(["http://example.org/other"]);
         cases.push(v);
         let mut v = example();
-        v["meta"]["security"] = json!([{"system": "urn:eds-proxy:label:cpr", "code": "0101701234"}]);
+        v["meta"]["security"] =
+            json!([{"system": "urn:eds-proxy:label:cpr", "code": "0101701234"}]);
         cases.push(v);
         let mut v = example();
         v["source"]["observer"] = json!({"reference": "Device/123"});
@@ -345,21 +426,31 @@ mod tests {
         v["entity"].as_array_mut().unwrap().remove(0);
         cases.push(v);
         for (i, body) in cases.iter().enumerate() {
-            assert!(matches!(run(body, &sender_station()), Err(Refusal::Invalid(_))), "case {i}");
+            assert!(
+                matches!(run(body, &sender_station()), Err(Refusal::Invalid(_))),
+                "case {i}"
+            );
         }
     }
 
     #[test]
     fn duplicate_keys_and_non_json_are_invalid() {
         let st = sender_station();
-        assert!(validate_and_label(br#"{"resourceType":"AuditEvent","resourceType":"Patient"}"#, &st, &systems()).is_err());
+        assert!(validate_and_label(
+            br#"{"resourceType":"AuditEvent","resourceType":"Patient"}"#,
+            &st,
+            &systems()
+        )
+        .is_err());
         assert!(validate_and_label(b"<AuditEvent/>", &st, &systems()).is_err());
     }
 
     #[test]
     fn profile_with_version_counts() {
         let mut v = example();
-        v["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus|1.0.2"]);
+        v["meta"]["profile"] = json!([
+            "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus|1.0.2"
+        ]);
         assert!(run(&v, &sender_station()).is_ok());
     }
 }

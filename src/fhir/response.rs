@@ -29,10 +29,19 @@ pub struct CheckedBundle {
     pub dropped: usize,
 }
 
-const PAGE_PARAMS: &[&str] = &["_getpages", "_getpagesoffset", "_count", "_bundletype", "_format", "_pretty"];
+const PAGE_PARAMS: &[&str] = &[
+    "_getpages",
+    "_getpagesoffset",
+    "_count",
+    "_bundletype",
+    "_format",
+    "_pretty",
+];
 
 fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
-    strict_json::parse(body).map_err(|_| Refusal::BadGateway("the FHIR server answered with something that is not JSON".into()))
+    strict_json::parse(body).map_err(|_| {
+        Refusal::BadGateway("the FHIR server answered with something that is not JSON".into())
+    })
 }
 
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
@@ -41,7 +50,9 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
         || bundle.get("type").and_then(Value::as_str) != Some("searchset")
     {
-        return Err(Refusal::BadGateway("the FHIR server did not answer a search with a searchset".into()));
+        return Err(Refusal::BadGateway(
+            "the FHIR server did not answer a search with a searchset".into(),
+        ));
     }
     let mut dropped = 0;
     if let Some(entries) = bundle.get_mut("entry") {
@@ -56,7 +67,11 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             keep
         });
         for e in entries.iter_mut() {
-            if let Some(full) = e.get("fullUrl").and_then(Value::as_str).and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base)) {
+            if let Some(full) = e
+                .get("fullUrl")
+                .and_then(Value::as_str)
+                .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base))
+            {
                 e["fullUrl"] = Value::String(full);
             }
         }
@@ -69,7 +84,10 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     }
     if let Some(links) = bundle.get_mut("link").and_then(Value::as_array_mut) {
         links.retain_mut(|link| {
-            let rewritten = link.get("url").and_then(Value::as_str).and_then(|u| rewrite_link(u, ctx));
+            let rewritten = link
+                .get("url")
+                .and_then(Value::as_str)
+                .and_then(|u| rewrite_link(u, ctx));
             match rewritten {
                 Some(u) => {
                     link["url"] = Value::String(u);
@@ -89,7 +107,9 @@ fn entry_visible(entry: &Value, constraint: &Constraint) -> bool {
     };
     match resource.get("resourceType").and_then(Value::as_str) {
         Some("AuditEvent") => constraint.admits(resource),
-        Some("OperationOutcome") => entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome"),
+        Some("OperationOutcome") => {
+            entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome")
+        }
         _ => false,
     }
 }
@@ -107,15 +127,20 @@ pub fn check_resource(body: &[u8], constraint: &Constraint) -> Result<ResourceCh
     if resource.get("resourceType").and_then(Value::as_str) != Some("AuditEvent") {
         return Ok(ResourceCheck::Hidden);
     }
-    Ok(if constraint.admits(&resource) { ResourceCheck::Visible } else { ResourceCheck::Hidden })
+    Ok(if constraint.admits(&resource) {
+        ResourceCheck::Visible
+    } else {
+        ResourceCheck::Hidden
+    })
 }
 
 /// Map a URL under the server's or the proxy's base onto the proxy's base. Anything else is
 /// not ours to hand out.
 pub fn rebase(url: &str, public_base: &str, upstream_base: &str) -> Option<String> {
-    let rest = [public_base, upstream_base]
-        .iter()
-        .find_map(|base| url.strip_prefix(base).filter(|r| r.is_empty() || r.starts_with(['/', '?'])))?;
+    let rest = [public_base, upstream_base].iter().find_map(|base| {
+        url.strip_prefix(base)
+            .filter(|r| r.is_empty() || r.starts_with(['/', '?']))
+    })?;
     Some(format!("{public_base}{rest}"))
 }
 
@@ -128,7 +153,10 @@ pub fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<String> {
         None => return Some(rebased),
     };
     let pairs = decode_pairs(query);
-    let page_id = pairs.iter().find(|(n, _)| n == "_getpages").map(|(_, v)| v.clone());
+    let page_id = pairs
+        .iter()
+        .find(|(n, _)| n == "_getpages")
+        .map(|(_, v)| v.clone());
     let kept: Vec<String> = match &page_id {
         Some(_) => pairs
             .iter()
@@ -143,7 +171,10 @@ pub fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<String> {
     };
     let mut out = format!("{path}?{}", kept.join("&"));
     if let Some(id) = page_id {
-        out.push_str(&format!("&{SIGNATURE_PARAM}={}", ctx.signer.sign(ctx.principal_key, &id)));
+        out.push_str(&format!(
+            "&{SIGNATURE_PARAM}={}",
+            ctx.signer.sign(ctx.principal_key, &id)
+        ));
     }
     Some(out)
 }
@@ -167,7 +198,11 @@ mod tests {
     }
 
     fn constraint() -> Constraint {
-        let p = Principal::Station(Station { device_id: "dev-1".into(), org: None, grants: Grants::default() });
+        let p = Principal::Station(Station {
+            device_id: "dev-1".into(),
+            org: None,
+            grants: Grants::default(),
+        });
         Constraint::for_principal(&p, &systems(), &CvrDirectory::default()).unwrap()
     }
 
@@ -196,30 +231,40 @@ mod tests {
             "entry": [audit("a", "dev-1"), audit("b", "dev-2"),
                       {"resource": {"resourceType": "AuditEvent", "id": "c"}},
                       {"resource": {"resourceType": "Patient", "id": "p", "meta": {"security": [{"system": "urn:eds-proxy:label:device-id", "code": "dev-1"}]}}}]});
-        let out = with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap());
+        let out =
+            with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap());
         assert_eq!(out.dropped, 3);
         let v: Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(v["entry"].as_array().unwrap().len(), 1);
         assert_eq!(v["entry"][0]["resource"]["id"], "a");
-        assert_eq!(v["entry"][0]["fullUrl"], "https://proxy:8443/fhir/AuditEvent/a");
+        assert_eq!(
+            v["entry"][0]["fullUrl"],
+            "https://proxy:8443/fhir/AuditEvent/a"
+        );
         assert!(v.get("total").is_none());
     }
 
     #[test]
     fn paging_links_are_signed_and_constraint_stripped() {
         let bundle = json!({"resourceType": "Bundle", "type": "searchset",
-            "link": [
-                {"relation": "self", "url": "https://proxy:8443/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cdev-1&message-id=x"},
-                {"relation": "next", "url": "https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_elements=x"},
-                {"relation": "other", "url": "https://evil.example/fhir?_getpages=abc"}
-            ]});
+        "link": [
+            {"relation": "self", "url": "https://proxy:8443/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cdev-1&message-id=x"},
+            {"relation": "next", "url": "https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_elements=x"},
+            {"relation": "other", "url": "https://evil.example/fhir?_getpages=abc"}
+        ]});
         let (out, sig) = with_ctx(|ctx| {
-            (check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap(), ctx.signer.sign(ctx.principal_key, "abc"))
+            (
+                check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap(),
+                ctx.signer.sign(ctx.principal_key, "abc"),
+            )
         });
         let v: Value = serde_json::from_slice(&out.body).unwrap();
         let links = v["link"].as_array().unwrap();
         assert_eq!(links.len(), 2);
-        assert_eq!(links[0]["url"], "https://proxy:8443/fhir/AuditEvent?message-id=x");
+        assert_eq!(
+            links[0]["url"],
+            "https://proxy:8443/fhir/AuditEvent?message-id=x"
+        );
         assert_eq!(
             links[1]["url"],
             format!("https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_eds_sig={sig}")
@@ -230,8 +275,15 @@ mod tests {
     fn non_searchset_or_non_json_fails_closed() {
         with_ctx(|ctx| {
             assert!(check_searchset(b"<Bundle/>", ctx).is_err());
-            assert!(check_searchset(br#"{"resourceType":"Bundle","type":"batch-response"}"#, ctx).is_err());
-            assert!(check_searchset(br#"{"resourceType":"Bundle","type":"searchset","entry":{}}"#, ctx).is_err());
+            assert!(
+                check_searchset(br#"{"resourceType":"Bundle","type":"batch-response"}"#, ctx)
+                    .is_err()
+            );
+            assert!(check_searchset(
+                br#"{"resourceType":"Bundle","type":"searchset","entry":{}}"#,
+                ctx
+            )
+            .is_err());
         });
     }
 
@@ -242,16 +294,37 @@ mod tests {
         let other = serde_json::to_vec(&audit("a", "dev-2")["resource"]).unwrap();
         assert_eq!(check_resource(&mine, &c).unwrap(), ResourceCheck::Visible);
         assert_eq!(check_resource(&other, &c).unwrap(), ResourceCheck::Hidden);
-        assert_eq!(check_resource(br#"{"resourceType":"Patient"}"#, &c).unwrap(), ResourceCheck::Hidden);
+        assert_eq!(
+            check_resource(br#"{"resourceType":"Patient"}"#, &c).unwrap(),
+            ResourceCheck::Hidden
+        );
         assert!(check_resource(b"nope", &c).is_err());
     }
 
     #[test]
     fn rebase_only_known_bases() {
         with_ctx(|ctx| {
-            assert_eq!(rebase("http://hapi:8080/fhir/AuditEvent/1/_history/1", ctx.public_base, ctx.upstream_base).unwrap(), "https://proxy:8443/fhir/AuditEvent/1/_history/1");
-            assert!(rebase("http://hapi:8080/fhirX/AuditEvent/1", ctx.public_base, ctx.upstream_base).is_none());
-            assert!(rebase("http://other/fhir/AuditEvent/1", ctx.public_base, ctx.upstream_base).is_none());
+            assert_eq!(
+                rebase(
+                    "http://hapi:8080/fhir/AuditEvent/1/_history/1",
+                    ctx.public_base,
+                    ctx.upstream_base
+                )
+                .unwrap(),
+                "https://proxy:8443/fhir/AuditEvent/1/_history/1"
+            );
+            assert!(rebase(
+                "http://hapi:8080/fhirX/AuditEvent/1",
+                ctx.public_base,
+                ctx.upstream_base
+            )
+            .is_none());
+            assert!(rebase(
+                "http://other/fhir/AuditEvent/1",
+                ctx.public_base,
+                ctx.upstream_base
+            )
+            .is_none());
         });
     }
 }

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 /// (128 levels) turns deep nesting into an error, never a stack overflow.
 pub fn parse(bytes: &[u8]) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictValue.deserialize(&mut de).map_err(|e| e.to_string())?;
+    let value = StrictValue
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
 }
@@ -85,7 +87,10 @@ mod tests {
     fn duplicate_keys_are_refused_at_any_depth() {
         assert!(parse(br#"{"a":1,"a":2}"#).is_err());
         assert!(parse(br#"{"x":{"b":[{"c":1,"c":1}]}}"#).is_err());
-        assert_eq!(parse(br#"{"a":[1,{"b":null}]}"#).unwrap()["a"][1]["b"], Value::Null);
+        assert_eq!(
+            parse(br#"{"a":[1,{"b":null}]}"#).unwrap()["a"][1]["b"],
+            Value::Null
+        );
     }
 
     #[test]

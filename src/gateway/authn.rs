@@ -46,7 +46,9 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, TokenFailure> {
     let token = token.trim();
     let ok = !token.is_empty()
         && token.len() <= 16 * 1024
-        && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'/'));
+        && token.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'/')
+        });
     if ok {
         Ok(token)
     } else {
@@ -55,7 +57,12 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, TokenFailure> {
 }
 
 impl Authenticator {
-    pub fn new(keys: Arc<KeyStore>, token_policy: TokenPolicy, principal_policy: PrincipalPolicy, max_entries: u64) -> Self {
+    pub fn new(
+        keys: Arc<KeyStore>,
+        token_policy: TokenPolicy,
+        principal_policy: PrincipalPolicy,
+        max_entries: u64,
+    ) -> Self {
         Authenticator {
             keys,
             token_policy,
@@ -71,15 +78,25 @@ impl Authenticator {
         &self.keys
     }
 
-    pub async fn authenticate(&self, authorization: Option<&[u8]>, cert_sha256: &[u8]) -> Result<Principal, Refusal> {
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        cert_sha256: &[u8],
+    ) -> Result<Principal, Refusal> {
         let result = self.authenticate_inner(authorization, cert_sha256).await;
         if let Err(Refusal::Unauthenticated(f)) = &result {
-            metrics::TOKEN_FAILURES.with_label_values(&[f.as_str()]).inc();
+            metrics::TOKEN_FAILURES
+                .with_label_values(&[f.as_str()])
+                .inc();
         }
         result
     }
 
-    async fn authenticate_inner(&self, authorization: Option<&[u8]>, cert_sha256: &[u8]) -> Result<Principal, Refusal> {
+    async fn authenticate_inner(
+        &self,
+        authorization: Option<&[u8]>,
+        cert_sha256: &[u8],
+    ) -> Result<Principal, Refusal> {
         let token = bearer_token(authorization).map_err(Refusal::Unauthenticated)?;
         let mut hasher = Sha256::new();
         hasher.update(token.as_bytes());
@@ -95,13 +112,30 @@ impl Authenticator {
             self.cache.invalidate(&key);
         }
         metrics::TOKEN_CACHE.with_label_values(&["miss"]).inc();
-        let header = token::read_header(token, &self.token_policy).map_err(Refusal::Unauthenticated)?;
-        let kid = header.kid.as_deref().ok_or(Refusal::Unauthenticated(TokenFailure::UnknownKey))?;
+        let header =
+            token::read_header(token, &self.token_policy).map_err(Refusal::Unauthenticated)?;
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or(Refusal::Unauthenticated(TokenFailure::UnknownKey))?;
         let vkey = self.keys.key(kid).await.map_err(Refusal::Unauthenticated)?;
-        let claims = token::verify(token, &header, &vkey, &self.token_policy, cert_sha256, now())
-            .map_err(Refusal::Unauthenticated)?;
+        let claims = token::verify(
+            token,
+            &header,
+            &vkey,
+            &self.token_policy,
+            cert_sha256,
+            now(),
+        )
+        .map_err(Refusal::Unauthenticated)?;
         let principal = principal_from_claims(&claims, &self.principal_policy)?;
-        self.cache.insert(key, Cached { principal: principal.clone(), exp: claims.exp });
+        self.cache.insert(
+            key,
+            Cached {
+                principal: principal.clone(),
+                exp: claims.exp,
+            },
+        );
         Ok(principal)
     }
 }
@@ -115,9 +149,18 @@ mod tests {
         assert_eq!(bearer_token(Some(b"Bearer a.b.c")).unwrap(), "a.b.c");
         assert_eq!(bearer_token(Some(b"bearer a.b.c")).unwrap(), "a.b.c");
         assert_eq!(bearer_token(None), Err(TokenFailure::Missing));
-        assert_eq!(bearer_token(Some(b"Basic dXNlcjpwYXNz")), Err(TokenFailure::Missing));
+        assert_eq!(
+            bearer_token(Some(b"Basic dXNlcjpwYXNz")),
+            Err(TokenFailure::Missing)
+        );
         assert_eq!(bearer_token(Some(b"Bearer")), Err(TokenFailure::Malformed));
-        assert_eq!(bearer_token(Some(b"Bearer a.b.c\"x")), Err(TokenFailure::Malformed));
-        assert_eq!(bearer_token(Some(b"Bearer \xff")), Err(TokenFailure::Malformed));
+        assert_eq!(
+            bearer_token(Some(b"Bearer a.b.c\"x")),
+            Err(TokenFailure::Malformed)
+        );
+        assert_eq!(
+            bearer_token(Some(b"Bearer \xff")),
+            Err(TokenFailure::Malformed)
+        );
     }
 }

@@ -26,8 +26,8 @@ use crate::error::{Refusal, TokenFailure};
 use crate::fhir::interaction::{self, Interaction, RequestParts};
 use crate::fhir::labels::{Constraint, LabelSystems};
 use crate::fhir::paging::PageSigner;
-use crate::fhir::response::{self, ResourceCheck, ResponseContext};
 use crate::fhir::registration;
+use crate::fhir::response::{self, ResourceCheck, ResponseContext};
 use crate::metrics;
 use authn::Authenticator;
 use upstream::{Upstream, UpstreamResponse};
@@ -56,10 +56,18 @@ struct Answer {
 
 impl Answer {
     fn ok(status: u16, body: Vec<u8>) -> Answer {
-        Answer { status, body, headers: Vec::new() }
+        Answer {
+            status,
+            body,
+            headers: Vec::new(),
+        }
     }
     fn refusal(r: &Refusal) -> Answer {
-        Answer { status: r.status(), body: r.outcome_json(), headers: r.headers() }
+        Answer {
+            status: r.status(),
+            body: r.outcome_json(),
+            headers: r.headers(),
+        }
     }
 }
 
@@ -76,8 +84,16 @@ struct Outcome {
 impl ServeHttp for Gateway {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let started = Instant::now();
-        let request_id = format!("{:x}-{:x}", std::process::id(), self.request_counter.fetch_add(1, Ordering::Relaxed));
-        let mut outcome = Outcome { interaction: "unknown", principal: "none", ..Default::default() };
+        let request_id = format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            self.request_counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut outcome = Outcome {
+            interaction: "unknown",
+            principal: "none",
+            ..Default::default()
+        };
         let answer = match self.handle(session, &request_id, &mut outcome).await {
             Ok(a) => a,
             Err(r) => {
@@ -85,8 +101,16 @@ impl ServeHttp for Gateway {
                 Answer::refusal(&r)
             }
         };
-        let decision = if answer.status < 400 { "allowed" } else { "refused" };
-        let reason = if answer.status < 400 { "ok" } else { outcome.reason };
+        let decision = if answer.status < 400 {
+            "allowed"
+        } else {
+            "refused"
+        };
+        let reason = if answer.status < 400 {
+            "ok"
+        } else {
+            outcome.reason
+        };
         metrics::REQUESTS
             .with_label_values(&[outcome.interaction, outcome.principal, decision, reason])
             .inc();
@@ -121,13 +145,24 @@ fn header<'a>(session: &'a ServerSession, name: &str) -> Option<&'a str> {
 }
 
 impl Gateway {
-    async fn handle(&self, session: &mut ServerSession, request_id: &str, outcome: &mut Outcome) -> Result<Answer, Refusal> {
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<Answer, Refusal> {
         let (method, path, query) = {
             let req = session.req_header();
             let uri = &req.uri;
-            (req.method.as_str().to_string(), uri.path().to_string(), uri.query().map(str::to_string))
+            (
+                req.method.as_str().to_string(),
+                uri.path().to_string(),
+                uri.query().map(str::to_string),
+            )
         };
-        if method == "GET" && path.trim_end_matches('/') == format!("{}/metadata", self.public_base_path) {
+        if method == "GET"
+            && path.trim_end_matches('/') == format!("{}/metadata", self.public_base_path)
+        {
             outcome.interaction = "capabilities";
             if query.is_none() {
                 return Ok(Answer::ok(200, self.capability.clone()));
@@ -141,17 +176,35 @@ impl Gateway {
         if cert.is_empty() {
             return Err(Refusal::Unauthenticated(TokenFailure::BindingMismatch));
         }
-        if session.req_header().headers.get_all("authorization").iter().count() > 1 {
+        if session
+            .req_header()
+            .headers
+            .get_all("authorization")
+            .iter()
+            .count()
+            > 1
+        {
             return Err(Refusal::Unauthenticated(TokenFailure::Malformed));
         }
-        let authorization = session.get_header("authorization").map(|v| v.as_bytes().to_vec());
-        let principal = self.authenticator.authenticate(authorization.as_deref(), &cert).await?;
+        let authorization = session
+            .get_header("authorization")
+            .map(|v| v.as_bytes().to_vec());
+        let principal = self
+            .authenticator
+            .authenticate(authorization.as_deref(), &cert)
+            .await?;
         outcome.principal = principal.kind();
 
         let body = self.read_body(session).await?;
-        let conditional = ["if-none-exist", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"]
-            .iter()
-            .any(|h| session.get_header(*h).is_some());
+        let conditional = [
+            "if-none-exist",
+            "if-match",
+            "if-none-match",
+            "if-modified-since",
+            "if-unmodified-since",
+        ]
+        .iter()
+        .any(|h| session.get_header(*h).is_some());
         let parts = RequestParts {
             method: &method,
             path: &path,
@@ -162,12 +215,14 @@ impl Gateway {
         };
         let interaction = interaction::classify(&parts, &self.public_base_path, self.max_count)?;
         outcome.interaction = interaction.name();
-        self.dispatch(interaction, &principal, body, request_id, outcome).await
+        self.dispatch(interaction, &principal, body, request_id, outcome)
+            .await
     }
 
     /// The whole request body, refused above the limit before it is all read.
     async fn read_body(&self, session: &mut ServerSession) -> Result<Vec<u8>, Refusal> {
-        let declared = header(session, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        let declared =
+            header(session, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes) {
             return Err(Refusal::TooLarge(self.max_body_bytes));
         }
@@ -186,47 +241,79 @@ impl Gateway {
         }
     }
 
-    async fn dispatch(&self, interaction: Interaction, principal: &Principal, body: Vec<u8>, request_id: &str, outcome: &mut Outcome) -> Result<Answer, Refusal> {
+    async fn dispatch(
+        &self,
+        interaction: Interaction,
+        principal: &Principal,
+        body: Vec<u8>,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<Answer, Refusal> {
         let grants = principal.grants();
         let step = outcome.interaction;
         match interaction {
             Interaction::Capabilities => Ok(Answer::ok(200, self.capability.clone())),
             Interaction::Create => {
                 let Principal::Station(station) = principal else {
-                    return Err(Refusal::forbidden("only stations (system clients) register delivery statuses"));
+                    return Err(Refusal::forbidden(
+                        "only stations (system clients) register delivery statuses",
+                    ));
                 };
                 let labelled = registration::validate_and_label(&body, station, &self.labels)?;
-                let resp = self.upstream_call(step, "POST", "AuditEvent", Some(labelled), request_id).await?;
+                let resp = self
+                    .upstream_call(step, "POST", "AuditEvent", Some(labelled), request_id)
+                    .await?;
                 self.created(resp)
             }
             Interaction::Search(query) => {
                 if !grants.search {
-                    return Err(Refusal::forbidden("the token does not grant search (s) on AuditEvent"));
+                    return Err(Refusal::forbidden(
+                        "the token does not grant search (s) on AuditEvent",
+                    ));
                 }
-                let constraint = Constraint::for_principal(principal, &self.labels, &self.directory)?;
+                let constraint =
+                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
                 let qs = query.to_query_string(&[("_security", constraint.search_value())]);
-                let resp = self.upstream_call(step, "GET", &format!("AuditEvent?{qs}"), None, request_id).await?;
+                let resp = self
+                    .upstream_call(step, "GET", &format!("AuditEvent?{qs}"), None, request_id)
+                    .await?;
                 self.searchset(resp, &constraint, principal, outcome)
             }
             Interaction::Page(page) => {
                 if !grants.search {
-                    return Err(Refusal::forbidden("the token does not grant search (s) on AuditEvent"));
+                    return Err(Refusal::forbidden(
+                        "the token does not grant search (s) on AuditEvent",
+                    ));
                 }
                 self.signer.verify(&principal.binding_key(), &page)?;
-                let constraint = Constraint::for_principal(principal, &self.labels, &self.directory)?;
-                let resp = self.upstream_call(step, "GET", &format!("?{}", page.upstream_query()), None, request_id).await?;
+                let constraint =
+                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
+                let resp = self
+                    .upstream_call(
+                        step,
+                        "GET",
+                        &format!("?{}", page.upstream_query()),
+                        None,
+                        request_id,
+                    )
+                    .await?;
                 self.searchset(resp, &constraint, principal, outcome)
             }
             Interaction::Read { id, version } => {
                 if !grants.read {
-                    return Err(Refusal::forbidden("the token does not grant read (r) on AuditEvent"));
+                    return Err(Refusal::forbidden(
+                        "the token does not grant read (r) on AuditEvent",
+                    ));
                 }
-                let constraint = Constraint::for_principal(principal, &self.labels, &self.directory)?;
+                let constraint =
+                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
                 let rel = match &version {
                     Some(v) => format!("AuditEvent/{id}/_history/{v}"),
                     None => format!("AuditEvent/{id}"),
                 };
-                let resp = self.upstream_call(step, "GET", &rel, None, request_id).await?;
+                let resp = self
+                    .upstream_call(step, "GET", &rel, None, request_id)
+                    .await?;
                 if resp.status != 200 {
                     return Err(upstream_failure(&resp));
                 }
@@ -234,11 +321,14 @@ impl Gateway {
                     ResourceCheck::Visible => {
                         let mut a = Answer::ok(200, resp.body);
                         a.headers.extend(resp.etag.map(|v| ("ETag", v)));
-                        a.headers.extend(resp.last_modified.map(|v| ("Last-Modified", v)));
+                        a.headers
+                            .extend(resp.last_modified.map(|v| ("Last-Modified", v)));
                         Ok(a)
                     }
                     ResourceCheck::Hidden => {
-                        metrics::RESPONSE_DROPS.with_label_values(&[step, principal.kind()]).inc();
+                        metrics::RESPONSE_DROPS
+                            .with_label_values(&[step, principal.kind()])
+                            .inc();
                         Err(Refusal::NotFound)
                     }
                 }
@@ -246,14 +336,27 @@ impl Gateway {
         }
     }
 
-    async fn upstream_call(&self, step: &'static str, method: &str, relative: &str, body: Option<Vec<u8>>, request_id: &str) -> Result<UpstreamResponse, Refusal> {
+    async fn upstream_call(
+        &self,
+        step: &'static str,
+        method: &str,
+        relative: &str,
+        body: Option<Vec<u8>>,
+        request_id: &str,
+    ) -> Result<UpstreamResponse, Refusal> {
         let started = Instant::now();
         let result = self.upstream.send(method, relative, body, request_id).await;
-        metrics::UPSTREAM_DURATION.with_label_values(&[step]).observe(started.elapsed().as_secs_f64());
+        metrics::UPSTREAM_DURATION
+            .with_label_values(&[step])
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
-    fn response_context<'a>(&'a self, constraint: &'a Constraint, principal_key: &'a str) -> ResponseContext<'a> {
+    fn response_context<'a>(
+        &'a self,
+        constraint: &'a Constraint,
+        principal_key: &'a str,
+    ) -> ResponseContext<'a> {
         ResponseContext {
             constraint,
             public_base: &self.public_base,
@@ -263,12 +366,19 @@ impl Gateway {
         }
     }
 
-    fn searchset(&self, resp: UpstreamResponse, constraint: &Constraint, principal: &Principal, outcome: &mut Outcome) -> Result<Answer, Refusal> {
+    fn searchset(
+        &self,
+        resp: UpstreamResponse,
+        constraint: &Constraint,
+        principal: &Principal,
+        outcome: &mut Outcome,
+    ) -> Result<Answer, Refusal> {
         if resp.status != 200 {
             return Err(upstream_failure(&resp));
         }
         let key = principal.binding_key();
-        let checked = response::check_searchset(&resp.body, &self.response_context(constraint, &key))?;
+        let checked =
+            response::check_searchset(&resp.body, &self.response_context(constraint, &key))?;
         if checked.dropped > 0 {
             log::error!("response check withheld {} entries the FHIR server returned outside the caller's constraint", checked.dropped);
             metrics::RESPONSE_DROPS
@@ -285,14 +395,23 @@ impl Gateway {
         }
         let mut a = Answer::ok(resp.status, resp.body);
         let location = resp.location.as_deref();
-        if let Some(loc) = location.and_then(|l| response::rebase(l, &self.public_base, &self.upstream_base)) {
+        if let Some(loc) =
+            location.and_then(|l| response::rebase(l, &self.public_base, &self.upstream_base))
+        {
             a.headers.push(("Location", loc));
         }
         a.headers.extend(resp.etag.map(|v| ("ETag", v)));
         Ok(a)
     }
 
-    fn access_log(&self, session: &ServerSession, request_id: &str, o: &Outcome, status: u16, started: Instant) {
+    fn access_log(
+        &self,
+        session: &ServerSession,
+        request_id: &str,
+        o: &Outcome,
+        status: u16,
+        started: Instant,
+    ) {
         let line = json!({
             "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             "request_id": request_id,
@@ -320,7 +439,11 @@ fn upstream_failure(resp: &UpstreamResponse) -> Refusal {
             let diagnostics = serde_json::from_slice::<serde_json::Value>(&resp.body)
                 .ok()
                 .filter(|v| v["resourceType"] == "OperationOutcome")
-                .and_then(|v| v.pointer("/issue/0/diagnostics").and_then(|d| d.as_str()).map(str::to_string));
+                .and_then(|v| {
+                    v.pointer("/issue/0/diagnostics")
+                        .and_then(|d| d.as_str())
+                        .map(str::to_string)
+                });
             Refusal::invalid(format!(
                 "the FHIR server rejected the request{}",
                 diagnostics.map(|d| format!(": {d}")).unwrap_or_default()

@@ -29,7 +29,10 @@ impl Forwarded {
         Forwarded {
             host: public.host_str().unwrap_or_default().to_string(),
             proto: public.scheme().to_string(),
-            port: public.port_or_known_default().map(|p| p.to_string()).unwrap_or_default(),
+            port: public
+                .port_or_known_default()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             prefix: public.path().trim_end_matches('/').to_string(),
         }
     }
@@ -51,6 +54,7 @@ pub struct Upstream {
     base_path: String,
     forwarded: Forwarded,
     idle_timeout: Duration,
+    read_timeout: Duration,
     max_response_bytes: usize,
 }
 
@@ -65,8 +69,15 @@ pub struct UpstreamSettings {
 impl Upstream {
     /// Resolves the FHIR server's address once, at start-up.
     pub fn new(s: UpstreamSettings, forwarded: Forwarded) -> Result<Upstream, String> {
-        let host = s.base.host_str().ok_or("upstream URL has no host")?.to_string();
-        let port = s.base.port_or_known_default().ok_or("upstream URL has no port")?;
+        let host = s
+            .base
+            .host_str()
+            .ok_or("upstream URL has no host")?
+            .to_string();
+        let port = s
+            .base
+            .port_or_known_default()
+            .ok_or("upstream URL has no port")?;
         let tls = s.base.scheme() == "https";
         let address = format!("{host}:{port}");
         use std::net::ToSocketAddrs;
@@ -92,15 +103,29 @@ impl Upstream {
             base_path: s.base.path().trim_end_matches('/').to_string(),
             forwarded,
             idle_timeout: s.idle_timeout,
+            read_timeout: s.read_timeout,
             max_response_bytes: s.max_response_bytes,
         })
     }
 
     /// Send one request. `relative` is the path and query under the FHIR base, e.g.
     /// `AuditEvent?_security=…` or `?_getpages=…`.
-    pub async fn send(&self, method: &str, relative: &str, body: Option<Vec<u8>>, request_id: &str) -> Result<UpstreamResponse, Refusal> {
+    pub async fn send(
+        &self,
+        method: &str,
+        relative: &str,
+        body: Option<Vec<u8>>,
+        request_id: &str,
+    ) -> Result<UpstreamResponse, Refusal> {
         let path = if relative.starts_with('?') {
-            format!("{}{relative}", if self.base_path.is_empty() { "/" } else { &self.base_path })
+            format!(
+                "{}{relative}",
+                if self.base_path.is_empty() {
+                    "/"
+                } else {
+                    &self.base_path
+                }
+            )
         } else {
             format!("{}/{relative}", self.base_path)
         };
@@ -120,15 +145,35 @@ impl Upstream {
                 }
             }
         }
-        metrics::UPSTREAM_ERRORS.with_label_values(&[last_err.reason()]).inc();
+        metrics::UPSTREAM_ERRORS
+            .with_label_values(&[last_err.reason()])
+            .inc();
         Err(last_err)
     }
 
-    async fn exchange(&self, method: &str, path: &str, body: Option<Bytes>, request_id: &str) -> Result<UpstreamResponse, (Refusal, bool)> {
-        let header = self.request_header(method, path, body.as_ref().map(Bytes::len), request_id).map_err(|r| (r, false))?;
-        let (mut session, reused) = self.connector.get_http_session(&self.peer).await.map_err(|e| (map_error(&e), false))?;
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Bytes>,
+        request_id: &str,
+    ) -> Result<UpstreamResponse, (Refusal, bool)> {
+        let header = self
+            .request_header(method, path, body.as_ref().map(Bytes::len), request_id)
+            .map_err(|r| (r, false))?;
+        let (mut session, reused) = self
+            .connector
+            .get_http_session(&self.peer)
+            .await
+            .map_err(|e| (map_error(&e), false))?;
+        // The connector applies only connect timeouts; reads and writes are timed here.
+        session.set_read_timeout(Some(self.read_timeout));
+        session.set_write_timeout(Some(self.read_timeout));
         let early = |e: Box<pingora::Error>| (map_error(&e), reused);
-        session.write_request_header(Box::new(header)).await.map_err(early)?;
+        session
+            .write_request_header(Box::new(header))
+            .await
+            .map_err(early)?;
         if let Some(b) = body {
             session.write_request_body(b, true).await.map_err(early)?;
         }
@@ -136,25 +181,57 @@ impl Upstream {
         session.read_response_header().await.map_err(early)?;
         let late = |e: Box<pingora::Error>| (map_error(&e), false);
         let (status, content_type, location, etag, last_modified) = {
-            let resp = session
-                .response_header()
-                .ok_or((Refusal::BadGateway("the FHIR server sent no response".into()), false))?;
-            let get = |name: &str| resp.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-            (resp.status.as_u16(), get("content-type"), get("location"), get("etag"), get("last-modified"))
+            let resp = session.response_header().ok_or((
+                Refusal::BadGateway("the FHIR server sent no response".into()),
+                false,
+            ))?;
+            let get = |name: &str| {
+                resp.headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            (
+                resp.status.as_u16(),
+                get("content-type"),
+                get("location"),
+                get("etag"),
+                get("last-modified"),
+            )
         };
         let mut out = Vec::new();
         while let Some(chunk) = session.read_response_body().await.map_err(late)? {
             if out.len() + chunk.len() > self.max_response_bytes {
-                return Err((Refusal::BadGateway("the FHIR server's response is too large".into()), false));
+                return Err((
+                    Refusal::BadGateway("the FHIR server's response is too large".into()),
+                    false,
+                ));
             }
             out.extend_from_slice(&chunk);
         }
-        self.connector.release_http_session(session, &self.peer, Some(self.idle_timeout)).await;
-        Ok(UpstreamResponse { status, content_type, location, etag, last_modified, body: out })
+        self.connector
+            .release_http_session(session, &self.peer, Some(self.idle_timeout))
+            .await;
+        Ok(UpstreamResponse {
+            status,
+            content_type,
+            location,
+            etag,
+            last_modified,
+            body: out,
+        })
     }
 
-    fn request_header(&self, method: &str, path: &str, body_len: Option<usize>, request_id: &str) -> Result<RequestHeader, Refusal> {
-        let internal = |e: Box<pingora::Error>| Refusal::BadGateway(format!("cannot build upstream request: {e}"));
+    fn request_header(
+        &self,
+        method: &str,
+        path: &str,
+        body_len: Option<usize>,
+        request_id: &str,
+    ) -> Result<RequestHeader, Refusal> {
+        let internal = |e: Box<pingora::Error>| {
+            Refusal::BadGateway(format!("cannot build upstream request: {e}"))
+        };
         let mut h = RequestHeader::build(method, path.as_bytes(), None).map_err(internal)?;
         let f = &self.forwarded;
         let mut headers: Vec<(&'static str, String)> = vec![
@@ -168,7 +245,10 @@ impl Upstream {
             ("X-Request-ID", request_id.to_string()),
         ];
         if let Some(len) = body_len {
-            headers.push(("Content-Type", "application/fhir+json; charset=utf-8".into()));
+            headers.push((
+                "Content-Type",
+                "application/fhir+json; charset=utf-8".into(),
+            ));
             headers.push(("Content-Length", len.to_string()));
         }
         for (name, value) in headers {
@@ -182,7 +262,9 @@ impl Upstream {
 
 fn map_error(e: &pingora::Error) -> Refusal {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => Refusal::GatewayTimeout,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            Refusal::GatewayTimeout
+        }
         _ => Refusal::BadGateway("the FHIR server is unavailable".into()),
     }
 }

@@ -1,0 +1,273 @@
+//! Test harness: a real eds-proxy (real Pingora server, real mTLS with certificates made here)
+//! in front of an in-process recording FHIR upstream, and HTTPS clients that present client
+//! certificates.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eds_proxy::dev::keys::SigningKey;
+use eds_proxy::dev::pki::{CertificateAuthority, CertifiedKey};
+use serde_json::{json, Value};
+
+pub use upstream::{RecordingUpstream, UpstreamMode};
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "eds";
+pub const NSIS_SUBSTANTIAL: &str = "https://data.gov.dk/concept/core/nsis/loa/Substantial";
+pub const SUPPORTER_ROLE: &str = "urn:dk:healthcare:ehmi:eds:role:supporter";
+pub const PAGE_SECRET: &str = "test page secret that is long enough to use";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Certificates and keys for one test run.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: CertificateAuthority,
+    pub server: CertifiedKey,
+    pub issuer_key: SigningKey,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = CertificateAuthority::new("test CA").unwrap();
+        ca.cert.write(dir, "ca").unwrap();
+        let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        server.write(dir, "server").unwrap();
+        let issuer_key = SigningKey::generate("test-key-1").unwrap();
+        std::fs::write(dir.join("jwks.json"), issuer_key.jwks().to_string()).unwrap();
+        std::fs::write(dir.join("page-secret"), PAGE_SECRET).unwrap();
+        std::fs::write(
+            dir.join("cvr.toml"),
+            "[cvr]\n\"29189846\" = [\"937961000016000\"]\n\"11111111\" = [\"698141000016008\", \"555555555\"]\n",
+        )
+        .unwrap();
+        Pki {
+            dir: dir.to_path_buf(),
+            ca,
+            server,
+            issuer_key,
+        }
+    }
+
+    pub fn client(&self, name: &str) -> CertifiedKey {
+        self.ca.client(name, "test").unwrap()
+    }
+}
+
+/// A running proxy and its recording upstream.
+pub struct Harness {
+    pub pki: Pki,
+    pub upstream: Arc<RecordingUpstream>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub base: String,
+}
+
+pub struct Options {
+    pub upstream_mode: UpstreamMode,
+    /// Point the proxy at a port where nothing listens.
+    pub dead_upstream: bool,
+    pub read_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            upstream_mode: UpstreamMode::Honest,
+            dead_upstream: false,
+            read_timeout_ms: 5_000,
+        }
+    }
+}
+
+pub fn tmp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "eds-proxy-test-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Harness {
+    pub fn start(tag: &str, opts: Options) -> Harness {
+        let dir = tmp_dir(tag);
+        let pki = Pki::new(&dir);
+        let upstream = RecordingUpstream::start(opts.upstream_mode);
+        let upstream_port = if opts.dead_upstream {
+            free_port()
+        } else {
+            upstream.port
+        };
+        let port = free_port();
+        let admin_port = free_port();
+        let config = format!(
+            r#"
+[listen]
+address = "127.0.0.1:{port}"
+server_cert = "server.crt"
+server_key = "server.key"
+client_ca = "ca.crt"
+[admin]
+address = "127.0.0.1:{admin_port}"
+[upstream]
+base_url = "http://127.0.0.1:{upstream_port}/fhir"
+connect_timeout_ms = 1000
+read_timeout_ms = {read_timeout}
+[public]
+base_url = "https://localhost:{port}/fhir"
+[token]
+issuer = "{ISSUER}"
+audience = ["{AUDIENCE}"]
+jwks_file = "jwks.json"
+[access]
+supporter_role = "{SUPPORTER_ROLE}"
+cvr_directory = "cvr.toml"
+[paging]
+secret_file = "page-secret"
+[limits]
+max_body_bytes = 65536
+max_count = 50
+[server]
+threads = 1
+grace_period_seconds = 0
+"#,
+            read_timeout = opts.read_timeout_ms
+        );
+        let path = dir.join("eds-proxy.toml");
+        std::fs::write(&path, config).unwrap();
+        let config = eds_proxy::config::load(&path).unwrap_or_else(|p| panic!("config: {p:?}"));
+        let server = eds_proxy::server::build_server(&config).expect("server builds");
+        std::thread::spawn(move || {
+            server.run(pingora::server::RunArgs {
+                shutdown_signal: Box::new(NeverShutdown),
+            })
+        });
+        wait_for_port(port);
+        wait_for_port(admin_port);
+        Harness {
+            pki,
+            upstream,
+            port,
+            admin_port,
+            base: format!("https://localhost:{port}/fhir"),
+        }
+    }
+
+    /// An HTTPS client presenting `cert` (HTTP/1.1 only if `http1`).
+    pub fn client_with(&self, cert: &CertifiedKey, http1: bool) -> reqwest::Client {
+        let identity =
+            reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
+                .unwrap();
+        let root = reqwest::Certificate::from_pem(self.pki.ca.cert.cert_pem.as_bytes()).unwrap();
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .identity(identity)
+            .timeout(Duration::from_secs(20));
+        if http1 {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+
+    pub fn client(&self, cert: &CertifiedKey) -> reqwest::Client {
+        self.client_with(cert, true)
+    }
+
+    pub fn url(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.base)
+    }
+
+    /// A token signed by the test issuer, bound to `cert`, with `extra` claims on top.
+    pub fn token(&self, cert: &CertifiedKey, extra: Value) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 600,
+            "cnf": {"x5t#S256": cert.thumbprint()},
+        });
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(&k);
+            } else {
+                claims[k] = v;
+            }
+        }
+        self.pki.issuer_key.sign(&claims).unwrap()
+    }
+}
+
+pub fn station_claims(device_id: &str, sor: &str, gln: &str) -> Value {
+    json!({
+        "scope": format!("EDS system/AuditEvent.crs SOR:{sor} GLN:{gln}"),
+        "ehmi:eer:device_id": device_id,
+        "ehmi:org_context": {"name": "Org", "sor": sor, "gln": gln},
+    })
+}
+
+pub fn citizen_claims(cpr: &str) -> Value {
+    json!({"scope": "EDS user/AuditEvent.rs", "cpr": cpr, "acr": NSIS_SUBSTANTIAL})
+}
+
+pub fn supporter_claims(cvr: &str) -> Value {
+    json!({
+        "scope": "EDS user/AuditEvent.rs", "cvr": cvr, "acr": NSIS_SUBSTANTIAL,
+        "priv": [{"scope": format!("urn:dk:gov:saml:cvrNumberIdentifier:{cvr}"), "privileges": [SUPPORTER_ROLE]}],
+    })
+}
+
+/// The IG's example registration (station Cura-EUA, sender 937961000016000/GLN-1234,
+/// receiver 698141000016008/GLN-12345, patient PAT1234567890).
+pub fn example_registration() -> Value {
+    serde_json::from_str(include_str!("../fixtures/AuditEvent-EDS-PDS-01.1.json")).unwrap()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("port {port} never opened");
+}
+
+struct NeverShutdown;
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for NeverShutdown {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        std::future::pending().await
+    }
+}
+
+/// Parse a response as an OperationOutcome and return its first issue code.
+pub async fn outcome_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        body["resourceType"], "OperationOutcome",
+        "status {status}: {body}"
+    );
+    (
+        status,
+        body["issue"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}

@@ -1,0 +1,104 @@
+//! The proxy's behaviour when the FHIR server misbehaves: leaks, is down, or is slow.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn labelled(device: &str, cpr: &str) -> Value {
+    let mut r = example_registration();
+    r["meta"]["security"] = json!([
+        {"system": "urn:eds-proxy:label:device-id", "code": device},
+        {"system": "urn:eds-proxy:label:cpr", "code": cpr}
+    ]);
+    r
+}
+
+#[tokio::test]
+async fn a_backend_that_ignores_the_constraint_leaks_nothing() {
+    let h = Harness::start(
+        "leaky",
+        Options {
+            upstream_mode: UpstreamMode::Leaky,
+            ..Options::default()
+        },
+    );
+    let mine = h.upstream.seed(labelled("leak-dev-1", "0101010101"));
+    h.upstream.seed(labelled("leak-dev-2", "0202020202"));
+    h.upstream.seed(example_registration());
+    let cert = h.pki.client("leak-dev-1");
+    let client = h.client(&cert);
+    let token = h.token(&cert, station_claims("leak-dev-1", "1", "2"));
+    let bundle: Value = client
+        .get(h.url("AuditEvent"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![mine.as_str()]);
+    assert!(bundle.get("total").is_none());
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("eds_proxy_response_check_drops_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_is_502() {
+    let h = Harness::start(
+        "down",
+        Options {
+            dead_upstream: true,
+            ..Options::default()
+        },
+    );
+    let cert = h.pki.client("down-dev");
+    let resp = h
+        .client(&cert)
+        .get(h.url("AuditEvent"))
+        .bearer_auth(h.token(&cert, station_claims("down-dev", "1", "2")))
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = outcome_code(resp).await;
+    assert_eq!((status, code.as_str()), (502, "transient"));
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_504() {
+    let h = Harness::start(
+        "slow",
+        Options {
+            upstream_mode: UpstreamMode::Slow,
+            read_timeout_ms: 500,
+            ..Options::default()
+        },
+    );
+    let cert = h.pki.client("slow-dev");
+    let resp = h
+        .client(&cert)
+        .get(h.url("AuditEvent"))
+        .bearer_auth(h.token(&cert, station_claims("slow-dev", "1", "2")))
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = outcome_code(resp).await;
+    assert_eq!((status, code.as_str()), (504, "timeout"));
+}
