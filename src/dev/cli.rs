@@ -19,6 +19,11 @@ pub enum DevCommand {
         #[arg(long, default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         server_name: Vec<String>,
     },
+    /// Run the development token issuer (client_credentials over mTLS, /jwks).
+    Issuer {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Mint a certificate-bound access token (for user clients: citizen or supporter).
     MintToken {
         /// Token-signing key (PEM) written by `dev pki`.
@@ -56,6 +61,10 @@ pub const ISSUER_KID: &str = "dev-issuer-1";
 pub fn run(cmd: DevCommand) -> Result<(), String> {
     match cmd {
         DevCommand::Pki { out, server_name } => write_pki(&out, &server_name),
+        DevCommand::Issuer { config } => {
+            let server = super::issuer::build_server(super::issuer::load_config(&config)?)?;
+            server.run_forever()
+        }
         DevCommand::MintToken {
             key,
             cert,
@@ -93,11 +102,24 @@ fn write_pki(out: &Path, server_names: &[String]) -> Result<(), String> {
     std::fs::write(out.join("issuer.key"), &key.private_pem).map_err(err)?;
     let jwks = serde_json::to_string_pretty(&key.jwks()).map_err(|e| e.to_string())?;
     std::fs::write(out.join("jwks.json"), jwks).map_err(err)?;
+    std::fs::write(out.join("page-secret"), random_secret()?).map_err(err)?;
     println!(
         "development PKI written to {} (NOT for production)",
         out.display()
     );
     Ok(())
+}
+
+/// 64 hex characters from a fresh key pair's randomness (rcgen draws it from the OS).
+fn random_secret() -> Result<String, String> {
+    use sha2::Digest;
+    let pem = rcgen::KeyPair::generate()
+        .map_err(|e| e.to_string())?
+        .serialize_pem();
+    Ok(sha2::Sha256::digest(pem.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Sign a token bound to `cert_path`'s certificate with the dev issuer key.

@@ -2,5 +2,6 @@
 //! is used by the proxy itself, and none of it is fit for production keys.
 
 pub mod cli;
+pub mod issuer;
 pub mod keys;
 pub mod pki;

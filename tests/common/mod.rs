@@ -80,6 +80,8 @@ pub struct Options {
     /// Point the proxy at a port where nothing listens.
     pub dead_upstream: bool,
     pub read_timeout_ms: u64,
+    /// A real FHIR server's base URL instead of the recording upstream.
+    pub upstream_base: Option<String>,
 }
 
 impl Default for Options {
@@ -88,6 +90,7 @@ impl Default for Options {
             upstream_mode: UpstreamMode::Honest,
             dead_upstream: false,
             read_timeout_ms: 5_000,
+            upstream_base: None,
         }
     }
 }
@@ -112,6 +115,10 @@ impl Harness {
         } else {
             upstream.port
         };
+        let upstream_base = opts
+            .upstream_base
+            .clone()
+            .unwrap_or(format!("http://127.0.0.1:{upstream_port}/fhir"));
         let port = free_port();
         let admin_port = free_port();
         let config = format!(
@@ -124,9 +131,10 @@ client_ca = "ca.crt"
 [admin]
 address = "127.0.0.1:{admin_port}"
 [upstream]
-base_url = "http://127.0.0.1:{upstream_port}/fhir"
+base_url = "{upstream_base}"
 connect_timeout_ms = 1000
 read_timeout_ms = {read_timeout}
+idle_timeout_ms = 2000
 [public]
 base_url = "https://localhost:{port}/fhir"
 [token]

@@ -1,0 +1,480 @@
+//! End to end against a real HAPI FHIR JPA server (started natively by
+//! `hapi-compose/hapi-native.sh`), the real proxy with real mTLS, and tokens from the dev
+//! issuer's `client_credentials` endpoint. If HAPI cannot start, this test fails and says why.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use eds_proxy::dev::pki::CertifiedKey;
+use serde_json::{json, Value};
+
+const AARHUS: (&str, &str, &str) = ("Aarhus Kommune", "937961000016000", "GLN-1234");
+const STJERNEPLADSEN: (&str, &str, &str) =
+    ("Lægerne Stjernepladsen I/S", "698141000016008", "GLN-12345");
+const OTHER_ORG: (&str, &str, &str) = ("Anden Kommune", "555555555", "GLN-5555");
+/// Stations of the IG examples with the organisation each registers for, plus one of our own.
+const STATIONS: &[(&str, (&str, &str, &str))] = &[
+    ("Cura-EUA", AARHUS),
+    ("Cura-MSH", AARHUS),
+    ("KvalitetsIT-AP", AARHUS),
+    ("MultiMed-MSH", STJERNEPLADSEN),
+    ("MultiMed-AP", STJERNEPLADSEN),
+    ("EGClinea-EUA", STJERNEPLADSEN),
+    ("Other-EUA", OTHER_ORG),
+];
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Stops HAPI when the test ends, passed or failed.
+struct Hapi {
+    port: u16,
+    data_dir: std::path::PathBuf,
+    base: String,
+}
+
+impl Hapi {
+    fn script(&self, args: &[&str]) -> std::process::Output {
+        Command::new("bash")
+            .arg(repo().join("hapi-compose/hapi-native.sh"))
+            .args(args)
+            .env("HAPI_PORT", self.port.to_string())
+            .env("HAPI_DATA_DIR", &self.data_dir)
+            .output()
+            .expect("bash runs")
+    }
+
+    fn start() -> Hapi {
+        let port = free_port();
+        let data_dir = tmp_dir("hapi");
+        let mut hapi = Hapi {
+            port,
+            data_dir,
+            base: String::new(),
+        };
+        let out = hapi.script(&["start"]);
+        assert!(
+            out.status.success(),
+            "HAPI FHIR could not be started by hapi-compose/hapi-native.sh:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        hapi.base = format!("http://127.0.0.1:{port}/fhir");
+        let out = hapi.script(&["bootstrap-search-parameters", &hapi.base]);
+        assert!(
+            out.status.success(),
+            "search parameter bootstrap failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        hapi
+    }
+}
+
+impl Drop for Hapi {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+    }
+}
+
+/// The dev issuer on its own port, enrolled with every station.
+fn start_issuer(h: &Harness) -> String {
+    let dir = &h.pki.dir;
+    let enrolment: Vec<Value> = STATIONS
+        .iter()
+        .map(|(device, (name, sor, gln))| {
+            json!({
+                "client_id": device.to_lowercase(),
+                "client_name": device,
+                "token_endpoint_auth_method": "tls_client_auth",
+                "grant_types": ["client_credentials"],
+                "tls_client_auth_subject_dn": format!("subject=CN={device}, O=test"),
+                "scope": "EDS system/AuditEvent.crs",
+                "ehmi:eer:device_id": device,
+                "ehmi:org_context": [{"name": name, "sor": sor, "gln": gln}],
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("enrolment.json"),
+        serde_json::to_string_pretty(&enrolment).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("issuer.key"), &h.pki.issuer_key.private_pem).unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.join("dev-issuer.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\nserver_cert = \"server.crt\"\nserver_key = \"server.key\"\nclient_ca = \"ca.crt\"\nsigning_key = \"issuer.key\"\nkid = \"{}\"\nenrolment = \"enrolment.json\"\n",
+            h.pki.issuer_key.kid
+        ),
+    )
+    .unwrap();
+    let config = eds_proxy::dev::issuer::load_config(&dir.join("dev-issuer.toml")).unwrap();
+    let server = eds_proxy::dev::issuer::build_server(config).unwrap();
+    std::thread::spawn(move || server.run_forever());
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    format!("https://localhost:{port}/token")
+}
+
+struct Caller {
+    client: reqwest::Client,
+    token: String,
+}
+
+async fn station(
+    h: &Harness,
+    token_url: &str,
+    certs: &mut BTreeMap<String, CertifiedKey>,
+    device: &str,
+    org: (&str, &str, &str),
+) -> Caller {
+    let cert = certs
+        .entry(device.to_string())
+        .or_insert_with(|| h.pki.client(device))
+        .clone();
+    let client = h.client(&cert);
+    let scope = format!("EDS system/AuditEvent.crs SOR:{} GLN:{}", org.1, org.2);
+    let resp = client
+        .post(token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &device.to_lowercase()),
+            ("scope", &scope),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "token for {device}");
+    let body: Value = resp.json().await.unwrap();
+    Caller {
+        client,
+        token: body["access_token"].as_str().unwrap().to_string(),
+    }
+}
+
+fn user(h: &Harness, name: &str, claims: Value) -> Caller {
+    let cert = h.pki.client(name);
+    Caller {
+        client: h.client(&cert),
+        token: h.token(&cert, claims),
+    }
+}
+
+/// Every id a search returns, following signed `next` links; asserts each page is constrained.
+async fn search_all(c: &Caller, url: &str, pages: &mut usize) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut next = Some(url.to_string());
+    while let Some(u) = next {
+        let resp = c.client.get(&u).bearer_auth(&c.token).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{u}");
+        let bundle: Value = resp.json().await.unwrap();
+        *pages += 1;
+        for e in bundle["entry"].as_array().into_iter().flatten() {
+            ids.insert(e["resource"]["id"].as_str().unwrap().to_string());
+        }
+        next = bundle["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+async fn hapi_count(base: &str) -> u64 {
+    let v: Value = reqwest::get(format!("{base}/AuditEvent?_summary=count"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["total"].as_u64().unwrap()
+}
+
+fn fixture(file: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/ig").join(file)).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hapi_end_to_end() {
+    let hapi = Hapi::start();
+    let h = Harness::start(
+        "e2e",
+        Options {
+            upstream_base: Some(hapi.base.clone()),
+            read_timeout_ms: 30_000,
+            ..Options::default()
+        },
+    );
+    let token_url = start_issuer(&h);
+    let mut certs = BTreeMap::new();
+
+    // Every IG example, registered by the station that would send it.
+    let manifest: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/ig/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest.len(), 34);
+    let mut by_station: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_cpr: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_fixture: BTreeMap<String, String> = BTreeMap::new();
+    let mut all = BTreeSet::new();
+    let mut register = |device: String, cpr: Option<String>, fixture_id: String, id: String| {
+        by_station.entry(device).or_default().insert(id.clone());
+        if let Some(c) = cpr {
+            by_cpr.entry(c).or_default().insert(id.clone());
+        }
+        by_fixture.insert(fixture_id, id.clone());
+        all.insert(id);
+    };
+    for entry in &manifest {
+        let device = entry["device_id"].as_str().unwrap();
+        let org = STATIONS
+            .iter()
+            .find(|(d, _)| *d == device)
+            .unwrap_or_else(|| panic!("no station {device}"))
+            .1;
+        let s = station(&h, &token_url, &mut certs, device, org).await;
+        let body = fixture(entry["file"].as_str().unwrap());
+        let resp = s
+            .client
+            .post(h.url("AuditEvent"))
+            .bearer_auth(&s.token)
+            .header("Content-Type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let created: Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "{}: {created}", entry["id"]);
+        register(
+            device.into(),
+            entry["cpr"].as_str().map(str::to_string),
+            entry["id"].as_str().unwrap().into(),
+            created["id"].as_str().unwrap().into(),
+        );
+    }
+    // More patients and an organisation of our own, in the same HAPI.
+    let mut extra = fixture("EDS-PDS-01.1.json");
+    extra["entity"][0]["what"]["identifier"]["value"] = json!("0404040404");
+    extra["entity"][1]["what"]["identifier"]["value"] = json!("EXTRA-MSG-1");
+    let cura = station(&h, &token_url, &mut certs, "Cura-EUA", AARHUS).await;
+    let resp = cura
+        .client
+        .post(h.url("AuditEvent"))
+        .bearer_auth(&cura.token)
+        .header("Content-Type", "application/fhir+json")
+        .body(extra.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id: Value = resp.json().await.unwrap();
+    register(
+        "Cura-EUA".into(),
+        Some("0404040404".into()),
+        "extra-cura".into(),
+        id["id"].as_str().unwrap().into(),
+    );
+
+    let mut other = fixture("EDS-PDS-01.1.json");
+    other["contained"][0]["id"] = json!("Other-EUA");
+    other["contained"][0]["identifier"] = json!([{"value": "Other-EUA"}]);
+    other["source"]["observer"]["reference"] = json!("#Other-EUA");
+    other["agent"][0]["who"]["identifier"]["value"] = json!(OTHER_ORG.1);
+    other["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!(OTHER_ORG.2);
+    other["agent"][1]["who"]["identifier"]["value"] = json!("999999999");
+    other["entity"][0]["what"]["identifier"]["value"] = json!("0303030303");
+    other["entity"][1]["what"]["identifier"]["value"] = json!("OTHER-MSG-1");
+    let other_station = station(&h, &token_url, &mut certs, "Other-EUA", OTHER_ORG).await;
+    let resp = other_station
+        .client
+        .post(h.url("AuditEvent"))
+        .bearer_auth(&other_station.token)
+        .header("Content-Type", "application/fhir+json")
+        .body(other.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let other_id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    register(
+        "Other-EUA".into(),
+        Some("0303030303".into()),
+        "other".into(),
+        other_id.clone(),
+    );
+    assert_eq!(hapi_count(&hapi.base).await, 36);
+
+    // Each station sees exactly its own registrations.
+    let mut pages = 0;
+    for (device, org) in STATIONS {
+        let s = station(&h, &token_url, &mut certs, device, *org).await;
+        let seen = search_all(&s, &h.url("AuditEvent?_count=50"), &mut pages).await;
+        assert_eq!(seen, by_station[*device], "station {device}");
+    }
+    // Each citizen exactly theirs.
+    for (cpr, expected) in &by_cpr {
+        let c = user(&h, &format!("citizen-{cpr}"), citizen_claims(cpr));
+        assert_eq!(
+            &search_all(&c, &h.url("AuditEvent"), &mut pages).await,
+            expected,
+            "citizen {cpr}"
+        );
+    }
+    // Supporters exactly their organisations' (CVR directory of the harness: 29189846 = Aarhus;
+    // 11111111 = Stjernepladsen + 555555555).
+    let aarhus_supporter = user(&h, "support-aarhus", supporter_claims("29189846"));
+    let mut expected_aarhus = all.clone();
+    expected_aarhus.remove(&other_id);
+    let mut paged = 0;
+    let seen = search_all(
+        &aarhus_supporter,
+        &h.url("AuditEvent?_count=10"),
+        &mut paged,
+    )
+    .await;
+    assert_eq!(seen, expected_aarhus, "supporter of Aarhus");
+    assert!(paged >= 3, "only {paged} pages");
+    let other_supporter = user(&h, "support-other", supporter_claims("11111111"));
+    assert_eq!(
+        search_all(&other_supporter, &h.url("AuditEvent?_count=7"), &mut pages).await,
+        all,
+        "supporter of 11111111"
+    );
+
+    // The IG's search parameters work through the proxy, inside the caller's constraint.
+    let cura = station(&h, &token_url, &mut certs, "Cura-EUA", AARHUS).await;
+    let ids = search_all(
+        &cura,
+        &h.url("AuditEvent?message-id=MSG1234567890"),
+        &mut pages,
+    )
+    .await;
+    assert_eq!(
+        ids,
+        [&by_fixture["EDS-PDS-01.1"], &by_fixture["EDS-PDS-01.2"]]
+            .into_iter()
+            .cloned()
+            .collect()
+    );
+    let mm = station(&h, &token_url, &mut certs, "MultiMed-AP", STJERNEPLADSEN).await;
+    let ids = search_all(&mm, &h.url("AuditEvent?cpr=PAT1234567890"), &mut pages).await;
+    assert_eq!(
+        ids,
+        [&by_fixture["EDS-PDS-04.1"], &by_fixture["EDS-PDS-04.2"]]
+            .into_iter()
+            .cloned()
+            .collect()
+    );
+    let citizen = user(&h, "citizen-sender-sor", citizen_claims("0303030303"));
+    let ids = search_all(
+        &citizen,
+        &h.url("AuditEvent?sender-sor=555555555"),
+        &mut pages,
+    )
+    .await;
+    assert_eq!(ids, BTreeSet::from([other_id.clone()]));
+    assert!(search_all(
+        &citizen,
+        &h.url("AuditEvent?sender-sor=937961000016000"),
+        &mut pages
+    )
+    .await
+    .is_empty());
+
+    // Reading someone else's registration: 404; one's own: 200.
+    let pat_id = &by_fixture["EDS-PDS-01.1"];
+    let resp = citizen
+        .client
+        .get(h.url(&format!("AuditEvent/{pat_id}")))
+        .bearer_auth(&citizen.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = citizen
+        .client
+        .get(h.url(&format!("AuditEvent/{other_id}")))
+        .bearer_auth(&citizen.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = mm
+        .client
+        .get(h.url(&format!("AuditEvent/{pat_id}/_history/1")))
+        .bearer_auth(&mm.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // A paging handle of one caller is refused for another.
+    let first: Value = aarhus_supporter
+        .client
+        .get(h.url("AuditEvent?_count=5"))
+        .bearer_auth(&aarhus_supporter.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(next.starts_with(&h.base), "{next}");
+    let resp = citizen
+        .client
+        .get(&next)
+        .bearer_auth(&citizen.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // A refused registration leaves HAPI unchanged.
+    let before = hapi_count(&hapi.base).await;
+    let forged = fixture("EDS-PDS-04.1.json"); // MultiMed-AP's registration, sent by Cura-EUA
+    let resp = cura
+        .client
+        .post(h.url("AuditEvent"))
+        .bearer_auth(&cura.token)
+        .header("Content-Type", "application/fhir+json")
+        .body(forged.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(hapi_count(&hapi.base).await, before);
+    println!(
+        "e2e: {} registrations, {pages} pages of searches checked",
+        all.len()
+    );
+}
