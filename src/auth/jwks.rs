@@ -14,6 +14,9 @@ use super::token::VerificationKey;
 use crate::error::TokenFailure;
 use crate::metrics;
 
+/// Refresh floor while no key set was ever loaded.
+const EMPTY_RETRY: Duration = Duration::from_secs(2);
+
 /// Where keys come from.
 #[derive(Debug, Clone)]
 pub enum JwksSource {
@@ -91,12 +94,18 @@ impl KeyStore {
     /// Refresh unless another refresh ran within the floor; concurrent callers wait for one.
     pub async fn refresh_if_allowed(&self) {
         let _guard = self.refreshing.lock().await;
+        // Until keys were loaded once, retry sooner: the proxy may start before its issuer.
+        let floor = if self.is_empty() {
+            self.refresh_floor.min(EMPTY_RETRY)
+        } else {
+            self.refresh_floor
+        };
         let recently = self
             .state
             .read()
             .ok()
             .and_then(|s| s.last_attempt)
-            .is_some_and(|t| t.elapsed() < self.refresh_floor);
+            .is_some_and(|t| t.elapsed() < floor);
         if recently {
             return;
         }
