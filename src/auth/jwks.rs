@@ -174,3 +174,68 @@ fn usable_key(jwk: &Jwk) -> Option<(String, VerificationKey)> {
     let key = DecodingKey::from_jwk(jwk).ok()?;
     Some((kid, VerificationKey { key, alg }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::keys::SigningKey;
+
+    fn jwks_file(tag: &str, keys: &[&SigningKey]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("eds-jwks-{tag}-{}.json", std::process::id()));
+        let set = serde_json::json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+        std::fs::write(&path, set.to_string()).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_triggers_a_refresh_but_not_more_often_than_the_floor() {
+        let a = SigningKey::generate("a").unwrap();
+        let b = SigningKey::generate("b").unwrap();
+        let path = jwks_file("floor", &[&a]);
+        let store = KeyStore::new(JwksSource::File(path.clone()), Duration::from_millis(300), Duration::from_secs(3600));
+        assert!(store.key("a").await.is_ok());
+        assert_eq!(store.key("b").await.err(), Some(TokenFailure::UnknownKey));
+        jwks_file("floor", &[&a, &b]);
+        // Within the floor: the rotated set is not fetched yet.
+        assert_eq!(store.key("b").await.err(), Some(TokenFailure::UnknownKey));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(store.key("b").await.is_ok());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn keys_survive_an_unreachable_source() {
+        let a = SigningKey::generate("a").unwrap();
+        let path = jwks_file("down", &[&a]);
+        let store = KeyStore::new(JwksSource::File(path.clone()), Duration::from_millis(0), Duration::from_millis(1));
+        assert!(store.key("a").await.is_ok());
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Stale and the source is gone: the old key still verifies.
+        assert!(store.key("a").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn no_keys_at_all_is_reported_as_unavailable() {
+        let store = KeyStore::new(
+            JwksSource::File(PathBuf::from("/nonexistent/jwks.json")),
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(store.key("a").await.err(), Some(TokenFailure::KeysUnavailable));
+    }
+
+    #[test]
+    fn symmetric_encryption_and_kid_less_keys_are_skipped() {
+        let a = SigningKey::generate("a").unwrap();
+        let mut no_kid = a.jwk();
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let mut enc = a.jwk();
+        enc["kid"] = serde_json::json!("enc");
+        enc["use"] = serde_json::json!("enc");
+        let oct = serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "alg": "HS256"});
+        let text = serde_json::json!({"keys": [a.jwk(), no_kid, enc, oct]}).to_string();
+        let keys = parse_jwks(&text).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+}
