@@ -192,7 +192,11 @@ mod tests {
         let a = SigningKey::generate("a").unwrap();
         let b = SigningKey::generate("b").unwrap();
         let path = jwks_file("floor", &[&a]);
-        let store = KeyStore::new(JwksSource::File(path.clone()), Duration::from_millis(300), Duration::from_secs(3600));
+        let store = KeyStore::new(
+            JwksSource::File(path.clone()),
+            Duration::from_millis(300),
+            Duration::from_secs(3600),
+        );
         assert!(store.key("a").await.is_ok());
         assert_eq!(store.key("b").await.err(), Some(TokenFailure::UnknownKey));
         jwks_file("floor", &[&a, &b]);
@@ -207,7 +211,11 @@ mod tests {
     async fn keys_survive_an_unreachable_source() {
         let a = SigningKey::generate("a").unwrap();
         let path = jwks_file("down", &[&a]);
-        let store = KeyStore::new(JwksSource::File(path.clone()), Duration::from_millis(0), Duration::from_millis(1));
+        let store = KeyStore::new(
+            JwksSource::File(path.clone()),
+            Duration::from_millis(0),
+            Duration::from_millis(1),
+        );
         assert!(store.key("a").await.is_ok());
         std::fs::remove_file(&path).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -222,7 +230,10 @@ mod tests {
             Duration::from_secs(30),
             Duration::from_secs(3600),
         );
-        assert_eq!(store.key("a").await.err(), Some(TokenFailure::KeysUnavailable));
+        assert_eq!(
+            store.key("a").await.err(),
+            Some(TokenFailure::KeysUnavailable)
+        );
     }
 
     #[test]

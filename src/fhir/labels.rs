@@ -115,6 +115,40 @@ pub fn security_codings(resource: &Value) -> impl Iterator<Item = (&str, &str)> 
         .filter_map(|c| Some((c.get("system")?.as_str()?, c.get("code")?.as_str()?)))
 }
 
+/// (id, CPR labels) of every AuditEvent in a checked answer (a searchset or one resource):
+/// what a supporter was shown about which citizens, for the MinLog audit record.
+pub fn released_records(body: &[u8], cpr_system: &str) -> Vec<(String, Vec<String>)> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let resources: Vec<&Value> = match v.get("resourceType").and_then(Value::as_str) {
+        Some("Bundle") => v
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("resource"))
+            .collect(),
+        _ => vec![&v],
+    };
+    resources
+        .into_iter()
+        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("AuditEvent"))
+        .map(|r| {
+            let id = r
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let cprs = security_codings(r)
+                .filter(|(system, _)| *system == cpr_system)
+                .map(|(_, code)| code.to_string())
+                .collect();
+            (id, cprs)
+        })
+        .collect()
+}
+
 /// FHIR search escaping (`\`, `,`, `|`, `$`) for values the proxy injects.
 pub fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -202,6 +236,23 @@ mod tests {
         assert!(!c.admits(&wrong_system));
         assert!(!c.admits(&none));
         assert!(!c.admits(&json!({})));
+    }
+
+    #[test]
+    fn released_records_name_ids_and_cprs() {
+        let body = json!({"resourceType": "Bundle", "entry": [
+            {"resource": {"resourceType": "AuditEvent", "id": "a", "meta": {"security": [
+                {"system": "urn:eds-proxy:label:cpr", "code": "0101701234"},
+                {"system": "urn:eds-proxy:label:sor", "code": "1"}]}}},
+            {"resource": {"resourceType": "AuditEvent", "id": "b"}}]});
+        let r = released_records(body.to_string().as_bytes(), "urn:eds-proxy:label:cpr");
+        assert_eq!(
+            r,
+            vec![
+                ("a".to_string(), vec!["0101701234".to_string()]),
+                ("b".to_string(), vec![])
+            ]
+        );
     }
 
     #[test]

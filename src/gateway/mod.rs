@@ -215,8 +215,13 @@ impl Gateway {
         };
         let interaction = interaction::classify(&parts, &self.public_base_path, self.max_count)?;
         outcome.interaction = interaction.name();
-        self.dispatch(interaction, &principal, body, request_id, outcome)
-            .await
+        let answer = self
+            .dispatch(interaction, &principal, body, request_id, outcome)
+            .await?;
+        if let Principal::Supporter { cvr, .. } = &principal {
+            self.supporter_audit(cvr, outcome.interaction, request_id, &answer);
+        }
+        Ok(answer)
     }
 
     /// The whole request body, refused above the limit before it is all read.
@@ -402,6 +407,32 @@ impl Gateway {
         }
         a.headers.extend(resp.etag.map(|v| ("ETag", v)));
         Ok(a)
+    }
+
+    /// The EHMI security page asks that citizens can see in MinLog when professionals read
+    /// their data: one audit record per supporter answer, naming each citizen shown.
+    fn supporter_audit(&self, cvr: &str, interaction: &str, request_id: &str, answer: &Answer) {
+        if answer.status != 200 {
+            return;
+        }
+        let released = crate::fhir::labels::released_records(&answer.body, &self.labels.cpr);
+        if released.iter().all(|(_, cprs)| cprs.is_empty()) {
+            return;
+        }
+        let records: Vec<serde_json::Value> = released
+            .iter()
+            .filter(|(_, cprs)| !cprs.is_empty())
+            .map(|(id, cprs)| json!({"auditevent": id, "cpr": cprs}))
+            .collect();
+        let line = json!({
+            "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "request_id": request_id,
+            "event": "supporter-read",
+            "cvr": cvr,
+            "interaction": interaction,
+            "records": records,
+        });
+        log::info!(target: "audit", "{line}");
     }
 
     fn access_log(
