@@ -11,11 +11,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Registration fails only on a duplicate name, a programming error caught by every test run.
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register_int_counter_vec!(name, help, labels).unwrap_or_else(|_| {
-        IntCounterVec::new(prometheus::Opts::new(name, help), labels)
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-    })
+    register_int_counter_vec!(name, help, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -109,4 +107,51 @@ pub fn init() {
     LazyLock::force(&TOKEN_CACHE);
     LazyLock::force(&RESPONSE_DROPS);
     LazyLock::force(&UPSTREAM_ERRORS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Grafana dashboard may only use metrics the proxy exports.
+    #[test]
+    fn dashboard_uses_only_exported_metrics() {
+        init();
+        REQUESTS.with_label_values(&["x", "x", "x", "x"]).inc();
+        for vec in [
+            &TOKEN_FAILURES,
+            &JWKS_REFRESHES,
+            &TOKEN_CACHE,
+            &UPSTREAM_ERRORS,
+        ] {
+            vec.with_label_values(&["x"]).inc();
+        }
+        RESPONSE_DROPS.with_label_values(&["x", "x"]).inc();
+        REQUEST_DURATION.with_label_values(&["x"]).observe(0.1);
+        UPSTREAM_DURATION.with_label_values(&["x"]).observe(0.1);
+        let exported: Vec<String> = prometheus::gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let dashboard = include_str!("../dashboards/eds-proxy.json");
+        let mut used: Vec<&str> = dashboard
+            .match_indices("eds_proxy_")
+            .filter_map(|(i, _)| dashboard.get(i..))
+            .map(|rest| {
+                rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+            })
+            .collect();
+        used.sort();
+        used.dedup();
+        assert!(!used.is_empty());
+        for m in used {
+            let base = m.strip_suffix("_bucket").unwrap_or(m);
+            assert!(
+                exported.iter().any(|e| e == base),
+                "dashboard uses {m}, not exported"
+            );
+        }
+    }
 }
