@@ -93,18 +93,37 @@ pub fn normalise_dn(dn: &str) -> String {
     dn.split(',').map(str::trim).collect::<Vec<_>>().join(",")
 }
 
-/// Decide a `client_credentials` request. `subject_dn` and `thumbprint` describe the
-/// presented client certificate. Returns the claims to sign.
+/// The presented client certificate: its subject DN and RFC 8705 thumbprint.
+pub struct Presented<'a> {
+    pub subject_dn: &'a str,
+    pub thumbprint: &'a str,
+}
+
+/// What every issued token says about its issuer and lifetime.
+pub struct Issuance<'a> {
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    pub now: i64,
+    pub lifetime: i64,
+}
+
+/// Decide a `client_credentials` request. Returns the claims to sign.
 pub fn token_claims(
     enrolments: &[Enrolment],
     form: &[(String, String)],
-    subject_dn: &str,
-    thumbprint: &str,
-    issuer: &str,
-    audience: &str,
-    now: i64,
-    lifetime: i64,
+    cert: &Presented<'_>,
+    issuance: &Issuance<'_>,
 ) -> Result<Value, OAuthError> {
+    let Presented {
+        subject_dn,
+        thumbprint,
+    } = *cert;
+    let Issuance {
+        issuer,
+        audience,
+        now,
+        lifetime,
+    } = *issuance;
     let get = |n: &str| form.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     if get("grant_type") != Some("client_credentials") {
         return Err(oauth(
@@ -254,16 +273,17 @@ impl ServeHttp for Issuer {
                 let thumbprint = crate::auth::token::thumbprint_of(&der);
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 let c = &self.config;
-                match token_claims(
-                    &self.enrolments,
-                    &form,
-                    &subject,
-                    &thumbprint,
-                    &c.issuer,
-                    &c.audience,
+                let presented = Presented {
+                    subject_dn: &subject,
+                    thumbprint: &thumbprint,
+                };
+                let issuance = Issuance {
+                    issuer: &c.issuer,
+                    audience: &c.audience,
                     now,
-                    c.token_lifetime_seconds,
-                ) {
+                    lifetime: c.token_lifetime_seconds,
+                };
+                match token_claims(&self.enrolments, &form, &presented, &issuance) {
                     Ok(claims) => match self.key.sign(&claims) {
                         Ok(token) => json_reply(
                             200,
@@ -392,12 +412,16 @@ mod tests {
         token_claims(
             &enrolments(),
             &form(scope),
-            dn,
-            "THUMB",
-            "https://iss",
-            "eds",
-            1000,
-            600,
+            &Presented {
+                subject_dn: dn,
+                thumbprint: "THUMB",
+            },
+            &Issuance {
+                issuer: "https://iss",
+                audience: "eds",
+                now: 1000,
+                lifetime: 600,
+            },
         )
     }
 
