@@ -40,6 +40,19 @@ source_hash() {
 }
 
 cmd_build() {
+  mkdir -p "$NATIVE_DIR/target"
+  # Several test processes may call start at once: build under a lock, in a subshell so the
+  # lock's file descriptor is closed again before java is started.
+  (
+    if command -v flock >/dev/null; then
+      exec 9>"$NATIVE_DIR/target/.build.lock"
+      flock 9
+    fi
+    build_if_needed
+  )
+}
+
+build_if_needed() {
   local want have=""
   want="$(source_hash)"
   [[ -f "$STAMP" ]] && have="$(cat "$STAMP")"
@@ -50,7 +63,11 @@ cmd_build() {
   command -v mvn >/dev/null || die "mvn not found (Maven 3.8+ and Java 17+ are needed to build)"
   log "building $JAR (first build downloads ~300 MB into ~/.m2) ..."
   local t0=$SECONDS
-  (cd "$NATIVE_DIR" && mvn -q -B -Dstyle.color=never package -DskipTests) >&2 || die "maven build failed"
+  local blog="$NATIVE_DIR/target/mvn-build.log"
+  if ! (cd "$NATIVE_DIR" && mvn -q -B -Dstyle.color=never package -DskipTests) >"$blog" 2>&1; then
+    tail -n 60 "$blog" >&2
+    die "maven build failed (full output: $blog)"
+  fi
   [[ -f "$JAR" ]] || die "maven finished but $JAR is missing"
   echo "$want" > "$STAMP"
   log "built in $((SECONDS - t0)) s"
@@ -101,7 +118,6 @@ cmd_start() {
   fi
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
-  echo "$dir" > "$PORT_STATE"
   local logf="$dir/hapi.log"
 
   log "starting HAPI FHIR on $BASE_URL (data: $dir, log: $logf)"
@@ -109,6 +125,7 @@ cmd_start() {
   HAPI_PORT="$HAPI_PORT" HAPI_DATA_DIR="$dir" nohup java -Xmx1g ${HAPI_JAVA_OPTS:-} -jar "$JAR" \
     </dev/null >"$logf" 2>&1 &
   local pid=$!
+  disown "$pid" 2>/dev/null || true # no job-control chatter if we have to kill it below
   echo "$pid" > "$dir/hapi.pid"
 
   local t0=$SECONDS code
@@ -120,7 +137,9 @@ cmd_start() {
       exit 1
     fi
     code="$(http_code "$BASE_URL/metadata" 10)"
-    if [[ "$code" == "200" ]]; then
+    # The 200 must come from our process: another server may have taken the port meanwhile
+    # (ours then exits with "Port ... already in use", caught above on the next pass).
+    if [[ "$code" == "200" ]] && grep -q 'Started HapiLauncher' "$logf" && kill -0 "$pid" 2>/dev/null; then
       break
     fi
     if (( SECONDS - t0 >= HAPI_START_TIMEOUT )); then
@@ -133,6 +152,7 @@ cmd_start() {
     fi
     sleep 1
   done
+  echo "$dir" > "$PORT_STATE"
   log "up after $((SECONDS - t0)) s (pid $pid)"
   echo "$BASE_URL"
 }

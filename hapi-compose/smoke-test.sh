@@ -128,13 +128,15 @@ EOF
   code="$(post SearchParameter "$TMP/sp.json")"
   [[ "$code" == 201 ]] && ok "SearchParameter message-id created" || bad "SearchParameter create -> $code"
   active=""
-  for _ in $(seq 1 240); do
+  misses=0
+  for _ in $(seq 1 1200); do
     if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/AuditEvent?message-id=probe&_summary=count")" == 200 ]]; then
       active=1; break
     fi
-    sleep 0.5
+    misses=$((misses + 1))
+    sleep 0.1
   done
-  [[ -n "$active" ]] && ok "message-id usable $(elapsed "$t0") s after the SearchParameter was created" \
+  [[ -n "$active" ]] && ok "message-id usable $(elapsed "$t0") s after POST SearchParameter ($misses probe(s) answered 400 first)" \
     || bad "message-id still 400 after 120 s"
 else
   ok "a message-id SearchParameter already exists; not creating the test one"
@@ -147,7 +149,7 @@ curl -s "$BASE/AuditEvent?message-id=$mid" -o "$TMP/ms.json"
 if jget "$TMP/ms.json" '[e["resource"]["id"] for e in b.get("entry", [])]' | grep -q "'$mid_id'"; then
   ok "AuditEvent/$mid_id found by ?message-id=$mid"
 else
-  bad "?message-id=$mid did not find AuditEvent/$mid_id: $(cat "$TMP/ms.json" | head -c 300)"
+  bad "?message-id=$mid did not find AuditEvent/$mid_id: $(head -c 300 "$TMP/ms.json")"
 fi
 
 echo "$passed passed, $failed failed"

@@ -87,3 +87,33 @@ fn unreadable_file_is_reported() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("cannot read"));
 }
+
+#[test]
+fn compose_proxy_config_is_accepted_once_the_dev_pki_exists() {
+    let dir = std::env::temp_dir().join(format!("eds-proxy-cli-compose-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("hapi-compose/proxy");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    assert!(bin()
+        .args(["dev", "pki", "--out"])
+        .arg(dir.join("dev"))
+        .status()
+        .unwrap()
+        .success());
+    let out = bin()
+        .arg("check-config")
+        .arg(dir.join("eds-proxy.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -405,11 +405,25 @@ async fn hapi_end_to_end() {
     // Response shaping cannot hide the labels from the check (HAPI keeps meta with _elements
     // and _summary), and still returns exactly the caller's records.
     let cura_own = &by_station["Cura-EUA"];
-    for shaping in ["_elements=id,type", "_summary=true", "_summary=data", "_sort=-date&_total=accurate"] {
+    for shaping in [
+        "_elements=id,type",
+        "_summary=true",
+        "_summary=data",
+        "_sort=-date&_total=accurate",
+    ] {
         let ids = search_all(&cura, &h.url(&format!("AuditEvent?{shaping}")), &mut pages).await;
         assert_eq!(&ids, cura_own, "{shaping}");
     }
-    let counted: Value = cura.client.get(h.url("AuditEvent?_summary=count")).bearer_auth(&cura.token).send().await.unwrap().json().await.unwrap();
+    let counted: Value = cura
+        .client
+        .get(h.url("AuditEvent?_summary=count"))
+        .bearer_auth(&cura.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(counted["total"].as_u64(), Some(cura_own.len() as u64));
 
     // Reading someone else's registration: 404; one's own: 200.

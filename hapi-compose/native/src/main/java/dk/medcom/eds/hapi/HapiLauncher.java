@@ -42,12 +42,13 @@ import javax.sql.DataSource;
 /**
  * The whole launcher: boots the stock HAPI FHIR JPA server (R4) published on Maven Central.
  *
- * <p>Everything HAPI-specific comes from HAPI's own Spring configuration classes
- * ({@link JpaR4Config}, {@link HapiJpaConfig}, the Batch2 configs), exactly as
+ * <p>Everything HAPI-specific comes from HAPI's own Spring configuration classes: the same
+ * {@link JpaR4Config}, Batch2, thread-pool and channel configurations that
  * hapi-fhir-jpaserver-starter (the source of the official {@code hapiproject/hapi} image)
- * imports them. This class only supplies the handful of beans an embedding application has
- * to provide (storage settings, partition settings, entity manager factory, transaction
- * manager, the RestfulServer servlet). All tunables live in {@code application.yaml}.
+ * imports, plus {@link HapiJpaConfig} for the search/paging beans the starter declares itself.
+ * This class only supplies the beans an embedding application has to provide (storage and
+ * partition settings, entity manager factory, transaction manager, the RestfulServer servlet),
+ * built the way the starter builds them. All tunables live in {@code application.yaml}.
  */
 @SpringBootApplication
 @Import({
