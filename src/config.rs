@@ -160,6 +160,12 @@ pub struct LimitsConfig {
     pub max_count: u32,
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Longest request target (path and query); the FHIR server behind has its own, often 8 KiB.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Largest sum of request header names and values.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -168,6 +174,8 @@ impl Default for LimitsConfig {
             max_body_bytes: default_max_body(),
             max_count: default_max_count(),
             max_response_bytes: default_max_response_bytes(),
+            max_uri_bytes: default_max_uri_bytes(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }
@@ -248,6 +256,12 @@ fn default_max_count() -> u32 {
 }
 fn default_max_response_bytes() -> usize {
     32 * 1024 * 1024
+}
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
 }
 fn default_threads() -> usize {
     2
@@ -461,6 +475,12 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
     }
     if c.limits.max_body_bytes == 0 {
         out.push(problem("limits.max_body_bytes", "must be greater than 0"));
+    }
+    if c.limits.max_uri_bytes < 256 {
+        out.push(problem("limits.max_uri_bytes", "must be at least 256"));
+    }
+    if c.limits.max_header_bytes < 1024 {
+        out.push(problem("limits.max_header_bytes", "must be at least 1024"));
     }
     if c.limits.max_count == 0 {
         out.push(problem("limits.max_count", "must be greater than 0"));

@@ -76,6 +76,10 @@ pub enum Refusal {
     MethodNotAllowed(String),
     /// 413: request body above the configured limit.
     TooLarge(usize),
+    /// 414: the request target is longer than the configured limit.
+    UriTooLong(usize),
+    /// 431: the request headers together are larger than the configured limit.
+    HeadersTooLarge(usize),
     /// 415: only FHIR JSON (or form-encoded search) bodies are accepted.
     UnsupportedMediaType(String),
     /// 502: the FHIR server could not be reached or answered something the proxy rejects.
@@ -100,6 +104,8 @@ impl Refusal {
             Refusal::NotFound => 404,
             Refusal::MethodNotAllowed(_) => 405,
             Refusal::TooLarge(_) => 413,
+            Refusal::UriTooLong(_) => 414,
+            Refusal::HeadersTooLarge(_) => 431,
             Refusal::UnsupportedMediaType(_) => 415,
             Refusal::BadGateway(_) => 502,
             Refusal::GatewayTimeout => 504,
@@ -115,6 +121,7 @@ impl Refusal {
             Refusal::NotFound => "not-found",
             Refusal::MethodNotAllowed(_) => "not-supported",
             Refusal::TooLarge(_) => "too-costly",
+            Refusal::UriTooLong(_) | Refusal::HeadersTooLarge(_) => "too-long",
             Refusal::UnsupportedMediaType(_) => "not-supported",
             Refusal::BadGateway(_) => "transient",
             Refusal::GatewayTimeout => "timeout",
@@ -130,6 +137,8 @@ impl Refusal {
             Refusal::NotFound => "not_found",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::TooLarge(_) => "too_large",
+            Refusal::UriTooLong(_) => "uri_too_long",
+            Refusal::HeadersTooLarge(_) => "headers_too_large",
             Refusal::UnsupportedMediaType(_) => "unsupported_media_type",
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -146,6 +155,8 @@ impl Refusal {
             | Refusal::BadGateway(m) => m.clone(),
             Refusal::NotFound => "resource not found".to_string(),
             Refusal::TooLarge(limit) => format!("request body exceeds {limit} bytes"),
+            Refusal::UriTooLong(limit) => format!("request URL exceeds {limit} bytes"),
+            Refusal::HeadersTooLarge(limit) => format!("request headers exceed {limit} bytes"),
             Refusal::GatewayTimeout => "the FHIR server did not answer in time".to_string(),
         }
     }
@@ -199,6 +210,8 @@ mod tests {
             (Refusal::NotFound, 404, "not-found"),
             (Refusal::MethodNotAllowed("x".into()), 405, "not-supported"),
             (Refusal::TooLarge(10), 413, "too-costly"),
+            (Refusal::UriTooLong(10), 414, "too-long"),
+            (Refusal::HeadersTooLarge(10), 431, "too-long"),
             (
                 Refusal::UnsupportedMediaType("x".into()),
                 415,

@@ -119,6 +119,8 @@ pub fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
         public_base,
         upstream_base: c.upstream.base_url.trim_end_matches('/').to_string(),
         max_body_bytes: c.limits.max_body_bytes,
+        max_uri_bytes: c.limits.max_uri_bytes,
+        max_header_bytes: c.limits.max_header_bytes,
         max_count: c.limits.max_count,
         request_counter: AtomicU64::new(0),
     };

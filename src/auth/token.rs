@@ -22,7 +22,7 @@ pub struct EdsClaims {
     pub cnf: Option<Confirmation>,
     #[serde(default, rename = "ehmi:eer:device_id")]
     pub device_id: Option<String>,
-    #[serde(default, rename = "ehmi:org_context")]
+    #[serde(default, rename = "ehmi:org_context", deserialize_with = "object_only")]
     pub org_context: Option<OrgContext>,
     #[serde(default)]
     pub cpr: Option<String>,
@@ -51,6 +51,20 @@ pub struct OrgContext {
     pub name: Option<String>,
     pub sor: String,
     pub gln: String,
+}
+
+/// serde reads a struct from a JSON array by field order too; a claim that is not a JSON
+/// object must make the token malformed instead.
+fn object_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<OrgContext>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        Some(_) => Err(serde::de::Error::custom(
+            "ehmi:org_context must be a JSON object",
+        )),
+    }
 }
 
 /// `scope` is a space-separated string (RFC 8693/9068); some issuers send an array.
@@ -452,6 +466,19 @@ mod tests {
             check(&f, &tampered, &cert_hash("A")).unwrap_err(),
             TokenFailure::Signature
         );
+    }
+
+    #[test]
+    fn org_context_must_be_an_object() {
+        let f = fixture();
+        let mut c = claims();
+        c["ehmi:org_context"] = json!(["Org", "111", "222"]);
+        assert_eq!(
+            check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).unwrap_err(),
+            TokenFailure::Malformed
+        );
+        c["ehmi:org_context"] = json!({"name": "Org", "sor": "111", "gln": "222"});
+        assert!(check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).is_ok());
     }
 
     #[test]

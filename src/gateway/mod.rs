@@ -42,10 +42,17 @@ pub struct Gateway {
     pub public_base_path: String,
     pub upstream_base: String,
     pub max_body_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
     pub max_count: u32,
     pub capability: Vec<u8>,
     pub request_counter: AtomicU64,
 }
+
+/// Most request body bytes read (and discarded) before a 413 is answered.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+/// Longest wait for the rest of an oversized body before answering 413.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A finished answer before it becomes an HTTP response.
 struct Answer {
@@ -151,6 +158,7 @@ impl Gateway {
         request_id: &str,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
+        self.check_head_size(session)?;
         let (method, path, query) = {
             let req = session.req_header();
             let uri = &req.uri;
@@ -224,26 +232,57 @@ impl Gateway {
         Ok(answer)
     }
 
-    /// The whole request body, refused above the limit before it is all read.
+    /// Overlong targets and header blocks are refused here rather than passed on to a FHIR
+    /// server whose own limits would turn them into a 5xx.
+    fn check_head_size(&self, session: &ServerSession) -> Result<(), Refusal> {
+        let req = session.req_header();
+        if req.raw_path().len() > self.max_uri_bytes {
+            return Err(Refusal::UriTooLong(self.max_uri_bytes));
+        }
+        let headers: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        if headers > self.max_header_bytes {
+            return Err(Refusal::HeadersTooLarge(self.max_header_bytes));
+        }
+        Ok(())
+    }
+
+    /// The whole request body. Above the limit the rest is read and discarded (at most
+    /// `DRAIN_LIMIT` bytes for at most `DRAIN_TIME`) so an HTTP/1.1 client that is still sending
+    /// gets its 413 rather than a reset connection; the connection is then not reused.
     async fn read_body(&self, session: &mut ServerSession) -> Result<Vec<u8>, Refusal> {
         let declared =
             header(session, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes) {
-            return Err(Refusal::TooLarge(self.max_body_bytes));
-        }
+        let mut too_large = declared.is_some_and(|n| n > self.max_body_bytes);
         let mut body = Vec::new();
-        loop {
+        while !too_large {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > self.max_body_bytes {
-                        return Err(Refusal::TooLarge(self.max_body_bytes));
+                        too_large = true;
+                    } else {
+                        body.extend_from_slice(&chunk);
                     }
-                    body.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(body),
                 Err(_) => return Err(Refusal::invalid("the request body could not be read")),
             }
         }
+        let drain = async {
+            let mut seen = 0usize;
+            while let Ok(Some(chunk)) = session.read_request_body().await {
+                seen = seen.saturating_add(chunk.len());
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        session.set_keepalive(None);
+        Err(Refusal::TooLarge(self.max_body_bytes))
     }
 
     async fn dispatch(

@@ -1,0 +1,116 @@
+//! Cost of the pure decisions on the request path, printed as figures (not asserted):
+//! `cargo bench --bench decisions`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use eds_proxy::auth::principal::{Principal, Station};
+use eds_proxy::auth::scope::Grants;
+use eds_proxy::cvr_directory::CvrDirectory;
+use eds_proxy::fhir::interaction::{classify, RequestParts};
+use eds_proxy::fhir::labels::{Constraint, LabelSystems};
+use eds_proxy::fhir::paging::PageSigner;
+use eds_proxy::fhir::registration::validate_and_label;
+use eds_proxy::fhir::response::{check_searchset, ResponseContext};
+use serde_json::{json, Value};
+
+fn systems() -> LabelSystems {
+    LabelSystems {
+        device: "urn:eds-proxy:label:device-id".into(),
+        sor: "urn:eds-proxy:label:sor".into(),
+        cpr: "urn:eds-proxy:label:cpr".into(),
+        reserved_prefix: "urn:eds-proxy:label:".into(),
+    }
+}
+
+fn measure(name: &str, bytes: usize, iterations: u32, mut f: impl FnMut()) {
+    for _ in 0..iterations / 10 {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..iterations {
+        f();
+    }
+    let per = start.elapsed() / iterations;
+    let mbps = if bytes > 0 {
+        bytes as f64 / per.as_secs_f64() / 1e6
+    } else {
+        0.0
+    };
+    println!(
+        "{name:<40} {:>9.1} µs/op {:>8.0} MB/s",
+        per.as_secs_f64() * 1e6,
+        mbps
+    );
+}
+
+fn main() {
+    let example: Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/AuditEvent-EDS-PDS-01.1.json"
+    ))
+    .unwrap();
+    let station = Station {
+        device_id: "Cura-EUA".into(),
+        org: Some(eds_proxy::auth::token::OrgContext {
+            name: None,
+            sor: "937961000016000".into(),
+            gln: "GLN-1234".into(),
+        }),
+        grants: Grants {
+            create: true,
+            read: true,
+            search: true,
+        },
+    };
+    let labelled: Value = serde_json::from_slice(
+        &validate_and_label(example.to_string().as_bytes(), &station, &systems()).unwrap(),
+    )
+    .unwrap();
+    let entries: Vec<Value> = (0..28)
+        .map(|i| {
+            let mut r = labelled.clone();
+            r["id"] = json!(format!("{i}"));
+            json!({"fullUrl": format!("http://hapi:8080/fhir/AuditEvent/{i}"), "resource": r, "search": {"mode": "match"}})
+        })
+        .collect();
+    let bundle = serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "searchset", "total": 28,
+        "link": [{"relation": "self", "url": "http://hapi:8080/fhir/AuditEvent?_security=x"},
+                 {"relation": "next", "url": "http://hapi:8080/fhir?_getpages=abc&_getpagesoffset=28&_count=28&_bundletype=searchset"}],
+        "entry": entries}))
+    .unwrap();
+    let principal = Principal::Station(station.clone());
+    let constraint =
+        Constraint::for_principal(&principal, &systems(), &CvrDirectory::default()).unwrap();
+    let signer = PageSigner::new(vec![7; 32]);
+    let key = principal.binding_key();
+    let ctx = ResponseContext {
+        constraint: &constraint,
+        public_base: "https://proxy:8443/fhir",
+        upstream_base: "http://hapi:8080/fhir",
+        signer: &signer,
+        principal_key: &key,
+    };
+    println!("searchset of {} entries, {} bytes", 28, bundle.len());
+    measure("response check (searchset)", bundle.len(), 2_000, || {
+        black_box(check_searchset(black_box(&bundle), &ctx).unwrap());
+    });
+    let body = example.to_string();
+    measure("registration validate + label", body.len(), 20_000, || {
+        black_box(validate_and_label(black_box(body.as_bytes()), &station, &systems()).unwrap());
+    });
+    measure("classify + rewrite search", 0, 200_000, || {
+        let parts = RequestParts {
+            method: "GET",
+            path: "/fhir/AuditEvent",
+            query: Some("message-id=MSG1234567890&date=ge2025-01-01&_count=20&_sort=-date"),
+            content_type: None,
+            conditional: false,
+            body: b"",
+        };
+        if let Ok(eds_proxy::fhir::interaction::Interaction::Search(q)) =
+            classify(black_box(&parts), "/fhir", 100)
+        {
+            black_box(q.to_query_string(&[("_security", constraint.search_value())]));
+        }
+    });
+}

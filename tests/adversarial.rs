@@ -1,0 +1,2814 @@
+//! Adversarial suite: hostile requests against a real proxy (real Pingora, real mTLS) in front
+//! of the recording FHIR upstream.
+//!
+//! Every case is one request with its exact expected outcome: the HTTP status, the
+//! OperationOutcome issue code (or the `resourceType` of a success), and what the FHIR server
+//! saw: nothing, or exactly one request whose target is the expected constrained query. Each
+//! test function starts a proxy and upstream of its own and runs its table one case at a time,
+//! so "the upstream saw nothing" is exact. A table reports all of its failing cases at once.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::upstream::Recorded;
+use common::*;
+use eds_proxy::dev::keys::SigningKey;
+use eds_proxy::dev::pki::CertifiedKey;
+use reqwest::{Client, Method, RequestBuilder, Version};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The station most cases run as: its device and its organisational context (the IG
+/// example's sender), and the constraint the proxy adds to its searches.
+const DEV: &str = "adv-dev";
+const SOR: &str = "937961000016000";
+const GLN: &str = "GLN-1234";
+const RECEIVER_SOR: &str = "698141000016008";
+const RECEIVER_GLN: &str = "GLN-12345";
+const DEV_SEC: &str = "_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cadv-dev";
+/// Supporter constraints for the harness's CVR directory.
+const SOR_SEC_29189846: &str = "_security=urn%3Aeds-proxy%3Alabel%3Asor%7C937961000016000";
+const SOR_SEC_11111111: &str = "_security=urn%3Aeds-proxy%3Alabel%3Asor%7C698141000016008%2Curn%3Aeds-proxy%3Alabel%3Asor%7C555555555";
+const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+const FORM: &str = "application/x-www-form-urlencoded";
+const FHIR_JSON: &str = "application/fhir+json";
+
+fn cpr_sec(cpr: &str) -> String {
+    format!("_security=urn%3Aeds-proxy%3Alabel%3Acpr%7C{cpr}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expectations and the table runner
+// ---------------------------------------------------------------------------------------------
+
+/// An expectation on one header of the request the upstream received.
+#[derive(Debug, Clone)]
+enum Want {
+    Is(String),
+    Absent,
+    Not(String),
+}
+
+/// What the FHIR server must have seen for one case.
+#[derive(Debug, Clone)]
+enum Seen {
+    Nothing,
+    One {
+        method: &'static str,
+        target: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Expect {
+    /// Exact status; 0 means "any 4xx, or the connection dropped without an answer".
+    status: u16,
+    /// Issue code of the OperationOutcome for errors, `resourceType` for successes; empty:
+    /// no body expected (HEAD) or not checked (status 0).
+    code: &'static str,
+    seen: Seen,
+    /// Required prefix of `WWW-Authenticate`.
+    www: Option<&'static str>,
+    upstream_headers: Vec<(&'static str, Want)>,
+    version: Option<Version>,
+    /// Number of Bundle entries in a successful answer.
+    entries: Option<usize>,
+    /// Strings the answer must not contain.
+    lacks: Vec<String>,
+    /// The connection may also be dropped instead of answering (see `too_large_or_reset`).
+    may_drop: bool,
+}
+
+impl Expect {
+    fn new(status: u16, code: &'static str, seen: Seen) -> Expect {
+        Expect {
+            status,
+            code,
+            seen,
+            www: None,
+            upstream_headers: Vec::new(),
+            version: None,
+            entries: None,
+            lacks: Vec::new(),
+            may_drop: false,
+        }
+    }
+    fn www(mut self, prefix: &'static str) -> Expect {
+        self.www = Some(prefix);
+        self
+    }
+    fn upstream_header(mut self, name: &'static str, want: Want) -> Expect {
+        self.upstream_headers.push((name, want));
+        self
+    }
+    fn h2(mut self) -> Expect {
+        self.version = Some(Version::HTTP_2);
+        self
+    }
+    fn entries(mut self, n: usize) -> Expect {
+        self.entries = Some(n);
+        self
+    }
+    fn lacks(mut self, s: &str) -> Expect {
+        self.lacks.push(s.to_string());
+        self
+    }
+}
+
+fn refused(status: u16, code: &'static str) -> Expect {
+    Expect::new(status, code, Seen::Nothing)
+}
+fn invalid() -> Expect {
+    refused(400, "invalid")
+}
+fn forbidden() -> Expect {
+    refused(403, "forbidden")
+}
+fn method_not_allowed() -> Expect {
+    refused(405, "not-supported")
+}
+fn unsupported_media() -> Expect {
+    refused(415, "not-supported")
+}
+fn too_large() -> Expect {
+    refused(413, "too-costly")
+}
+/// 413 for a body over the limit sent on HTTP/1.1. The proxy answers as soon as it sees the
+/// Content-Length and Pingora then closes the connection without draining the body, so a
+/// client still writing it may see a reset (EPIPE/ECONNRESET) instead of the answer (about
+/// one run in three here). Either way nothing may reach the upstream. HTTP/2 is exact.
+fn too_large_or_reset() -> Expect {
+    let mut e = too_large();
+    e.may_drop = true;
+    e
+}
+fn bad_token() -> Expect {
+    refused(401, "login").www(INVALID_TOKEN)
+}
+fn no_token() -> Expect {
+    refused(401, "login").www("Bearer")
+}
+/// A clean refusal: any 4xx, or the connection closed without an answer.
+fn refused_or_dropped() -> Expect {
+    refused(0, "")
+}
+fn upstream(
+    status: u16,
+    code: &'static str,
+    method: &'static str,
+    target: impl Into<String>,
+) -> Expect {
+    Expect::new(
+        status,
+        code,
+        Seen::One {
+            method,
+            target: target.into(),
+        },
+    )
+}
+/// A 200 searchset after exactly one upstream search with `constraint` first.
+fn search(constraint: &str, rest: &str) -> Expect {
+    let q = if rest.is_empty() {
+        constraint.to_string()
+    } else {
+        format!("{constraint}&{rest}")
+    };
+    upstream(200, "Bundle", "GET", format!("/fhir/AuditEvent?{q}"))
+}
+fn station_search(rest: &str) -> Expect {
+    search(DEV_SEC, rest)
+}
+fn created() -> Expect {
+    upstream(201, "AuditEvent", "POST", "/fhir/AuditEvent")
+}
+
+struct Case {
+    name: String,
+    req: RequestBuilder,
+    expect: Expect,
+}
+
+fn case(name: impl Into<String>, req: RequestBuilder, expect: Expect) -> Case {
+    Case {
+        name: name.into(),
+        req,
+        expect,
+    }
+}
+
+fn describe(seen: &[Recorded]) -> Vec<String> {
+    seen.iter()
+        .map(|r| {
+            let t: String = r.target.chars().take(200).collect();
+            format!("{} {t}", r.method)
+        })
+        .collect()
+}
+
+/// Send one request and compare everything the case expects; returns the problems found.
+async fn check(h: &Harness, req: RequestBuilder, e: &Expect) -> Vec<String> {
+    let before = h.upstream.request_count();
+    let sent = req.send().await;
+    let mut problems = Vec::new();
+    match sent {
+        Err(err) => {
+            if e.status != 0 && !e.may_drop {
+                let err: String = err.to_string().chars().take(200).collect();
+                problems.push(format!("no answer: {err}"));
+            }
+        }
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let version = resp.version();
+            let www = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).to_string();
+            let short: String = text.chars().take(300).collect();
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if e.status == 0 {
+                if !(400..500).contains(&status) {
+                    problems.push(format!(
+                        "status {status}, expected a 4xx refusal or a dropped connection: {short}"
+                    ));
+                }
+            } else if status != e.status {
+                problems.push(format!("status {status}, expected {}: {short}", e.status));
+            }
+            if !e.code.is_empty() {
+                let got = if e.status >= 400 {
+                    if v["resourceType"] != "OperationOutcome" {
+                        problems.push(format!("not an OperationOutcome: {short}"));
+                    }
+                    v["issue"][0]["code"].as_str()
+                } else {
+                    v["resourceType"].as_str()
+                };
+                if got != Some(e.code) {
+                    problems.push(format!("code {got:?}, expected {:?}", e.code));
+                }
+            }
+            if let Some(prefix) = e.www {
+                if !www.as_deref().is_some_and(|w| w.starts_with(prefix)) {
+                    problems.push(format!("WWW-Authenticate {www:?}, expected {prefix}…"));
+                }
+            }
+            if let Some(want) = e.version {
+                if version != want {
+                    problems.push(format!("HTTP version {version:?}, expected {want:?}"));
+                }
+            }
+            if let Some(n) = e.entries {
+                let got = v["entry"].as_array().map_or(0, Vec::len);
+                if got != n {
+                    problems.push(format!("{got} entries, expected {n}"));
+                }
+            }
+            for l in &e.lacks {
+                if text.contains(l.as_str()) {
+                    problems.push(format!("the answer mentions {l:?}: {short}"));
+                }
+            }
+        }
+    }
+    let seen: Vec<Recorded> = h.upstream.requests().into_iter().skip(before).collect();
+    match &e.seen {
+        Seen::Nothing => {
+            if !seen.is_empty() {
+                problems.push(format!(
+                    "the upstream saw {:?}, expected nothing",
+                    describe(&seen)
+                ));
+            }
+        }
+        Seen::One { method, target } => {
+            if seen.len() != 1 || seen[0].method != *method || seen[0].target != *target {
+                problems.push(format!(
+                    "the upstream saw {:?}, expected exactly [{method} {target}]",
+                    describe(&seen)
+                ));
+            } else {
+                for (name, want) in &e.upstream_headers {
+                    let got = seen[0].header(name);
+                    let ok = match want {
+                        Want::Is(v) => got == Some(v.as_str()),
+                        Want::Absent => got.is_none(),
+                        Want::Not(v) => got != Some(v.as_str()),
+                    };
+                    if !ok {
+                        problems.push(format!(
+                            "upstream header {name} was {got:?}, expected {want:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The result of one table.
+struct Table {
+    name: &'static str,
+    cases: usize,
+    failures: Vec<String>,
+}
+
+/// Fail with every failing case of every table listed.
+fn verdict(tables: &[Table]) {
+    let mut all = Vec::new();
+    for t in tables {
+        eprintln!("{}: {} cases, {} failed", t.name, t.cases, t.failures.len());
+        all.extend(t.failures.iter().map(|f| format!("{}: {f}", t.name)));
+    }
+    let total: usize = tables.iter().map(|t| t.cases).sum();
+    assert!(
+        all.is_empty(),
+        "{} of {total} cases failed:\n  {}",
+        all.len(),
+        all.join("\n  ")
+    );
+}
+
+/// Run a table case by case (never concurrently), collecting every failing case.
+async fn run_cases(h: &Harness, name: &'static str, cases: Vec<Case>) -> Table {
+    let n = cases.len();
+    let mut failures = Vec::new();
+    for c in cases {
+        let problems = check(h, c.req, &c.expect).await;
+        if !problems.is_empty() {
+            failures.push(format!("[{}] {}", c.name, problems.join("; ")));
+        }
+    }
+    Table {
+        name,
+        cases: n,
+        failures,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Callers, tokens and registrations
+// ---------------------------------------------------------------------------------------------
+
+/// A client certificate with a token bound to it.
+struct Actor {
+    client: Client,
+    token: String,
+    base: String,
+    origin: String,
+}
+
+impl Actor {
+    fn with(h: &Harness, cert_name: &str, claims: Value, http1: bool) -> Actor {
+        let cert = h.pki.client(cert_name);
+        Actor {
+            client: h.client_with(&cert, http1),
+            token: h.token(&cert, claims),
+            base: h.base.clone(),
+            origin: format!("https://localhost:{}", h.port),
+        }
+    }
+    fn new(h: &Harness, cert_name: &str, claims: Value) -> Actor {
+        Actor::with(h, cert_name, claims, true)
+    }
+    fn station(h: &Harness, cert_name: &str, device: &str) -> Actor {
+        Actor::new(h, cert_name, station_claims(device, SOR, GLN))
+    }
+    /// An absolute URL.
+    fn url(&self, method: &str, url: &str) -> RequestBuilder {
+        let m = Method::from_bytes(method.as_bytes()).expect("method");
+        self.client.request(m, url).bearer_auth(&self.token)
+    }
+    /// `rel` appended to the FHIR base: `/AuditEvent?…`, `?_getpages=…`, `` or `/`.
+    fn at(&self, method: &str, rel: &str) -> RequestBuilder {
+        self.url(method, &format!("{}{rel}", self.base))
+    }
+    fn get(&self, rel: &str) -> RequestBuilder {
+        self.at("GET", rel)
+    }
+    /// A path outside the FHIR base, from the server root.
+    fn outside(&self, method: &str, path: &str) -> RequestBuilder {
+        self.url(method, &format!("{}{path}", self.origin))
+    }
+    fn form(&self, rel: &str, body: impl Into<reqwest::Body>) -> RequestBuilder {
+        self.at("POST", rel).header("Content-Type", FORM).body(body)
+    }
+    fn post(
+        &self,
+        rel: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> RequestBuilder {
+        let mut r = self.at("POST", rel).body(body);
+        if let Some(ct) = content_type {
+            r = r.header("Content-Type", ct);
+        }
+        r
+    }
+    fn create(&self, body: &Value) -> RequestBuilder {
+        self.post("/AuditEvent", Some(FHIR_JSON), body.to_string())
+    }
+}
+
+/// `base` with the keys of `patch` set. A null is kept: `Harness::token` and `claims_for`
+/// remove null claims from the final token, registered claims included.
+fn merge(mut base: Value, patch: Value) -> Value {
+    for (k, v) in patch.as_object().cloned().unwrap_or_default() {
+        base[k] = v;
+    }
+    base
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The registered claims `Harness::token` puts in, bound to `cert`, with `extra` on top.
+fn claims_for(cert: &CertifiedKey, extra: Value) -> Value {
+    let now = now();
+    let mut claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 600,
+        "cnf": {"x5t#S256": cert.thumbprint()},
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(&k);
+        } else {
+            claims[k] = v;
+        }
+    }
+    claims
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A JWT with exactly `header`, signed ES256 by `key`.
+fn forge(header: &Value, claims: &Value, key: &SigningKey) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let k = jsonwebtoken::EncodingKey::from_ec_pem(key.private_pem.as_bytes()).unwrap();
+    let sig =
+        jsonwebtoken::crypto::sign(input.as_bytes(), &k, jsonwebtoken::Algorithm::ES256).unwrap();
+    format!("{input}.{sig}")
+}
+
+/// An unsigned token with `alg` as given.
+fn unsigned(alg: &str, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        b64(json!({"alg": alg, "kid": "test-key-1", "typ": "JWT"})
+            .to_string()
+            .as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+fn hs256(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            alg: jsonwebtoken::Algorithm::HS256,
+            kid: Some("test-key-1".into()),
+            ..Default::default()
+        },
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// The IG example as a registration by `device` for patient `cpr`, message `msg`: sender
+/// 937961000016000/GLN-1234, receiver 698141000016008/GLN-12345.
+fn registration(device: &str, cpr: &str, msg: &str) -> Value {
+    let mut r = example_registration();
+    r["contained"][0]["identifier"] = json!([{ "value": device }]);
+    r["entity"][0]["what"]["identifier"]["value"] = json!(cpr);
+    r["entity"][1]["what"]["identifier"]["value"] = json!(msg);
+    r
+}
+
+fn changed(mut r: Value, f: impl FnOnce(&mut Value)) -> Value {
+    f(&mut r);
+    r
+}
+
+async fn create_id(actor: &Actor, body: &Value) -> String {
+    let resp = actor.create(body).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "setup: create failed");
+    let v: Value = resp.json().await.unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Query parameters: pollution, encodings, modifiers, forbidden families
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn adversarial_query_parameters() {
+    let h = Harness::start("adv-query", Options::default());
+    let s = Actor::station(&h, "adv-query-station", DEV);
+    let get = |q: &str| s.get(&format!("/AuditEvent?{q}"));
+    let form = |q: &str, body: &str| s.form(&format!("/AuditEvent/_search{q}"), body.to_string());
+    let cases = vec![
+        case(
+            "control: plain search",
+            get("message-id=a"),
+            station_search("message-id=a"),
+        ),
+        // Pollution.
+        case(
+            "duplicate parameter is kept as AND",
+            get("message-id=a&message-id=b"),
+            station_search("message-id=a&message-id=b"),
+        ),
+        case("_count twice", get("_count=5&_count=6"), invalid()),
+        case(
+            "_count above the limit is clamped",
+            get("_count=5000"),
+            station_search("_count=50"),
+        ),
+        case("_count negative", get("_count=-1"), invalid()),
+        case("_count not a number", get("_count=1e3"), invalid()),
+        case(
+            "comma OR value is re-encoded",
+            get("message-id=a,b"),
+            station_search("message-id=a%2Cb"),
+        ),
+        case(
+            "escaped comma keeps its backslash",
+            get("message-id=a%5C,b"),
+            station_search("message-id=a%5C%2Cb"),
+        ),
+        case(
+            "value smuggling & and _security",
+            get("message-id=x%26_security%3Durn%3Aeds-proxy%3Alabel%3Adevice-id%7Cother"),
+            station_search(
+                "message-id=x%26_security%3Durn%3Aeds-proxy%3Alabel%3Adevice-id%7Cother",
+            ),
+        ),
+        case(
+            "value with system|code",
+            get("message-id=urn:x|y"),
+            station_search("message-id=urn%3Ax%7Cy"),
+        ),
+        case(
+            "value with a $",
+            get("message-id=a$b"),
+            station_search("message-id=a%24b"),
+        ),
+        case(
+            "empty pairs are dropped",
+            get("&&message-id=a&&"),
+            station_search("message-id=a"),
+        ),
+        case("empty name", get("=x"), invalid()),
+        // _security in every form.
+        case(
+            "_security plain",
+            get("_security=urn:eds-proxy:label:device-id|other"),
+            invalid(),
+        ),
+        case(
+            "_security after an allowed parameter",
+            get("message-id=a&_security=urn:eds-proxy:label:device-id|other"),
+            invalid(),
+        ),
+        case("_security empty", get("_security="), invalid()),
+        case(
+            "_security:not",
+            get("_security:not=urn:eds-proxy:label:device-id|adv-dev"),
+            invalid(),
+        ),
+        case(
+            "_security:missing",
+            get("_security:missing=true"),
+            invalid(),
+        ),
+        case(
+            "_security:below",
+            get("_security:below=urn:eds-proxy:label"),
+            invalid(),
+        ),
+        case("_security:text", get("_security:text=adv"), invalid()),
+        case(
+            "%5Fsecurity",
+            get("%5Fsecurity=urn:eds-proxy:label:device-id|other"),
+            invalid(),
+        ),
+        case("_secur%69ty", get("_secur%69ty=x"), invalid()),
+        case(
+            "%5F%73ecurity%3Anot",
+            get("%5F%73ecurity%3Anot=x"),
+            invalid(),
+        ),
+        case("_Security", get("_Security=x"), invalid()),
+        case("_SECURITY", get("_SECURITY=x"), invalid()),
+        case("MESSAGE-ID", get("MESSAGE-ID=x"), invalid()),
+        case("Message-Id", get("Message-Id=x"), invalid()),
+        case("_security%00", get("_security%00=x"), invalid()),
+        case("message-id%00", get("message-id%00=x"), invalid()),
+        case("_security+ (space)", get("_security+=x"), invalid()),
+        case("_security%20", get("_security%20=x"), invalid()),
+        case("+_security", get("+_security=x"), invalid()),
+        case("message+id", get("message+id=x"), invalid()),
+        case("_security%09", get("_security%09=x"), invalid()),
+        case("_security%0D%0A", get("_security%0D%0A=x"), invalid()),
+        case("_security.system", get("_security.system=x"), invalid()),
+        case("message-id.value", get("message-id.value=x"), invalid()),
+        case("non-ASCII name", get("m%C3%A9ssage-id=x"), invalid()),
+        // POST _search form bodies.
+        case(
+            "form: control",
+            form("", "message-id=f"),
+            station_search("message-id=f"),
+        ),
+        case(
+            "form: _security",
+            form("", "_security=urn:eds-proxy:label:device-id|other"),
+            invalid(),
+        ),
+        case("form: %5Fsecurity", form("", "%5Fsecurity=x"), invalid()),
+        case(
+            "form: _security:not",
+            form("", "_security:not=x"),
+            invalid(),
+        ),
+        case(
+            "form: _security in the URL",
+            form("?_security=x", "message-id=a"),
+            invalid(),
+        ),
+        case(
+            "form: _security in the body, URL clean",
+            form("?message-id=a", "_security=x"),
+            invalid(),
+        ),
+        case(
+            "form: _security in URL and body",
+            form("?_security=x", "_security=y"),
+            invalid(),
+        ),
+        case(
+            "form: _count in URL and body",
+            form("?_count=5", "_count=6"),
+            invalid(),
+        ),
+        case(
+            "form: URL and body are merged",
+            form("?message-id=a", "message-id=b"),
+            station_search("message-id=a&message-id=b"),
+        ),
+        case(
+            "form: _include in the body",
+            form("", "_include=AuditEvent:patient"),
+            invalid(),
+        ),
+        case(
+            "form: JSON body",
+            s.post(
+                "/AuditEvent/_search",
+                Some("application/json"),
+                "{\"_security\":\"x\"}",
+            ),
+            unsupported_media(),
+        ),
+        case(
+            "form: no content type",
+            s.post("/AuditEvent/_search", None, "message-id=a"),
+            unsupported_media(),
+        ),
+        case(
+            "form: multipart",
+            s.post(
+                "/AuditEvent/_search",
+                Some("multipart/form-data; boundary=x"),
+                "--x\r\n",
+            ),
+            unsupported_media(),
+        ),
+        case(
+            "form: body not UTF-8",
+            s.form("/AuditEvent/_search", vec![b'm', b'=', 0xff, 0xfe]),
+            invalid(),
+        ),
+        case(
+            "GET _search",
+            s.get("/AuditEvent/_search?message-id=a"),
+            method_not_allowed(),
+        ),
+        // Modifiers.
+        case(
+            ":missing is allowed",
+            get("message-id:missing=true"),
+            station_search("message-id%3Amissing=true"),
+        ),
+        case(
+            ":exact is allowed",
+            get("agent-name:exact=X"),
+            station_search("agent-name%3Aexact=X"),
+        ),
+        case(
+            ":below is allowed",
+            get("type:below=x"),
+            station_search("type%3Abelow=x"),
+        ),
+        case(
+            ":not is allowed",
+            get("outcome:not=0"),
+            station_search("outcome%3Anot=0"),
+        ),
+        case(
+            ":identifier is allowed",
+            get("agent:identifier=urn:x|1"),
+            station_search("agent%3Aidentifier=urn%3Ax%7C1"),
+        ),
+        case(
+            "_id:exact is allowed",
+            get("_id:exact=1"),
+            station_search("_id%3Aexact=1"),
+        ),
+        case(
+            "_tag:not is allowed",
+            get("_tag:not=urn:x|y"),
+            station_search("_tag%3Anot=urn%3Ax%7Cy"),
+        ),
+        case(":iterate", get("message-id:iterate=x"), invalid()),
+        case(
+            "type modifier :Patient",
+            get("patient:Patient=1"),
+            invalid(),
+        ),
+        case("type modifier :Device", get("agent:Device=x"), invalid()),
+        case(":in", get("type:in=http://vs"), invalid()),
+        case(":not-in", get("type:not-in=http://vs"), invalid()),
+        case("unknown modifier", get("message-id:xyz=1"), invalid()),
+        case("empty modifier", get("message-id:=1"), invalid()),
+        case(
+            "two modifiers",
+            get("message-id:exact:missing=1"),
+            invalid(),
+        ),
+        case(
+            "modifier on _source",
+            get("_source:missing=true"),
+            invalid(),
+        ),
+        // Forbidden families.
+        case("_include", get("_include=AuditEvent:patient"), invalid()),
+        case("_include=*", get("_include=*"), invalid()),
+        case(
+            "_include:iterate",
+            get("_include:iterate=AuditEvent:entity"),
+            invalid(),
+        ),
+        case(
+            "%5Finclude",
+            get("%5Finclude=AuditEvent:patient"),
+            invalid(),
+        ),
+        case(
+            "_revinclude",
+            get("_revinclude=Provenance:target"),
+            invalid(),
+        ),
+        case("_revinclude=*", get("_revinclude=*"), invalid()),
+        case(
+            "_revinclude:iterate",
+            get("_revinclude:iterate=AuditEvent:entity"),
+            invalid(),
+        ),
+        case("chain patient.name", get("patient.name=x"), invalid()),
+        case(
+            "chain agent:Device.identifier",
+            get("agent:Device.identifier=x"),
+            invalid(),
+        ),
+        case(
+            "chain entity:Patient.name",
+            get("entity:Patient.name=x"),
+            invalid(),
+        ),
+        case("_has", get("_has:Provenance:target:agent=x"), invalid()),
+        case(
+            "_has on AuditEvent",
+            get("_has:AuditEvent:entity:_id=1"),
+            invalid(),
+        ),
+        case("_has without modifier", get("_has=x"), invalid()),
+        case("_has:*", get("_has:*=x"), invalid()),
+        case("_hasx", get("_hasx=1"), invalid()),
+        case("_filter", get("_filter=agent%20eq%20x"), invalid()),
+        case("_query", get("_query=everything"), invalid()),
+        case("_list", get("_list=$current"), invalid()),
+        case("_contained", get("_contained=true"), invalid()),
+        case("_containedType", get("_containedType=contained"), invalid()),
+        case("_text", get("_text=x"), invalid()),
+        case("_content", get("_content=x"), invalid()),
+        case("_source", get("_source=http://x"), invalid()),
+        case("_getpages on a search", get("_getpages=abc"), invalid()),
+        case("_eds_sig on a search", get("_eds_sig=abc"), invalid()),
+        case("_type on a search", get("_type=Patient"), invalid()),
+        case("unknown parameter", get("foo=bar"), invalid()),
+        // Result parameters.
+        case(
+            "_format=json is accepted, not forwarded",
+            get("_format=json"),
+            station_search(""),
+        ),
+        case("_format=xml", get("_format=xml"), invalid()),
+        case(
+            "_pretty=true is not forwarded",
+            get("_pretty=true&message-id=a"),
+            station_search("message-id=a"),
+        ),
+        case("_pretty=yes", get("_pretty=yes"), invalid()),
+        case(
+            "_elements always keeps meta",
+            get("_elements=id"),
+            station_search("_elements=id%2Cmeta"),
+        ),
+        case(
+            "_elements twice",
+            get("_elements=id&_elements=type"),
+            invalid(),
+        ),
+        case(
+            "_elements with a pipe",
+            get("_elements=id,meta%7Cx"),
+            invalid(),
+        ),
+        case(
+            "_summary=count",
+            get("_summary=count"),
+            station_search("_summary=count"),
+        ),
+        case("_summary=bogus", get("_summary=bogus"), invalid()),
+        case("_sort by _security", get("_sort=_security"), invalid()),
+        case("_sort by a chain", get("_sort=patient.name"), invalid()),
+        case(
+            "_sort=-date",
+            get("_sort=-date"),
+            station_search("_sort=-date"),
+        ),
+        case(
+            "_total=accurate",
+            get("_total=accurate"),
+            station_search("_total=accurate"),
+        ),
+        case("_total=bogus", get("_total=x"), invalid()),
+        case("_offset", get("_offset=10"), station_search("_offset=10")),
+        case("_offset negative", get("_offset=-1"), invalid()),
+    ];
+    verdict(&[run_cases(&h, "query parameters", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Interactions and paths (through reqwest, which keeps these paths as written)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn adversarial_interactions_and_paths() {
+    let h = Harness::start("adv-paths", Options::default());
+    let s = Actor::station(&h, "adv-paths-station", DEV);
+    let body = registration(DEV, "0101010001", "paths-msg").to_string();
+    let json = |method: &str, rel: &str, b: &str| {
+        s.at(method, rel)
+            .header("Content-Type", FHIR_JSON)
+            .body(b.to_string())
+    };
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "AuditEvent?_include=*"}},
+        {"request": {"method": "GET", "url": "Patient/1/AuditEvent"}},
+        {"request": {"method": "GET", "url": "AuditEvent?_security=urn:eds-proxy:label:cpr|0101010001"}}
+    ]})
+    .to_string();
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "AuditEvent"}, "request": {"method": "POST", "url": "AuditEvent"}},
+        {"request": {"method": "GET", "url": "AuditEvent"}}
+    ]})
+    .to_string();
+    let params = json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"security": [{"system": "urn:eds-proxy:label:cpr", "code": "1"}]}}]}).to_string();
+    let long_id = "a".repeat(65);
+    let cases = vec![
+        case(
+            "control: read is forwarded",
+            s.get("/AuditEvent/1"),
+            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1"),
+        ),
+        case(
+            "control: vread is forwarded",
+            s.get("/AuditEvent/1/_history/1"),
+            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1/_history/1"),
+        ),
+        case(
+            "control: metadata is answered locally",
+            s.get("/metadata"),
+            Expect::new(200, "CapabilityStatement", Seen::Nothing),
+        ),
+        // Other types, compartments, operations.
+        case("other type search", s.get("/Patient"), forbidden()),
+        case("other type read", s.get("/Patient/1"), forbidden()),
+        case(
+            "Patient compartment",
+            s.get("/Patient/1/AuditEvent"),
+            forbidden(),
+        ),
+        case(
+            "Device compartment",
+            s.get("/Device/adv-dev/AuditEvent"),
+            forbidden(),
+        ),
+        case(
+            "compartment with a query",
+            s.get("/Practitioner/1/AuditEvent?message-id=x"),
+            forbidden(),
+        ),
+        case("compartment wildcard", s.get("/Patient/1/*"), forbidden()),
+        case("$everything", s.get("/Patient/1/$everything"), forbidden()),
+        case("$meta on the type", s.get("/AuditEvent/$meta"), forbidden()),
+        case(
+            "$meta on an instance",
+            s.get("/AuditEvent/1/$meta"),
+            forbidden(),
+        ),
+        case("$meta on the system", s.get("/$meta"), forbidden()),
+        case(
+            "$validate",
+            json("POST", "/AuditEvent/$validate", &body),
+            forbidden(),
+        ),
+        case(
+            "$meta-add",
+            json("POST", "/AuditEvent/1/$meta-add", &params),
+            forbidden(),
+        ),
+        case(
+            "$meta-delete",
+            json("POST", "/AuditEvent/1/$meta-delete", &params),
+            forbidden(),
+        ),
+        case(
+            "$expunge on the system",
+            s.at("POST", "/$expunge"),
+            forbidden(),
+        ),
+        case(
+            "$expunge on the type",
+            s.at("POST", "/AuditEvent/$expunge"),
+            forbidden(),
+        ),
+        case(
+            "$expunge on an instance",
+            s.at("POST", "/AuditEvent/1/$expunge"),
+            forbidden(),
+        ),
+        case(
+            "$diff on a version",
+            s.get("/AuditEvent/1/_history/1/$diff"),
+            forbidden(),
+        ),
+        // History.
+        case("system _history", s.get("/_history"), forbidden()),
+        case("type _history", s.get("/AuditEvent/_history"), forbidden()),
+        case(
+            "type _history with _since",
+            s.get("/AuditEvent/_history?_since=2020-01-01"),
+            forbidden(),
+        ),
+        case(
+            "instance _history",
+            s.get("/AuditEvent/1/_history"),
+            forbidden(),
+        ),
+        case(
+            "vread with a trailing segment",
+            s.get("/AuditEvent/1/_history/1/x"),
+            forbidden(),
+        ),
+        case(
+            "vread with a query",
+            s.get("/AuditEvent/1/_history/1?_include=x"),
+            invalid(),
+        ),
+        case(
+            "DELETE a version",
+            s.at("DELETE", "/AuditEvent/1/_history/1"),
+            method_not_allowed(),
+        ),
+        // Batch, transaction, system level.
+        case(
+            "batch with GET entries to /fhir",
+            json("POST", "", &batch),
+            forbidden(),
+        ),
+        case(
+            "batch with GET entries to /fhir/",
+            json("POST", "/", &batch),
+            forbidden(),
+        ),
+        case(
+            "transaction to /fhir",
+            json("POST", "", &transaction),
+            forbidden(),
+        ),
+        case(
+            "transaction to /fhir/",
+            json("POST", "/", &transaction),
+            forbidden(),
+        ),
+        case("GET /fhir", s.get(""), forbidden()),
+        case(
+            "system search with _type",
+            s.get("/?_type=AuditEvent"),
+            forbidden(),
+        ),
+        case("PUT /fhir", json("PUT", "", &batch), forbidden()),
+        case("DELETE /fhir", s.at("DELETE", "?_id=1"), forbidden()),
+        // Conditional anything.
+        case(
+            "conditional create (If-None-Exist oracle)",
+            json("POST", "/AuditEvent", &body).header("If-None-Exist", "message-id=paths-msg"),
+            forbidden(),
+        ),
+        case(
+            "If-Match on create",
+            json("POST", "/AuditEvent", &body).header("If-Match", "W/\"1\""),
+            forbidden(),
+        ),
+        case(
+            "If-Match on read",
+            s.get("/AuditEvent/1").header("If-Match", "W/\"1\""),
+            forbidden(),
+        ),
+        case(
+            "If-None-Match on read",
+            s.get("/AuditEvent/1").header("If-None-Match", "W/\"1\""),
+            forbidden(),
+        ),
+        case(
+            "If-Modified-Since on read",
+            s.get("/AuditEvent/1")
+                .header("If-Modified-Since", "Sat, 01 Nov 2025 00:00:00 GMT"),
+            forbidden(),
+        ),
+        case(
+            "If-Unmodified-Since on read",
+            s.get("/AuditEvent/1")
+                .header("If-Unmodified-Since", "Sat, 01 Nov 2025 00:00:00 GMT"),
+            forbidden(),
+        ),
+        case(
+            "If-None-Match on vread",
+            s.get("/AuditEvent/1/_history/1")
+                .header("If-None-Match", "*"),
+            forbidden(),
+        ),
+        case(
+            "If-None-Exist on search",
+            s.get("/AuditEvent?message-id=x")
+                .header("If-None-Exist", "message-id=x"),
+            forbidden(),
+        ),
+        case(
+            "If-None-Match on _search",
+            s.form("/AuditEvent/_search", "message-id=x")
+                .header("If-None-Match", "*"),
+            forbidden(),
+        ),
+        // Methods.
+        case(
+            "PUT an instance",
+            json("PUT", "/AuditEvent/1", &body),
+            method_not_allowed(),
+        ),
+        case(
+            "PUT conditional update",
+            json("PUT", "/AuditEvent?message-id=x", &body),
+            method_not_allowed(),
+        ),
+        case(
+            "PATCH an instance",
+            s.at("PATCH", "/AuditEvent/1")
+                .header("Content-Type", "application/json-patch+json")
+                .body("[]"),
+            method_not_allowed(),
+        ),
+        case(
+            "PATCH conditional",
+            s.at("PATCH", "/AuditEvent?message-id=x")
+                .header("Content-Type", "application/json-patch+json")
+                .body("[]"),
+            method_not_allowed(),
+        ),
+        case(
+            "DELETE an instance",
+            s.at("DELETE", "/AuditEvent/1"),
+            method_not_allowed(),
+        ),
+        case(
+            "DELETE conditional",
+            s.at("DELETE", "/AuditEvent?_id=1"),
+            method_not_allowed(),
+        ),
+        case(
+            "HEAD on the type",
+            s.at("HEAD", "/AuditEvent"),
+            refused(405, ""),
+        ),
+        case(
+            "HEAD on an instance",
+            s.at("HEAD", "/AuditEvent/1"),
+            refused(405, ""),
+        ),
+        case(
+            "OPTIONS on the type",
+            s.at("OPTIONS", "/AuditEvent"),
+            method_not_allowed(),
+        ),
+        case("OPTIONS on the base", s.at("OPTIONS", ""), forbidden()),
+        case(
+            "TRACE on the type",
+            s.at("TRACE", "/AuditEvent"),
+            method_not_allowed(),
+        ),
+        case(
+            "TRACE on an instance",
+            s.at("TRACE", "/AuditEvent/1"),
+            method_not_allowed(),
+        ),
+        case(
+            "PROPFIND on the type",
+            s.at("PROPFIND", "/AuditEvent"),
+            method_not_allowed(),
+        ),
+        case(
+            "POST /metadata",
+            s.at("POST", "/metadata"),
+            method_not_allowed(),
+        ),
+        case(
+            "metadata with _format=xml",
+            s.get("/metadata?_format=xml"),
+            invalid(),
+        ),
+        case(
+            "metadata with mode",
+            s.get("/metadata?mode=full"),
+            invalid(),
+        ),
+        case(
+            "read with _include",
+            s.get("/AuditEvent/1?_include=AuditEvent:patient"),
+            invalid(),
+        ),
+        case(
+            "read with _elements",
+            s.get("/AuditEvent/1?_elements=id"),
+            invalid(),
+        ),
+        case(
+            "read with _format=xml",
+            s.get("/AuditEvent/1?_format=xml"),
+            invalid(),
+        ),
+        case(
+            "read with an underscore id",
+            s.get("/AuditEvent/a_b"),
+            invalid(),
+        ),
+        case(
+            "read with a 65-character id",
+            s.get(&format!("/AuditEvent/{long_id}")),
+            invalid(),
+        ),
+        case(
+            "read with an @ in the id",
+            s.get("/AuditEvent/a@b"),
+            invalid(),
+        ),
+        case(
+            "POST below _search",
+            s.form("/AuditEvent/_search/x", "message-id=x"),
+            forbidden(),
+        ),
+        // Paths.
+        case(
+            "trailing slash on the type",
+            s.get("/AuditEvent/"),
+            station_search(""),
+        ),
+        case(
+            "trailing slash on a read",
+            s.get("/AuditEvent/1/"),
+            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1"),
+        ),
+        case("lower-case type", s.get("/auditevent"), forbidden()),
+        case("upper-case type", s.get("/AUDITEVENT"), forbidden()),
+        case(
+            "upper-case base",
+            s.outside("GET", "/FHIR/AuditEvent"),
+            forbidden(),
+        ),
+        case(
+            "type outside the base",
+            s.outside("GET", "/AuditEvent"),
+            forbidden(),
+        ),
+        case("/admin", s.outside("GET", "/admin"), forbidden()),
+        case("/metrics", s.outside("GET", "/metrics"), forbidden()),
+        case("/healthz", s.outside("GET", "/healthz"), forbidden()),
+        case("server root", s.outside("GET", "/"), forbidden()),
+        case(
+            "base glued to the type",
+            s.outside("GET", "/fhirAuditEvent"),
+            forbidden(),
+        ),
+        case(
+            "double slash before the base",
+            s.outside("GET", "//fhir/AuditEvent"),
+            forbidden(),
+        ),
+        case(
+            "matrix parameter on the base",
+            s.outside("GET", "/fhir;x=1/AuditEvent"),
+            forbidden(),
+        ),
+        case("double slash", s.get("//AuditEvent"), invalid()),
+        case(
+            "double slash after the type",
+            s.get("/AuditEvent//1"),
+            invalid(),
+        ),
+        case("encoded slash", s.get("/AuditEvent%2F1"), invalid()),
+        case("encoded letter", s.get("/Audit%45vent"), invalid()),
+        case("encoded NUL", s.get("/AuditEvent%00"), invalid()),
+        case(
+            ";jsessionid on the type",
+            s.get("/AuditEvent;jsessionid=abc"),
+            invalid(),
+        ),
+        case(
+            ";jsessionid on a read",
+            s.get("/AuditEvent/1;jsessionid=abc"),
+            invalid(),
+        ),
+    ];
+    verdict(&[run_cases(&h, "interactions and paths", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Paging handles
+// ---------------------------------------------------------------------------------------------
+
+/// The signed `next` link of a search, and its (handle, signature).
+async fn next_link(actor: &Actor, rel: &str) -> (String, String, String) {
+    let v: Value = actor.get(rel).send().await.unwrap().json().await.unwrap();
+    let link = v["link"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+        .and_then(|l| l["url"].as_str())
+        .unwrap_or_else(|| panic!("setup: no next link in {v}"))
+        .to_string();
+    let url = url::Url::parse(&link).unwrap();
+    let get = |n: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("setup: {n} missing in {link}"))
+    };
+    let (id, sig) = (get("_getpages"), get("_eds_sig"));
+    (link, id, sig)
+}
+
+#[tokio::test]
+async fn adversarial_paging_handles() {
+    let h = Harness::start("adv-page", Options::default());
+    let s = Actor::station(&h, "adv-page-station", DEV);
+    for i in 0..3 {
+        create_id(
+            &s,
+            &registration(DEV, "0101010001", &format!("page-msg-{i}")),
+        )
+        .await;
+    }
+    let (link, id, sig) = next_link(&s, "/AuditEvent?_count=1").await;
+    let (_, id2, sig2) = next_link(&s, "/AuditEvent?_count=1").await;
+    assert_ne!(id, id2, "setup: two searches share a handle");
+    let expected_link = format!(
+        "{}?_getpages={id}&_getpagesoffset=1&_count=1&_bundletype=searchset&_eds_sig={sig}",
+        h.base
+    );
+    assert_eq!(link, expected_link, "setup: paging link shape");
+    let page = |id: &str, sig: &str, extra: &str| {
+        format!("?_getpages={id}&_getpagesoffset=1&_count=1&_bundletype=searchset&_eds_sig={sig}{extra}")
+    };
+    let target = |id: &str, count: u32| {
+        format!("/fhir?_getpages={id}&_getpagesoffset=1&_count={count}&_bundletype=searchset")
+    };
+    let page_ok = |id: &str, count: u32, entries: usize| {
+        upstream(200, "Bundle", "GET", target(id, count)).entries(entries)
+    };
+    let tampered = {
+        let mut c: Vec<char> = sig.chars().collect();
+        c[0] = if c[0] == 'A' { 'B' } else { 'A' };
+        c.into_iter().collect::<String>()
+    };
+    let other = Actor::station(&h, "adv-page-other", "adv-other-dev");
+    let other_h2 = Actor::with(
+        &h,
+        "adv-page-other-h2",
+        station_claims("adv-other-dev", SOR, GLN),
+        false,
+    );
+    let citizen = Actor::new(&h, "adv-page-citizen", citizen_claims("0101010001"));
+    let supporter = Actor::new(&h, "adv-page-supporter", supporter_claims("29189846"));
+    let no_search = Actor::new(
+        &h,
+        "adv-page-nosearch",
+        merge(
+            station_claims(DEV, SOR, GLN),
+            json!({"scope": format!("EDS system/AuditEvent.cr SOR:{SOR} GLN:{GLN}")}),
+        ),
+    );
+    let cases = vec![
+        case("control: the owner follows its link", s.url("GET", &link), page_ok(&id, 1, 1)),
+        case("control: the owner's second handle", s.get(&page(&id2, &sig2, "")), page_ok(&id2, 1, 1)),
+        case("replay by another station", other.url("GET", &link), forbidden()),
+        case("replay by another station over HTTP/2", other_h2.url("GET", &link), forbidden().h2()),
+        case("replay by the citizen of the records", citizen.url("GET", &link), forbidden()),
+        case("replay by a supporter of the sender", supporter.url("GET", &link), forbidden()),
+        case("the owner without the s grant", no_search.url("GET", &link), forbidden()),
+        case("tampered signature", s.get(&page(&id, &tampered, "")), forbidden()),
+        case("truncated signature", s.get(&page(&id, &sig[..sig.len() - 2], "")), forbidden()),
+        case("signature of another handle", s.get(&page(&id, &sig2, "")), forbidden()),
+        case("handle swapped under a signature", s.get(&page(&id2, &sig, "")), forbidden()),
+        case("no signature", s.get(&format!("?_getpages={id}&_getpagesoffset=1&_count=1&_bundletype=searchset")), forbidden()),
+        case("empty signature", s.get(&page(&id, "", "")), forbidden()),
+        case("signature not base64", s.get(&page(&id, "!!!!", "")), forbidden()),
+        case("signature twice", s.get(&page(&id, &sig, &format!("&_eds_sig={tampered}"))), invalid()),
+        case("POST to the base with _getpages", s.at("POST", &page(&id, &sig, "")), forbidden()),
+        case("POST form with _getpages to the base", s.form("", format!("_getpages={id}&_eds_sig={sig}")), forbidden()),
+        case("_getpages on /AuditEvent", s.get(&format!("/AuditEvent{}", page(&id, &sig, ""))), invalid()),
+        case("_getpages in a _search body", s.form("/AuditEvent/_search", page(&id, &sig, "")[1..].to_string()), invalid()),
+        case("_getpages on a read", s.get(&format!("/AuditEvent/1{}", page(&id, &sig, ""))), invalid()),
+        case("extra message-id on the link", s.get(&page(&id, &sig, "&message-id=x")), invalid()),
+        case("extra _security on the link", s.get(&page(&id, &sig, "&_security=urn:eds-proxy:label:device-id|adv-other-dev")), invalid()),
+        case("extra _include on the link", s.get(&page(&id, &sig, "&_include=*")), invalid()),
+        case("a second _getpages on the link", s.get(&page(&id, &sig, &format!("&_getpages={id2}"))), invalid()),
+        case("_bundletype=batch", s.get(&format!("?_getpages={id}&_bundletype=batch&_eds_sig={sig}")), invalid()),
+        case("negative _getpagesoffset", s.get(&format!("?_getpages={id}&_getpagesoffset=-1&_eds_sig={sig}")), invalid()),
+        case("_format=xml on the link", s.get(&page(&id, &sig, "&_format=xml")), invalid()),
+        case("handle with path characters", s.get(&format!("?_getpages=..%2FAuditEvent&_eds_sig={sig}")), invalid()),
+        case("upper-case _GETPAGES", s.get(&format!("?_GETPAGES={id}&_eds_sig={sig}")), forbidden()),
+        case("percent-encoded name is decoded, then verified", s.get(&format!("?%5Fgetpages={id}&_getpagesoffset=1&_count=1&_bundletype=searchset&_eds_sig={sig}")), page_ok(&id, 1, 1)),
+        case("_count on a link is clamped", s.get(&format!("?_getpages={id}&_getpagesoffset=1&_count=1000&_bundletype=searchset&_eds_sig={sig}")), page_ok(&id, 50, 2)),
+        case("_getpages below the base", s.get(&format!("/x{}", page(&id, &sig, ""))), forbidden()),
+    ];
+    let first = run_cases(&h, "paging", cases).await;
+
+    // A replica with the same page secret (the harness writes one constant for every proxy):
+    // the same principal's handle passes the signature check (its upstream does not know the
+    // search: 404), another principal is refused before the upstream is asked.
+    let b = Harness::start("adv-page-b", Options::default());
+    let same_on_b = Actor::station(&b, "adv-page-station-b", DEV);
+    let other_on_b = Actor::station(&b, "adv-page-other-b", "adv-other-dev");
+    let link_on_b = link.replacen(&h.base, &b.base, 1);
+    let cases = vec![
+        case(
+            "replica: the same principal's handle is not refused",
+            same_on_b.url("GET", &link_on_b),
+            upstream(404, "not-found", "GET", target(&id, 1)),
+        ),
+        case(
+            "replica: another principal is refused",
+            other_on_b.url("GET", &link_on_b),
+            forbidden(),
+        ),
+    ];
+    verdict(&[first, run_cases(&b, "paging replica", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Forwarded headers, formats and content negotiation
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn adversarial_forwarding_and_formats() {
+    let h = Harness::start("adv-fwd", Options::default());
+    let s = Actor::station(&h, "adv-fwd-station", DEV);
+    let port = h.port.to_string();
+    let q = |m: &str| s.get(&format!("/AuditEvent?message-id={m}"));
+    let proxied = |m: &str| {
+        station_search(&format!("message-id={m}"))
+            .upstream_header("x-forwarded-host", Want::Is("localhost".into()))
+            .upstream_header("x-forwarded-proto", Want::Is("https".into()))
+            .upstream_header("x-forwarded-prefix", Want::Is("/fhir".into()))
+            .upstream_header("x-forwarded-port", Want::Is(port.clone()))
+            .upstream_header("accept", Want::Is("application/fhir+json".into()))
+            .upstream_header("authorization", Want::Absent)
+            .lacks("evil.example")
+    };
+    let reg = registration(DEV, "0101010001", "fwd-msg");
+    let cases = vec![
+        case("control", q("f0"), proxied("f0")),
+        case(
+            "Accept: application/fhir+xml (upstream asked for JSON)",
+            q("f1").header("Accept", "application/fhir+xml"),
+            proxied("f1"),
+        ),
+        case(
+            "Accept: application/xml, */*",
+            q("f2").header("Accept", "application/xml, */*;q=0.1"),
+            proxied("f2"),
+        ),
+        case(
+            "Accept-Encoding gzip (upstream asked for identity)",
+            q("f3").header("Accept-Encoding", "gzip, br"),
+            proxied("f3").upstream_header("accept-encoding", Want::Is("identity".into())),
+        ),
+        case(
+            "_format=xml",
+            s.get("/AuditEvent?message-id=f&_format=xml"),
+            invalid(),
+        ),
+        case(
+            "_format=application/fhir+xml",
+            s.get("/AuditEvent?_format=application/fhir%2Bxml"),
+            invalid(),
+        ),
+        case("_format=html", s.get("/AuditEvent?_format=html"), invalid()),
+        case(
+            "Prefer: handling=lenient is not forwarded",
+            q("f4").header("Prefer", "handling=lenient"),
+            proxied("f4").upstream_header("prefer", Want::Absent),
+        ),
+        case(
+            "Prefer: handling=lenient does not make the proxy lenient",
+            s.get("/AuditEvent?foo=bar")
+                .header("Prefer", "handling=lenient"),
+            invalid(),
+        ),
+        case(
+            "spoofed X-Forwarded-Host/Proto/Prefix/Port",
+            q("f5")
+                .header("X-Forwarded-Host", "evil.example")
+                .header("X-Forwarded-Proto", "http")
+                .header("X-Forwarded-Prefix", "/evil")
+                .header("X-Forwarded-Port", "1"),
+            proxied("f5"),
+        ),
+        case(
+            "Forwarded",
+            q("f6").header("Forwarded", "for=1.2.3.4;host=evil.example;proto=http"),
+            proxied("f6").upstream_header("forwarded", Want::Absent),
+        ),
+        case(
+            "X-Forwarded-For and X-Real-IP",
+            q("f7")
+                .header("X-Forwarded-For", "10.0.0.1")
+                .header("X-Real-IP", "10.0.0.1"),
+            proxied("f7")
+                .upstream_header("x-forwarded-for", Want::Absent)
+                .upstream_header("x-real-ip", Want::Absent),
+        ),
+        case(
+            "client X-Request-ID is not trusted",
+            q("f8").header("X-Request-ID", "evil-id"),
+            proxied("f8").upstream_header("x-request-id", Want::Not("evil-id".into())),
+        ),
+        case(
+            "Cookie is not forwarded",
+            q("f9").header("Cookie", "JSESSIONID=abc"),
+            proxied("f9").upstream_header("cookie", Want::Absent),
+        ),
+        case(
+            "X-HTTP-Method-Override: DELETE",
+            q("f10").header("X-HTTP-Method-Override", "DELETE"),
+            proxied("f10").upstream_header("x-http-method-override", Want::Absent),
+        ),
+        case(
+            "Connection names X-Forwarded-Host as hop-by-hop",
+            q("f11").header("Connection", "X-Forwarded-Host"),
+            proxied("f11"),
+        ),
+        case(
+            "spoofed Host",
+            q("f12").header("Host", "evil.example"),
+            proxied("f12")
+                .upstream_header("host", Want::Is(format!("127.0.0.1:{}", h.upstream.port))),
+        ),
+        case(
+            "create with spoofed X-Forwarded-Host and Prefer",
+            s.create(&reg)
+                .header("X-Forwarded-Host", "evil.example")
+                .header("Prefer", "return=minimal, handling=lenient"),
+            created()
+                .upstream_header("x-forwarded-host", Want::Is("localhost".into()))
+                .upstream_header("prefer", Want::Absent)
+                .upstream_header(
+                    "content-type",
+                    Want::Is("application/fhir+json; charset=utf-8".into()),
+                )
+                .lacks("evil.example"),
+        ),
+    ];
+    verdict(&[run_cases(&h, "forwarding and formats", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Tokens and principals
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn adversarial_tokens() {
+    let h = Harness::start("adv-token", Options::default());
+    let cert = h.pki.client("adv-token-a");
+    let cert_b = h.pki.client("adv-token-b");
+    let client = h.client(&cert);
+    let client_b = h.client(&cert_b);
+    let key = &h.pki.issuer_key;
+    let attacker = SigningKey::generate("test-key-1").unwrap();
+    let now = now();
+    let url = h.url("AuditEvent?message-id=tok");
+    let with = |token: &str| client.get(&url).bearer_auth(token);
+    let station = station_claims(DEV, SOR, GLN);
+    let st = |patch: Value| h.token(&cert, merge(station.clone(), patch));
+    let full = claims_for(&cert, station.clone());
+    let good = h.token(&cert, station.clone());
+    let ok = station_search("message-id=tok");
+    let es = |header: Value| forge(&header, &full, key);
+    let by_attacker = |header: Value| forge(&header, &full, &attacker);
+    let citizen = |patch: Value| h.token(&cert, merge(citizen_claims("0101010001"), patch));
+    let supporter = |cvr: &str, patch: Value| h.token(&cert, merge(supporter_claims(cvr), patch));
+    let citizen_ok = search(&cpr_sec("0101010001"), "message-id=tok");
+    let standard_b64 =
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&cert.cert_der));
+    let hex: String = sha2::Sha256::digest(&cert.cert_der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tampered = {
+        let parts: Vec<&str> = good.split('.').collect();
+        let forged = merge(full.clone(), json!({"ehmi:eer:device_id": "adv-other-dev"}));
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(forged.to_string().as_bytes()),
+            parts[2]
+        )
+    };
+    let real_signature = good.rsplit('.').next().unwrap().to_string();
+    let xml_priv = base64::engine::general_purpose::STANDARD.encode(format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="urn:dk:gov:saml:cvrNumberIdentifier:29189846"><Privilege>{SUPPORTER_ROLE}</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
+    ));
+    let jwks_text = key.jwks().to_string();
+    let jwk_text = key.jwk().to_string();
+    let cases = vec![
+        case("control: station token", with(&good), ok.clone()),
+        // Transport of the token.
+        case("no Authorization", client.get(&url), no_token()),
+        case(
+            "Basic scheme",
+            client.get(&url).header("Authorization", "Basic YTpi"),
+            no_token(),
+        ),
+        case(
+            "Bearer without a token",
+            client.get(&url).header("Authorization", "Bearer"),
+            bad_token(),
+        ),
+        case(
+            "two Authorization headers",
+            client
+                .get(&url)
+                .header("Authorization", format!("Bearer {good}"))
+                .header("Authorization", format!("Bearer {good}")),
+            bad_token(),
+        ),
+        case(
+            "bound to A, presented with B",
+            client_b.get(&url).bearer_auth(&good),
+            bad_token(),
+        ),
+        case("a quote in the token", with("a\"b.c.d"), bad_token()),
+        case(
+            "a 20 KB token",
+            with(&format!("{}.b.c", "a".repeat(20_000))),
+            bad_token(),
+        ),
+        case("four parts", with(&format!("{good}.x")), bad_token()),
+        case(
+            "signature stripped",
+            with(&format!("{}.", good.rsplit_once('.').unwrap().0)),
+            bad_token(),
+        ),
+        case("tampered payload", with(&tampered), bad_token()),
+        // Algorithms.
+        case("alg none", with(&unsigned("none", &full, "")), bad_token()),
+        case("alg nOnE", with(&unsigned("nOnE", &full, "")), bad_token()),
+        case(
+            "alg none with a real signature",
+            with(&unsigned("none", &full, &real_signature)),
+            bad_token(),
+        ),
+        case(
+            "HS256 keyed with the JWKS text",
+            with(&hs256(&full, jwks_text.as_bytes())),
+            bad_token(),
+        ),
+        case(
+            "HS256 keyed with the JWK text",
+            with(&hs256(&full, jwk_text.as_bytes())),
+            bad_token(),
+        ),
+        case(
+            "RS256 header on an ES256 signature",
+            with(&es(json!({"alg": "RS256", "kid": "test-key-1"}))),
+            bad_token(),
+        ),
+        case(
+            "PS256 header on an ES256 signature",
+            with(&es(json!({"alg": "PS256", "kid": "test-key-1"}))),
+            bad_token(),
+        ),
+        case(
+            "ES384 header on an ES256 signature",
+            with(&es(json!({"alg": "ES384", "kid": "test-key-1"}))),
+            bad_token(),
+        ),
+        // Keys.
+        case(
+            "unknown kid",
+            with(&es(json!({"alg": "ES256", "kid": "other-key"}))),
+            bad_token(),
+        ),
+        case("no kid", with(&es(json!({"alg": "ES256"}))), bad_token()),
+        case(
+            "kid path traversal",
+            with(&es(
+                json!({"alg": "ES256", "kid": "../../../../../../etc/passwd"}),
+            )),
+            bad_token(),
+        ),
+        case(
+            "kid SQL injection",
+            with(&es(json!({"alg": "ES256", "kid": "' OR '1'='1' --"}))),
+            bad_token(),
+        ),
+        case(
+            "kid with a NUL",
+            with(&es(json!({"alg": "ES256", "kid": "test-key-1\u{0}"}))),
+            bad_token(),
+        ),
+        case(
+            "kid in another case",
+            with(&es(json!({"alg": "ES256", "kid": "TEST-KEY-1"}))),
+            bad_token(),
+        ),
+        case(
+            "kid as a number",
+            with(&es(json!({"alg": "ES256", "kid": 1}))),
+            bad_token(),
+        ),
+        case(
+            "jku to an attacker's JWKS",
+            with(&by_attacker(
+                json!({"alg": "ES256", "kid": "test-key-1", "jku": "https://evil.example/jwks.json"}),
+            )),
+            bad_token(),
+        ),
+        case(
+            "jku with an attacker's kid",
+            with(&by_attacker(
+                json!({"alg": "ES256", "kid": "evil-1", "jku": "https://evil.example/jwks.json"}),
+            )),
+            bad_token(),
+        ),
+        case(
+            "x5u to an attacker's certificate",
+            with(&by_attacker(
+                json!({"alg": "ES256", "kid": "test-key-1", "x5u": "https://evil.example/cert.pem"}),
+            )),
+            bad_token(),
+        ),
+        case(
+            "embedded jwk of the attacker",
+            with(&by_attacker(
+                json!({"alg": "ES256", "kid": "test-key-1", "jwk": attacker.jwk()}),
+            )),
+            bad_token(),
+        ),
+        case(
+            "embedded jwk without kid",
+            with(&by_attacker(json!({"alg": "ES256", "jwk": attacker.jwk()}))),
+            bad_token(),
+        ),
+        // Registered claims.
+        case(
+            "expired",
+            with(&st(json!({"exp": now - 3600}))),
+            bad_token(),
+        ),
+        case(
+            "nbf in the future",
+            with(&st(json!({"nbf": now + 3600}))),
+            bad_token(),
+        ),
+        case(
+            "iat in the future",
+            with(&st(json!({"iat": now + 3600}))),
+            bad_token(),
+        ),
+        case("no exp", with(&st(json!({"exp": null}))), bad_token()),
+        case(
+            "exp as a string",
+            with(&st(json!({"exp": (now + 600).to_string()}))),
+            bad_token(),
+        ),
+        case("wrong aud", with(&st(json!({"aud": "other"}))), bad_token()),
+        case(
+            "aud list without ours",
+            with(&st(json!({"aud": ["other", "eds2"]}))),
+            bad_token(),
+        ),
+        case(
+            "aud list with ours (accepted)",
+            with(&st(json!({"aud": ["other", AUDIENCE]}))),
+            ok.clone(),
+        ),
+        case(
+            "wrong iss",
+            with(&st(json!({"iss": "https://evil.test"}))),
+            bad_token(),
+        ),
+        case(
+            "iss with a trailing slash",
+            with(&st(json!({"iss": format!("{ISSUER}/")}))),
+            bad_token(),
+        ),
+        case("no iss", with(&st(json!({"iss": null}))), bad_token()),
+        // Certificate binding.
+        case("no cnf", with(&st(json!({"cnf": null}))), bad_token()),
+        case(
+            "cnf with x5t only",
+            with(&st(json!({"cnf": {"x5t": cert.thumbprint()}}))),
+            bad_token(),
+        ),
+        case(
+            "cnf as a string",
+            with(&st(json!({"cnf": cert.thumbprint()}))),
+            bad_token(),
+        ),
+        case(
+            "cnf of another certificate",
+            with(&st(json!({"cnf": {"x5t#S256": cert_b.thumbprint()}}))),
+            bad_token(),
+        ),
+        case(
+            "cnf empty",
+            with(&st(json!({"cnf": {"x5t#S256": ""}}))),
+            bad_token(),
+        ),
+        case(
+            "cnf in hex",
+            with(&st(json!({"cnf": {"x5t#S256": hex}}))),
+            bad_token(),
+        ),
+        case(
+            "cnf in standard base64 (accepted)",
+            with(&st(json!({"cnf": {"x5t#S256": standard_b64}}))),
+            ok.clone(),
+        ),
+        // Scopes.
+        case(
+            "scope without EDS",
+            with(&st(
+                json!({"scope": format!("system/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "scope eds in lower case",
+            with(&st(
+                json!({"scope": format!("eds system/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "system/*.*",
+            with(&st(
+                json!({"scope": format!("EDS system/*.* SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "system/*.crs",
+            with(&st(
+                json!({"scope": format!("EDS system/*.crs SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "system/AuditEvent.*",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.* SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "system/AuditEvent.read (SMART v1)",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.read SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "system/AuditEvent.crs?category=x",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.crs?category=x SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "System/AuditEvent.crs",
+            with(&st(
+                json!({"scope": format!("EDS System/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "user/*.rs",
+            with(&citizen(json!({"scope": "EDS user/*.rs"}))),
+            forbidden(),
+        ),
+        case(
+            "patient/AuditEvent.rs",
+            with(&citizen(json!({"scope": "EDS patient/AuditEvent.rs"}))),
+            forbidden(),
+        ),
+        case(
+            "system and user scopes",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.crs user/AuditEvent.rs SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "create-only scope cannot search",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.c SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "read-only scope cannot search",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.r SOR:{SOR} GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "scope as an array (accepted)",
+            with(&st(
+                json!({"scope": ["EDS", "system/AuditEvent.crs", format!("SOR:{SOR}"), format!("GLN:{GLN}")]}),
+            )),
+            ok.clone(),
+        ),
+        case(
+            "station without SOR/GLN scopes may search",
+            with(&st(
+                json!({"scope": "EDS system/AuditEvent.rs", "ehmi:org_context": null}),
+            )),
+            ok.clone(),
+        ),
+        // Organisational context.
+        case(
+            "SOR scope differs from ehmi:org_context",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.crs SOR:111 GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "GLN scope differs from ehmi:org_context",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} GLN:GLN-999")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "two SOR scopes",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} SOR:111 GLN:{GLN}")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "two GLN scopes",
+            with(&st(
+                json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} GLN:{GLN} GLN:GLN-999")}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "SOR/GLN scopes without ehmi:org_context",
+            with(&st(json!({"ehmi:org_context": null}))),
+            forbidden(),
+        ),
+        // Device identity.
+        case(
+            "no device_id",
+            with(&st(json!({"ehmi:eer:device_id": null}))),
+            forbidden(),
+        ),
+        case(
+            "blank device_id",
+            with(&st(json!({"ehmi:eer:device_id": "  "}))),
+            forbidden(),
+        ),
+        case(
+            "device_id with a control character",
+            with(&st(json!({"ehmi:eer:device_id": "adv-dev\u{7}"}))),
+            forbidden(),
+        ),
+        case(
+            "device_id of 200 characters",
+            with(&st(json!({"ehmi:eer:device_id": "d".repeat(200)}))),
+            forbidden(),
+        ),
+        case(
+            "device_id with FHIR separators is escaped",
+            with(&st(json!({"ehmi:eer:device_id": "adv,dev|x"}))),
+            search(
+                "_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cadv%5C%2Cdev%5C%7Cx",
+                "message-id=tok",
+            ),
+        ),
+        // Citizens.
+        case(
+            "control: citizen",
+            with(&citizen(json!({}))),
+            citizen_ok.clone(),
+        ),
+        case(
+            "citizen with acr Low",
+            with(&citizen(
+                json!({"acr": "https://data.gov.dk/concept/core/nsis/loa/Low"}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "citizen without acr",
+            with(&citizen(json!({"acr": null}))),
+            forbidden(),
+        ),
+        case(
+            "citizen with acr \"substantial\"",
+            with(&citizen(json!({"acr": "substantial"}))),
+            forbidden(),
+        ),
+        case(
+            "citizen with acr High (accepted)",
+            with(&citizen(
+                json!({"acr": "https://data.gov.dk/concept/core/nsis/loa/High"}),
+            )),
+            citizen_ok.clone(),
+        ),
+        case(
+            "citizen with a blank cpr",
+            with(&citizen(json!({"cpr": " "}))),
+            forbidden(),
+        ),
+        case(
+            "user token with neither cpr nor cvr",
+            with(&citizen(json!({"cpr": null}))),
+            forbidden(),
+        ),
+        // Supporters.
+        case(
+            "control: supporter",
+            with(&supporter("11111111", json!({}))),
+            search(SOR_SEC_11111111, "message-id=tok"),
+        ),
+        case(
+            "supporter without priv",
+            with(&supporter("11111111", json!({"priv": null}))),
+            forbidden(),
+        ),
+        case(
+            "supporter with the role for another CVR",
+            with(&supporter(
+                "11111111",
+                json!({"priv": [{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:29189846", "privileges": [SUPPORTER_ROLE]}]}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "supporter with another role",
+            with(&supporter(
+                "11111111",
+                json!({"priv": [{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:11111111", "privileges": ["urn:dk:other:role"]}]}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "supporter with a CVR unknown to the directory",
+            with(&supporter("99999999", json!({}))),
+            forbidden(),
+        ),
+        case(
+            "supporter with a garbage priv",
+            with(&supporter("11111111", json!({"priv": "not base64 !!"}))),
+            forbidden(),
+        ),
+        case(
+            "supporter without acr",
+            with(&supporter("11111111", json!({"acr": null}))),
+            forbidden(),
+        ),
+        case(
+            "supporter with OIO-BPP XML priv (accepted)",
+            with(&supporter("29189846", json!({"priv": xml_priv}))),
+            search(SOR_SEC_29189846, "message-id=tok"),
+        ),
+        case(
+            "supporter role wins over cpr",
+            with(&supporter("11111111", json!({"cpr": "0101010001"}))),
+            search(SOR_SEC_11111111, "message-id=tok"),
+        ),
+        case(
+            "cvr without the role but with cpr is a citizen",
+            with(&supporter(
+                "11111111",
+                json!({"priv": null, "cpr": "0101010001"}),
+            )),
+            citizen_ok.clone(),
+        ),
+        // Claims of the wrong JSON type.
+        case(
+            "cpr as a number",
+            with(&citizen(json!({"cpr": 101010001}))),
+            bad_token(),
+        ),
+        case(
+            "device_id as a number",
+            with(&st(json!({"ehmi:eer:device_id": 42}))),
+            bad_token(),
+        ),
+        case(
+            "org_context as an array of objects",
+            with(&st(
+                json!({"ehmi:org_context": [{"name": "Org", "sor": SOR, "gln": GLN}]}),
+            )),
+            bad_token(),
+        ),
+        // serde's derived struct visitor also accepts a sequence: ["name", "sor", "gln"] would
+        // be read as an org context, against "a claim of the wrong JSON type makes the token
+        // malformed" (src/auth/token.rs).
+        case(
+            "org_context as a positional array",
+            with(&st(json!({"ehmi:org_context": ["Org", SOR, GLN]}))),
+            bad_token(),
+        ),
+        case(
+            "acr as an array",
+            with(&citizen(json!({"acr": [NSIS_SUBSTANTIAL]}))),
+            bad_token(),
+        ),
+        case(
+            "cvr as a number",
+            with(&supporter("11111111", json!({"cvr": 11111111}))),
+            bad_token(),
+        ),
+        case(
+            "scope as a number",
+            with(&st(json!({"scope": 1}))),
+            bad_token(),
+        ),
+        case(
+            "priv as a number",
+            with(&supporter("11111111", json!({"priv": 1}))),
+            forbidden(),
+        ),
+    ];
+    verdict(&[run_cases(&h, "tokens", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Registrations
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn adversarial_registrations() {
+    let h = Harness::start("adv-reg", Options::default());
+    let s = Actor::station(&h, "adv-reg-station", DEV);
+    let base = || registration(DEV, "0101010001", "reg-msg");
+    let text = base().to_string();
+    let label = |system: &str| json!([{"system": system, "code": "0101010001"}]);
+    let receiver_station = Actor::new(
+        &h,
+        "adv-reg-receiver",
+        station_claims(DEV, RECEIVER_SOR, RECEIVER_GLN),
+    );
+    let mixed_station = Actor::new(&h, "adv-reg-mixed", station_claims(DEV, SOR, RECEIVER_GLN));
+    let other_device = Actor::station(&h, "adv-reg-other", "adv-other-dev");
+    let no_org = Actor::new(
+        &h,
+        "adv-reg-noorg",
+        merge(
+            station_claims(DEV, SOR, GLN),
+            json!({"scope": "EDS system/AuditEvent.crs", "ehmi:org_context": null}),
+        ),
+    );
+    let read_search_only = Actor::new(
+        &h,
+        "adv-reg-rs",
+        merge(
+            station_claims(DEV, SOR, GLN),
+            json!({"scope": format!("EDS system/AuditEvent.rs SOR:{SOR} GLN:{GLN}")}),
+        ),
+    );
+    let citizen = Actor::new(
+        &h,
+        "adv-reg-citizen",
+        merge(
+            citizen_claims("0101010001"),
+            json!({"scope": "EDS user/AuditEvent.crs"}),
+        ),
+    );
+    let supporter = Actor::new(&h, "adv-reg-supporter", supporter_claims("29189846"));
+    let raw = |body: &str| s.post("/AuditEvent", Some(FHIR_JSON), body.to_string());
+    let mut big = base();
+    big["text"] = json!({"status": "generated", "div": "x".repeat(70_000)});
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases = vec![
+        case("control: a valid registration", s.create(&base()), created()),
+        case("control: receiver's org context", receiver_station.create(&base()), created()),
+        case("control: observer identifier only", s.create(&changed(base(), |r| {
+            r["source"]["observer"] = json!({"identifier": {"value": DEV}});
+            r.as_object_mut().unwrap().remove("contained");
+        })), created()),
+        case("control: a foreign security label is kept", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]))), created()),
+        case("control: upper-case media type", s.post("/AuditEvent", Some("APPLICATION/FHIR+JSON"), text.clone()), created()),
+        case("control: application/json with charset", s.post("/AuditEvent", Some("application/json; charset=utf-8"), text.clone()), created()),
+        case("control: trailing slash", s.post("/AuditEvent/", Some(FHIR_JSON), text.clone()), created()),
+        // Device identity.
+        case("observer identifier disagrees with the contained Device", s.create(&changed(base(), |r| r["source"]["observer"]["identifier"] = json!({"value": "adv-other-dev"}))), forbidden()),
+        case("observer identifier is ours, contained Device is not", s.create(&changed(base(), |r| {
+            r["contained"][0]["identifier"] = json!([{"value": "adv-other-dev"}]);
+            r["source"]["observer"]["identifier"] = json!({"value": DEV});
+        })), forbidden()),
+        case("contained Device with a second identifier", s.create(&changed(base(), |r| r["contained"][0]["identifier"] = json!([{"value": DEV}, {"value": "adv-other-dev"}]))), forbidden()),
+        case("observer identifier only, another device", s.create(&changed(base(), |r| {
+            r["source"]["observer"] = json!({"identifier": {"value": "adv-other-dev"}});
+            r.as_object_mut().unwrap().remove("contained");
+        })), forbidden()),
+        case("observer points to a non-contained Device", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "Device/adv-dev"}))), invalid()),
+        case("observer points to an absolute URL", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "https://evil.example/Device/adv-dev"}))), invalid()),
+        case("observer points to a missing contained id", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "#nope"}))), invalid()),
+        case("observer points to a contained Patient", s.create(&changed(base(), |r| r["contained"][0]["resourceType"] = json!("Patient"))), invalid()),
+        case("two contained resources with the observer's id", s.create(&changed(base(), |r| {
+            let mut twin = r["contained"][0].clone();
+            twin["identifier"] = json!([{"value": "adv-other-dev"}]);
+            r["contained"].as_array_mut().unwrap().push(twin);
+        })), invalid()),
+        case("no observer", s.create(&changed(base(), |r| { r["source"].as_object_mut().unwrap().remove("observer"); })), invalid()),
+        case("observer identifier without a value", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"identifier": {"system": "urn:x"}}))), invalid()),
+        case("a station registering for another device", other_device.create(&base()), forbidden()),
+        // Organisational context.
+        case("org context matches neither agent", s.create(&changed(base(), |r| r["agent"][0]["who"]["identifier"]["value"] = json!("111"))), forbidden()),
+        case("sender GLN differs from the token's", s.create(&changed(base(), |r| r["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!("GLN-999"))), forbidden()),
+        case("SOR of the sender with GLN of the receiver", mixed_station.create(&base()), forbidden()),
+        case("two sender agents", s.create(&changed(base(), |r| {
+            let dup = r["agent"][0].clone();
+            r["agent"].as_array_mut().unwrap().push(dup);
+        })), invalid()),
+        case("two GLNs on the sender", s.create(&changed(base(), |r| {
+            let mut ext = r["agent"][0]["extension"][0].clone();
+            ext["valueIdentifier"]["value"] = json!("GLN-999");
+            r["agent"][0]["extension"].as_array_mut().unwrap().push(ext);
+        })), invalid()),
+        // Labels preset by the client.
+        case("preset cpr label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:cpr"))), invalid()),
+        case("preset device label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:device-id"))), invalid()),
+        case("preset sor label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:sor"))), invalid()),
+        case("preset label under the reserved prefix", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:anything"))), invalid()),
+        case("preset label after a harmless one", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}, {"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid()),
+        case("meta.security as an object", s.create(&changed(base(), |r| r["meta"]["security"] = json!({"system": "urn:eds-proxy:label:cpr", "code": "x"}))), invalid()),
+        // Shape.
+        case("no EDS profile", s.create(&changed(base(), |r| r["meta"] = json!({}))), invalid()),
+        case("look-alike profile", s.create(&changed(base(), |r| r["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatusX"]))), invalid()),
+        case("two ehmiPatient entities", s.create(&changed(base(), |r| {
+            let mut p = r["entity"][0].clone();
+            p["what"]["identifier"]["value"] = json!("0202020002");
+            r["entity"].as_array_mut().unwrap().push(p);
+        })), invalid()),
+        case("resourceType Patient", s.create(&changed(base(), |r| r["resourceType"] = json!("Patient"))), invalid()),
+        case("resourceType Bundle (transaction)", s.create(&json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": base(), "request": {"method": "POST", "url": "AuditEvent"}}]})), invalid()),
+        case("a top-level array", s.create(&json!([base()])), invalid()),
+        case("JSON null", raw("null"), invalid()),
+        case("a JSON string", raw("\"AuditEvent\""), invalid()),
+        case("empty body", raw(""), invalid()),
+        case("duplicate resourceType (Patient first)", raw(&format!("{{\"resourceType\":\"Patient\",{}", &text[1..])), invalid()),
+        case("duplicate resourceType (Bundle last)", raw(&format!("{},\"resourceType\":\"Bundle\"}}", &text[..text.len() - 1])), invalid()),
+        case("duplicate nested key hiding a label", raw(&text.replacen("\"meta\":{", "\"meta\":{\"security\":[{\"system\":\"urn:eds-proxy:label:cpr\",\"code\":\"0202020002\"}],\"security\":[],", 1)), invalid()),
+        case("10 000 nested arrays", raw(&deep), invalid()),
+        case("10 000 nested arrays inside the resource", raw(&format!("{{\"extension\":{deep},{}", &text[1..])), invalid()),
+        case("trailing garbage", raw(&format!("{text}x")), invalid()),
+        case("a second JSON document", raw(&format!("{text}{text}")), invalid()),
+        case("UTF-8 byte order mark", raw(&format!("\u{feff}{text}")), invalid()),
+        case("invalid UTF-8", s.post("/AuditEvent", Some(FHIR_JSON), text.replacen("Aarhus", "Aar\u{0}hus", 1).into_bytes().into_iter().map(|b| if b == 0 { 0xff } else { b }).collect::<Vec<u8>>()), invalid()),
+        case("body over 64 KiB", s.create(&big), too_large_or_reset()),
+        // Media types.
+        case("XML", s.post("/AuditEvent", Some("application/fhir+xml"), "<AuditEvent xmlns=\"http://hl7.org/fhir\"/>"), unsupported_media()),
+        case("text/plain", s.post("/AuditEvent", Some("text/plain"), text.clone()), unsupported_media()),
+        case("form", s.post("/AuditEvent", Some(FORM), "resourceType=AuditEvent"), unsupported_media()),
+        case("no content type", s.post("/AuditEvent", None, text.clone()), unsupported_media()),
+        case("JSON patch", s.post("/AuditEvent", Some("application/json-patch+json"), "[]"), unsupported_media()),
+        case("look-alike media type", s.post("/AuditEvent", Some("application/fhir+jsonx"), text.clone()), unsupported_media()),
+        case("multipart", s.post("/AuditEvent", Some("multipart/form-data; boundary=x"), "--x--"), unsupported_media()),
+        // Query and conditions on create.
+        case("create with _format=xml", s.post("/AuditEvent?_format=xml", Some(FHIR_JSON), text.clone()), invalid()),
+        case("create with a search parameter", s.post("/AuditEvent?_id=1", Some(FHIR_JSON), text.clone()), invalid()),
+        case("conditional create", s.create(&base()).header("If-None-Exist", "message-id=reg-msg"), forbidden()),
+        // Principals that may not create.
+        case("a citizen (even with a c scope)", citizen.create(&base()), forbidden()),
+        case("a supporter", supporter.create(&base()), forbidden()),
+        case("a station without SOR/GLN scopes", no_org.create(&base()), forbidden()),
+        case("a station without the c grant", read_search_only.create(&base()), forbidden()),
+    ];
+    verdict(&[run_cases(&h, "registrations", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The response side: reads of someone else's registration
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn adversarial_response_isolation() {
+    let h = Harness::start("adv-resp", Options::default());
+    let s = Actor::station(&h, "adv-resp-station", DEV);
+    // R1: sender 937961000016000 (CVR 29189846), receiver 698141000016008 (CVR 11111111).
+    let r1 = create_id(&s, &registration(DEV, "0101010001", "resp-msg-1")).await;
+    // R2: sender 1234567, receiver 7654321: neither CVR's.
+    let s2 = Actor::new(
+        &h,
+        "adv-resp-station-2",
+        station_claims("adv-dev-2", "1234567", "GLN-7"),
+    );
+    let mut body2 = registration("adv-dev-2", "0303030003", "resp-msg-2");
+    body2["agent"][0]["who"]["identifier"]["value"] = json!("1234567");
+    body2["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!("GLN-7");
+    body2["agent"][1]["who"]["identifier"]["value"] = json!("7654321");
+    let r2 = create_id(&s2, &body2).await;
+    let owner = Actor::new(&h, "adv-resp-owner", citizen_claims("0101010001"));
+    let stranger = Actor::new(&h, "adv-resp-stranger", citizen_claims("0202020002"));
+    let sender_support = Actor::new(&h, "adv-resp-sup-1", supporter_claims("29189846"));
+    let receiver_support = Actor::new(&h, "adv-resp-sup-2", supporter_claims("11111111"));
+    let read = |id: &str| format!("/AuditEvent/{id}");
+    let vread = |id: &str| format!("/AuditEvent/{id}/_history/1");
+    let upstream_read = |rel: &str| format!("/fhir{rel}");
+    let hidden = |rel: &str| upstream(404, "not-found", "GET", upstream_read(rel));
+    let visible = |rel: &str| upstream(200, "AuditEvent", "GET", upstream_read(rel));
+    let cases = vec![
+        case(
+            "control: the citizen reads its own",
+            owner.get(&read(&r1)),
+            visible(&read(&r1)),
+        ),
+        case(
+            "control: the sender's supporter",
+            sender_support.get(&read(&r1)),
+            visible(&read(&r1)),
+        ),
+        case(
+            "control: the receiver's supporter",
+            receiver_support.get(&read(&r1)),
+            visible(&read(&r1)),
+        ),
+        case(
+            "control: the registering station",
+            s.get(&read(&r1)),
+            visible(&read(&r1)),
+        ),
+        case(
+            "a citizen reads another CPR's registration",
+            stranger.get(&read(&r1)),
+            hidden(&read(&r1)),
+        ),
+        case(
+            "a citizen vreads another CPR's registration",
+            stranger.get(&vread(&r1)),
+            hidden(&vread(&r1)),
+        ),
+        case(
+            "a citizen reads a registration that does not exist",
+            stranger.get("/AuditEvent/nope"),
+            hidden("/AuditEvent/nope"),
+        ),
+        case(
+            "the sender's supporter reads outside its SOR codes",
+            sender_support.get(&read(&r2)),
+            hidden(&read(&r2)),
+        ),
+        case(
+            "the receiver's supporter reads outside its SOR codes",
+            receiver_support.get(&read(&r2)),
+            hidden(&read(&r2)),
+        ),
+        case(
+            "a supporter vreads outside its SOR codes",
+            receiver_support.get(&vread(&r2)),
+            hidden(&vread(&r2)),
+        ),
+        case(
+            "another station reads",
+            s2.get(&read(&r1)),
+            hidden(&read(&r1)),
+        ),
+        case(
+            "a station reads another station's",
+            s.get(&read(&r2)),
+            hidden(&read(&r2)),
+        ),
+        case(
+            "a citizen searches another CPR's message",
+            stranger.get("/AuditEvent?message-id=resp-msg-1"),
+            search(&cpr_sec("0202020002"), "message-id=resp-msg-1").entries(0),
+        ),
+        case(
+            "control: the owner searches its message",
+            owner.get("/AuditEvent?message-id=resp-msg-1"),
+            search(&cpr_sec("0101010001"), "message-id=resp-msg-1").entries(1),
+        ),
+        case(
+            "a supporter searches outside its SOR codes",
+            sender_support.get("/AuditEvent?message-id=resp-msg-2"),
+            search(SOR_SEC_29189846, "message-id=resp-msg-2").entries(0),
+        ),
+        case(
+            "_summary=count cannot count others'",
+            stranger.get("/AuditEvent?_summary=count"),
+            search(&cpr_sec("0202020002"), "_summary=count").entries(0),
+        ),
+        case(
+            "_elements cannot drop the labels",
+            stranger.get("/AuditEvent?_elements=id"),
+            search(&cpr_sec("0202020002"), "_elements=id%2Cmeta").entries(0),
+        ),
+    ];
+    verdict(&[run_cases(&h, "response isolation", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. HTTP/2 variants
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn adversarial_http2_variants() {
+    let h = Harness::start("adv-h2", Options::default());
+    let s = Actor::with(&h, "adv-h2-station", station_claims(DEV, SOR, GLN), false);
+    let citizen = Actor::with(&h, "adv-h2-citizen", citizen_claims("0101010001"), false);
+    let cert_b = h.pki.client("adv-h2-b");
+    let other_cert = h.client_with(&cert_b, false);
+    let get = |q: &str| s.get(&format!("/AuditEvent?{q}"));
+    let reg = registration(DEV, "0101010001", "h2-msg");
+    let text = reg.to_string();
+    let mut big = reg.clone();
+    big["text"] = json!({"status": "generated", "div": "x".repeat(70_000)});
+    let cases = vec![
+        case("control: search", get("message-id=h2"), station_search("message-id=h2").h2()),
+        case("control: create", s.create(&reg), created().h2()),
+        case("_security", get("_security=urn:eds-proxy:label:device-id|other"), invalid().h2()),
+        case("%5Fsecurity", get("%5Fsecurity=x"), invalid().h2()),
+        case("_security:not", get("_security:not=x"), invalid().h2()),
+        case("form: _security in the body", s.form("/AuditEvent/_search", "_security=x"), invalid().h2()),
+        case("_count twice", get("_count=1&_count=2"), invalid().h2()),
+        case("_include:iterate", get("_include:iterate=*"), invalid().h2()),
+        case("_revinclude", get("_revinclude=*"), invalid().h2()),
+        case("chain", get("patient.identifier=x"), invalid().h2()),
+        case("_has", get("_has:AuditEvent:entity:_id=1"), invalid().h2()),
+        case("_format=xml", get("_format=xml"), invalid().h2()),
+        case("compartment", s.get("/Patient/1/AuditEvent"), forbidden().h2()),
+        case("$everything", s.get("/Patient/1/$everything"), forbidden().h2()),
+        case("_history", s.get("/AuditEvent/_history"), forbidden().h2()),
+        case("batch", s.post("", Some(FHIR_JSON), r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"AuditEvent"}}]}"#), forbidden().h2()),
+        case("conditional create", s.create(&reg).header("If-None-Exist", "message-id=h2-msg"), forbidden().h2()),
+        case("If-None-Match on read", s.get("/AuditEvent/1").header("If-None-Match", "*"), forbidden().h2()),
+        case("PUT", s.at("PUT", "/AuditEvent/1").header("Content-Type", FHIR_JSON).body(text.clone()), method_not_allowed().h2()),
+        case("DELETE", s.at("DELETE", "/AuditEvent/1"), method_not_allowed().h2()),
+        case("double slash", s.get("//AuditEvent"), invalid().h2()),
+        case(";jsessionid", s.get("/AuditEvent;jsessionid=1"), invalid().h2()),
+        case("lower-case type", s.get("/auditevent"), forbidden().h2()),
+        case("create XML", s.post("/AuditEvent", Some("application/fhir+xml"), "<AuditEvent/>"), unsupported_media().h2()),
+        case("create over 64 KiB", s.create(&big), too_large().h2()),
+        case("create with duplicate resourceType", s.post("/AuditEvent", Some(FHIR_JSON), format!("{{\"resourceType\":\"Patient\",{}", &text[1..])), invalid().h2()),
+        case("create with a preset label", s.create(&changed(reg.clone(), |r| r["meta"]["security"] = json!([{"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid().h2()),
+        case("a citizen creates", citizen.create(&reg), forbidden().h2()),
+        case("token bound to another certificate", other_cert.get(h.url("AuditEvent?message-id=h2")).bearer_auth(&s.token), bad_token().h2()),
+        case("alg none", s.client.get(h.url("AuditEvent")).bearer_auth(unsigned("none", &json!({"iss": ISSUER}), "")), bad_token().h2()),
+        case("two Authorization headers", s.client.get(h.url("AuditEvent")).header("Authorization", format!("Bearer {}", s.token)).header("Authorization", format!("Bearer {}", s.token)), bad_token().h2()),
+        case("spoofed forwarding headers", get("message-id=h2-fwd")
+            .header("X-Forwarded-Host", "evil.example")
+            .header("Forwarded", "host=evil.example")
+            .header("Prefer", "handling=lenient"),
+            station_search("message-id=h2-fwd").h2()
+                .upstream_header("x-forwarded-host", Want::Is("localhost".into()))
+                .upstream_header("forwarded", Want::Absent)
+                .upstream_header("prefer", Want::Absent)
+                .lacks("evil.example")),
+    ];
+    verdict(&[run_cases(&h, "HTTP/2 variants", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Overlong requests
+// ---------------------------------------------------------------------------------------------
+
+/// A URL or header far above what any FHIR client needs (HAPI's Jetty stops at 8 KiB) must be
+/// refused by the proxy (4xx, or the connection dropped), never forwarded: a FHIR server that
+/// receives it answers 414/431, which the proxy turns into a 502.
+#[tokio::test]
+async fn adversarial_overlong_requests() {
+    let h = Harness::start("adv-long", Options::default());
+    let s = Actor::station(&h, "adv-long-station", DEV);
+    let s2 = Actor::with(&h, "adv-long-h2", station_claims(DEV, SOR, GLN), false);
+    let long_value = "a".repeat(100_000);
+    // reqwest (http::Uri) cannot carry a URI over 64 KiB: the 100 KB URLs go over raw TLS below.
+    let long_query = "a".repeat(60_000);
+    let many_headers = {
+        let mut r = s.get("/AuditEvent?message-id=many-headers");
+        for i in 0..300 {
+            r = r.header(format!("x-h-{i}"), "x");
+        }
+        r
+    };
+    let cases = vec![
+        case(
+            "60 KB query value",
+            s.get(&format!("/AuditEvent?message-id={long_query}")),
+            refused_or_dropped(),
+        ),
+        case(
+            "100 KB header",
+            s.get("/AuditEvent?message-id=long-header")
+                .header("X-Padding", long_value.clone()),
+            refused_or_dropped(),
+        ),
+        case(
+            "2 MB header",
+            s.get("/AuditEvent?message-id=huge-header")
+                .header("X-Padding", "a".repeat(2_000_000)),
+            refused_or_dropped(),
+        ),
+        case("300 headers", many_headers, refused_or_dropped()),
+        case(
+            "100 KB Authorization",
+            s.client
+                .get(h.url("AuditEvent"))
+                .header("Authorization", format!("Bearer {long_value}")),
+            refused(431, "too-long"),
+        ),
+        case(
+            "100 KB _search form",
+            s.form("/AuditEvent/_search", format!("message-id={long_value}")),
+            too_large_or_reset(),
+        ),
+        case(
+            "60 KB query over HTTP/2",
+            s2.get(&format!("/AuditEvent?message-id={long_query}")),
+            refused_or_dropped(),
+        ),
+        case(
+            "100 KB header over HTTP/2",
+            s2.get("/AuditEvent?message-id=long-header-h2")
+                .header("X-Padding", long_value.clone()),
+            refused_or_dropped(),
+        ),
+    ];
+    let first = run_cases(&h, "overlong requests", cases).await;
+
+    let cert = h.pki.client("adv-long-raw");
+    let t = h.token(&cert, station_claims(DEV, SOR, GLN));
+    let get = |target: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n")
+    };
+    let cases = vec![
+        raw(
+            "100 KB query value",
+            get(&format!("/fhir/AuditEvent?message-id={long_value}")),
+            &[0],
+            vec![],
+        ),
+        raw(
+            "100 KB of repeated parameters",
+            get(&format!(
+                "/fhir/AuditEvent?{}",
+                "message-id=a&".repeat(8_000)
+            )),
+            &[0],
+            vec![],
+        ),
+        raw(
+            "100 KB path",
+            get(&format!("/fhir/AuditEvent/{long_value}")),
+            &[0],
+            vec![],
+        ),
+    ];
+    verdict(&[
+        first,
+        run_raw(&h, &cert, "overlong raw requests", cases).await,
+    ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Raw HTTP/1.1 over TLS: paths a client library would normalise, and request smuggling
+// ---------------------------------------------------------------------------------------------
+
+fn tls_connector(h: &Harness, cert: &CertifiedKey) -> pingora::tls::TlsConnector {
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = pingora::tls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(h.pki.ca.cert.cert_der.clone()))
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = pingora::tls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![CertificateDer::from(cert.cert_der.clone())], key)
+        .unwrap();
+    pingora::tls::TlsConnector::from(Arc::new(config))
+}
+
+/// Write `bytes` on a fresh mTLS connection and read until the server closes it or stays
+/// quiet for a moment.
+async fn raw_exchange(
+    h: &Harness,
+    connector: &pingora::tls::TlsConnector,
+    bytes: &[u8],
+) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let _ = tls.write_all(bytes).await;
+    let _ = tls.flush().await;
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while started.elapsed() < Duration::from_secs(5) {
+        // Generous for the first answer, short once the server has said something: a
+        // connection kept alive after its last answer ends the exchange quickly.
+        let quiet = if out.is_empty() {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_millis(400)
+        };
+        match tokio::time::timeout(quiet, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// The status codes of the HTTP/1.x responses in `raw`, in order.
+fn statuses(raw: &[u8]) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end]).to_string();
+        let Some(status) = head
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| head.strip_prefix("HTTP/1.0 "))
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse::<u16>().ok())
+        else {
+            break;
+        };
+        out.push(status);
+        let len = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let next = (end + 4 + len).min(rest.len());
+        rest = &rest[next..];
+    }
+    out
+}
+
+struct RawCase {
+    name: String,
+    bytes: Vec<u8>,
+    /// Statuses of the responses on the connection, in order (empty: closed unanswered;
+    /// `[0]`: a clean refusal, one 4xx answer or none at all).
+    statuses: Vec<u16>,
+    /// Every request the upstream received, in order: (method, target).
+    seen: Vec<(&'static str, String)>,
+}
+
+fn raw(
+    name: impl Into<String>,
+    bytes: impl Into<Vec<u8>>,
+    statuses: &[u16],
+    seen: Vec<(&'static str, String)>,
+) -> RawCase {
+    RawCase {
+        name: name.into(),
+        bytes: bytes.into(),
+        statuses: statuses.to_vec(),
+        seen,
+    }
+}
+
+async fn run_raw(
+    h: &Harness,
+    cert: &CertifiedKey,
+    name: &'static str,
+    cases: Vec<RawCase>,
+) -> Table {
+    let connector = tls_connector(h, cert);
+    let n = cases.len();
+    let mut failures = Vec::new();
+    for c in cases {
+        let before = h.upstream.request_count();
+        let answer = raw_exchange(h, &connector, &c.bytes).await;
+        let got = statuses(&answer);
+        let seen: Vec<(String, String)> = h
+            .upstream
+            .requests()
+            .into_iter()
+            .skip(before)
+            .map(|r| (r.method, r.target))
+            .collect();
+        let want: Vec<(String, String)> = c
+            .seen
+            .iter()
+            .map(|(m, t)| (m.to_string(), t.clone()))
+            .collect();
+        let mut problems = Vec::new();
+        let refusal = c.statuses == [0]
+            && (got.is_empty() || (got.len() == 1 && (400..500).contains(&got[0])));
+        if got != c.statuses && !refusal {
+            let head: String = String::from_utf8_lossy(&answer).chars().take(300).collect();
+            problems.push(format!(
+                "responses {got:?}, expected {:?}: {head:?}",
+                c.statuses
+            ));
+        }
+        if seen != want {
+            problems.push(format!("the upstream saw {seen:?}, expected {want:?}"));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("[{}] {}", c.name, problems.join("; ")));
+        }
+    }
+    // Whatever happened, nothing reached the FHIR server without the caller's constraint.
+    for r in h.upstream.requests() {
+        if !(r.target.starts_with(&format!("/fhir/AuditEvent?{DEV_SEC}"))
+            || r.target == "/fhir/AuditEvent")
+        {
+            failures.push(format!(
+                "an unconstrained request reached the upstream: {} {}",
+                r.method, r.target
+            ));
+        }
+    }
+    Table {
+        name,
+        cases: n,
+        failures,
+    }
+}
+
+#[tokio::test]
+async fn adversarial_raw_paths_and_smuggling() {
+    let h = Harness::start("adv-raw", Options::default());
+    let cert = h.pki.client("adv-raw-station");
+    let t = h.token(&cert, station_claims(DEV, SOR, GLN));
+    let auth = format!("Authorization: Bearer {t}\r\n");
+    let get = |target: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")
+    };
+    let constrained = |rest: &str| {
+        let q = if rest.is_empty() {
+            DEV_SEC.to_string()
+        } else {
+            format!("{DEV_SEC}&{rest}")
+        };
+        vec![("GET", format!("/fhir/AuditEvent?{q}"))]
+    };
+    let smuggled = |id: &str| {
+        format!("GET /fhir/AuditEvent?message-id={id} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")
+    };
+    let search_head = |extra: &str| {
+        format!("POST /fhir/AuditEvent/_search HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {FORM}\r\n{extra}\r\n")
+    };
+    let reg = registration(DEV, "0101010001", "raw-msg").to_string();
+    let hidden_401 = smuggled("smuggled-401");
+    let chunk = "a".repeat(70_000);
+    let cases = vec![
+        raw("control: search", get("/fhir/AuditEvent?message-id=raw"), &[200], constrained("message-id=raw")),
+        // Paths a client library would have normalised.
+        raw("dot-dot segment", get("/fhir/x/../AuditEvent"), &[400], vec![]),
+        raw("dot-dot out of the type", get("/fhir/AuditEvent/../Patient"), &[400], vec![]),
+        raw("encoded dot-dot", get("/fhir/%2e%2e/fhir/AuditEvent"), &[400], vec![]),
+        raw("encoded upper-case dot-dot", get("/fhir/AuditEvent/%2E%2E/%2E%2E/admin"), &[400], vec![]),
+        raw("dot segment", get("/fhir/./AuditEvent"), &[400], vec![]),
+        raw("trailing dot segment", get("/fhir/AuditEvent/."), &[400], vec![]),
+        raw("double slash", get("/fhir//AuditEvent"), &[400], vec![]),
+        raw("encoded slash with dot-dot", get("/fhir/AuditEvent%2F..%2FPatient"), &[400], vec![]),
+        raw("backslash after the base", get("/fhir\\AuditEvent"), &[403], vec![]),
+        raw("backslash in a read", get("/fhir/AuditEvent\\1"), &[400], vec![]),
+        raw("backslash dot-dot", get("/fhir/AuditEvent/1\\..\\..\\Patient"), &[400], vec![]),
+        raw(";jsessionid", get("/fhir/AuditEvent;jsessionid=1"), &[400], vec![]),
+        raw("a space in the path", get("/fhir/Audit Event"), &[400], vec![]),
+        raw("non-ASCII in the path", get("/fhir/AuditEvent/\u{e9}"), &[400], vec![]),
+        raw("relative target", get("fhir/AuditEvent"), &[403], vec![]),
+        raw("asterisk target", get("*"), &[403], vec![]),
+        raw("absolute-form target for another host", get("https://evil.example/fhir/AuditEvent?message-id=abs"), &[], vec![]),
+        raw("backslash in the query", get("/fhir/AuditEvent?message-id=a\\,b"), &[200], constrained("message-id=a%5C%2Cb")),
+        // Request smuggling.
+        raw("CL.TE: chunked wins, the hidden request is never served",
+            format!("{}0\r\n\r\n{}", search_head("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), smuggled("smuggled-clte")),
+            &[200], constrained("")),
+        raw("TE.CL: chunked wins, the hidden request is never served",
+            format!("{}10\r\nmessage-id=te-cl\r\n0\r\n\r\n{}", search_head("Transfer-Encoding: chunked\r\nContent-Length: 4\r\n"), smuggled("smuggled-tecl")),
+            &[200], constrained("message-id=te-cl")),
+        raw("two different Content-Length headers",
+            format!("{}message-id=cl{}", search_head("Content-Length: 13\r\nContent-Length: 200\r\n"), smuggled("smuggled-cl2")),
+            &[], vec![]),
+        raw("a Content-Length list with different values",
+            format!("{}message-id=cl{}", search_head("Content-Length: 13, 200\r\n"), smuggled("smuggled-cllist")),
+            &[], vec![]),
+        raw("Content-Length negative",
+            format!("{}message-id=cl", search_head("Content-Length: -13\r\n")),
+            &[], vec![]),
+        raw("Transfer-Encoding chunked, identity",
+            format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: chunked, identity\r\n"), smuggled("smuggled-te-identity")),
+            &[], vec![]),
+        raw("Transfer-Encoding xchunked",
+            format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n"), smuggled("smuggled-xchunked")),
+            &[], vec![]),
+        raw("two Transfer-Encoding headers, chunked first",
+            format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n"), smuggled("smuggled-te2")),
+            &[], vec![]),
+        raw("space before the colon of Transfer-Encoding",
+            format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n"), smuggled("smuggled-te-space")),
+            &[], vec![]),
+        raw("Transfer-Encoding on HTTP/1.0",
+            format!("POST /fhir/AuditEvent/_search HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: {FORM}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}", smuggled("smuggled-http10")),
+            &[], vec![]),
+        raw("a NUL in a header value",
+            format!("GET /fhir/AuditEvent?message-id=nul HTTP/1.1\r\nHost: localhost\r\n{auth}X-A: a\u{0}b\r\nConnection: close\r\n\r\n"),
+            &[], vec![]),
+        raw("a request hidden in a create body",
+            format!("POST /fhir/AuditEvent HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {FHIR_JSON}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reg}{}", reg.len() + smuggled("smuggled-body").len(), smuggled("smuggled-body")),
+            &[400], vec![]),
+        raw("a request hidden in the body of an unauthenticated request",
+            format!("POST /fhir/AuditEvent/_search HTTP/1.1\r\nHost: localhost\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{hidden_401}", hidden_401.len()),
+            &[401], vec![]),
+        raw("a request hidden in an oversized body",
+            format!("{}{}", search_head("Content-Length: 70000\r\n"), smuggled("smuggled-413")),
+            &[413], vec![]),
+        raw("a chunked create over 64 KiB",
+            format!("POST /fhir/AuditEvent HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {FHIR_JSON}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len()),
+            &[413], vec![]),
+        raw("a malformed chunk size",
+            format!("{}zz\r\nmessage-id=x\r\n0\r\n\r\n", search_head("Transfer-Encoding: chunked\r\nConnection: close\r\n")),
+            &[400], vec![]),
+        raw("an overflowing chunk size",
+            format!("{}ffffffffffffffffffff\r\nmessage-id=x\r\n0\r\n\r\n", search_head("Transfer-Encoding: chunked\r\nConnection: close\r\n")),
+            &[400], vec![]),
+        // Pingora 0.9.1's HttpServer drops bytes pipelined behind a complete request: the second
+        // search is never answered. Should that change, it must still arrive constrained.
+        raw("a pipelined second search is not served",
+            format!("GET /fhir/AuditEvent?message-id=pipe-1 HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n{}", smuggled("pipe-2")),
+            &[200], constrained("message-id=pipe-1")),
+        raw("bare LF line endings",
+            format!("GET /fhir/AuditEvent?message-id=lf HTTP/1.1\nHost: localhost\n{}Connection: close\n\n", auth.replace("\r\n", "\n")),
+            &[200], constrained("message-id=lf")),
+        raw("two Host headers",
+            format!("GET /fhir/AuditEvent?message-id=hosts HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n{auth}Connection: close\r\n\r\n"),
+            &[], vec![]),
+    ];
+    verdict(&[run_raw(&h, &cert, "raw HTTP/1.1", cases).await]);
+}
