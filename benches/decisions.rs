@@ -66,18 +66,24 @@ fn main() {
         &validate_and_label(example.to_string().as_bytes(), &station, &systems()).unwrap(),
     )
     .unwrap();
-    let entries: Vec<Value> = (0..28)
-        .map(|i| {
-            let mut r = labelled.clone();
-            r["id"] = json!(format!("{i}"));
-            json!({"fullUrl": format!("http://hapi:8080/fhir/AuditEvent/{i}"), "resource": r, "search": {"mode": "match"}})
-        })
-        .collect();
-    let bundle = serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "searchset", "total": 28,
-        "link": [{"relation": "self", "url": "http://hapi:8080/fhir/AuditEvent?_security=x"},
-                 {"relation": "next", "url": "http://hapi:8080/fhir?_getpages=abc&_getpagesoffset=28&_count=28&_bundletype=searchset"}],
-        "entry": entries}))
-    .unwrap();
+    // HAPI builds links from X-Forwarded-*, so they already carry the public base; the
+    // second bundle has the server's own base and needs every fullUrl rewritten.
+    let searchset = |base: &str| {
+        let entries: Vec<Value> = (0..28)
+            .map(|i| {
+                let mut r = labelled.clone();
+                r["id"] = json!(format!("{i}"));
+                json!({"fullUrl": format!("{base}/AuditEvent/{i}"), "resource": r, "search": {"mode": "match"}})
+            })
+            .collect();
+        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "searchset", "total": 28,
+            "link": [{"relation": "self", "url": format!("{base}/AuditEvent?_security=x")},
+                     {"relation": "next", "url": format!("{base}?_getpages=abc&_getpagesoffset=28&_count=28&_bundletype=searchset")}],
+            "entry": entries}))
+        .unwrap()
+    };
+    let bundle = searchset("https://proxy:8443/fhir");
+    let rebased_bundle = searchset("http://hapi:8080/fhir");
     let principal = Principal::Station(station.clone());
     let constraint =
         Constraint::for_principal(&principal, &systems(), &CvrDirectory::default()).unwrap();
@@ -94,6 +100,24 @@ fn main() {
     measure("response check (searchset)", bundle.len(), 2_000, || {
         black_box(check_searchset(black_box(&bundle), &ctx).unwrap());
     });
+    measure(
+        "response check, every fullUrl rebased",
+        rebased_bundle.len(),
+        2_000,
+        || {
+            black_box(check_searchset(black_box(&rebased_bundle), &ctx).unwrap());
+        },
+    );
+    let serde_baseline = || {
+        let v: Value = serde_json::from_slice(black_box(&bundle)).unwrap();
+        black_box(serde_json::to_vec(&v).unwrap());
+    };
+    measure(
+        "baseline: serde_json Value parse + write",
+        bundle.len(),
+        2_000,
+        serde_baseline,
+    );
     let body = example.to_string();
     measure("registration validate + label", body.len(), 20_000, || {
         black_box(validate_and_label(black_box(body.as_bytes()), &station, &systems()).unwrap());

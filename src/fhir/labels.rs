@@ -97,7 +97,15 @@ impl Constraint {
 
     /// True if `resource.meta.security` holds one of the constraint's labels exactly.
     pub fn admits(&self, resource: &Value) -> bool {
-        security_codings(resource).any(|(system, code)| {
+        self.admits_codings(security_codings(resource))
+    }
+
+    /// True if one of the (system, code) codings is one of the constraint's labels.
+    pub fn admits_codings<'x>(
+        &self,
+        mut codings: impl Iterator<Item = (&'x str, &'x str)>,
+    ) -> bool {
+        codings.any(|(system, code)| {
             self.labels
                 .iter()
                 .any(|l| l.system == system && l.code == code)

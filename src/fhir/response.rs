@@ -3,6 +3,10 @@
 //! entry is dropped and counted); a read of a resource without it becomes 404. Links are
 //! rewritten to the proxy's public base and paging handles are signed for the caller.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::Refusal;
@@ -45,72 +49,174 @@ fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
 }
 
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
+///
+/// Only what the decision needs is parsed (each entry's `fullUrl`, `resource.resourceType`,
+/// `resource.meta.security`, `search.mode`); everything else is carried through as the server
+/// wrote it. Duplicate keys at the bundle level and in every field that is read are refused.
 pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<CheckedBundle, Refusal> {
-    let mut bundle = parse_json(body)?;
-    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
-        || bundle.get("type").and_then(Value::as_str) != Some("searchset")
+    let not_json =
+        || Refusal::BadGateway("the FHIR server answered with something that is not JSON".into());
+    let malformed = || Refusal::BadGateway("malformed searchset".into());
+    let text = std::str::from_utf8(body).map_err(|_| not_json())?;
+    let members = strict_json::object_members(text).map_err(|_| not_json())?;
+    let member = |name: &str| {
+        members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.get())
+    };
+    let as_string = |raw: Option<&str>| raw.and_then(|r| serde_json::from_str::<String>(r).ok());
+    if as_string(member("resourceType")).as_deref() != Some("Bundle")
+        || as_string(member("type")).as_deref() != Some("searchset")
     {
         return Err(Refusal::BadGateway(
             "the FHIR server did not answer a search with a searchset".into(),
         ));
     }
     let mut dropped = 0;
-    if let Some(entries) = bundle.get_mut("entry") {
-        let entries = entries
-            .as_array_mut()
-            .ok_or_else(|| Refusal::BadGateway("malformed searchset".into()))?;
-        entries.retain(|e| {
-            let keep = entry_visible(e, ctx.constraint);
-            if !keep {
+    let mut entries_out: Vec<String> = Vec::new();
+    if let Some(raw) = member("entry") {
+        let entries: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| malformed())?;
+        for entry in entries {
+            let view: EntryView<'_> = serde_json::from_str(entry.get()).map_err(|_| malformed())?;
+            if !view.visible(ctx.constraint) {
                 dropped += 1;
+                continue;
             }
-            keep
-        });
-        for e in entries.iter_mut() {
-            if let Some(full) = e
-                .get("fullUrl")
-                .and_then(Value::as_str)
-                .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base))
-            {
-                e["fullUrl"] = Value::String(full);
+            let rebased = view
+                .full_url
+                .as_deref()
+                .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base));
+            match rebased {
+                Some(url) if Some(url.as_str()) != view.full_url.as_deref() => entries_out
+                    .push(replace_member(entry.get(), "fullUrl", &url).map_err(|_| malformed())?),
+                _ => entries_out.push(entry.get().to_string()),
             }
         }
     }
-    if dropped > 0 {
-        // The server's count included what the caller may not see.
-        if let Some(obj) = bundle.as_object_mut() {
-            obj.remove("total");
-        }
-    }
-    if let Some(links) = bundle.get_mut("link").and_then(Value::as_array_mut) {
-        links.retain_mut(|link| {
-            let rewritten = link
-                .get("url")
-                .and_then(Value::as_str)
-                .and_then(|u| rewrite_link(u, ctx));
-            match rewritten {
-                Some(u) => {
-                    link["url"] = Value::String(u);
-                    true
+    let links = match member("link") {
+        Some(raw) => {
+            let mut links: Vec<Value> = serde_json::from_str(raw).map_err(|_| malformed())?;
+            links.retain_mut(|link| {
+                let rewritten = link
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .and_then(|u| rewrite_link(u, ctx));
+                match rewritten {
+                    Some(u) => {
+                        link["url"] = Value::String(u);
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            }
-        });
+            });
+            serde_json::to_string(&links).map_err(|_| malformed())?
+        }
+        None => "[]".to_string(),
+    };
+    let mut out = String::with_capacity(body.len());
+    out.push('{');
+    for (key, raw) in &members {
+        let value = match key.as_str() {
+            // The server's count included what the caller may not see.
+            "total" if dropped > 0 => continue,
+            "entry" => format!("[{}]", entries_out.join(",")),
+            "link" => links.clone(),
+            _ => raw.get().to_string(),
+        };
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).map_err(|_| malformed())?);
+        out.push(':');
+        out.push_str(&value);
     }
-    let body = serde_json::to_vec(&bundle).map_err(|e| Refusal::BadGateway(e.to_string()))?;
-    Ok(CheckedBundle { body, dropped })
+    out.push('}');
+    Ok(CheckedBundle {
+        body: out.into_bytes(),
+        dropped,
+    })
 }
 
-fn entry_visible(entry: &Value, constraint: &Constraint) -> bool {
-    let Some(resource) = entry.get("resource") else {
-        return false;
-    };
-    match resource.get("resourceType").and_then(Value::as_str) {
-        Some("AuditEvent") => constraint.admits(resource),
-        Some("OperationOutcome") => {
-            entry.pointer("/search/mode").and_then(Value::as_str) == Some("outcome")
+/// Re-emit a JSON object with one member's value replaced by a string.
+fn replace_member(object: &str, name: &str, value: &str) -> Result<String, String> {
+    let members = strict_json::object_members(object)?;
+    let mut parts = Vec::with_capacity(members.len());
+    for (k, raw) in &members {
+        let v = if k == name {
+            serde_json::to_string(value).map_err(|e| e.to_string())?
+        } else {
+            raw.get().to_string()
+        };
+        parts.push(format!(
+            "{}:{v}",
+            serde_json::to_string(k).map_err(|e| e.to_string())?
+        ));
+    }
+    Ok(format!("{{{}}}", parts.join(",")))
+}
+
+/// The parts of a searchset entry the check reads.
+#[derive(Deserialize)]
+struct EntryView<'a> {
+    #[serde(default, rename = "fullUrl", borrow)]
+    full_url: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    resource: Option<ResourceView<'a>>,
+    #[serde(default, borrow)]
+    search: Option<SearchView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResourceView<'a> {
+    #[serde(default, rename = "resourceType", borrow)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    meta: Option<MetaView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MetaView<'a> {
+    #[serde(default, borrow)]
+    security: Option<Vec<CodingView<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct CodingView<'a> {
+    #[serde(default, borrow)]
+    system: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct SearchView<'a> {
+    #[serde(default, borrow)]
+    mode: Option<Cow<'a, str>>,
+}
+
+impl EntryView<'_> {
+    /// AuditEvents with the caller's label, and the server's own search outcome messages.
+    fn visible(&self, constraint: &Constraint) -> bool {
+        let Some(resource) = &self.resource else {
+            return false;
+        };
+        match resource.resource_type.as_deref() {
+            Some("AuditEvent") => {
+                let codings = resource
+                    .meta
+                    .as_ref()
+                    .and_then(|m| m.security.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| Some((c.system.as_deref()?, c.code.as_deref()?)));
+                constraint.admits_codings(codings)
+            }
+            Some("OperationOutcome") => {
+                self.search.as_ref().and_then(|s| s.mode.as_deref()) == Some("outcome")
+            }
+            _ => false,
         }
-        _ => false,
     }
 }
 
@@ -285,6 +391,33 @@ mod tests {
             )
             .is_err());
         });
+    }
+
+    #[test]
+    fn ambiguous_entries_fail_closed() {
+        with_ctx(|ctx| {
+            // Two `meta` keys: a client might read the other one.
+            let dup_meta = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":[{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}]},"meta":{}}}]}"#;
+            assert!(check_searchset(dup_meta, ctx).is_err());
+            let dup_resource = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent"},"resource":{}}]}"#;
+            assert!(check_searchset(dup_resource, ctx).is_err());
+            let dup_entry =
+                br#"{"resourceType":"Bundle","type":"searchset","entry":[],"entry":[]}"#;
+            assert!(check_searchset(dup_entry, ctx).is_err());
+            let security_object = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}}}}]}"#;
+            assert!(check_searchset(security_object, ctx).is_err());
+        });
+    }
+
+    #[test]
+    fn untouched_members_pass_through_verbatim() {
+        let body = br#"{"resourceType":"Bundle","id":"x","meta":{"lastUpdated":"2025-01-01T00:00:00Z"},"type":"searchset","total":1,"entry":[{"resource":{"resourceType":"AuditEvent","id":"a","meta":{"security":[{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}]}},"search":{"mode":"match"}}]}"#;
+        let out = with_ctx(|ctx| check_searchset(body, ctx).unwrap());
+        assert_eq!(out.dropped, 0);
+        assert_eq!(
+            String::from_utf8(out.body).unwrap(),
+            String::from_utf8(body.to_vec()).unwrap()
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Parse `bytes` as JSON, refusing duplicate keys at any depth. serde_json's recursion limit
@@ -16,6 +17,32 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
+}
+
+/// The members of a JSON object in order, values left unparsed; duplicate keys refused.
+pub fn object_members(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(String, &'de RawValue)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, &'de RawValue)> = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.iter().any(|(k, _)| *k == key) {
+                    return Err(de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                let value: &'de RawValue = map.next_value()?;
+                out.push((key, value));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let members = de.deserialize_map(Members).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(members)
 }
 
 struct StrictValue;
@@ -97,6 +124,17 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = "[".repeat(100_000);
         assert!(parse(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn object_members_keep_order_and_refuse_duplicates() {
+        let m = object_members(r#"{"b":[1,2],"a":{"x":1}}"#).unwrap();
+        let keys: Vec<&str> = m.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "a"]);
+        assert_eq!(m[1].1.get(), r#"{"x":1}"#);
+        assert!(object_members(r#"{"a":1,"a":2}"#).is_err());
+        assert!(object_members("[1]").is_err());
+        assert!(object_members(r#"{"a":1} x"#).is_err());
     }
 
     #[test]
