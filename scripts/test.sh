@@ -20,6 +20,7 @@ fi
 echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --lib --no-default-features --quiet -- -D warnings
 
 echo "== building HAPI FHIR (native launcher; cached after the first build)"
 bash hapi-compose/hapi-native.sh build

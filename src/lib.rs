@@ -1,7 +1,8 @@
 //! eds-proxy: the security sidecar for the EHMI Delivery Status service (EDS).
 //!
 //! `auth` and `fhir` hold every security decision as pure functions; `gateway` and `server`
-//! are the Pingora glue; `dev` holds development-only tools (PKI, token issuer).
+//! are the Pingora glue; `dev` holds development-only tools (PKI, token issuer). Without the
+//! default `server` feature only the pure core is built.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,8 @@ pub mod cvr_directory;
 pub mod dev;
 pub mod error;
 pub mod fhir;
+#[cfg(feature = "server")]
 pub mod gateway;
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod server;

@@ -1,5 +1,6 @@
 //! Authentication: from a bearer token and a client certificate to a `Principal`.
 
+#[cfg(feature = "server")]
 pub mod jwks;
 pub mod principal;
 pub mod privileges;
