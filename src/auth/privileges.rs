@@ -24,6 +24,10 @@ pub struct PrivilegeGroup {
 /// Parse the `priv` claim in either encoding.
 pub fn parse(claim: &Value) -> Result<Vec<PrivilegeGroup>, String> {
     match claim {
+        // Objects only: serde would also read `["scope", ["role"]]` field by field.
+        Value::Array(items) if !items.iter().all(Value::is_object) => {
+            Err("priv claim entries must be objects".to_string())
+        }
         Value::Array(_) => serde_json::from_value(claim.clone())
             .map_err(|e| format!("priv claim is not an OIO-BPP JSON list: {e}")),
         Value::String(s) => {
@@ -151,5 +155,10 @@ mod tests {
         assert!(parse(&json!("not base64 !!")).is_err());
         assert!(parse(&xml_claim("<a><b>")).is_err());
         assert!(parse(&json!([{"privileges": [ROLE]}])).is_err());
+        assert!(parse(&json!([[
+            "urn:dk:gov:saml:cvrNumberIdentifier:12345678",
+            [ROLE]
+        ]]))
+        .is_err());
     }
 }

@@ -124,14 +124,18 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
         let arr = sec
             .as_array()
             .ok_or_else(|| Refusal::invalid("meta.security must be an array"))?;
-        if arr.iter().any(|c| {
-            c.get("system")
-                .and_then(Value::as_str)
-                .is_some_and(|s| systems.is_reserved(s))
-        }) {
-            return Err(Refusal::invalid(
-                "access labels in meta.security are set by the proxy, not the client",
-            ));
+        for coding in arr {
+            // Only well-formed Codings: anything else could hide a label from this check.
+            let system = match coding.as_object().map(|c| c.get("system")) {
+                Some(None) => continue,
+                Some(Some(Value::String(system))) => system,
+                _ => return Err(Refusal::invalid("meta.security may only hold Codings")),
+            };
+            if systems.is_reserved(system) {
+                return Err(Refusal::invalid(
+                    "access labels in meta.security are set by the proxy, not the client",
+                ));
+            }
         }
     }
     let device_id = device_identity(r)?;
@@ -431,6 +435,26 @@ mod tests {
                 "case {i}"
             );
         }
+    }
+
+    #[test]
+    fn security_must_hold_codings_only() {
+        for security in [
+            json!([["urn:eds-proxy:label:sor"]]),
+            json!(["urn:eds-proxy:label:sor"]),
+            json!([{"system": ["urn:eds-proxy:label:sor"], "code": "1"}]),
+            json!([{"system": 5}]),
+        ] {
+            let mut v = example();
+            v["meta"]["security"] = security.clone();
+            assert!(
+                matches!(run(&v, &sender_station()), Err(Refusal::Invalid(_))),
+                "{security}"
+            );
+        }
+        let mut v = example();
+        v["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}, {"code": "x"}]);
+        assert!(run(&v, &sender_station()).is_ok());
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     if let Some(raw) = member("entry") {
         let entries: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| malformed())?;
         for entry in entries {
-            let view: EntryView<'_> = serde_json::from_str(entry.get()).map_err(|_| malformed())?;
+            let Obj(view): Obj<EntryView<'_>> =
+                serde_json::from_str(entry.get()).map_err(|_| malformed())?;
             if !view.visible(ctx.constraint) {
                 dropped += 1;
                 continue;
@@ -156,15 +157,31 @@ fn replace_member(object: &str, name: &str, value: &str) -> Result<String, Strin
     Ok(format!("{{{}}}", parts.join(",")))
 }
 
+/// A view that only a JSON object may fill: serde's derived structs also accept an array,
+/// field by field, which a client would never read as the same thing.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw: &'de RawValue = Deserialize::deserialize(d)?;
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(serde::de::Error::custom("expected a JSON object"));
+        }
+        serde_json::from_str(raw.get())
+            .map(Obj)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The parts of a searchset entry the check reads.
 #[derive(Deserialize)]
 struct EntryView<'a> {
     #[serde(default, rename = "fullUrl", borrow)]
     full_url: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    resource: Option<ResourceView<'a>>,
+    resource: Option<Obj<ResourceView<'a>>>,
     #[serde(default, borrow)]
-    search: Option<SearchView<'a>>,
+    search: Option<Obj<SearchView<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -172,13 +189,13 @@ struct ResourceView<'a> {
     #[serde(default, rename = "resourceType", borrow)]
     resource_type: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    meta: Option<MetaView<'a>>,
+    meta: Option<Obj<MetaView<'a>>>,
 }
 
 #[derive(Deserialize)]
 struct MetaView<'a> {
     #[serde(default, borrow)]
-    security: Option<Vec<CodingView<'a>>>,
+    security: Option<Vec<Obj<CodingView<'a>>>>,
 }
 
 #[derive(Deserialize)]
@@ -198,7 +215,7 @@ struct SearchView<'a> {
 impl EntryView<'_> {
     /// AuditEvents with the caller's label, and the server's own search outcome messages.
     fn visible(&self, constraint: &Constraint) -> bool {
-        let Some(resource) = &self.resource else {
+        let Some(Obj(resource)) = &self.resource else {
             return false;
         };
         match resource.resource_type.as_deref() {
@@ -206,14 +223,14 @@ impl EntryView<'_> {
                 let codings = resource
                     .meta
                     .as_ref()
-                    .and_then(|m| m.security.as_ref())
+                    .and_then(|Obj(m)| m.security.as_ref())
                     .into_iter()
                     .flatten()
-                    .filter_map(|c| Some((c.system.as_deref()?, c.code.as_deref()?)));
+                    .filter_map(|Obj(c)| Some((c.system.as_deref()?, c.code.as_deref()?)));
                 constraint.admits_codings(codings)
             }
             Some("OperationOutcome") => {
-                self.search.as_ref().and_then(|s| s.mode.as_deref()) == Some("outcome")
+                self.search.as_ref().and_then(|Obj(s)| s.mode.as_deref()) == Some("outcome")
             }
             _ => false,
         }
@@ -406,6 +423,21 @@ mod tests {
             assert!(check_searchset(dup_entry, ctx).is_err());
             let security_object = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}}}}]}"#;
             assert!(check_searchset(security_object, ctx).is_err());
+        });
+    }
+
+    #[test]
+    fn arrays_never_stand_in_for_objects() {
+        with_ctx(|ctx| {
+            for body in [
+                &br#"{"resourceType":"Bundle","type":"searchset","entry":[[null,["OperationOutcome"],["outcome"]]]}"#[..],
+                br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":["OperationOutcome"],"search":{"mode":"outcome"}}]}"#,
+                br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"OperationOutcome"},"search":["outcome"]}]}"#,
+                br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":[[{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}]]}}]}"#,
+                br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":[["urn:eds-proxy:label:device-id","dev-1"]]}}}]}"#,
+            ] {
+                assert!(check_searchset(body, ctx).is_err(), "{}", String::from_utf8_lossy(body));
+            }
         });
     }
 
