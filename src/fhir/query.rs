@@ -121,6 +121,22 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
         if let Some((_, why)) = FORBIDDEN.iter().find(|(n, _)| *n == name) {
             return Err(Refusal::invalid(*why));
         }
+        let control = matches!(
+            name,
+            "_count"
+                | "_offset"
+                | "_sort"
+                | "_summary"
+                | "_elements"
+                | "_total"
+                | "_format"
+                | "_pretty"
+        );
+        if control && modifier.is_some() {
+            return Err(Refusal::invalid(format!(
+                "modifiers are not allowed on {name}"
+            )));
+        }
         match name {
             "_count" => set_once(&mut q.count, name, parse_count(value, max_count)?)?,
             "_offset" => set_once(&mut q.offset, name, parse_number(name, value)?)?,
@@ -391,6 +407,8 @@ mod tests {
             "type:in=http://vs",
             "_id:exact%00=x",
             "_sort=_security",
+            "_count:foo=10",
+            "_sort:x=date",
         ] {
             assert!(parse(q).is_err(), "{q} was accepted");
         }

@@ -88,10 +88,18 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
                 .full_url
                 .as_deref()
                 .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base));
-            match rebased {
-                Some(url) if Some(url.as_str()) != view.full_url.as_deref() => entries_out
-                    .push(replace_member(entry.get(), "fullUrl", &url).map_err(|_| malformed())?),
-                _ => entries_out.push(entry.get().to_string()),
+            // A fullUrl outside both bases would reveal an internal address: it is removed.
+            let replacement = match (&view.full_url, rebased) {
+                (None, _) => None,
+                (Some(old), Some(url)) if *old == url => None,
+                (Some(_), url) => Some(url),
+            };
+            match replacement {
+                None => entries_out.push(entry.get().to_string()),
+                Some(url) => entries_out.push(
+                    replace_member(entry.get(), "fullUrl", url.as_deref())
+                        .map_err(|_| malformed())?,
+                ),
             }
         }
     }
@@ -139,15 +147,15 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     })
 }
 
-/// Re-emit a JSON object with one member's value replaced by a string.
-fn replace_member(object: &str, name: &str, value: &str) -> Result<String, String> {
+/// Re-emit a JSON object with one member's value replaced by a string, or removed (`None`).
+fn replace_member(object: &str, name: &str, value: Option<&str>) -> Result<String, String> {
     let members = strict_json::object_members(object)?;
     let mut parts = Vec::with_capacity(members.len());
     for (k, raw) in &members {
-        let v = if k == name {
-            serde_json::to_string(value).map_err(|e| e.to_string())?
-        } else {
-            raw.get().to_string()
+        let v = match (k == name, value) {
+            (true, None) => continue,
+            (true, Some(value)) => serde_json::to_string(value).map_err(|e| e.to_string())?,
+            (false, _) => raw.get().to_string(),
         };
         parts.push(format!(
             "{}:{v}",
@@ -424,6 +432,15 @@ mod tests {
             let security_object = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}}}}]}"#;
             assert!(check_searchset(security_object, ctx).is_err());
         });
+    }
+
+    #[test]
+    fn unknown_full_urls_are_removed() {
+        let body = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"fullUrl":"http://internal:9999/fhir/AuditEvent/a","resource":{"resourceType":"AuditEvent","id":"a","meta":{"security":[{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}]}}}]}"#;
+        let out = with_ctx(|ctx| check_searchset(body, ctx).unwrap());
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert!(v["entry"][0].get("fullUrl").is_none());
+        assert_eq!(v["entry"][0]["resource"]["id"], "a");
     }
 
     #[test]
