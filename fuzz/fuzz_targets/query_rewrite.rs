@@ -1,0 +1,259 @@
+//! Search rewrite: whatever a client sends, the query the FHIR server receives starts with the
+//! proxy's `_security` constraint, carries no second `_security`, no `_include`/`_revinclude`/
+//! `_has`/`_filter`/`_getpages`/`_contained`/chains, and `_count` ≤ the limit.
+//!
+//! Each input is used twice:
+//! 1. as a raw query string (lossy UTF-8) → `decode_pairs` → `parse_search`;
+//! 2. as structured bytes (`arbitrary`) → a whole request → `classify`, which must never
+//!    panic, must allow only the forms of DESIGN §1.4, and whose `Search` results obey (1).
+
+#![no_main]
+
+use arbitrary::{Arbitrary, Unstructured};
+use eds_proxy::fhir::interaction::{classify, media_type, Interaction, RequestParts};
+use eds_proxy::fhir::query::{decode_pairs, parse_search};
+use eds_proxy_fuzz::{assert_search_is_constrained, MAX_COUNT};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+    LowerGet,
+    Other(String),
+}
+
+impl Method {
+    fn as_str(&self) -> &str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Head => "HEAD",
+            Method::LowerGet => "get",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum PathChoice {
+    Root,
+    RootSlash,
+    Metadata,
+    AuditEvent,
+    AuditEventSlash,
+    Search,
+    Read(String),
+    VRead(String, String),
+    /// `<base>/` + anything.
+    Under(String),
+    /// Anything at all.
+    Raw(String),
+}
+
+#[derive(Arbitrary, Debug)]
+enum ContentType {
+    None,
+    Form,
+    FormCharset,
+    FhirJson,
+    Json,
+    Xml,
+    Other(String),
+}
+
+impl ContentType {
+    fn as_opt(&self) -> Option<&str> {
+        match self {
+            ContentType::None => None,
+            ContentType::Form => Some("application/x-www-form-urlencoded"),
+            ContentType::FormCharset => Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            ContentType::FhirJson => Some("application/fhir+json"),
+            ContentType::Json => Some("application/json"),
+            ContentType::Xml => Some("application/fhir+xml"),
+            ContentType::Other(s) => Some(s),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct Request {
+    method: Method,
+    path: PathChoice,
+    root_base: bool,
+    content_type: ContentType,
+    conditional: bool,
+    has_query: bool,
+    body: Vec<u8>,
+    /// Last: takes the rest of the input, so query seeds stay meaningful.
+    query: String,
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+fn only_format_params(query: Option<&str>) -> bool {
+    decode_pairs(query.unwrap_or_default())
+        .iter()
+        .all(|(n, _)| n == "_format" || n == "_pretty")
+}
+
+fn check_classify(r: &Request) {
+    let base = if r.root_base { "" } else { "/fhir" };
+    let path = match &r.path {
+        PathChoice::Root => base.to_string(),
+        PathChoice::RootSlash => format!("{base}/"),
+        PathChoice::Metadata => format!("{base}/metadata"),
+        PathChoice::AuditEvent => format!("{base}/AuditEvent"),
+        PathChoice::AuditEventSlash => format!("{base}/AuditEvent/"),
+        PathChoice::Search => format!("{base}/AuditEvent/_search"),
+        PathChoice::Read(id) => format!("{base}/AuditEvent/{id}"),
+        PathChoice::VRead(id, v) => format!("{base}/AuditEvent/{id}/_history/{v}"),
+        PathChoice::Under(s) => format!("{base}/{s}"),
+        PathChoice::Raw(s) => s.clone(),
+    };
+    let query = r.has_query.then_some(r.query.as_str());
+    let parts = RequestParts {
+        method: r.method.as_str(),
+        path: &path,
+        query,
+        content_type: r.content_type.as_opt(),
+        conditional: r.conditional,
+        body: &r.body,
+    };
+    let Ok(interaction) = classify(&parts, base, MAX_COUNT) else {
+        return;
+    };
+    let method = parts.method;
+    // The path relative to the base, as the proxy must have understood it.
+    let relative = path
+        .strip_prefix(base)
+        .unwrap_or_else(|| panic!("accepted a path outside the base: {path:?}"));
+    let relative = relative.strip_prefix('/').unwrap_or(relative);
+    let relative = relative.strip_suffix('/').unwrap_or(relative);
+    assert!(
+        !relative.contains("//")
+            && !relative.contains(['%', '\\', ';', '?', '#'])
+            && !relative
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace()),
+        "accepted an ambiguous path {path:?} as {interaction:?}"
+    );
+    let segments: Vec<&str> = if relative.is_empty() {
+        Vec::new()
+    } else {
+        relative.split('/').collect()
+    };
+    assert!(
+        segments.iter().all(|s| *s != "." && *s != ".."),
+        "accepted a dot segment in {path:?}"
+    );
+    assert!(
+        method == "GET" || method == "POST",
+        "accepted method {method:?} for {path:?} as {interaction:?}"
+    );
+    match &interaction {
+        Interaction::Capabilities => {
+            assert!(
+                method == "GET" && segments == ["metadata"],
+                "capabilities from {r:?}"
+            );
+            assert!(
+                only_format_params(query),
+                "capabilities with parameters from {r:?}"
+            );
+        }
+        Interaction::Search(q) => {
+            assert!(!r.conditional, "conditional search accepted: {r:?}");
+            match (method, segments.as_slice()) {
+                ("GET", ["AuditEvent"]) => {}
+                ("POST", ["AuditEvent", "_search"]) => {
+                    assert_eq!(
+                        parts.content_type.map(media_type),
+                        Some("application/x-www-form-urlencoded"),
+                        "POST _search without a form body: {r:?}"
+                    );
+                }
+                _ => panic!("search from an unexpected form: {method} {path:?}"),
+            }
+            assert_search_is_constrained(q, MAX_COUNT, r);
+        }
+        Interaction::Read { id, version } => {
+            assert!(method == "GET" && !r.conditional, "read from {r:?}");
+            assert!(valid_id(id), "read of malformed id {id:?}");
+            match (version, segments.as_slice()) {
+                (None, ["AuditEvent", i]) => assert_eq!(i, id),
+                (Some(v), ["AuditEvent", i, "_history", w]) => {
+                    assert!(valid_id(v), "vread of malformed version {v:?}");
+                    assert_eq!((*i, *w), (id.as_str(), v.as_str()));
+                }
+                _ => panic!("read from an unexpected path {path:?}: {interaction:?}"),
+            }
+            assert!(only_format_params(query), "read with parameters from {r:?}");
+        }
+        Interaction::Create => {
+            assert!(method == "POST" && !r.conditional, "create from {r:?}");
+            assert_eq!(segments, ["AuditEvent"], "create at {path:?}");
+            let ct = parts
+                .content_type
+                .map(media_type)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            assert!(
+                ct == "application/fhir+json" || ct == "application/json",
+                "create with content type {:?}",
+                parts.content_type
+            );
+            assert!(
+                only_format_params(query),
+                "create with parameters from {r:?}"
+            );
+        }
+        Interaction::Page(p) => {
+            assert!(method == "GET" && !r.conditional, "page from {r:?}");
+            assert!(segments.is_empty(), "page at {path:?}");
+            assert!(
+                !p.id.is_empty()
+                    && p.id.len() <= 64
+                    && p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                "malformed page id {:?}",
+                p.id
+            );
+            let pairs = decode_pairs(query.unwrap_or_default());
+            assert_eq!(
+                pairs.iter().filter(|(n, _)| n == "_getpages").count(),
+                1,
+                "page request with several _getpages: {query:?}"
+            );
+            assert!(
+                p.count.is_none_or(|c| c <= MAX_COUNT),
+                "page _count over the limit"
+            );
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    // 1. The bytes as a query string.
+    let raw = String::from_utf8_lossy(data);
+    let pairs = decode_pairs(&raw);
+    if let Ok(q) = parse_search(&pairs, MAX_COUNT) {
+        assert_search_is_constrained(&q, MAX_COUNT, &raw);
+    }
+    // 2. The bytes as a whole request.
+    let u = Unstructured::new(data);
+    if let Ok(r) = Request::arbitrary_take_rest(u) {
+        check_classify(&r);
+    }
+});
