@@ -15,12 +15,7 @@ use eds_proxy::fhir::response::{check_searchset, ResponseContext};
 use serde_json::{json, Value};
 
 fn systems() -> LabelSystems {
-    LabelSystems {
-        device: "urn:eds-proxy:label:device-id".into(),
-        sor: "urn:eds-proxy:label:sor".into(),
-        cpr: "urn:eds-proxy:label:cpr".into(),
-        reserved_prefix: "urn:eds-proxy:label:".into(),
-    }
+    LabelSystems::default()
 }
 
 fn measure(name: &str, bytes: usize, iterations: u32, mut f: impl FnMut()) {

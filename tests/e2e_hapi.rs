@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use eds_proxy::dev::pki::CertifiedKey;
@@ -84,7 +83,6 @@ impl Drop for Hapi {
 
 /// The dev issuer on its own port, enrolled with every station.
 fn start_issuer(h: &Harness) -> String {
-    let dir = &h.pki.dir;
     let enrolment: Vec<Value> = STATIONS
         .iter()
         .map(|(device, (name, sor, gln))| {
@@ -100,30 +98,7 @@ fn start_issuer(h: &Harness) -> String {
             })
         })
         .collect();
-    std::fs::write(
-        dir.join("enrolment.json"),
-        serde_json::to_string_pretty(&enrolment).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("issuer.key"), &h.pki.issuer_key.private_pem).unwrap();
-    let port = free_port();
-    std::fs::write(
-        dir.join("dev-issuer.toml"),
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\nserver_cert = \"server.crt\"\nserver_key = \"server.key\"\nclient_ca = \"ca.crt\"\nsigning_key = \"issuer.key\"\nkid = \"{}\"\nenrolment = \"enrolment.json\"\n",
-            h.pki.issuer_key.kid
-        ),
-    )
-    .unwrap();
-    let config = eds_proxy::dev::issuer::load_config(&dir.join("dev-issuer.toml")).unwrap();
-    let server = eds_proxy::dev::issuer::build_server(config).unwrap();
-    std::thread::spawn(move || server.run_forever());
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let port = h.pki.start_dev_issuer(&Value::Array(enrolment));
     format!("https://localhost:{port}/token")
 }
 

@@ -25,6 +25,19 @@ pub struct LabelSystems {
     pub reserved_prefix: String,
 }
 
+/// The systems under the default reserved prefix, as `config/eds-proxy.example.toml` has them.
+impl Default for LabelSystems {
+    fn default() -> Self {
+        let prefix = crate::config::DEFAULT_LABEL_PREFIX;
+        LabelSystems {
+            device: format!("{prefix}device-id"),
+            sor: format!("{prefix}sor"),
+            cpr: format!("{prefix}cpr"),
+            reserved_prefix: prefix.to_string(),
+        }
+    }
+}
+
 impl LabelSystems {
     pub fn device(&self, device_id: &str) -> Label {
         Label {
@@ -177,12 +190,7 @@ mod tests {
     use serde_json::json;
 
     pub fn systems() -> LabelSystems {
-        LabelSystems {
-            device: "urn:eds-proxy:label:device-id".into(),
-            sor: "urn:eds-proxy:label:sor".into(),
-            cpr: "urn:eds-proxy:label:cpr".into(),
-            reserved_prefix: "urn:eds-proxy:label:".into(),
-        }
+        LabelSystems::default()
     }
 
     fn station(id: &str) -> Principal {

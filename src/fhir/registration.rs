@@ -290,12 +290,7 @@ mod tests {
     use crate::auth::token::OrgContext;
 
     fn systems() -> LabelSystems {
-        LabelSystems {
-            device: "urn:eds-proxy:label:device-id".into(),
-            sor: "urn:eds-proxy:label:sor".into(),
-            cpr: "urn:eds-proxy:label:cpr".into(),
-            reserved_prefix: "urn:eds-proxy:label:".into(),
-        }
+        LabelSystems::default()
     }
 
     fn example() -> Value {

@@ -320,12 +320,7 @@ mod tests {
     use serde_json::json;
 
     fn systems() -> LabelSystems {
-        LabelSystems {
-            device: "urn:eds-proxy:label:device-id".into(),
-            sor: "urn:eds-proxy:label:sor".into(),
-            cpr: "urn:eds-proxy:label:cpr".into(),
-            reserved_prefix: "urn:eds-proxy:label:".into(),
-        }
+        LabelSystems::default()
     }
 
     fn constraint() -> Constraint {

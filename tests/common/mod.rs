@@ -64,6 +64,27 @@ impl Pki {
     pub fn client(&self, name: &str) -> CertifiedKey {
         self.ca.client(name, "test").unwrap()
     }
+
+    /// Start the dev token issuer with this PKI and `enrolment` (a JSON array); its port.
+    pub fn start_dev_issuer(&self, enrolment: &serde_json::Value) -> u16 {
+        let dir = &self.dir;
+        std::fs::write(dir.join("enrolment.json"), enrolment.to_string()).unwrap();
+        std::fs::write(dir.join("issuer.key"), &self.issuer_key.private_pem).unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.join("dev-issuer.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\nserver_cert = \"server.crt\"\nserver_key = \"server.key\"\nclient_ca = \"ca.crt\"\nsigning_key = \"issuer.key\"\nkid = \"{}\"\nenrolment = \"enrolment.json\"\n",
+                self.issuer_key.kid
+            ),
+        )
+        .unwrap();
+        let config = eds_proxy::dev::issuer::load_config(&dir.join("dev-issuer.toml")).unwrap();
+        let server = eds_proxy::dev::issuer::build_server(config).unwrap();
+        std::thread::spawn(move || server.run_forever());
+        wait_for_port(port);
+        port
+    }
 }
 
 /// A running proxy and its recording upstream.
