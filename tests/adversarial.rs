@@ -434,23 +434,6 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// The registered claims `Harness::token` puts in, bound to `cert`, with `extra` on top.
-fn claims_for(cert: &CertifiedKey, extra: Value) -> Value {
-    let now = now();
-    let mut claims = json!({
-        "iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 600,
-        "cnf": {"x5t#S256": cert.thumbprint()},
-    });
-    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
-        if v.is_null() {
-            claims.as_object_mut().unwrap().remove(&k);
-        } else {
-            claims[k] = v;
-        }
-    }
-    claims
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

@@ -224,20 +224,27 @@ grace_period_seconds = 0
 
     /// A token signed by the test issuer, bound to `cert`, with `extra` claims on top.
     pub fn token(&self, cert: &CertifiedKey, extra: Value) -> String {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut claims = json!({
-            "iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 600,
-            "cnf": {"x5t#S256": cert.thumbprint()},
-        });
-        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
-            if v.is_null() {
-                claims.as_object_mut().unwrap().remove(&k);
-            } else {
-                claims[k] = v;
-            }
-        }
+        let claims = claims_for(cert, extra);
         self.pki.issuer_key.sign(&claims).unwrap()
     }
+}
+
+/// The registered claims of a test token bound to `cert`, with `extra` on top (a `null`
+/// in `extra` removes that claim).
+pub fn claims_for(cert: &CertifiedKey, extra: Value) -> Value {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + 600,
+        "cnf": {"x5t#S256": cert.thumbprint()},
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(&k);
+        } else {
+            claims[k] = v;
+        }
+    }
+    claims
 }
 
 pub fn station_claims(device_id: &str, sor: &str, gln: &str) -> Value {
