@@ -8,13 +8,18 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_eds-proxy"))
 }
 
-fn fresh_config_dir(tag: &str) -> std::path::PathBuf {
+/// A temporary folder holding every file of `source` (relative to the repo) and a dev PKI in
+/// `dev/`, as the configurations there expect.
+fn config_dir_with_dev_pki(tag: &str, source: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("eds-proxy-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    for f in ["eds-proxy.example.toml", "cvr-directory.example.toml"] {
-        std::fs::copy(root.join(f), dir.join(f)).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
     }
     let status = bin()
         .args(["dev", "pki", "--out"])
@@ -25,14 +30,8 @@ fn fresh_config_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-#[test]
-fn example_config_is_accepted() {
-    let dir = fresh_config_dir("ok");
-    let out = bin()
-        .arg("check-config")
-        .arg(dir.join("eds-proxy.example.toml"))
-        .output()
-        .unwrap();
+fn assert_config_ok(path: &Path) {
+    let out = bin().arg("check-config").arg(path).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -42,8 +41,14 @@ fn example_config_is_accepted() {
 }
 
 #[test]
+fn example_config_is_accepted() {
+    let dir = config_dir_with_dev_pki("ok", "config");
+    assert_config_ok(&dir.join("eds-proxy.example.toml"));
+}
+
+#[test]
 fn broken_config_names_every_problem() {
-    let dir = fresh_config_dir("broken");
+    let dir = config_dir_with_dev_pki("broken", "config");
     let path = dir.join("eds-proxy.example.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let broken = text
@@ -90,30 +95,6 @@ fn unreadable_file_is_reported() {
 
 #[test]
 fn compose_proxy_config_is_accepted_once_the_dev_pki_exists() {
-    let dir = std::env::temp_dir().join(format!("eds-proxy-cli-compose-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("hapi-compose/proxy");
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    assert!(bin()
-        .args(["dev", "pki", "--out"])
-        .arg(dir.join("dev"))
-        .status()
-        .unwrap()
-        .success());
-    let out = bin()
-        .arg("check-config")
-        .arg(dir.join("eds-proxy.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let dir = config_dir_with_dev_pki("compose", "hapi-compose/proxy");
+    assert_config_ok(&dir.join("eds-proxy.toml"));
 }

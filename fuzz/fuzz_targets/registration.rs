@@ -410,11 +410,7 @@ fn mutate(m: &Mutation) -> Vec<u8> {
     }
     let mut text = serde_json::to_string(&doc).expect("serialise");
     if let Some((pos, insert)) = &m.splice {
-        let mut at = *pos as usize % (text.len() + 1);
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.insert_str(at, insert);
+        eds_proxy_fuzz::splice(&mut text, u64::from(*pos), insert);
     }
     text.into_bytes()
 }

@@ -582,11 +582,7 @@ impl Searchset {
             text = text.replace("\"@ENTRIES@\"", &format!("[{}]", entries.join(",")));
         }
         if let Some((pos, insert)) = &self.splice {
-            let mut at = *pos as usize % (text.len() + 1);
-            while !text.is_char_boundary(at) {
-                at -= 1;
-            }
-            text.insert_str(at, insert);
+            eds_proxy_fuzz::splice(&mut text, u64::from(*pos), insert);
         }
         text.into_bytes()
     }

@@ -388,3 +388,13 @@ mod tests {
         assert_search_is_constrained(&q, MAX_COUNT, &"test");
     }
 }
+
+/// Insert `insert` into `text` at `pos` (wrapped to the text's length, moved back to a char
+/// boundary): raw damage the structured generators cannot express.
+pub fn splice(text: &mut String, pos: u64, insert: &str) {
+    let mut at = (pos % (text.len() as u64 + 1)) as usize;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.insert_str(at, insert);
+}

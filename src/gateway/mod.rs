@@ -169,7 +169,10 @@ impl Gateway {
             )
         };
         if method == "GET"
-            && path.trim_end_matches('/') == format!("{}/metadata", self.public_base_path)
+            && path
+                .trim_end_matches('/')
+                .strip_prefix(self.public_base_path.as_str())
+                == Some("/metadata")
         {
             outcome.interaction = "capabilities";
             if query.is_none() {
