@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::auth::principal::Station;
 use crate::error::Refusal;
+use crate::fhir::inert;
 use crate::fhir::labels::{Label, LabelSystems};
 use crate::fhir::strict_json;
 
@@ -50,6 +51,7 @@ pub fn validate_and_label(
     let mut resource = strict_json::parse(body)
         .map_err(|e| Refusal::invalid(format!("the body is not valid JSON: {e}")))?;
     let reg = read_registration(&resource, systems)?;
+    inert::check_inert(&resource)?;
     if reg.device_id != station.device_id {
         return Err(Refusal::forbidden(
             "the registration's observing device is not the token's ehmi:eer:device_id",
@@ -61,6 +63,7 @@ pub fn validate_and_label(
             "the token's organisational context (SOR and GLN) is neither the sender nor the receiver",
         ));
     }
+    inert::strip_server_assigned(&mut resource);
     stamp(&mut resource, &labels_for(&reg, systems));
     serde_json::to_vec(&resource).map_err(|e| Refusal::invalid(e.to_string()))
 }
@@ -138,6 +141,11 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
             }
         }
     }
+    if let Some(path) = reserved_system_anywhere(r, systems, "") {
+        return Err(Refusal::invalid(format!(
+            "{path}: the proxy's access label systems may not appear in a registration"
+        )));
+    }
     let device_id = device_identity(r)?;
     let sender = party(r, "ehmiSender")?;
     let receiver = party(r, "ehmiReceiver")?;
@@ -165,6 +173,29 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
         receiver,
         cpr,
     })
+}
+
+/// The JSON path of the first `system` member anywhere in the body (codings, identifiers,
+/// contained resources) that names one of the proxy's label systems: those are the proxy's
+/// alone, wherever they would be stored.
+fn reserved_system_anywhere(v: &Value, systems: &LabelSystems, path: &str) -> Option<String> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .find_map(|item| reserved_system_anywhere(item, systems, path)),
+        Value::Object(members) => members.iter().find_map(|(name, member)| {
+            let here = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            match member {
+                Value::String(s) if name == "system" && systems.is_reserved(s) => Some(here),
+                _ => reserved_system_anywhere(member, systems, &here),
+            }
+        }),
+        _ => None,
+    }
 }
 
 fn entities(r: &Value) -> impl Iterator<Item = &Value> {
@@ -462,6 +493,70 @@ mod tests {
         )
         .is_err());
         assert!(validate_and_label(b"<AuditEvent/>", &st, &systems()).is_err());
+    }
+
+    #[test]
+    fn reserved_systems_are_refused_anywhere_in_the_body() {
+        for (path, patch) in [
+            (
+                "meta.tag.system",
+                json!({"meta": {"tag": [{"system": "urn:eds-proxy:label:device-id", "code": "Other"}]}}),
+            ),
+            (
+                "contained.identifier.system",
+                json!({"contained": [{"resourceType": "Device", "id": "Cura-EUA", "identifier": [{"system": "urn:eds-proxy:label:cpr", "value": "Cura-EUA"}]}]}),
+            ),
+            (
+                "entity.what.identifier.system",
+                json!({"entity": [{"what": {"identifier": {"system": "urn:eds-proxy:label:sor", "value": "1"}}}]}),
+            ),
+        ] {
+            let mut v = example();
+            for (k, val) in patch.as_object().unwrap() {
+                match (v[k].as_object_mut(), val.as_object()) {
+                    (Some(obj), Some(add)) => obj.extend(add.clone()),
+                    _ => {
+                        if let (Some(arr), Some(add)) = (v[k].as_array_mut(), val.as_array()) {
+                            if k == "contained" {
+                                *arr = add.clone();
+                            } else {
+                                arr.extend(add.iter().cloned());
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                run(&v, &sender_station()),
+                Err(Refusal::invalid(format!(
+                    "{path}: the proxy's access label systems may not appear in a registration"
+                ))),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_registration_that_makes_the_server_look_something_up_is_refused() {
+        let mut v = example();
+        v["entity"].as_array_mut().unwrap().push(json!({"what": {"reference":
+            "AuditEvent?_security=urn:eds-proxy:label:cpr|0101010000&_security=urn:eds-proxy:label:device-id|Other-Station"}}));
+        assert!(matches!(
+            run(&v, &sender_station()),
+            Err(Refusal::Invalid(m)) if m.starts_with("entity.what.reference: only local references")
+        ));
+    }
+
+    #[test]
+    fn server_assigned_members_never_reach_the_server() {
+        let mut v = example();
+        v["id"] = json!("another-stations-record");
+        v["meta"]["versionId"] = json!("3");
+        v["meta"]["source"] = json!("http://elsewhere#x");
+        let out = run(&v, &sender_station()).unwrap();
+        assert!(out.get("id").is_none());
+        assert!(out["meta"].get("versionId").is_none());
+        assert!(out["meta"].get("source").is_none());
     }
 
     #[test]
