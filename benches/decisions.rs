@@ -58,7 +58,9 @@ fn main() {
         },
     };
     let labelled: Value = serde_json::from_slice(
-        &validate_and_label(example.to_string().as_bytes(), &station, &systems()).unwrap(),
+        &validate_and_label(example.to_string().as_bytes(), &station, &systems())
+            .unwrap()
+            .body,
     )
     .unwrap();
     // HAPI builds links from X-Forwarded-*, so they already carry the public base; the
@@ -90,6 +92,7 @@ fn main() {
         upstream_base: "http://hapi:8080/fhir",
         signer: &signer,
         principal_key: &key,
+        drop_totals: false,
     };
     println!("searchset of {} entries, {} bytes", 28, bundle.len());
     measure("response check (searchset)", bundle.len(), 2_000, || {

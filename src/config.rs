@@ -45,7 +45,21 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub response: ResponseConfig,
+    #[serde(default)]
     pub server: ServerConfig,
+}
+
+/// How answers are shaped beyond the access check.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResponseConfig {
+    /// Remove `Bundle.total` from every searchset and refuse `_summary=count` (400). A count
+    /// is a number the proxy cannot check entry by entry: turn this on when the FHIR server is
+    /// not trusted to count only what the `_security` constraint admits. Off by default: the
+    /// server answers the constrained query, and `total` is always removed when the check
+    /// withheld an entry.
+    #[serde(default)]
+    pub drop_totals: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

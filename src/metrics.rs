@@ -46,6 +46,17 @@ pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// Answers refused whole because the FHIR server returned something that never belongs in
+/// them (another resource type, a foreign resource nested inside, a create answer that is
+/// not the created record, a non-JSON answer): an alarm, unlike a read of someone else's id.
+pub static RESPONSE_FOREIGN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "eds_proxy_response_foreign_total",
+        "FHIR server answers refused whole (502) by the response check, by interaction and principal kind",
+        &["interaction", "principal"],
+    )
+});
+
 pub static TOKEN_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "eds_proxy_token_failures_total",
@@ -106,6 +117,7 @@ pub fn init() {
     LazyLock::force(&JWKS_AGE);
     LazyLock::force(&TOKEN_CACHE);
     LazyLock::force(&RESPONSE_DROPS);
+    LazyLock::force(&RESPONSE_FOREIGN);
     LazyLock::force(&UPSTREAM_ERRORS);
 }
 

@@ -122,6 +122,7 @@ pub fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
         max_uri_bytes: c.limits.max_uri_bytes,
         max_header_bytes: c.limits.max_header_bytes,
         max_count: c.limits.max_count,
+        drop_totals: c.response.drop_totals,
         request_counter: AtomicU64::new(0),
     };
     Ok((gateway, keys))

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::upstream::Recorded;
+use common::upstream::{Recorded, Scripted};
 use common::*;
 use eds_proxy::dev::keys::SigningKey;
 use eds_proxy::dev::pki::CertifiedKey;
@@ -2235,7 +2235,102 @@ async fn adversarial_registrations() {
         case("a station without SOR/GLN scopes", no_org.create(&base()), forbidden()),
         case("a station without the c grant", read_search_only.create(&base()), forbidden()),
     ];
-    verdict(&[run_cases(&h, "registrations", cases).await]);
+    let upstream_base = format!("http://127.0.0.1:{}/fhir", h.upstream.port);
+    let probe = "AuditEvent?_security=urn:eds-proxy:label:cpr|0101010000&_security=urn:eds-proxy:label:device-id|Other-Station";
+    let with_reference = |reference: Value| {
+        changed(base(), |r| {
+            r["entity"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": {"code": "x"}, "what": {"reference": reference}}))
+        })
+    };
+    let mut inert = vec![
+        case("control: a local reference to the contained Device", s.create(&with_reference(json!("#Cura-EUA"))), created()),
+        case("control: HL7 core extension", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hl7.org/fhir/StructureDefinition/workflow-episodeOfCare", "valueString": "x"}]))), created()),
+    ];
+    for (name, reference) in [
+        (
+            "the issue's probe: conditional reference over the whole store",
+            probe.to_string(),
+        ),
+        (
+            "conditional reference with one parameter",
+            "AuditEvent?identifier=msg-1".to_string(),
+        ),
+        ("conditional reference without a type", "?_id=1".to_string()),
+        (
+            "relative reference to a stored AuditEvent",
+            "AuditEvent/ae-1".to_string(),
+        ),
+        (
+            "relative reference with a version",
+            "AuditEvent/ae-1/_history/1".to_string(),
+        ),
+        ("relative reference to a Patient", "Patient/p1".to_string()),
+        (
+            "urn:uuid placeholder",
+            "urn:uuid:2f1b7f1e-6a0f-4a4e-9b0e-3c7a0f2b1d11".to_string(),
+        ),
+        ("urn:oid placeholder", "urn:oid:1.2.3".to_string()),
+        (
+            "absolute URL on the FHIR server's base",
+            format!("{upstream_base}/AuditEvent/ae-1"),
+        ),
+        (
+            "absolute URL on the proxy's base",
+            format!("{}/AuditEvent/ae-1", h.base),
+        ),
+        (
+            "absolute URL elsewhere",
+            "https://elsewhere.example/fhir/Patient/1".to_string(),
+        ),
+        ("a bare #", "#".to_string()),
+        ("a local reference to nothing", "#nothing".to_string()),
+    ] {
+        inert.push(case(
+            name,
+            s.create(&with_reference(json!(reference))),
+            invalid(),
+        ));
+    }
+    inert.extend([
+        case("a reference that is an object", s.create(&with_reference(json!({"reference": "#Cura-EUA"}))), invalid()),
+        case("a probe in the contained Device", s.create(&changed(base(), |r| r["contained"][0]["owner"] = json!({"reference": probe}))), invalid()),
+        case("a probe in an extension's valueReference", s.create(&changed(base(), |r| r["agent"][0]["extension"][0]["valueReference"] = json!({"reference": probe}))), invalid()),
+        case("a probe in a primitive's extension", s.create(&changed(base(), |r| r["_id"] = json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/x", "valueReference": {"reference": probe}}]}))), invalid()),
+        case("a contained AuditEvent", s.create(&changed(base(), |r| r["contained"].as_array_mut().unwrap().push(json!({"resourceType": "AuditEvent", "id": "x"})))), invalid()),
+        case("contained inside contained", s.create(&changed(base(), |r| r["contained"][0]["contained"] = json!([{"resourceType": "Device", "id": "y"}]))), invalid()),
+        case("HAPI's externalized-binary extension", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hapifhir.io/fhir/StructureDefinition/externalized-binary-id", "valueString": "b1"}]))), invalid()),
+        case("an unknown modifierExtension", s.create(&changed(base(), |r| r["modifierExtension"] = json!([{"url": "https://example.org/ext", "valueBoolean": true}]))), invalid()),
+        case("a label system in an identifier", s.create(&changed(base(), |r| r["entity"][1]["what"]["identifier"]["system"] = json!("urn:eds-proxy:label:cpr"))), invalid()),
+        case("a label system in meta.tag", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:eds-proxy:label:device-id", "code": "adv-other-dev"}]))), invalid()),
+    ]);
+    let before = h.upstream.stored().len();
+    let with_server_members = changed(base(), |r| {
+        r["id"] = json!("someone-elses-id");
+        r["meta"]["versionId"] = json!("9");
+        r["meta"]["lastUpdated"] = json!("2020-01-01T00:00:00Z");
+        r["meta"]["source"] = json!("http://elsewhere#x");
+        r["entity"][1]["what"]["identifier"]["value"] = json!("reg-stripped");
+    });
+    let stripped = vec![case(
+        "control: id, versionId, lastUpdated and source are removed",
+        s.create(&with_server_members),
+        created(),
+    )];
+    verdict(&[
+        run_cases(&h, "registrations", cases).await,
+        run_cases(&h, "inert registrations", inert).await,
+        run_cases(&h, "server-assigned members", stripped).await,
+    ]);
+    let sent = h.upstream.requests_matching("reg-stripped");
+    let body: Value = serde_json::from_slice(&sent[0].body).unwrap();
+    assert!(body.get("id").is_none(), "{body}");
+    for member in ["versionId", "lastUpdated", "source"] {
+        assert!(body["meta"].get(member).is_none(), "{member}: {body}");
+    }
+    assert!(h.upstream.stored().len() > before);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2356,6 +2451,521 @@ async fn adversarial_response_isolation() {
         ),
     ];
     verdict(&[run_cases(&h, "response isolation", cases).await]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7b. A misbehaving FHIR server: every answer is checked, whatever produced it
+// ---------------------------------------------------------------------------------------------
+
+/// An AuditEvent as the FHIR server would return it, labelled for `device`.
+fn stored_event(id: &str, device: &str) -> Value {
+    let mut r = registration(device, "0101010001", &format!("msg-{id}"));
+    r["id"] = json!(id);
+    r["meta"]["versionId"] = json!("1");
+    r["meta"]["security"] = json!([{"system": "urn:eds-proxy:label:device-id", "code": device}]);
+    r
+}
+
+fn searchset(entries: Vec<Value>) -> Value {
+    json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries})
+}
+
+fn entry(resource: Value) -> Value {
+    json!({"resource": resource, "search": {"mode": "match"}})
+}
+
+fn answer(
+    method: &str,
+    target: &str,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> Scripted {
+    Scripted {
+        method: method.into(),
+        target_prefix: target.into(),
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        },
+    }
+}
+
+/// Run cases one at a time, each with the FHIR server answering as its script says.
+async fn run_scripted(
+    h: &Harness,
+    name: &'static str,
+    cases: Vec<(Option<Scripted>, Case)>,
+) -> Table {
+    let n = cases.len();
+    let mut failures = Vec::new();
+    for (script, c) in cases {
+        h.upstream.clear_scripts();
+        if let Some(s) = script {
+            h.upstream.script(s);
+        }
+        let problems = check(h, c.req, &c.expect).await;
+        if !problems.is_empty() {
+            failures.push(format!("[{}] {}", c.name, problems.join("; ")));
+        }
+    }
+    h.upstream.clear_scripts();
+    Table {
+        name,
+        cases: n,
+        failures,
+    }
+}
+
+#[tokio::test]
+async fn adversarial_misbehaving_backend() {
+    let h = Harness::start("adv-backend", Options::default());
+    let s = Actor::station(&h, "adv-backend-station", DEV);
+    const OTHER: &str = "adv-other-dev";
+    let foreign = stored_event("f1", OTHER);
+    let own = stored_event("own-1", DEV);
+    let with = |mut r: Value, key: &str, v: Value| {
+        r[key] = v;
+        r
+    };
+    let outcome_entry = |contained: Value| json!({"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational"}], "contained": [contained]}, "search": {"mode": "outcome"}});
+    let up_search = format!("/fhir/AuditEvent?{DEV_SEC}&message-id=x");
+    let search_req = || s.get("/AuditEvent?message-id=x");
+    let search_answer = |status: u16, ct: &str, body: &Value| {
+        Some(answer(
+            "GET",
+            "/fhir/AuditEvent?",
+            status,
+            &[("Content-Type", ct)],
+            body,
+        ))
+    };
+    let json_ct = "application/fhir+json;charset=UTF-8";
+    let shown = || station_search("message-id=x");
+    let gateway = |method: &'static str, target: &str| {
+        upstream(502, "transient", method, target.to_string()).lacks(OTHER)
+    };
+    let searches = vec![
+        (
+            search_answer(200, json_ct, &searchset(vec![entry(own.clone())])),
+            case(
+                "control: the caller's record",
+                search_req(),
+                shown().entries(1),
+            ),
+        ),
+        (
+            search_answer(
+                200,
+                json_ct,
+                &json!({"resourceType": "Bundle", "type": "searchset", "entry": [entry(own.clone()), outcome_entry(foreign.clone())]}),
+            ),
+            case(
+                "an outcome entry whose contained holds another station's record",
+                search_req(),
+                shown().entries(1).lacks(OTHER),
+            ),
+        ),
+        (
+            search_answer(
+                200,
+                json_ct,
+                &json!({"resourceType": "Bundle", "type": "searchset", "entry": [entry(own.clone()), outcome_entry(json!({"resourceType": "OperationOutcome"}))]}),
+            ),
+            case(
+                "control: an outcome entry with nothing foreign",
+                search_req(),
+                shown().entries(2),
+            ),
+        ),
+        (
+            search_answer(
+                200,
+                json_ct,
+                &searchset(vec![
+                    entry(own.clone()),
+                    entry(with(
+                        stored_event("own-2", DEV),
+                        "contained",
+                        json!([foreign.clone()]),
+                    )),
+                ]),
+            ),
+            case(
+                "the caller's record with another station's contained",
+                search_req(),
+                shown().entries(1).lacks(OTHER),
+            ),
+        ),
+        (
+            search_answer(
+                200,
+                json_ct,
+                &searchset(vec![
+                    entry(own.clone()),
+                    entry(
+                        json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": foreign.clone()}]}),
+                    ),
+                ]),
+            ),
+            case(
+                "a nested Bundle entry",
+                search_req(),
+                shown().entries(1).lacks(OTHER),
+            ),
+        ),
+        (
+            search_answer(
+                200,
+                json_ct,
+                &searchset(vec![
+                    entry(own.clone()),
+                    json!({"resource": own.clone(), "response": {"outcome": foreign.clone()}}),
+                ]),
+            ),
+            case(
+                "another station's record as an entry's response.outcome",
+                search_req(),
+                shown().entries(1).lacks(OTHER),
+            ),
+        ),
+        (
+            search_answer(
+                200,
+                json_ct,
+                &with(
+                    searchset(vec![entry(own.clone())]),
+                    "extension",
+                    json!([{"url": "http://x", "x": foreign.clone()}]),
+                ),
+            ),
+            case(
+                "another station's record in the Bundle's envelope",
+                search_req(),
+                gateway("GET", &up_search),
+            ),
+        ),
+        (
+            search_answer(200, "text/html", &searchset(vec![entry(own.clone())])),
+            case(
+                "a searchset labelled text/html",
+                search_req(),
+                gateway("GET", &up_search),
+            ),
+        ),
+        (
+            search_answer(
+                200,
+                "application/fhir+xml",
+                &searchset(vec![entry(own.clone())]),
+            ),
+            case(
+                "a searchset labelled FHIR XML",
+                search_req(),
+                gateway("GET", &up_search),
+            ),
+        ),
+    ];
+    let read_req = |id: &str| s.get(&format!("/AuditEvent/{id}"));
+    let up_read = |id: &str| format!("/fhir/AuditEvent/{id}");
+    let read_answer = |id: &str, ct: &str, body: &Value| {
+        Some(answer(
+            "GET",
+            &format!("/fhir/AuditEvent/{id}"),
+            200,
+            &[("Content-Type", ct)],
+            body,
+        ))
+    };
+    let reads = vec![
+        (
+            read_answer("own-1", json_ct, &own),
+            case(
+                "control: the caller's record",
+                read_req("own-1"),
+                upstream(200, "AuditEvent", "GET", up_read("own-1")),
+            ),
+        ),
+        (
+            read_answer("f1", json_ct, &foreign),
+            case(
+                "control: another station's record is 404",
+                read_req("f1"),
+                upstream(404, "not-found", "GET", up_read("f1")).lacks(OTHER),
+            ),
+        ),
+        (
+            read_answer(
+                "own-1",
+                json_ct,
+                &with(own.clone(), "contained", json!([foreign.clone()])),
+            ),
+            case(
+                "the caller's record with another station's contained",
+                read_req("own-1"),
+                gateway("GET", &up_read("own-1")),
+            ),
+        ),
+        (
+            read_answer(
+                "own-1",
+                json_ct,
+                &with(
+                    own.clone(),
+                    "contained",
+                    json!([{"resourceType": "OperationOutcome", "contained": [foreign.clone()]}]),
+                ),
+            ),
+            case(
+                "another station's record inside a contained OperationOutcome",
+                read_req("own-1"),
+                gateway("GET", &up_read("own-1")),
+            ),
+        ),
+        (
+            read_answer(
+                "own-1",
+                json_ct,
+                &with(
+                    own.clone(),
+                    "contained",
+                    json!([{"resourceType": "Patient", "id": "p", "name": [{"family": OTHER}]}]),
+                ),
+            ),
+            case(
+                "a contained Patient",
+                read_req("own-1"),
+                gateway("GET", &up_read("own-1")),
+            ),
+        ),
+        (
+            read_answer(
+                "own-1",
+                json_ct,
+                &json!({"resourceType": "Patient", "id": "own-1", "name": [{"family": OTHER}]}),
+            ),
+            case(
+                "a Patient answered for an AuditEvent read",
+                read_req("own-1"),
+                gateway("GET", &up_read("own-1")),
+            ),
+        ),
+        (
+            read_answer("own-1", json_ct, &stored_event("own-2", DEV)),
+            case(
+                "another record than the one asked for",
+                read_req("own-1"),
+                gateway("GET", &up_read("own-1")),
+            ),
+        ),
+        (
+            read_answer("own-1", "application/fhir+xml", &own),
+            case(
+                "a read labelled FHIR XML",
+                read_req("own-1"),
+                gateway("GET", &up_read("own-1")),
+            ),
+        ),
+        (
+            read_answer(
+                "own-1",
+                json_ct,
+                &json!({"resourceType": "OperationOutcome", "contained": [foreign.clone()]}),
+            ),
+            case(
+                "an OperationOutcome with another station's record for a read",
+                read_req("own-1"),
+                gateway("GET", &up_read("own-1")),
+            ),
+        ),
+        (
+            Some(answer(
+                "GET",
+                "/fhir/AuditEvent/own-1/_history/1",
+                200,
+                &[("Content-Type", json_ct)],
+                &with(own.clone(), "contained", json!([foreign.clone()])),
+            )),
+            case(
+                "a vread with another station's contained",
+                s.get("/AuditEvent/own-1/_history/1"),
+                gateway("GET", "/fhir/AuditEvent/own-1/_history/1"),
+            ),
+        ),
+    ];
+    let upstream_base = format!("http://127.0.0.1:{}/fhir", h.upstream.port);
+    let body = registration(DEV, "0101010001", "backend-msg");
+    let create_answer = |location: &str, body: &Value| {
+        let mut headers = vec![("Content-Type", json_ct)];
+        if !location.is_empty() {
+            headers.push(("Location", location));
+        }
+        Some(answer("POST", "/fhir/AuditEvent", 201, &headers, body))
+    };
+    let location = |id: &str| format!("{upstream_base}/AuditEvent/{id}/_history/1");
+    let stamped = |id: &str| {
+        let mut r = stored_event(id, DEV);
+        r["meta"]["security"] = json!([
+            {"system": "urn:eds-proxy:label:device-id", "code": DEV},
+            {"system": "urn:eds-proxy:label:sor", "code": SOR},
+            {"system": "urn:eds-proxy:label:sor", "code": RECEIVER_SOR},
+            {"system": "urn:eds-proxy:label:cpr", "code": "0101010001"},
+        ]);
+        r
+    };
+    let up_create = "/fhir/AuditEvent";
+    let creates = vec![
+        (
+            None,
+            case("control: an honest create", s.create(&body), created()),
+        ),
+        (
+            create_answer(&location("n1"), &stamped("n1")),
+            case("control: the created record", s.create(&body), created()),
+        ),
+        (
+            create_answer(&location("n2"), &Value::Null),
+            case(
+                "control: an empty 201 with a Location",
+                s.create(&body),
+                upstream(201, "", "POST", up_create),
+            ),
+        ),
+        (
+            create_answer(&location("f1"), &foreign),
+            case(
+                "another station's record answered for a create",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
+        (
+            create_answer(&location("n3"), &stamped("n4")),
+            case(
+                "a body that is not the resource at Location",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
+        (
+            create_answer(&location("own-1"), &own),
+            case(
+                "an older record of the same station",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
+        (
+            create_answer("", &stamped("n5")),
+            case("no Location", s.create(&body), gateway("POST", up_create)),
+        ),
+        (
+            create_answer(
+                "https://elsewhere.example/fhir/AuditEvent/n6/_history/1",
+                &stamped("n6"),
+            ),
+            case(
+                "a Location elsewhere",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
+        (
+            create_answer(&format!("{upstream_base}/Patient/n7"), &stamped("n7")),
+            case(
+                "a Location that is not an AuditEvent",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
+        (
+            create_answer(
+                &location("n8"),
+                &json!({"resourceType": "OperationOutcome", "id": "n8", "contained": [foreign.clone()]}),
+            ),
+            case(
+                "an OperationOutcome with another station's record",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
+        (
+            create_answer(
+                &location("n9"),
+                &with(stamped("n9"), "contained", json!([foreign.clone()])),
+            ),
+            case(
+                "the created record with another station's contained",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
+    ];
+    let mut tables = vec![
+        run_scripted(&h, "backend searches", searches).await,
+        run_scripted(&h, "backend reads", reads).await,
+        run_scripted(&h, "backend creates", creates).await,
+    ];
+    let foreign_count = metric_value(&h, "eds_proxy_response_foreign_total").await;
+    if foreign_count < 10.0 {
+        tables.push(Table {
+            name: "foreign metric",
+            cases: 1,
+            failures: vec![format!(
+                "eds_proxy_response_foreign_total is {foreign_count}"
+            )],
+        });
+    }
+
+    // With `response.drop_totals` no count leaves the proxy.
+    let strict = Harness::start(
+        "adv-backend-totals",
+        Options {
+            extra_config: "[response]\ndrop_totals = true\n".into(),
+            ..Options::default()
+        },
+    );
+    let st = Actor::station(&strict, "adv-backend-totals-station", DEV);
+    create_id(&st, &registration(DEV, "0101010001", "totals-msg")).await;
+    let totals = vec![
+        case(
+            "_summary=count is refused",
+            st.get("/AuditEvent?_summary=count"),
+            invalid(),
+        ),
+        case(
+            "a search has no total",
+            st.get("/AuditEvent?message-id=totals-msg"),
+            station_search("message-id=totals-msg")
+                .entries(1)
+                .lacks("\"total\""),
+        ),
+    ];
+    tables.push(run_cases(&strict, "drop_totals", totals).await);
+    verdict(&tables);
+}
+
+/// Sum of a counter's series on the admin listener.
+async fn metric_value(h: &Harness, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------

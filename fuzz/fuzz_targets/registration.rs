@@ -70,10 +70,28 @@ fn without_security(mut v: Value) -> Value {
     v
 }
 
+/// Every `reference` member anywhere is a string naming a contained resource (`#id`).
+fn assert_local_references(v: &Value, contained: &[String]) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| assert_local_references(i, contained)),
+        Value::Object(members) => {
+            for (name, member) in members {
+                if name == "reference" {
+                    let r = member.as_str().unwrap_or_else(|| panic!("non-string reference forwarded: {member}"));
+                    assert!(contained.iter().any(|c| c == r), "forwarded a resolvable reference {r:?}");
+                }
+                assert_local_references(member, contained);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn check(body: &[u8], station: &Station) {
-    let Ok(out) = validate_and_label(body, station, &systems()) else {
+    let Ok(labelled) = validate_and_label(body, station, &systems()) else {
         return;
     };
+    let out = labelled.body;
     let org = station
         .org
         .as_ref()
@@ -90,6 +108,16 @@ fn check(body: &[u8], station: &Station) {
         Some("AuditEvent"),
         "forwarded a non-AuditEvent"
     );
+    // Inert: nothing the server would resolve, nothing it assigns itself.
+    let contained: Vec<String> = forwarded
+        .get("contained")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("id").and_then(Value::as_str).map(|id| format!("#{id}")))
+        .collect();
+    assert_local_references(&forwarded, &contained);
+    assert!(forwarded.get("id").is_none(), "forwarded a client id");
     let device = (DEVICE_SYSTEM, station.device_id.as_str());
     assert!(
         security_codings(&forwarded).any(|c| c == device),

@@ -53,19 +53,27 @@ fn check(body: &[u8], f: &Fixture, who: usize) {
         upstream_base: UPSTREAM_BASE,
         signer: &f.signer,
         principal_key: &key,
+        drop_totals: false,
     };
 
-    // Single resources (read, vread).
-    if let Ok(r) = check_resource(body, constraint) {
-        let v = strict_json::parse(body).expect("check_resource accepted non-JSON");
-        let visible = v.get("resourceType").and_then(Value::as_str) == Some("AuditEvent")
-            && constraint.admits(&v);
-        assert_eq!(
-            r == ResourceCheck::Visible,
-            visible,
-            "check_resource said {r:?} for {}",
-            String::from_utf8_lossy(body)
-        );
+    // Single resources (read, vread): asked for the id the body names (or another one).
+    let named_id = strict_json::parse(body)
+        .ok()
+        .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string));
+    for requested in [named_id.as_deref().unwrap_or("x"), "other-id"] {
+        if let Ok(r) = check_resource(body, constraint, requested) {
+            let v = strict_json::parse(body).expect("check_resource accepted non-JSON");
+            let visible = v.get("resourceType").and_then(Value::as_str) == Some("AuditEvent")
+                && constraint.admits(&v)
+                && v.get("id").and_then(Value::as_str) == Some(requested);
+            if r == ResourceCheck::Visible {
+                assert!(visible, "check_resource showed {}", String::from_utf8_lossy(body));
+                assert_nothing_foreign(&v, constraint, "read");
+            }
+            if r == ResourceCheck::Hidden {
+                assert!(!constraint.admits(&v), "hid an admitted resource");
+            }
+        }
     }
 
     let Ok(checked) = check_searchset(body, &ctx) else {
@@ -94,9 +102,35 @@ fn check(body: &[u8], f: &Fixture, who: usize) {
     }
 }
 
+/// Independent of the check's own walk: every object with a `resourceType` anywhere in a
+/// shown answer is an AuditEvent the caller may see, or a type without record data of its own
+/// (Device parts, envelopes).
+fn assert_nothing_foreign(v: &Value, constraint: &Constraint, what: &str) {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .for_each(|i| assert_nothing_foreign(i, constraint, what)),
+        Value::Object(members) => {
+            match members.get("resourceType").and_then(Value::as_str) {
+                Some("AuditEvent") => assert!(
+                    constraint.admits(v),
+                    "{what}: an AuditEvent the caller may not see was shown: {v}"
+                ),
+                Some("Device" | "Bundle" | "OperationOutcome" | "Parameters") | None => {}
+                Some(other) => panic!("{what}: a {other} was shown: {v}"),
+            }
+            members
+                .values()
+                .for_each(|m| assert_nothing_foreign(m, constraint, what));
+        }
+        _ => {}
+    }
+}
+
 fn check_bundle(input: &Value, out: &Value, dropped: usize, f: &Fixture, who: usize, policy: &str) {
     let key = f.principals[who].binding_key();
     let constraint = &f.constraints[who];
+    assert_nothing_foreign(out, constraint, policy);
     assert_eq!(
         input.get("resourceType").and_then(Value::as_str),
         Some("Bundle")

@@ -306,6 +306,11 @@ pub fn encode(s: &str) -> String {
 }
 
 impl SearchQuery {
+    /// True for `_summary=count`: the answer is nothing but the server's `total`.
+    pub fn counts_only(&self) -> bool {
+        self.summary.as_deref() == Some("count")
+    }
+
     /// Serialise with `extra` (the caller's constraint) first. Parameter order is stable, so
     /// identical searches produce identical upstream URLs.
     pub fn to_query_string(&self, extra: &[(&str, String)]) -> String {

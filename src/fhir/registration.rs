@@ -32,12 +32,24 @@ pub struct Party {
     pub gln: Option<String>,
 }
 
+/// A registration that passed every check: the body to forward and the labels stamped on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labelled {
+    /// The JSON body to forward: server-assigned members removed, labels stamped.
+    pub body: Vec<u8>,
+    /// The access labels stamped into `meta.security` (sorted, unique).
+    pub labels: Vec<Label>,
+}
+
 /// Check a create body for `station` and return the body to forward, labels stamped.
+///
+/// Errors: [`Refusal::Forbidden`] when the token may not register this record,
+/// [`Refusal::Invalid`] when the body is not an inert EDS registration (see `fhir::inert`).
 pub fn validate_and_label(
     body: &[u8],
     station: &Station,
     systems: &LabelSystems,
-) -> Result<Vec<u8>, Refusal> {
+) -> Result<Labelled, Refusal> {
     if !station.grants.create {
         return Err(Refusal::forbidden(
             "the token does not grant system/AuditEvent.c",
@@ -64,8 +76,10 @@ pub fn validate_and_label(
         ));
     }
     inert::strip_server_assigned(&mut resource);
-    stamp(&mut resource, &labels_for(&reg, systems));
-    serde_json::to_vec(&resource).map_err(|e| Refusal::invalid(e.to_string()))
+    let labels = labels_for(&reg, systems);
+    stamp(&mut resource, &labels);
+    let body = serde_json::to_vec(&resource).map_err(|e| Refusal::invalid(e.to_string()))?;
+    Ok(Labelled { body, labels })
 }
 
 /// The labels a registration gets: its device, both parties' SOR codes, the patient's CPR.
@@ -353,7 +367,7 @@ mod tests {
 
     fn run(body: &Value, st: &Station) -> Result<Value, Refusal> {
         validate_and_label(&serde_json::to_vec(body).unwrap(), st, &systems())
-            .map(|b| serde_json::from_slice(&b).unwrap())
+            .map(|l| serde_json::from_slice(&l.body).unwrap())
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 use std::borrow::Cow;
 
+use serde::de::DeserializeSeed;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::Refusal;
-use crate::fhir::labels::Constraint;
+use crate::fhir::labels::{Constraint, Label, LabelSystems};
 use crate::fhir::paging::{PageSigner, SIGNATURE_PARAM};
 use crate::fhir::query::{decode_pairs, encode};
 use crate::fhir::strict_json;
@@ -24,6 +25,9 @@ pub struct ResponseContext<'a> {
     pub upstream_base: &'a str,
     pub signer: &'a PageSigner,
     pub principal_key: &'a str,
+    /// Remove `total` from every searchset (`response.drop_totals`): for a server not trusted
+    /// to count only what `_security` admits.
+    pub drop_totals: bool,
 }
 
 #[derive(Debug)]
@@ -41,12 +45,6 @@ const PAGE_PARAMS: &[&str] = &[
     "_format",
     "_pretty",
 ];
-
-fn parse_json(body: &[u8]) -> Result<Value, Refusal> {
-    strict_json::parse(body).map_err(|_| {
-        Refusal::BadGateway("the FHIR server answered with something that is not JSON".into())
-    })
-}
 
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
 ///
@@ -73,23 +71,48 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             "the FHIR server did not answer a search with a searchset".into(),
         ));
     }
+    // Resources outside the entries (a server's own extensions, R5 `issues`, anything in
+    // `link` or `meta`) have no place in a searchset's envelope unless they pass on their own.
+    for (key, raw) in &members {
+        if key == "entry" {
+            continue;
+        }
+        let found = find_resources(raw.get()).map_err(|_| malformed())?;
+        if let Some(why) = found
+            .iter()
+            .find_map(|f| judge_nested(f, ctx.constraint).err())
+        {
+            return Err(Refusal::BadGateway(format!(
+                "the FHIR server's searchset holds {} outside its entries",
+                withheld_text(why)
+            )));
+        }
+    }
     let mut dropped = 0;
     let mut entries_out: Vec<String> = Vec::new();
     if let Some(raw) = member("entry") {
         let entries: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| malformed())?;
         for entry in entries {
-            let Obj(view): Obj<EntryView<'_>> =
-                serde_json::from_str(entry.get()).map_err(|_| malformed())?;
-            if !view.visible(ctx.constraint) {
+            let entry_members =
+                strict_json::object_members(entry.get()).map_err(|_| malformed())?;
+            if entry_visible(&entry_members, ctx.constraint)
+                .map_err(|_| malformed())?
+                .is_err()
+            {
                 dropped += 1;
                 continue;
             }
-            let rebased = view
-                .full_url
+            let full_url = entry_members
+                .iter()
+                .find(|(k, _)| k == "fullUrl")
+                .map(|(_, v)| serde_json::from_str::<String>(v.get()))
+                .transpose()
+                .map_err(|_| malformed())?;
+            let rebased = full_url
                 .as_deref()
                 .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base));
             // A fullUrl outside both bases would reveal an internal address: it is removed.
-            let replacement = match (&view.full_url, rebased) {
+            let replacement = match (&full_url, rebased) {
                 (None, _) => None,
                 (Some(old), Some(url)) if *old == url => None,
                 (Some(_), url) => Some(url),
@@ -128,7 +151,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     for (key, raw) in &members {
         let value = match key.as_str() {
             // The server's count included what the caller may not see.
-            "total" if dropped > 0 => continue,
+            "total" if dropped > 0 || ctx.drop_totals => continue,
             "entry" => format!("[{}]", entries_out.join(",")),
             "link" => links.clone(),
             _ => raw.get().to_string(),
@@ -145,6 +168,67 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
         body: out.into_bytes(),
         dropped,
     })
+}
+
+/// Decide one searchset entry from its members: `Ok(Ok(()))` shows it, `Ok(Err(_))` withholds
+/// it, `Err` means it is malformed where the check reads (the whole answer fails).
+///
+/// Shown: an AuditEvent with the caller's label and nothing foreign inside, or the server's
+/// own OperationOutcome (`search.mode = outcome`) with nothing foreign inside; every resource
+/// elsewhere in the entry (`response.outcome`, extensions) must pass as nested.
+fn entry_visible(
+    members: &[(String, &RawValue)],
+    constraint: &Constraint,
+) -> Result<Result<(), Withheld>, String> {
+    let mut resource = None;
+    let mut mode = None;
+    for (key, raw) in members {
+        match key.as_str() {
+            // Objects only: an array in its place is malformed, not merely withheld.
+            "resource" if !raw.get().starts_with('{') => {
+                return Err("entry.resource is not an object".into())
+            }
+            "resource" => resource = Some(scan(raw.get())?),
+            "search" => {
+                let Obj(view): Obj<SearchView<'_>> =
+                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+                mode = view.mode.map(Cow::into_owned);
+                if let Some(why) = find_resources(raw.get())?
+                    .iter()
+                    .find_map(|f| judge_nested(f, constraint).err())
+                {
+                    return Ok(Err(why));
+                }
+            }
+            _ => {
+                if let Some(why) = find_resources(raw.get())?
+                    .iter()
+                    .find_map(|f| judge_nested(f, constraint).err())
+                {
+                    return Ok(Err(why));
+                }
+            }
+        }
+    }
+    let Some(Scanned::Resource(resource)) = resource else {
+        return Ok(Err(Withheld::Foreign("an entry without a resource")));
+    };
+    Ok(match resource.resource_type.as_str() {
+        "AuditEvent" => judge_record(&resource, constraint),
+        "OperationOutcome" if mode.as_deref() == Some("outcome") => resource
+            .nested
+            .iter()
+            .try_for_each(|n| judge_nested(n, constraint)),
+        _ => Err(Withheld::Foreign("an entry that is not an AuditEvent")),
+    })
+}
+
+/// Words for a log line or a 502's diagnostics.
+pub fn withheld_text(w: Withheld) -> &'static str {
+    match w {
+        Withheld::NotCallers => "an AuditEvent without the caller's label",
+        Withheld::Foreign(why) => why,
+    }
 }
 
 /// Re-emit a JSON object with one member's value replaced by a string, or removed (`None`).
@@ -181,67 +265,293 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
     }
 }
 
-/// The parts of a searchset entry the check reads.
-#[derive(Deserialize)]
-struct EntryView<'a> {
-    #[serde(default, rename = "fullUrl", borrow)]
-    full_url: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    resource: Option<Obj<ResourceView<'a>>>,
-    #[serde(default, borrow)]
-    search: Option<Obj<SearchView<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ResourceView<'a> {
-    #[serde(default, rename = "resourceType", borrow)]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    meta: Option<Obj<MetaView<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct MetaView<'a> {
-    #[serde(default, borrow)]
-    security: Option<Vec<Obj<CodingView<'a>>>>,
-}
-
-#[derive(Deserialize)]
-struct CodingView<'a> {
-    #[serde(default, borrow)]
-    system: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    code: Option<Cow<'a, str>>,
-}
-
+/// The parts of a searchset entry the check reads besides its resource.
 #[derive(Deserialize)]
 struct SearchView<'a> {
     #[serde(default, borrow)]
     mode: Option<Cow<'a, str>>,
 }
 
-impl EntryView<'_> {
-    /// AuditEvents with the caller's label, and the server's own search outcome messages.
-    fn visible(&self, constraint: &Constraint) -> bool {
-        let Some(Obj(resource)) = &self.resource else {
-            return false;
-        };
-        match resource.resource_type.as_deref() {
-            Some("AuditEvent") => {
-                let codings = resource
-                    .meta
-                    .as_ref()
-                    .and_then(|Obj(m)| m.security.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|Obj(c)| Some((c.system.as_deref()?, c.code.as_deref()?)));
-                constraint.admits_codings(codings)
-            }
-            Some("OperationOutcome") => {
-                self.search.as_ref().and_then(|Obj(s)| s.mode.as_deref()) == Some("outcome")
-            }
-            _ => false,
+// ---------------------------------------------------------------------------------------------
+// Every resource anywhere in an answer
+// ---------------------------------------------------------------------------------------------
+
+/// A resource found somewhere in an answer, with what the check decides on. Every JSON object
+/// with a `resourceType` member is a resource (FHIR JSON gives no other object that member).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// `resourceType`.
+    pub resource_type: String,
+    /// `id`, if present.
+    pub id: Option<String>,
+    /// (system, code) of the resource's own `meta.security` codings that carry both.
+    pub security: Vec<(String, String)>,
+    /// Resources anywhere inside this one: `contained`, Bundle entries, resources inside
+    /// OperationOutcome or Parameters, or anywhere else a misbehaving server put them.
+    pub nested: Vec<Found>,
+}
+
+/// What one JSON value is: a resource, or something holding zero or more resources.
+#[derive(Debug)]
+enum Scanned {
+    Resource(Found),
+    Other(Vec<Found>),
+}
+
+impl Scanned {
+    fn into_found(self) -> Vec<Found> {
+        match self {
+            Scanned::Resource(f) => vec![f],
+            Scanned::Other(v) => v,
         }
+    }
+}
+
+/// Scan a JSON text for resources in one pass, without building a `Value`. Duplicate
+/// `resourceType`, `id`, `meta`, `security`, `system` and `code` members are refused (a client
+/// might read the other one), `meta` must be an object and `meta.security` an array of
+/// objects; serde_json's recursion limit bounds the depth.
+fn scan(text: &str) -> Result<Scanned, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let scanned = ScanSeed.deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(scanned)
+}
+
+/// The resources found anywhere in `text` (a resource itself is one entry).
+///
+/// Errors: the text is not JSON, or a member the check decides on is duplicated or of the
+/// wrong shape.
+pub fn find_resources(text: &str) -> Result<Vec<Found>, String> {
+    scan(text).map(Scanned::into_found)
+}
+
+/// Member names the scan treats specially; matched without allocating.
+enum Key {
+    ResourceType,
+    Id,
+    Meta,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "resourceType" => Key::ResourceType,
+                    "id" => Key::Id,
+                    "meta" => Key::Meta,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct ScanSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ScanSeed {
+    type Value = Scanned;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Scanned, D::Error> {
+        d.deserialize_any(ScanVisitor)
+    }
+}
+
+struct ScanVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScanVisitor {
+    type Value = Scanned;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Scanned, E> {
+        Ok(Scanned::Other(Vec::new()))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Scanned, E> {
+        Ok(Scanned::Other(Vec::new()))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Scanned, E> {
+        Ok(Scanned::Other(Vec::new()))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Scanned, E> {
+        Ok(Scanned::Other(Vec::new()))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Scanned, E> {
+        Ok(Scanned::Other(Vec::new()))
+    }
+    fn visit_unit<E>(self) -> Result<Scanned, E> {
+        Ok(Scanned::Other(Vec::new()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scanned, A::Error> {
+        let mut found = Vec::new();
+        while let Some(item) = seq.next_element_seed(ScanSeed)? {
+            found.extend(item.into_found());
+        }
+        Ok(Scanned::Other(found))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
+        use serde::de::Error;
+        let mut resource_type: Option<String> = None;
+        let mut id: Option<String> = None;
+        let mut meta: Option<MetaScan> = None;
+        let mut inside = Vec::new();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::ResourceType => {
+                    if resource_type.replace(map.next_value()?).is_some() {
+                        return Err(A::Error::custom("duplicate resourceType"));
+                    }
+                }
+                Key::Id => {
+                    // Resource ids are strings; an element id elsewhere may be too. Anything
+                    // else is scanned like any other member.
+                    let value: serde_json::Value = map.next_value()?;
+                    if let serde_json::Value::String(s) = value {
+                        if id.replace(s).is_some() {
+                            return Err(A::Error::custom("duplicate id"));
+                        }
+                    } else if !value.is_null() {
+                        inside
+                            .extend(find_resources(&value.to_string()).map_err(A::Error::custom)?);
+                    }
+                }
+                Key::Meta => {
+                    if meta.replace(map.next_value_seed(MetaSeed)?).is_some() {
+                        return Err(A::Error::custom("duplicate meta"));
+                    }
+                }
+                Key::Other => inside.extend(map.next_value_seed(ScanSeed)?.into_found()),
+            }
+        }
+        let (security, in_meta) = meta.unwrap_or_default();
+        inside.extend(in_meta);
+        Ok(match resource_type {
+            Some(resource_type) => Scanned::Resource(Found {
+                resource_type,
+                id,
+                security,
+                nested: inside,
+            }),
+            None => Scanned::Other(inside),
+        })
+    }
+}
+
+/// What `meta` holds for the check: its security codings and any resources inside it.
+type MetaScan = (Vec<(String, String)>, Vec<Found>);
+
+/// `meta`: an object; its `security` is read, everything else scanned for resources.
+struct MetaSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed {
+    type Value = MetaScan;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct MetaVisitor;
+        impl<'de> serde::de::Visitor<'de> for MetaVisitor {
+            type Value = MetaScan;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a meta object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut security: Option<Vec<Obj<CodingView>>> = None;
+                let mut inside = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "security" {
+                        if security.replace(map.next_value()?).is_some() {
+                            return Err(A::Error::custom("duplicate meta.security"));
+                        }
+                    } else {
+                        inside.extend(map.next_value_seed(ScanSeed)?.into_found());
+                    }
+                }
+                let codings = security
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|Obj(c)| Some((c.system?, c.code?)))
+                    .collect();
+                Ok((codings, inside))
+            }
+        }
+        d.deserialize_map(MetaVisitor)
+    }
+}
+
+/// A Coding in `meta.security`: `system` and `code` must be strings if present.
+#[derive(Deserialize)]
+struct CodingView {
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// Why an answer, or one searchset entry, is withheld from the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    /// An AuditEvent without the caller's label: a read of someone else's record (normal,
+    /// answered 404), or, in a searchset, a server that ignored the constraint.
+    NotCallers,
+    /// Something that never belongs in this answer (another resource type, a foreign
+    /// resource nested inside, a create answer that is not the created record): the server
+    /// misbehaves. Fails closed and is counted as an alarm.
+    Foreign(&'static str),
+}
+
+/// Resource types that carry no record data of their own and may wrap other resources.
+const ENVELOPES: &[&str] = &["Bundle", "OperationOutcome", "Parameters"];
+
+/// An AuditEvent in record position (a searchset entry, a read): it must carry one of the
+/// caller's labels, and everything inside it must be a part of that record.
+pub fn judge_record(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
+    if f.resource_type != "AuditEvent" {
+        return Err(Withheld::Foreign("a resource type other than AuditEvent"));
+    }
+    let codings = f.security.iter().map(|(s, c)| (s.as_str(), c.as_str()));
+    if !constraint.admits_codings(codings) {
+        return Err(Withheld::NotCallers);
+    }
+    f.nested.iter().try_for_each(|n| judge_part(n, constraint))
+}
+
+/// A resource inside one of the caller's AuditEvents: a contained resource of a type a
+/// registration may hold, or an AuditEvent / envelope that passes on its own.
+fn judge_part(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
+    if crate::fhir::inert::ALLOWED_CONTAINED_TYPES.contains(&f.resource_type.as_str()) {
+        return f
+            .nested
+            .iter()
+            .try_for_each(|n| judge_nested(n, constraint));
+    }
+    judge_nested(f, constraint)
+}
+
+/// A resource anywhere outside record position (inside an OperationOutcome, a Parameters, a
+/// nested Bundle, a Bundle's envelope): an AuditEvent must carry the caller's label, envelopes
+/// are looked into, anything else is foreign.
+pub fn judge_nested(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
+    match f.resource_type.as_str() {
+        "AuditEvent" => judge_record(f, constraint).map_err(|e| match e {
+            Withheld::NotCallers => Withheld::Foreign("another caller's AuditEvent nested inside"),
+            foreign => foreign,
+        }),
+        t if ENVELOPES.contains(&t) => f
+            .nested
+            .iter()
+            .try_for_each(|n| judge_nested(n, constraint)),
+        _ => Err(Withheld::Foreign(
+            "a resource with record data nested inside",
+        )),
     }
 }
 
@@ -251,18 +561,142 @@ pub enum ResourceCheck {
     Visible,
     /// Present but not the caller's: answer 404, never 403.
     Hidden,
+    /// The server answered something that is not the caller's record (502, alarm).
+    Foreign(&'static str),
 }
 
-pub fn check_resource(body: &[u8], constraint: &Constraint) -> Result<ResourceCheck, Refusal> {
-    let resource = parse_json(body)?;
-    if resource.get("resourceType").and_then(Value::as_str) != Some("AuditEvent") {
-        return Ok(ResourceCheck::Hidden);
+impl From<Result<(), Withheld>> for ResourceCheck {
+    fn from(r: Result<(), Withheld>) -> Self {
+        match r {
+            Ok(()) => ResourceCheck::Visible,
+            Err(Withheld::NotCallers) => ResourceCheck::Hidden,
+            Err(Withheld::Foreign(why)) => ResourceCheck::Foreign(why),
+        }
     }
-    Ok(if constraint.admits(&resource) {
-        ResourceCheck::Visible
-    } else {
-        ResourceCheck::Hidden
-    })
+}
+
+/// Check the answer to a read or vread of `AuditEvent/{requested_id}`: one AuditEvent with
+/// that id and one of the caller's labels, and nothing foreign inside it.
+///
+/// Errors: [`Refusal::BadGateway`] if the body is not JSON or malformed where the check reads.
+pub fn check_resource(
+    body: &[u8],
+    constraint: &Constraint,
+    requested_id: &str,
+) -> Result<ResourceCheck, Refusal> {
+    let f = single_resource(body)?;
+    if f.resource_type == "AuditEvent" && f.id.as_deref() != Some(requested_id) {
+        return Ok(ResourceCheck::Foreign(
+            "a resource other than the one asked for",
+        ));
+    }
+    Ok(judge_record(&f, constraint).into())
+}
+
+fn single_resource(body: &[u8]) -> Result<Found, Refusal> {
+    let text = std::str::from_utf8(body).map_err(|_| not_json())?;
+    match scan(text).map_err(|_| not_json())? {
+        Scanned::Resource(f) => Ok(f),
+        Scanned::Other(_) => Err(Refusal::BadGateway(
+            "the FHIR server answered with something that is not a FHIR resource".into(),
+        )),
+    }
+}
+
+fn not_json() -> Refusal {
+    Refusal::BadGateway("the FHIR server answered with something that is not JSON".into())
+}
+
+/// What a create answer is checked against: the record just sent.
+pub struct CreatedContext<'a> {
+    /// The creating station's constraint (its device label).
+    pub constraint: &'a Constraint,
+    /// Every label the proxy stamped on the registration.
+    pub stamped: &'a [Label],
+    pub systems: &'a LabelSystems,
+    pub public_base: &'a str,
+    pub upstream_base: &'a str,
+}
+
+/// Check the answer to a create: `Location` must be `{base}/AuditEvent/{id}[/_history/{vid}]`
+/// on the server's or the proxy's base, and a body, if any, must be that AuditEvent carrying
+/// exactly the labels the proxy stamped (so it is the record just created, not another), with
+/// nothing foreign inside. Returns the rebased `Location` to hand out.
+///
+/// FHIR RESTful API, create (<https://hl7.org/fhir/R4/http.html#create>).
+pub fn check_created(
+    body: &[u8],
+    location: Option<&str>,
+    ctx: &CreatedContext<'_>,
+) -> Result<String, Withheld> {
+    let location = location
+        .and_then(|l| rebase(l, ctx.public_base, ctx.upstream_base))
+        .ok_or(Withheld::Foreign(
+            "a create answer without a Location on the FHIR base",
+        ))?;
+    let id = location
+        .strip_prefix(ctx.public_base)
+        .and_then(|rest| rest.strip_prefix("/AuditEvent/"))
+        .and_then(|rest| match rest.split_once("/_history/") {
+            Some((id, vid)) if is_fhir_id(vid) => Some(id),
+            Some(_) => None,
+            None => Some(rest),
+        })
+        .filter(|id| is_fhir_id(id))
+        .ok_or(Withheld::Foreign(
+            "a create answer whose Location is not an AuditEvent",
+        ))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(location);
+    }
+    let f = single_resource(body)
+        .map_err(|_| Withheld::Foreign("a create answer that is not a FHIR resource"))?;
+    if f.id.as_deref() != Some(id) {
+        return Err(Withheld::Foreign(
+            "a create answer that is not the created resource",
+        ));
+    }
+    judge_record(&f, ctx.constraint).map_err(|e| match e {
+        Withheld::NotCallers => Withheld::Foreign("a create answer without the station's label"),
+        foreign => foreign,
+    })?;
+    let mut labels: Vec<Label> = f
+        .security
+        .iter()
+        .filter(|(system, _)| ctx.systems.is_reserved(system))
+        .map(|(system, code)| Label {
+            system: system.clone(),
+            code: code.clone(),
+        })
+        .collect();
+    labels.sort();
+    labels.dedup();
+    let mut stamped = ctx.stamped.to_vec();
+    stamped.sort();
+    stamped.dedup();
+    if labels != stamped {
+        return Err(Withheld::Foreign(
+            "a create answer whose labels are not the ones stamped",
+        ));
+    }
+    Ok(location)
+}
+
+/// FHIR `id`: 1–64 of `[A-Za-z0-9\-\.]` (<https://hl7.org/fhir/R4/datatypes.html#id>).
+fn is_fhir_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// True for the media types a FHIR JSON answer may have: `application/fhir+json` and
+/// `application/json` (type and subtype case-insensitive, RFC 9110 §8.3.1), parameters
+/// ignored. Anything else (XML, HTML, missing) fails closed.
+pub fn is_fhir_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/fhir+json" || m == "application/json")
 }
 
 /// Map a URL under the server's or the proxy's base onto the proxy's base. Anything else is
@@ -347,6 +781,7 @@ mod tests {
             upstream_base: "http://hapi:8080/fhir",
             signer: &signer,
             principal_key: "station\0dev-1",
+            drop_totals: false,
         };
         f(&ctx)
     }
@@ -469,13 +904,324 @@ mod tests {
         let c = constraint();
         let mine = serde_json::to_vec(&audit("a", "dev-1")["resource"]).unwrap();
         let other = serde_json::to_vec(&audit("a", "dev-2")["resource"]).unwrap();
-        assert_eq!(check_resource(&mine, &c).unwrap(), ResourceCheck::Visible);
-        assert_eq!(check_resource(&other, &c).unwrap(), ResourceCheck::Hidden);
         assert_eq!(
-            check_resource(br#"{"resourceType":"Patient"}"#, &c).unwrap(),
+            check_resource(&mine, &c, "a").unwrap(),
+            ResourceCheck::Visible
+        );
+        assert_eq!(
+            check_resource(&other, &c, "a").unwrap(),
             ResourceCheck::Hidden
         );
-        assert!(check_resource(b"nope", &c).is_err());
+        assert_eq!(
+            check_resource(&mine, &c, "b").unwrap(),
+            ResourceCheck::Foreign("a resource other than the one asked for")
+        );
+        assert_eq!(
+            check_resource(br#"{"resourceType":"Patient","id":"a"}"#, &c, "a").unwrap(),
+            ResourceCheck::Foreign("a resource type other than AuditEvent")
+        );
+        assert!(check_resource(b"nope", &c, "a").is_err());
+        assert!(check_resource(br#"{"id":"a"}"#, &c, "a").is_err());
+        assert!(check_resource(br#"[{"resourceType":"AuditEvent"}]"#, &c, "a").is_err());
+    }
+
+    fn mine_with(nested_at: &str, nested: Value) -> Value {
+        let mut r = audit("a", "dev-1")["resource"].clone();
+        r[nested_at] = nested;
+        r
+    }
+
+    /// Every place a resource can hide in a single-resource answer, and what the check says.
+    #[test]
+    fn every_resource_anywhere_in_a_read_is_checked() {
+        let c = constraint();
+        let foreign_ae = audit("z", "dev-2")["resource"].clone();
+        let own_ae = audit("y", "dev-1")["resource"].clone();
+        let cases: Vec<(Value, ResourceCheck)> = vec![
+            (
+                mine_with("contained", json!([{"resourceType": "Device", "id": "d"}])),
+                ResourceCheck::Visible,
+            ),
+            (
+                mine_with("contained", json!([foreign_ae.clone()])),
+                ResourceCheck::Foreign("another caller's AuditEvent nested inside"),
+            ),
+            (
+                mine_with("contained", json!([own_ae.clone()])),
+                ResourceCheck::Visible,
+            ),
+            (
+                mine_with("contained", json!([{"resourceType": "Patient", "id": "p"}])),
+                ResourceCheck::Foreign("a resource with record data nested inside"),
+            ),
+            (
+                mine_with(
+                    "contained",
+                    json!([{"resourceType": "Device", "id": "d", "contained": [foreign_ae.clone()]}]),
+                ),
+                ResourceCheck::Foreign("another caller's AuditEvent nested inside"),
+            ),
+            (
+                mine_with(
+                    "contained",
+                    json!([{"resourceType": "OperationOutcome", "contained": [foreign_ae.clone()]}]),
+                ),
+                ResourceCheck::Foreign("another caller's AuditEvent nested inside"),
+            ),
+            (
+                mine_with(
+                    "contained",
+                    json!([{"resourceType": "Bundle", "entry": [{"resource": foreign_ae.clone()}]}]),
+                ),
+                ResourceCheck::Foreign("another caller's AuditEvent nested inside"),
+            ),
+            (
+                mine_with(
+                    "contained",
+                    json!([{"resourceType": "Parameters", "parameter": [{"name": "x", "resource": {"resourceType": "Patient"}}]}]),
+                ),
+                ResourceCheck::Foreign("a resource with record data nested inside"),
+            ),
+            (
+                mine_with(
+                    "extension",
+                    json!([{"url": "http://x", "valueString": "s", "x": foreign_ae.clone()}]),
+                ),
+                ResourceCheck::Foreign("another caller's AuditEvent nested inside"),
+            ),
+            (
+                mine_with(
+                    "meta",
+                    json!({"security": [{"system": "urn:eds-proxy:label:device-id", "code": "dev-1"}], "extension": [{"x": foreign_ae.clone()}]}),
+                ),
+                ResourceCheck::Foreign("another caller's AuditEvent nested inside"),
+            ),
+            (
+                mine_with("id", foreign_ae.clone()),
+                ResourceCheck::Foreign("a resource other than the one asked for"),
+            ),
+        ];
+        for (i, (body, want)) in cases.into_iter().enumerate() {
+            let got = check_resource(&serde_json::to_vec(&body).unwrap(), &c, "a").unwrap();
+            assert_eq!(got, want, "case {i}: {body}");
+        }
+    }
+
+    #[test]
+    fn every_resource_anywhere_in_a_searchset_is_checked() {
+        let foreign_ae = audit("z", "dev-2")["resource"].clone();
+        let outcome_with = |inner: Value| {
+            json!({"resource": {"resourceType": "OperationOutcome", "issue": [], "contained": [inner]},
+                   "search": {"mode": "outcome"}})
+        };
+        let mut own_with_foreign_contained = audit("b", "dev-1");
+        own_with_foreign_contained["resource"]["contained"] = json!([foreign_ae.clone()]);
+        let mut own_with_foreign_outcome = audit("c", "dev-1");
+        own_with_foreign_outcome["response"] = json!({"outcome": foreign_ae.clone()});
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": 6,
+        "entry": [
+            audit("a", "dev-1"),
+            own_with_foreign_contained,
+            own_with_foreign_outcome,
+            outcome_with(foreign_ae.clone()),
+            outcome_with(json!({"resourceType": "OperationOutcome"})),
+            {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "match"}},
+            {"resource": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": foreign_ae.clone()}]}},
+            {"resource": {"resourceType": "Parameters"}},
+            {"search": {"mode": "match"}},
+        ]});
+        let out =
+            with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap());
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        let kept: Vec<&Value> = v["entry"].as_array().unwrap().iter().collect();
+        assert_eq!(kept.len(), 2, "{v}");
+        assert_eq!(kept[0]["resource"]["id"], "a");
+        assert_eq!(kept[1]["resource"]["resourceType"], "OperationOutcome");
+        assert!(kept[1]["resource"]["contained"][0]["resourceType"] == "OperationOutcome");
+        assert_eq!(out.dropped, 7);
+        assert!(v.get("total").is_none());
+    }
+
+    #[test]
+    fn resources_in_the_envelope_fail_the_whole_searchset() {
+        let foreign_ae = audit("z", "dev-2")["resource"].clone();
+        for envelope in [
+            json!({"extension": [{"url": "http://x", "valueString": "s", "x": foreign_ae.clone()}]}),
+            json!({"issues": foreign_ae.clone()}),
+            json!({"link": [{"relation": "self", "url": "http://hapi:8080/fhir/AuditEvent", "x": foreign_ae.clone()}]}),
+            json!({"meta": {"tag": [foreign_ae.clone()]}}),
+        ] {
+            let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [audit("a", "dev-1")]});
+            bundle
+                .as_object_mut()
+                .unwrap()
+                .extend(envelope.as_object().unwrap().clone());
+            let r = with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx));
+            assert_eq!(
+                r.unwrap_err(),
+                Refusal::BadGateway(
+                    "the FHIR server's searchset holds another caller's AuditEvent nested inside outside its entries".into()
+                ),
+                "{envelope}"
+            );
+        }
+        // An OperationOutcome in the envelope is harmless.
+        let bundle = json!({"resourceType": "Bundle", "type": "searchset", "issues": {"resourceType": "OperationOutcome"}, "entry": [audit("a", "dev-1")]});
+        assert!(
+            with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx)).is_ok()
+        );
+    }
+
+    #[test]
+    fn totals_can_be_dropped_by_configuration() {
+        let bundle = br#"{"resourceType":"Bundle","type":"searchset","total":1,"entry":[]}"#;
+        let c = constraint();
+        let signer = PageSigner::new(vec![7; 32]);
+        let mut ctx = ResponseContext {
+            constraint: &c,
+            public_base: "https://proxy:8443/fhir",
+            upstream_base: "http://hapi:8080/fhir",
+            signer: &signer,
+            principal_key: "k",
+            drop_totals: false,
+        };
+        let kept: Value =
+            serde_json::from_slice(&check_searchset(bundle, &ctx).unwrap().body).unwrap();
+        assert_eq!(kept["total"], 1);
+        ctx.drop_totals = true;
+        let dropped: Value =
+            serde_json::from_slice(&check_searchset(bundle, &ctx).unwrap().body).unwrap();
+        assert!(dropped.get("total").is_none());
+    }
+
+    fn created_ctx<T>(f: impl FnOnce(&CreatedContext<'_>) -> T) -> T {
+        let c = constraint();
+        let systems = systems();
+        let stamped = vec![systems.device("dev-1"), systems.sor("111")];
+        f(&CreatedContext {
+            constraint: &c,
+            stamped: &stamped,
+            systems: &systems,
+            public_base: "https://proxy:8443/fhir",
+            upstream_base: "http://hapi:8080/fhir",
+        })
+    }
+
+    fn created_body(id: &str, labels: &[(&str, &str)]) -> Vec<u8> {
+        let security: Vec<Value> = labels
+            .iter()
+            .map(|(s, c)| json!({"system": s, "code": c}))
+            .collect();
+        serde_json::to_vec(
+            &json!({"resourceType": "AuditEvent", "id": id, "meta": {"security": security}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_create_answer_must_be_the_created_record() {
+        const DEV: &str = "urn:eds-proxy:label:device-id";
+        const SOR: &str = "urn:eds-proxy:label:sor";
+        let loc = Some("http://hapi:8080/fhir/AuditEvent/42/_history/1");
+        let good = created_body("42", &[(DEV, "dev-1"), (SOR, "111"), ("http://other", "x")]);
+        created_ctx(|ctx| {
+            assert_eq!(
+                check_created(&good, loc, ctx).unwrap(),
+                "https://proxy:8443/fhir/AuditEvent/42/_history/1"
+            );
+            assert!(check_created(b"", loc, ctx).is_ok());
+            assert!(check_created(b"", Some("http://hapi:8080/fhir/AuditEvent/42"), ctx).is_ok());
+            let other_device = created_body("42", &[(DEV, "dev-2"), (SOR, "111")]);
+            let fewer = created_body("42", &[(DEV, "dev-1")]);
+            let more = created_body("42", &[(DEV, "dev-1"), (SOR, "111"), (SOR, "222")]);
+            let fails: Vec<(&[u8], Option<&str>, &str)> = vec![
+                (
+                    &good,
+                    None,
+                    "a create answer without a Location on the FHIR base",
+                ),
+                (
+                    &good,
+                    Some("http://elsewhere/fhir/AuditEvent/42"),
+                    "a create answer without a Location on the FHIR base",
+                ),
+                (
+                    &good,
+                    Some("http://hapi:8080/fhir/Patient/42"),
+                    "a create answer whose Location is not an AuditEvent",
+                ),
+                (
+                    &good,
+                    Some("http://hapi:8080/fhir/AuditEvent/42/_history/"),
+                    "a create answer whose Location is not an AuditEvent",
+                ),
+                (
+                    &good,
+                    Some("http://hapi:8080/fhir/AuditEvent/4%2F2"),
+                    "a create answer whose Location is not an AuditEvent",
+                ),
+                (
+                    &good,
+                    Some("http://hapi:8080/fhir/AuditEvent/43/_history/1"),
+                    "a create answer that is not the created resource",
+                ),
+                (
+                    &other_device,
+                    loc,
+                    "a create answer without the station's label",
+                ),
+                (
+                    &fewer,
+                    loc,
+                    "a create answer whose labels are not the ones stamped",
+                ),
+                (
+                    &more,
+                    loc,
+                    "a create answer whose labels are not the ones stamped",
+                ),
+                (
+                    br#"{"resourceType":"OperationOutcome","id":"42"}"#,
+                    loc,
+                    "a resource type other than AuditEvent",
+                ),
+                (
+                    b"<AuditEvent/>",
+                    loc,
+                    "a create answer that is not a FHIR resource",
+                ),
+            ];
+            for (body, location, why) in fails {
+                assert_eq!(
+                    check_created(body, location, ctx),
+                    Err(Withheld::Foreign(why)),
+                    "{} {location:?}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn only_fhir_json_answers_are_read() {
+        for ct in [
+            "application/fhir+json",
+            "application/fhir+json;charset=UTF-8",
+            "Application/FHIR+JSON; charset=utf-8",
+            "application/json",
+        ] {
+            assert!(is_fhir_json(Some(ct)), "{ct}");
+        }
+        for ct in [
+            "application/fhir+xml",
+            "text/html",
+            "application/fhir+json-seq",
+            "text/plain; application/json",
+            "",
+        ] {
+            assert!(!is_fhir_json(Some(ct)), "{ct}");
+        }
+        assert!(!is_fhir_json(None));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub max_uri_bytes: usize,
     pub max_header_bytes: usize,
     pub max_count: u32,
+    /// `response.drop_totals`: no `total` in searchsets, `_summary=count` refused.
+    pub drop_totals: bool,
     pub capability: Vec<u8>,
     pub request_counter: AtomicU64,
 }
@@ -308,14 +310,21 @@ impl Gateway {
                 };
                 let labelled = registration::validate_and_label(&body, station, &self.labels)?;
                 let resp = self
-                    .upstream_call(step, "POST", "AuditEvent", Some(labelled), request_id)
+                    .upstream_call(step, "POST", "AuditEvent", Some(labelled.body), request_id)
                     .await?;
-                self.created(resp)
+                let constraint =
+                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
+                self.created(resp, &constraint, &labelled.labels, principal, outcome)
             }
             Interaction::Search(query) => {
                 if !grants.search {
                     return Err(Refusal::forbidden(
                         "the token does not grant search (s) on AuditEvent",
+                    ));
+                }
+                if self.drop_totals && query.counts_only() {
+                    return Err(Refusal::invalid(
+                        "_summary=count is not offered: this server does not hand out counts",
                     ));
                 }
                 let constraint =
@@ -364,7 +373,8 @@ impl Gateway {
                 if resp.status != 200 {
                     return Err(upstream_failure(&resp));
                 }
-                match response::check_resource(&resp.body, &constraint)? {
+                self.require_fhir_json(&resp, principal, outcome)?;
+                match response::check_resource(&resp.body, &constraint, &id)? {
                     ResourceCheck::Visible => {
                         let mut a = Answer::ok(200, resp.body);
                         a.headers.extend(resp.etag.map(|v| ("ETag", v)));
@@ -378,6 +388,7 @@ impl Gateway {
                             .inc();
                         Err(Refusal::NotFound)
                     }
+                    ResourceCheck::Foreign(why) => Err(self.foreign(why, principal, outcome)),
                 }
             }
         }
@@ -410,6 +421,7 @@ impl Gateway {
             upstream_base: &self.upstream_base,
             signer: &self.signer,
             principal_key,
+            drop_totals: self.drop_totals,
         }
     }
 
@@ -423,6 +435,7 @@ impl Gateway {
         if resp.status != 200 {
             return Err(upstream_failure(&resp));
         }
+        self.require_fhir_json(&resp, principal, outcome)?;
         let key = principal.binding_key();
         let checked =
             response::check_searchset(&resp.body, &self.response_context(constraint, &key))?;
@@ -436,19 +449,61 @@ impl Gateway {
         Ok(Answer::ok(200, checked.body))
     }
 
-    fn created(&self, resp: UpstreamResponse) -> Result<Answer, Refusal> {
+    /// A create answer must be the record just created: see `response::check_created`.
+    fn created(
+        &self,
+        resp: UpstreamResponse,
+        constraint: &Constraint,
+        stamped: &[crate::fhir::labels::Label],
+        principal: &Principal,
+        outcome: &mut Outcome,
+    ) -> Result<Answer, Refusal> {
         if !(200..300).contains(&resp.status) {
             return Err(upstream_failure(&resp));
         }
-        let mut a = Answer::ok(resp.status, resp.body);
-        let location = resp.location.as_deref();
-        if let Some(loc) =
-            location.and_then(|l| response::rebase(l, &self.public_base, &self.upstream_base))
-        {
-            a.headers.push(("Location", loc));
+        if !resp.body.iter().all(u8::is_ascii_whitespace) {
+            self.require_fhir_json(&resp, principal, outcome)?;
         }
+        let ctx = response::CreatedContext {
+            constraint,
+            stamped,
+            systems: &self.labels,
+            public_base: &self.public_base,
+            upstream_base: &self.upstream_base,
+        };
+        let location = response::check_created(&resp.body, resp.location.as_deref(), &ctx)
+            .map_err(|w| self.foreign(response::withheld_text(w), principal, outcome))?;
+        let mut a = Answer::ok(resp.status, resp.body);
+        a.headers.push(("Location", location));
         a.headers.extend(resp.etag.map(|v| ("ETag", v)));
         Ok(a)
+    }
+
+    /// Answers with any other media type than FHIR JSON are not checked but refused.
+    fn require_fhir_json(
+        &self,
+        resp: &UpstreamResponse,
+        principal: &Principal,
+        outcome: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        if response::is_fhir_json(resp.content_type.as_deref()) {
+            Ok(())
+        } else {
+            Err(self.foreign("an answer that is not FHIR JSON", principal, outcome))
+        }
+    }
+
+    /// The FHIR server answered something that never belongs in this answer: counted as an
+    /// alarm, logged (the reason only, never the content), answered 502.
+    fn foreign(&self, why: &'static str, principal: &Principal, outcome: &mut Outcome) -> Refusal {
+        metrics::RESPONSE_FOREIGN
+            .with_label_values(&[outcome.interaction, principal.kind()])
+            .inc();
+        log::error!(
+            "response check refused the FHIR server's answer to a {}: {why}",
+            outcome.interaction
+        );
+        Refusal::BadGateway(format!("the FHIR server answered with {why}"))
     }
 
     /// The EHMI security page asks that citizens can see in MinLog when professionals read

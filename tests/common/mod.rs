@@ -103,6 +103,8 @@ pub struct Options {
     pub read_timeout_ms: u64,
     /// A real FHIR server's base URL instead of the recording upstream.
     pub upstream_base: Option<String>,
+    /// More configuration, appended to the file as written (TOML tables).
+    pub extra_config: String,
 }
 
 impl Default for Options {
@@ -112,6 +114,7 @@ impl Default for Options {
             dead_upstream: false,
             read_timeout_ms: 5_000,
             upstream_base: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -173,8 +176,10 @@ max_count = 50
 [server]
 threads = 1
 grace_period_seconds = 0
+{extra}
 "#,
-            read_timeout = opts.read_timeout_ms
+            read_timeout = opts.read_timeout_ms,
+            extra = opts.extra_config
         );
         let path = dir.join("eds-proxy.toml");
         std::fs::write(&path, config).unwrap();

@@ -45,6 +45,19 @@ pub struct RecordingUpstream {
     resources: Mutex<Vec<Value>>,
     searches: Mutex<HashMap<String, Vec<Value>>>,
     next_id: AtomicU64,
+    scripted: Mutex<Vec<Scripted>>,
+}
+
+/// A canned answer for requests whose method is `method` and whose target starts with
+/// `target_prefix`: how a misbehaving FHIR server would answer.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    pub method: String,
+    pub target_prefix: String,
+    pub status: u16,
+    /// Headers of the answer; `Content-Type` defaults to `application/fhir+json`.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl RecordingUpstream {
@@ -59,6 +72,7 @@ impl RecordingUpstream {
             resources: Mutex::new(Vec::new()),
             searches: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            scripted: Mutex::new(Vec::new()),
         });
         let server = me.clone();
         std::thread::spawn(move || {
@@ -92,6 +106,16 @@ impl RecordingUpstream {
                 r.target.contains(needle) || String::from_utf8_lossy(&r.body).contains(needle)
             })
             .collect()
+    }
+
+    /// Answer matching requests with `answer` from now on (the first matching script wins).
+    pub fn script(&self, answer: Scripted) {
+        self.scripted.lock().unwrap().push(answer);
+    }
+
+    /// Forget every script: answer like a FHIR server again.
+    pub fn clear_scripts(&self) {
+        self.scripted.lock().unwrap().clear();
     }
 
     pub fn request_count(&self) -> usize {
@@ -160,8 +184,24 @@ impl RecordingUpstream {
             if self.mode == UpstreamMode::Slow {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
-            let (status, extra, body) = self.answer(&rec);
-            let mut out = format!("HTTP/1.1 {status} X\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n", body.len());
+            let scripted = self
+                .scripted
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.method == rec.method && rec.target.starts_with(&s.target_prefix))
+                .cloned();
+            let (status, mut extra, body) = match scripted {
+                Some(s) => (s.status, s.headers, s.body),
+                None => self.answer(&rec),
+            };
+            if !extra
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                extra.push(("Content-Type".into(), "application/fhir+json".into()));
+            }
+            let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
             for (k, v) in extra {
                 out.push_str(&format!("{k}: {v}\r\n"));
             }
