@@ -2906,6 +2906,34 @@ async fn adversarial_misbehaving_backend() {
                 gateway("POST", up_create),
             ),
         ),
+        (
+            Some(answer(
+                "POST",
+                up_create,
+                409,
+                &[],
+                &json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "duplicate", "diagnostics": format!("AuditEvent/f1 of {OTHER} already exists")}]}),
+            )),
+            case(
+                "a conflict naming another station's record",
+                s.create(&body),
+                upstream(400, "invalid", "POST", up_create).lacks(OTHER),
+            ),
+        ),
+        (
+            Some(answer(
+                "POST",
+                up_create,
+                500,
+                &[],
+                &json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception", "diagnostics": format!("SQL error near {OTHER}")}]}),
+            )),
+            case(
+                "a server error naming another station",
+                s.create(&body),
+                gateway("POST", up_create),
+            ),
+        ),
     ];
     let mut tables = vec![
         run_scripted(&h, "backend searches", searches).await,

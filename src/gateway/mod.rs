@@ -558,19 +558,25 @@ impl Gateway {
 }
 
 /// Non-success answers from the FHIR server: "not there" stays 404 (410 too: a deleted
-/// record's existence is nobody's business); the server's own validation outcome for a
-/// caller's request is passed on; anything else is the server's failure (502).
+/// record's existence is nobody's business); the server's own validation outcome (400, 422)
+/// for a caller's request is passed on, at most `MAX_DIAGNOSTICS` bytes of its first issue,
+/// since it speaks of the caller's own body or query; a conflict (409, 412) speaks of what
+/// else is stored and is answered without the server's words; anything else is the server's
+/// failure (502, fixed text).
 fn upstream_failure(resp: &UpstreamResponse) -> Refusal {
     match resp.status {
         404 | 410 => Refusal::NotFound,
-        400 | 409 | 412 | 422 => {
-            let diagnostics = serde_json::from_slice::<serde_json::Value>(&resp.body)
+        409 | 412 => Refusal::invalid("the FHIR server refused the request as a conflict"),
+        400 | 422 => {
+            let diagnostics = crate::fhir::strict_json::parse(&resp.body)
                 .ok()
-                .filter(|v| v["resourceType"] == "OperationOutcome")
+                .filter(|v| {
+                    v.get("resourceType").and_then(|t| t.as_str()) == Some("OperationOutcome")
+                })
                 .and_then(|v| {
                     v.pointer("/issue/0/diagnostics")
                         .and_then(|d| d.as_str())
-                        .map(str::to_string)
+                        .map(|d| d.chars().take(MAX_DIAGNOSTICS).collect::<String>())
                 });
             Refusal::invalid(format!(
                 "the FHIR server rejected the request{}",
@@ -580,3 +586,6 @@ fn upstream_failure(resp: &UpstreamResponse) -> Refusal {
         _ => Refusal::BadGateway(format!("the FHIR server answered {}", resp.status)),
     }
 }
+
+/// Longest piece of the FHIR server's own diagnostics passed on to a caller, in characters.
+const MAX_DIAGNOSTICS: usize = 500;
