@@ -139,6 +139,7 @@ mod tests {
             vec.with_label_values(&["x"]).inc();
         }
         RESPONSE_DROPS.with_label_values(&["x", "x"]).inc();
+        RESPONSE_FOREIGN.with_label_values(&["x", "x"]).inc();
         REQUEST_DURATION.with_label_values(&["x"]).observe(0.1);
         UPSTREAM_DURATION.with_label_values(&["x"]).observe(0.1);
         let exported: Vec<String> = prometheus::gather()
