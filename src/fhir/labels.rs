@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::auth::principal::Principal;
 use crate::cvr_directory::CvrDirectory;
 use crate::error::Refusal;
+use crate::fhir::response::{find_resources, Found};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {
@@ -136,38 +137,33 @@ pub fn security_codings(resource: &Value) -> impl Iterator<Item = (&str, &str)> 
         .filter_map(|c| Some((c.get("system")?.as_str()?, c.get("code")?.as_str()?)))
 }
 
-/// (id, CPR labels) of every AuditEvent in a checked answer (a searchset or one resource):
-/// what a supporter was shown about which citizens, for the MinLog audit record.
+/// (id, CPR labels) of every AuditEvent anywhere in a checked answer (a searchset or one
+/// resource; entries and anything nested, in document order): what a supporter was shown
+/// about which citizens, for the MinLog audit record. Read with the response check's own
+/// strict scan, so the record names exactly what the check let through; an answer that does
+/// not scan names nothing (the check would have refused it).
 pub fn released_records(body: &[u8], cpr_system: &str) -> Vec<(String, Vec<String>)> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    let resources: Vec<&Value> = match v.get("resourceType").and_then(Value::as_str) {
-        Some("Bundle") => v
-            .get("entry")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.get("resource"))
-            .collect(),
-        _ => vec![&v],
-    };
-    resources
-        .into_iter()
-        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("AuditEvent"))
-        .map(|r| {
-            let id = r
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let cprs = security_codings(r)
-                .filter(|(system, _)| *system == cpr_system)
-                .map(|(_, code)| code.to_string())
-                .collect();
-            (id, cprs)
-        })
-        .collect()
+    fn collect(found: &[Found], cpr_system: &str, out: &mut Vec<(String, Vec<String>)>) {
+        for f in found {
+            if f.resource_type == "AuditEvent" {
+                let cprs = f
+                    .security
+                    .iter()
+                    .filter(|(system, _)| system == cpr_system)
+                    .map(|(_, code)| code.clone())
+                    .collect();
+                out.push((f.id.clone().unwrap_or_default(), cprs));
+            }
+            collect(&f.nested, cpr_system, out);
+        }
+    }
+    let found = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| find_resources(text).ok())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    collect(&found, cpr_system, &mut out);
+    out
 }
 
 /// FHIR search escaping (`\`, `,`, `|`, `$`) for values the proxy injects.
@@ -260,13 +256,16 @@ mod tests {
             {"resource": {"resourceType": "AuditEvent", "id": "a", "meta": {"security": [
                 {"system": "urn:eds-proxy:label:cpr", "code": "0101701234"},
                 {"system": "urn:eds-proxy:label:sor", "code": "1"}]}}},
-            {"resource": {"resourceType": "AuditEvent", "id": "b"}}]});
+            {"resource": {"resourceType": "AuditEvent", "id": "b", "contained": [
+                {"resourceType": "AuditEvent", "id": "c", "meta": {"security": [
+                    {"system": "urn:eds-proxy:label:cpr", "code": "0202702345"}]}}]}}]});
         let r = released_records(body.to_string().as_bytes(), "urn:eds-proxy:label:cpr");
         assert_eq!(
             r,
             vec![
                 ("a".to_string(), vec!["0101701234".to_string()]),
-                ("b".to_string(), vec![])
+                ("b".to_string(), vec![]),
+                ("c".to_string(), vec!["0202702345".to_string()])
             ]
         );
     }
