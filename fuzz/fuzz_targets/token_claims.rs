@@ -1,5 +1,6 @@
 //! Tokens and claims: `read_header` never accepts `none` or HMAC algorithms (even when a lax
-//! configuration lists HS256), and `principal_from_claims` makes a principal only from the
+//! configuration lists HS256), nor a header with `crit`, `b64`, `zip` or `enc`, nor a `typ`
+//! other than a JWT access token's, and `principal_from_claims` makes a principal only from the
 //! claims that entitle it: a Station's device_id is its `ehmi:eer:device_id` (trimmed), a
 //! Citizen's cpr its `cpr` (trimmed), a Supporter exists only if `priv` grants the configured
 //! role for exactly its `cvr`, and user principals never get the create grant.
@@ -30,6 +31,7 @@ fn policies() -> [TokenPolicy; 2] {
         audiences: vec!["eds".into()],
         algorithms: vec![Algorithm::ES256, Algorithm::PS256, Algorithm::EdDSA],
         leeway_seconds: 30,
+        max_lifetime_seconds: 3600,
     };
     // A misconfiguration that lists HMAC must still never accept it.
     let mut lax = strict.clone();
@@ -89,6 +91,25 @@ fn check_header(token: &str) {
             !alg.unwrap_or_default().eq_ignore_ascii_case("none"),
             "alg none accepted: {token:?}"
         );
+        // Nothing that changes how the token must be processed (RFC 7515 §4.1.11, RFC 7797,
+        // RFC 7516), and only a JWT access token type (RFC 8725 §3.11).
+        for member in ["crit", "b64", "zip", "enc"] {
+            assert!(
+                header.get(member).is_none(),
+                "header with {member} accepted: {token:?}"
+            );
+        }
+        if let Some(typ) = header.get("typ") {
+            let typ = typ
+                .as_str()
+                .unwrap_or_else(|| panic!("non-string typ accepted: {token:?}"))
+                .to_ascii_lowercase();
+            let bare = typ.strip_prefix("application/").unwrap_or(&typ);
+            assert!(
+                bare == "jwt" || bare == "at+jwt",
+                "typ {typ:?} accepted: {token:?}"
+            );
+        }
     }
 }
 
