@@ -833,7 +833,8 @@ mod tests {
         const LEEWAY: u64 = 30;
         let now = NOW;
         let max = MAX as i64;
-        let cases: Vec<(&str, i64, Option<i64>, Result<(), TokenFailure>)> = vec![
+        type Case = (&'static str, i64, Option<i64>, Result<(), TokenFailure>);
+        let cases: Vec<Case> = vec![
             ("exactly the maximum", now + max, Some(now), Ok(())),
             (
                 "one second over",
