@@ -2156,7 +2156,7 @@ async fn adversarial_tokens() {
             forbidden(),
         ),
         case(
-            "XML priv: Scope in the bpp namespace",
+            "XML priv: a bpp:Scope beside Scope",
             with(&supporter(
                 "29189846",
                 bpp(&format!("{cvr_urn}\" bpp:Scope=\"x"), SUPPORTER_ROLE),
