@@ -119,6 +119,9 @@ pub struct TokenConfig {
     pub algorithms: Vec<String>,
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// Longest accepted token lifetime, `exp − iat` (or `exp − now` without `iat`).
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime_seconds: u64,
     #[serde(default = "default_refresh_floor")]
     pub jwks_refresh_floor_seconds: u64,
     #[serde(default = "default_jwks_max_age")]
@@ -232,6 +235,15 @@ fn default_algorithms() -> Vec<String> {
 fn default_leeway() -> u64 {
     30
 }
+/// One hour: the usual lifetime of an OAuth access token, and what `eds-proxy dev
+/// mint-token` issues by default (the dev issuer issues 600 s). A stolen certificate-bound
+/// token is of no use without the key, but a token that outlives the revocation of the
+/// user's role or the station's enrolment keeps working until it expires.
+fn default_max_lifetime() -> u64 {
+    3_600
+}
+/// A day: beyond it, the limit no longer bounds anything an access token should do.
+pub const MAX_MAX_LIFETIME_SECONDS: u64 = 86_400;
 fn default_refresh_floor() -> u64 {
     30
 }
@@ -432,6 +444,13 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
     if let Some(ca) = &c.token.jwks_ca {
         check_pem(&mut out, "token.jwks_ca", ca, PemKind::Certificates);
     }
+    if c.token.max_lifetime_seconds == 0 || c.token.max_lifetime_seconds > MAX_MAX_LIFETIME_SECONDS
+    {
+        out.push(problem(
+            "token.max_lifetime_seconds",
+            format!("must be between 1 and {MAX_MAX_LIFETIME_SECONDS}"),
+        ));
+    }
     if c.token.algorithms.is_empty() {
         out.push(problem("token.algorithms", "needs at least one algorithm"));
     }
@@ -591,6 +610,7 @@ issuer = "https://issuer"
 audience = ["eds"]
 jwks_url = "https://issuer/jwks"
 algorithms = ["HS256"]
+max_lifetime_seconds = 0
 [paging]
 secret_file = "/nonexistent/secret"
 "#;
@@ -604,6 +624,7 @@ secret_file = "/nonexistent/secret"
             "listen.client_ca",
             "upstream.base_url",
             "token.algorithms",
+            "token.max_lifetime_seconds",
             "paging.secret_file",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");

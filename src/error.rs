@@ -19,6 +19,13 @@ pub enum TokenFailure {
     MissingBinding,
     BindingMismatch,
     KeysUnavailable,
+    /// The protected header names extensions (`crit`, RFC 7515 §4.1.11) or asks for processing
+    /// the proxy does not implement (`b64: false` RFC 7797, nested JWT `cty`): must be refused.
+    CriticalHeader,
+    /// `typ` names something other than a JWT access token (RFC 8725 §3.11, RFC 9068 §2.1).
+    TokenType,
+    /// `exp − iat` (or `exp − now`) exceeds the configured `token.max_lifetime_seconds`.
+    LifetimeTooLong,
 }
 
 impl TokenFailure {
@@ -37,10 +44,14 @@ impl TokenFailure {
             TokenFailure::MissingBinding => "missing_cnf",
             TokenFailure::BindingMismatch => "cnf_mismatch",
             TokenFailure::KeysUnavailable => "keys_unavailable",
+            TokenFailure::CriticalHeader => "crit",
+            TokenFailure::TokenType => "typ",
+            TokenFailure::LifetimeTooLong => "lifetime_too_long",
         }
     }
 
-    fn description(self) -> &'static str {
+    /// The `error_description` of the 401's `WWW-Authenticate` and the OperationOutcome text.
+    pub fn description(self) -> &'static str {
         match self {
             TokenFailure::Missing => "no bearer access token",
             TokenFailure::Malformed => "the access token is not a well-formed JWT",
@@ -57,6 +68,11 @@ impl TokenFailure {
                 "the token is bound to another client certificate than the one presented"
             }
             TokenFailure::KeysUnavailable => "the issuer's signing keys are unavailable",
+            TokenFailure::CriticalHeader => {
+                "the token header requires processing this service does not support (crit)"
+            }
+            TokenFailure::TokenType => "the token is not a JWT access token (typ)",
+            TokenFailure::LifetimeTooLong => "the token's lifetime exceeds the accepted maximum",
         }
     }
 }

@@ -17,3 +17,4 @@ pub mod gateway;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod urn;

@@ -85,6 +85,7 @@ pub fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
             audiences: c.token.audience.clone(),
             algorithms,
             leeway_seconds: c.token.leeway_seconds,
+            max_lifetime_seconds: c.token.max_lifetime_seconds,
         },
         PrincipalPolicy {
             accepted_acr: c.access.accepted_acr.clone(),

@@ -151,6 +151,11 @@ fn too_large_or_reset() -> Expect {
 fn bad_token() -> Expect {
     refused(401, "login").www(INVALID_TOKEN)
 }
+/// A 401 whose `error_description` names exactly this reason.
+fn bad_token_because(f: eds_proxy::error::TokenFailure) -> Expect {
+    let www = format!("{INVALID_TOKEN}, error_description=\"{}\"", f.description());
+    refused(401, "login").www(Box::leak(www.into_boxed_str()))
+}
 fn no_token() -> Expect {
     refused(401, "login").www("Bearer")
 }
@@ -1561,6 +1566,15 @@ async fn adversarial_tokens() {
     ));
     let jwks_text = key.jwks().to_string();
     let jwk_text = key.jwk().to_string();
+    // OIO-BPP XML granting `privilege` (raw XML) for CVR 29189846, with `scope` as Scope.
+    let bpp = |scope: &str, privilege: &str| {
+        json!({"priv": base64::engine::general_purpose::STANDARD.encode(format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="{scope}"><Privilege>{privilege}</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
+        ))})
+    };
+    let cvr_urn = "urn:dk:gov:saml:cvrNumberIdentifier:29189846";
+    let supporter_29 = search(SOR_SEC_29189846, "message-id=tok");
+    use eds_proxy::error::TokenFailure as F;
     let cases = vec![
         case("control: station token", with(&good), ok.clone()),
         // Transport of the token.
@@ -1700,6 +1714,77 @@ async fn adversarial_tokens() {
             "embedded jwk without kid",
             with(&by_attacker(json!({"alg": "ES256", "jwk": attacker.jwk()}))),
             bad_token(),
+        ),
+        // Header parameters that change how the token must be processed (RFC 7515 §4.1.11).
+        case(
+            "crit naming an extension, signed by the issuer",
+            with(&es(
+                json!({"alg": "ES256", "kid": "test-key-1", "typ": "JWT", "crit": ["x-ext"], "x-ext": true}),
+            )),
+            bad_token_because(F::CriticalHeader),
+        ),
+        case(
+            "crit naming b64 with b64 false",
+            with(&es(
+                json!({"alg": "ES256", "kid": "test-key-1", "crit": ["b64"], "b64": false}),
+            )),
+            bad_token_because(F::CriticalHeader),
+        ),
+        case(
+            "crit naming a registered parameter",
+            with(&es(
+                json!({"alg": "ES256", "kid": "test-key-1", "crit": ["kid"]}),
+            )),
+            bad_token_because(F::Malformed),
+        ),
+        case(
+            "b64 false without crit",
+            with(&es(
+                json!({"alg": "ES256", "kid": "test-key-1", "b64": false}),
+            )),
+            bad_token_because(F::CriticalHeader),
+        ),
+        case(
+            "typ of another kind of JWT",
+            with(&es(
+                json!({"alg": "ES256", "kid": "test-key-1", "typ": "logout+jwt"}),
+            )),
+            bad_token_because(F::TokenType),
+        ),
+        case(
+            "typ at+jwt (accepted)",
+            with(&es(
+                json!({"alg": "ES256", "kid": "test-key-1", "typ": "at+jwt"}),
+            )),
+            ok.clone(),
+        ),
+        case(
+            "no typ (accepted)",
+            with(&es(json!({"alg": "ES256", "kid": "test-key-1"}))),
+            ok.clone(),
+        ),
+        // Lifetime (token.max_lifetime_seconds, 3600 by default).
+        case(
+            "valid for ten years",
+            with(&st(json!({"exp": now + 10 * 365 * 86_400}))),
+            bad_token_because(F::LifetimeTooLong),
+        ),
+        case(
+            "valid for two hours, no iat",
+            with(&st(json!({"exp": now + 7200, "iat": null}))),
+            bad_token_because(F::LifetimeTooLong),
+        ),
+        case(
+            "issued long ago, expiring soon",
+            with(&st(
+                json!({"iat": now - 7000, "nbf": now - 7000, "exp": now + 300}),
+            )),
+            bad_token_because(F::LifetimeTooLong),
+        ),
+        case(
+            "valid for exactly the maximum (accepted)",
+            with(&st(json!({"iat": now, "exp": now + 3600}))),
+            ok.clone(),
         ),
         // Registered claims.
         case(
@@ -2029,6 +2114,119 @@ async fn adversarial_tokens() {
             with(&supporter("29189846", json!({"priv": xml_priv}))),
             search(SOR_SEC_29189846, "message-id=tok"),
         ),
+        // OIO-BPP XML read as XML: a value is the whole text, comments and PIs left out.
+        case(
+            "XML priv: role, comment, suffix",
+            with(&supporter(
+                "29189846",
+                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<!---->-suspended")),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: role, PI, suffix",
+            with(&supporter(
+                "29189846",
+                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<?x?>-suspended")),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: role, CDATA suffix",
+            with(&supporter(
+                "29189846",
+                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<![CDATA[-suspended]]>")),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: role, character-reference suffix",
+            with(&supporter(
+                "29189846",
+                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}&#x2D;suspended")),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: role inside a nested element",
+            with(&supporter(
+                "29189846",
+                bpp(cvr_urn, &format!("<b>{SUPPORTER_ROLE}</b>")),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: a bpp:Scope beside Scope",
+            with(&supporter(
+                "29189846",
+                bpp(&format!("{cvr_urn}\" bpp:Scope=\"x"), SUPPORTER_ROLE),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: duplicate Scope",
+            with(&supporter(
+                "29189846",
+                bpp(
+                    &format!("urn:dk:gov:saml:cvrNumberIdentifier:1\" Scope=\"{cvr_urn}"),
+                    SUPPORTER_ROLE,
+                ),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: a DTD entity expanding to the role",
+            with(&supporter(
+                "29189846",
+                json!({"priv": base64::engine::general_purpose::STANDARD.encode(format!(
+                    r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY r "{SUPPORTER_ROLE}">]><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="{cvr_urn}"><Privilege>&r;</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
+                ))}),
+            )),
+            forbidden(),
+        ),
+        case(
+            "XML priv: role split by a comment (accepted)",
+            with(&supporter(
+                "29189846",
+                bpp(
+                    cvr_urn,
+                    &SUPPORTER_ROLE.replacen(":role", "<!-- c -->:role", 1),
+                ),
+            )),
+            supporter_29.clone(),
+        ),
+        case(
+            "XML priv: CDATA role with whitespace (accepted)",
+            with(&supporter(
+                "29189846",
+                bpp(cvr_urn, &format!("\n  <![CDATA[{SUPPORTER_ROLE}]]>\n")),
+            )),
+            supporter_29.clone(),
+        ),
+        case(
+            "XML priv: Scope URN in upper-case scheme and NID (accepted)",
+            with(&supporter(
+                "29189846",
+                bpp(&cvr_urn.replacen("urn:dk", "URN:DK", 1), SUPPORTER_ROLE),
+            )),
+            supporter_29.clone(),
+        ),
+        case(
+            "JSON priv: role with upper-case scheme and NID (accepted)",
+            with(&supporter(
+                "29189846",
+                json!({"priv": [{"scope": cvr_urn, "privileges": [SUPPORTER_ROLE.replacen("urn:dk", "URN:DK", 1)]}]}),
+            )),
+            supporter_29.clone(),
+        ),
+        case(
+            "JSON priv: role with a fragment",
+            with(&supporter(
+                "29189846",
+                json!({"priv": [{"scope": cvr_urn, "privileges": [format!("{SUPPORTER_ROLE}#x")]}]}),
+            )),
+            forbidden(),
+        ),
         case(
             "supporter role wins over cpr",
             with(&supporter("11111111", json!({"cpr": "0101010001"}))),
@@ -2191,6 +2389,10 @@ async fn adversarial_registrations() {
         case("preset device label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:device-id"))), invalid()),
         case("preset sor label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:sor"))), invalid()),
         case("preset label under the reserved prefix", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:anything"))), invalid()),
+        // RFC 8141 §3.1: the `urn` scheme and the NID are case-insensitive.
+        case("preset device label, URN in upper case", s.create(&changed(base(), |r| r["meta"]["security"] = label("URN:EDS-PROXY:label:device-id"))), invalid()),
+        case("preset cpr label, NID in mixed case", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:EDS-Proxy:label:cpr"))), invalid()),
+        case("preset sor label with surrounding space", s.create(&changed(base(), |r| r["meta"]["security"] = label(" urn:eds-proxy:label:sor "))), invalid()),
         case("preset label after a harmless one", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}, {"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid()),
         case("meta.security as an object", s.create(&changed(base(), |r| r["meta"]["security"] = json!({"system": "urn:eds-proxy:label:cpr", "code": "x"}))), invalid()),
         // Shape.

@@ -1,5 +1,6 @@
 //! Tokens and claims: `read_header` never accepts `none` or HMAC algorithms (even when a lax
-//! configuration lists HS256), and `principal_from_claims` makes a principal only from the
+//! configuration lists HS256), nor a header with `crit`, `b64`, `zip` or `enc`, nor a `typ`
+//! other than a JWT access token's, and `principal_from_claims` makes a principal only from the
 //! claims that entitle it: a Station's device_id is its `ehmi:eer:device_id` (trimmed), a
 //! Citizen's cpr its `cpr` (trimmed), a Supporter exists only if `priv` grants the configured
 //! role for exactly its `cvr`, and user principals never get the create grant.
@@ -30,6 +31,7 @@ fn policies() -> [TokenPolicy; 2] {
         audiences: vec!["eds".into()],
         algorithms: vec![Algorithm::ES256, Algorithm::PS256, Algorithm::EdDSA],
         leeway_seconds: 30,
+        max_lifetime_seconds: 3600,
     };
     // A misconfiguration that lists HMAC must still never accept it.
     let mut lax = strict.clone();
@@ -89,6 +91,25 @@ fn check_header(token: &str) {
             !alg.unwrap_or_default().eq_ignore_ascii_case("none"),
             "alg none accepted: {token:?}"
         );
+        // Nothing that changes how the token must be processed (RFC 7515 §4.1.11, RFC 7797,
+        // RFC 7516), and only a JWT access token type (RFC 8725 §3.11).
+        for member in ["crit", "b64", "zip", "enc"] {
+            assert!(
+                header.get(member).is_none(),
+                "header with {member} accepted: {token:?}"
+            );
+        }
+        if let Some(typ) = header.get("typ") {
+            let typ = typ
+                .as_str()
+                .unwrap_or_else(|| panic!("non-string typ accepted: {token:?}"))
+                .to_ascii_lowercase();
+            let bare = typ.strip_prefix("application/").unwrap_or(&typ);
+            assert!(
+                bare == "jwt" || bare == "at+jwt",
+                "typ {typ:?} accepted: {token:?}"
+            );
+        }
     }
 }
 
@@ -162,15 +183,46 @@ fn check_privileges(claim: &Value) {
             }
         }
     }
-    // A grant names a group whose scope is exactly the CVR URN.
+    // A grant names a group whose scope is the CVR URN and which lists the role, both up to
+    // URN equivalence (independent model below).
     for cvr in ["12345678", "", "1234567"] {
         if privileges::grants(&groups, cvr, SUPPORTER_ROLE) {
             let urn = format!("{CVR_SCOPE_PREFIX}{cvr}");
-            assert!(groups
-                .iter()
-                .any(|g| g.scope == urn && g.privileges.iter().any(|p| p == SUPPORTER_ROLE)));
+            assert!(groups.iter().any(|g| same_urn(&g.scope, &urn)
+                && g.privileges.iter().any(|p| same_urn(p, SUPPORTER_ROLE))));
         }
     }
+}
+
+/// Independent model of RFC 8141 §3.1 equivalence, looser than `eds_proxy::urn` (it ignores
+/// the proxy's refusal of components): the `urn:` scheme and the NID in any case, `%xx` in
+/// either case, the rest exact. Whatever the proxy calls equivalent, this does too.
+fn same_urn(a: &str, b: &str) -> bool {
+    fn key(s: &str) -> String {
+        let Some(rest) = s
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("urn:"))
+            .and_then(|_| s.get(4..))
+        else {
+            return s.to_string();
+        };
+        let Some((nid, nss)) = rest.split_once(':') else {
+            return s.to_string();
+        };
+        let mut out = format!("urn:{}:", nid.to_ascii_lowercase());
+        let mut hex = 0;
+        for c in nss.chars() {
+            if hex > 0 && c.is_ascii_hexdigit() {
+                out.push(c.to_ascii_uppercase());
+                hex -= 1;
+            } else {
+                hex = if c == '%' { 2 } else { 0 };
+                out.push(c);
+            }
+        }
+        out
+    }
+    a == b || key(a) == key(b)
 }
 
 fn trimmed(v: Option<&str>) -> Option<&str> {
@@ -298,10 +350,10 @@ fn check_principal(claims: &EdsClaims) {
                 let urn = format!("{CVR_SCOPE_PREFIX}{cvr}");
                 assert!(
                     items.iter().any(|g| {
-                        g.get("scope").and_then(Value::as_str) == Some(urn.as_str())
+                        g.get("scope").and_then(Value::as_str).is_some_and(|s| same_urn(s, &urn))
                             && g.get("privileges")
                                 .and_then(Value::as_array)
-                                .is_some_and(|ps| ps.iter().any(|p| p.as_str() == Some(SUPPORTER_ROLE)))
+                                .is_some_and(|ps| ps.iter().any(|p| p.as_str().is_some_and(|p| same_urn(p, SUPPORTER_ROLE))))
                     }),
                     "supporter from a priv claim without a group object granting the role: {claims:?}"
                 );

@@ -1,5 +1,22 @@
 //! Access-token validation: JWT signature with an allowed asymmetric algorithm, `iss`, `aud`,
-//! `exp`/`nbf`/`iat` with leeway, and the RFC 8705 certificate binding `cnf["x5t#S256"]`.
+//! `exp`/`nbf`/`iat` with leeway, a maximum lifetime, and the RFC 8705 certificate binding
+//! `cnf["x5t#S256"]`.
+//!
+//! Header rules (`check_header_members`, before any key is looked up):
+//! - `crit` (RFC 7515 §4.1.11): the proxy understands no extension, so a well-formed `crit`
+//!   is refused as `CriticalHeader`; one that is not a non-empty array of strings, or that
+//!   names a registered header parameter, is `Malformed` as the RFC says.
+//! - `b64` (RFC 7797) changes what is signed: refused (`CriticalHeader`) whatever its value,
+//!   since RFC 7797 §6 requires it to be listed in `crit` anyway. Nested JWTs (`cty: JWT`,
+//!   RFC 7519 §5.2) likewise. `zip` and `enc` belong to JWE (RFC 7516): `Malformed` in a JWS.
+//! - `typ`: absent, `JWT` (RFC 7519 §5.1) or `at+jwt` (RFC 9068 §2.1), each optionally with the
+//!   `application/` prefix, compared case-insensitively (media types, RFC 7515 §4.1.9).
+//!   Anything else is another kind of JWT (ID token, logout token, DPoP proof…) signed by
+//!   someone the proxy may trust, and is refused as `TokenType` (RFC 8725 §3.11).
+//! - Header member names must be unique (RFC 7515 §4 allows refusing duplicates; two readers
+//!   that keep different duplicates would disagree about `alg`, `kid` or `crit`).
+//! - `jku`, `x5u`, `jwk` and `x5c` are never used: the key is always the issuer's, looked up
+//!   by `kid` in the configured JWKS (RFC 8725 §3.10). They are ignored, not refused.
 //!
 //! Pure: the caller supplies the key for the token's `kid` and the presented certificate's
 //! SHA-256 thumbprint; fetching keys lives in `jwks`.
@@ -88,6 +105,8 @@ pub struct TokenPolicy {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub leeway_seconds: u64,
+    /// Longest accepted lifetime, `exp − iat` (see `check_lifetime`).
+    pub max_lifetime_seconds: u64,
 }
 
 /// A verification key and what it may verify.
@@ -110,6 +129,9 @@ pub fn read_header(token: &str, policy: &TokenPolicy) -> Result<TokenHeader, Tok
     if token.split('.').count() != 3 {
         return Err(TokenFailure::Malformed);
     }
+    // Before `decode_header`: it reads `crit`, `typ` and `cty` into typed fields and would
+    // report a wrong type there as an algorithm failure.
+    check_header_members(&header_members(token)?)?;
     // `alg: none` and unknown names fail to parse into `Algorithm`: both are refused.
     let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
         ErrorKind::Json(_) => {
@@ -128,6 +150,146 @@ pub fn read_header(token: &str, policy: &TokenPolicy) -> Result<TokenHeader, Tok
         alg: header.alg,
         kid: header.kid,
     })
+}
+
+/// The JOSE header as a JSON object, refusing duplicate member names at its top level.
+/// A header that is not base64url JSON is left to `decode_header`, which sorts it into
+/// `Malformed` or `Algorithm`; duplicates and non-objects are `Malformed` here.
+fn header_members(token: &str) -> Result<serde_json::Map<String, Value>, TokenFailure> {
+    let part = token.split('.').next().unwrap_or_default();
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part) else {
+        return Ok(serde_json::Map::new());
+    };
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    match serde::Deserializer::deserialize_any(&mut de, UniqueObject) {
+        Ok(Some(map)) => de.end().map(|()| map).map_err(|_| TokenFailure::Malformed),
+        Ok(None) => Err(TokenFailure::Malformed),
+        // Not JSON at all: `decode_header` names the failure as before.
+        Err(e) if !e.is_data() => Ok(serde_json::Map::new()),
+        Err(_) => Err(TokenFailure::Malformed),
+    }
+}
+
+/// Reads a JSON object whose member names are unique; `None` for any other JSON value.
+struct UniqueObject;
+
+impl<'de> serde::de::Visitor<'de> for UniqueObject {
+    type Value = Option<serde_json::Map<String, Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object with unique member names")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some((k, v)) = map.next_entry::<String, Value>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom("duplicate header member"));
+            }
+            out.insert(k, v);
+        }
+        Ok(Some(out))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Header parameters registered by RFC 7515 §4.1 and RFC 7516 §4.1: `crit` may not name them.
+const REGISTERED_HEADER_PARAMETERS: &[&str] = &[
+    "alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit", "enc", "zip",
+];
+
+/// The header rules of the module documentation, over the decoded header members.
+pub fn check_header_members(header: &serde_json::Map<String, Value>) -> Result<(), TokenFailure> {
+    if let Some(crit) = header.get("crit") {
+        let names = crit
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or(TokenFailure::Malformed)?;
+        for name in names {
+            let name = name.as_str().ok_or(TokenFailure::Malformed)?;
+            if REGISTERED_HEADER_PARAMETERS.contains(&name) {
+                return Err(TokenFailure::Malformed);
+            }
+        }
+        // Well-formed, but every extension it names is one this proxy does not understand.
+        return Err(TokenFailure::CriticalHeader);
+    }
+    if header.contains_key("zip") || header.contains_key("enc") {
+        return Err(TokenFailure::Malformed);
+    }
+    if header.contains_key("b64") {
+        return Err(TokenFailure::CriticalHeader);
+    }
+    match header.get("cty") {
+        None => {}
+        Some(Value::String(cty)) if is_media_type(cty, "jwt") => {
+            return Err(TokenFailure::CriticalHeader)
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(TokenFailure::Malformed),
+    }
+    match header.get("typ") {
+        None => Ok(()),
+        Some(Value::String(t)) if is_media_type(t, "jwt") || is_media_type(t, "at+jwt") => Ok(()),
+        Some(Value::String(_)) => Err(TokenFailure::TokenType),
+        Some(_) => Err(TokenFailure::Malformed),
+    }
+}
+
+/// `value` names the media type `application/<subtype>`, with or without the prefix
+/// (RFC 7515 §4.1.9), case-insensitively (RFC 2045 §5.1).
+fn is_media_type(value: &str, subtype: &str) -> bool {
+    let bare = match value.get(..12) {
+        Some(p) if p.eq_ignore_ascii_case("application/") => value.get(12..).unwrap_or_default(),
+        _ => value,
+    };
+    bare.eq_ignore_ascii_case(subtype)
+}
+
+/// The maximum-lifetime rule, pure: `exp − iat ≤ max` when `iat` is present, and always
+/// `exp − now ≤ max + leeway` (without `iat` the remaining validity is all the proxy can
+/// see; the leeway absorbs the issuer's clock running ahead of ours). With `iat ≤ now +
+/// leeway` (checked before) the second bound follows from the first, so both together never
+/// refuse a token the first accepts. Arithmetic saturates: absurd values are refused.
+pub fn check_lifetime(
+    exp: i64,
+    iat: Option<i64>,
+    now: i64,
+    max_lifetime_seconds: u64,
+    leeway_seconds: u64,
+) -> Result<(), TokenFailure> {
+    let max = i64::try_from(max_lifetime_seconds).unwrap_or(i64::MAX);
+    let leeway = i64::try_from(leeway_seconds).unwrap_or(i64::MAX);
+    if iat.is_some_and(|iat| exp.saturating_sub(iat) > max) {
+        return Err(TokenFailure::LifetimeTooLong);
+    }
+    if exp.saturating_sub(now) > max.saturating_add(leeway) {
+        return Err(TokenFailure::LifetimeTooLong);
+    }
+    Ok(())
 }
 
 fn header_alg_is_present(token: &str) -> bool {
@@ -191,6 +353,13 @@ pub fn verify(
     {
         return Err(TokenFailure::IssuedInFuture);
     }
+    check_lifetime(
+        claims.exp,
+        claims.iat,
+        now,
+        policy.max_lifetime_seconds,
+        policy.leeway_seconds,
+    )?;
     let bound = claims
         .cnf
         .as_ref()
@@ -249,6 +418,7 @@ mod tests {
             audiences: vec!["eds".into()],
             algorithms: vec![Algorithm::ES256, Algorithm::PS256, Algorithm::EdDSA],
             leeway_seconds: 30,
+            max_lifetime_seconds: 3600,
         }
     }
 
@@ -492,6 +662,292 @@ mod tests {
         ] {
             assert!(read_header(t, &policy()).is_err(), "{t}");
         }
+    }
+
+    #[test]
+    fn crit_and_processing_headers_are_refused() {
+        let c = claims();
+        let base = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let cases: Vec<(&str, Value, TokenFailure)> = vec![
+            (
+                "crit naming an extension",
+                json!({"crit": ["exp"], "exp": 1}),
+                TokenFailure::CriticalHeader,
+            ),
+            (
+                "crit naming b64",
+                json!({"crit": ["b64"], "b64": false}),
+                TokenFailure::CriticalHeader,
+            ),
+            (
+                "crit naming an absent extension",
+                json!({"crit": ["x-ext"]}),
+                TokenFailure::CriticalHeader,
+            ),
+            ("crit empty", json!({"crit": []}), TokenFailure::Malformed),
+            (
+                "crit a string",
+                json!({"crit": "b64"}),
+                TokenFailure::Malformed,
+            ),
+            (
+                "crit with a number",
+                json!({"crit": ["b64", 1]}),
+                TokenFailure::Malformed,
+            ),
+            ("crit null", json!({"crit": null}), TokenFailure::Malformed),
+            (
+                "crit naming alg",
+                json!({"crit": ["alg"]}),
+                TokenFailure::Malformed,
+            ),
+            (
+                "crit naming kid",
+                json!({"crit": ["x-ext", "kid"]}),
+                TokenFailure::Malformed,
+            ),
+            (
+                "b64 false without crit",
+                json!({"b64": false}),
+                TokenFailure::CriticalHeader,
+            ),
+            (
+                "b64 true",
+                json!({"b64": true}),
+                TokenFailure::CriticalHeader,
+            ),
+            (
+                "nested JWT",
+                json!({"cty": "JWT"}),
+                TokenFailure::CriticalHeader,
+            ),
+            (
+                "nested JWT, media type",
+                json!({"cty": "application/jwt"}),
+                TokenFailure::CriticalHeader,
+            ),
+            ("cty a number", json!({"cty": 1}), TokenFailure::Malformed),
+            ("zip", json!({"zip": "DEF"}), TokenFailure::Malformed),
+            ("enc", json!({"enc": "A256GCM"}), TokenFailure::Malformed),
+            (
+                "typ of an ID token",
+                json!({"typ": "id_token+jwt"}),
+                TokenFailure::TokenType,
+            ),
+            (
+                "typ of a logout token",
+                json!({"typ": "logout+jwt"}),
+                TokenFailure::TokenType,
+            ),
+            (
+                "typ of a DPoP proof",
+                json!({"typ": "dpop+jwt"}),
+                TokenFailure::TokenType,
+            ),
+            ("typ JOSE", json!({"typ": "JOSE"}), TokenFailure::TokenType),
+            ("typ empty", json!({"typ": ""}), TokenFailure::TokenType),
+            ("typ a number", json!({"typ": 1}), TokenFailure::Malformed),
+        ];
+        for (name, patch, expected) in cases {
+            let mut header = base.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                header[k] = v.clone();
+            }
+            assert_eq!(
+                read_header(&forge(header, &c, "AAAA"), &policy()),
+                Err(expected),
+                "{name}"
+            );
+        }
+        for typ in [
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("AT+JWT"),
+            Some("application/at+jwt"),
+            Some("Application/JWT"),
+            None,
+        ] {
+            let mut header = base.clone();
+            match typ {
+                Some(t) => header["typ"] = json!(t),
+                None => {
+                    header.as_object_mut().unwrap().remove("typ");
+                }
+            }
+            assert!(
+                read_header(&forge(header, &c, "AAAA"), &policy()).is_ok(),
+                "{typ:?}"
+            );
+        }
+        // jku, x5u, jwk and x5c are ignored, never refused nor used: the key comes by kid.
+        let header = json!({"alg": "ES256", "kid": "k1", "jku": "https://evil.example/j", "x5u": "https://evil.example/c"});
+        let h = read_header(&forge(header, &c, "AAAA"), &policy()).unwrap();
+        assert_eq!(h.kid.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn duplicate_header_members_are_refused() {
+        let payload = b64(&serde_json::to_vec(&claims()).unwrap());
+        for header in [
+            r#"{"alg":"ES256","kid":"k1","kid":"k2"}"#,
+            r#"{"alg":"ES256","crit":["x"],"kid":"k1","crit":["y"]}"#,
+            r#"{"alg":"none","kid":"k1","alg":"ES256"}"#,
+        ] {
+            let t = format!("{}.{payload}.AAAA", b64(header.as_bytes()));
+            assert_eq!(
+                read_header(&t, &policy()),
+                Err(TokenFailure::Malformed),
+                "{header}"
+            );
+        }
+        // Not an object at all.
+        let t = format!("{}.{payload}.AAAA", b64(br#"["alg","ES256"]"#));
+        assert_eq!(read_header(&t, &policy()), Err(TokenFailure::Malformed));
+        // Trailing bytes after the object.
+        let t = format!("{}.{payload}.AAAA", b64(br#"{"alg":"ES256","kid":"k1"} x"#));
+        assert!(read_header(&t, &policy()).is_err());
+    }
+
+    #[test]
+    fn a_signed_token_with_crit_is_refused() {
+        let f = fixture();
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        header.crit = Some(vec!["x-ext".into()]);
+        let t = jsonwebtoken::encode(
+            &header,
+            &claims(),
+            &jsonwebtoken::EncodingKey::from_ec_pem(f.key.private_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            check(&f, &t, &cert_hash("A")),
+            Err(TokenFailure::CriticalHeader)
+        );
+    }
+
+    #[test]
+    fn lifetime_rule() {
+        const MAX: u64 = 3600;
+        const LEEWAY: u64 = 30;
+        let now = NOW;
+        let max = MAX as i64;
+        type Case = (&'static str, i64, Option<i64>, Result<(), TokenFailure>);
+        let cases: Vec<Case> = vec![
+            ("exactly the maximum", now + max, Some(now), Ok(())),
+            (
+                "one second over",
+                now + max + 1,
+                Some(now),
+                Err(TokenFailure::LifetimeTooLong),
+            ),
+            (
+                "ten years",
+                now + 10 * 365 * 86_400,
+                Some(now),
+                Err(TokenFailure::LifetimeTooLong),
+            ),
+            (
+                "old iat, long total even though little remains",
+                now + 60,
+                Some(now - max),
+                Err(TokenFailure::LifetimeTooLong),
+            ),
+            (
+                "issued a little ahead of our clock",
+                now + LEEWAY as i64 + max,
+                Some(now + LEEWAY as i64),
+                Ok(()),
+            ),
+            (
+                "no iat, exactly max + leeway ahead",
+                now + max + LEEWAY as i64,
+                None,
+                Ok(()),
+            ),
+            (
+                "no iat, one second more",
+                now + max + LEEWAY as i64 + 1,
+                None,
+                Err(TokenFailure::LifetimeTooLong),
+            ),
+            ("no iat, short", now + 60, None, Ok(())),
+            ("exp before iat", now, Some(now + 10), Ok(())),
+            (
+                "extreme exp",
+                i64::MAX,
+                Some(i64::MIN),
+                Err(TokenFailure::LifetimeTooLong),
+            ),
+            (
+                "extreme exp without iat",
+                i64::MAX,
+                None,
+                Err(TokenFailure::LifetimeTooLong),
+            ),
+        ];
+        for (name, exp, iat, expected) in cases {
+            assert_eq!(
+                check_lifetime(exp, iat, now, MAX, LEEWAY),
+                expected,
+                "{name}"
+            );
+        }
+        // Configured limits beyond i64 saturate instead of wrapping.
+        assert_eq!(
+            check_lifetime(now + 5, None, now, u64::MAX, u64::MAX),
+            Ok(())
+        );
+        assert_eq!(
+            check_lifetime(i64::MAX, Some(i64::MIN), now, MAX, u64::MAX),
+            Err(TokenFailure::LifetimeTooLong)
+        );
+        assert_eq!(check_lifetime(now + 5, Some(now), now, u64::MAX, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_long_lived_token_is_refused() {
+        let f = fixture();
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let mut c = claims();
+        c["exp"] = json!(now + 10 * 365 * 86_400);
+        assert_eq!(
+            check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")),
+            Err(TokenFailure::LifetimeTooLong)
+        );
+        c.as_object_mut().unwrap().remove("iat");
+        assert_eq!(
+            check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")),
+            Err(TokenFailure::LifetimeTooLong)
+        );
+        c["exp"] = json!(now + 3600);
+        c["iat"] = json!(now);
+        assert!(check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).is_ok());
+    }
+
+    #[test]
+    fn duplicate_claims_are_malformed() {
+        let f = fixture();
+        let c = claims();
+        let text = c.to_string();
+        // A second cvr after the first: one reader might keep either.
+        let dup = format!(
+            r#"{{"cvr":"11111111",{}, "cvr":"22222222"}}"#,
+            &text[1..text.len() - 1]
+        );
+        let header = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(dup.as_bytes())
+        );
+        let k = jsonwebtoken::EncodingKey::from_ec_pem(f.key.private_pem.as_bytes()).unwrap();
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k, Algorithm::ES256).unwrap();
+        assert_eq!(
+            check(&f, &format!("{input}.{sig}"), &cert_hash("A")),
+            Err(TokenFailure::Malformed)
+        );
     }
 
     #[test]

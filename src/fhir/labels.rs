@@ -59,12 +59,28 @@ impl LabelSystems {
         }
     }
     /// True for any system the proxy owns; clients may not set codings in it.
+    ///
+    /// A refusal check, so it must catch every spelling a FHIR server or a reader might take
+    /// for a reserved system, and over-matching only refuses codings no honest client sends.
+    /// The system is trimmed of whitespace (FHIR JSON string values may be trimmed by the
+    /// server) and compared to the prefix and the label systems ignoring ASCII case. That
+    /// covers URN equivalence (RFC 8141 §3.1: `urn` scheme and NID case-insensitive,
+    /// percent-encoding hex in either case; `crate::urn::equivalent`) and URL equivalence
+    /// (RFC 3986 §6.2.2.1: scheme and host case-insensitive) for a non-URN prefix, and a
+    /// r-/q-/f-component after a reserved system still begins with it.
     pub fn is_reserved(&self, system: &str) -> bool {
-        system.starts_with(&self.reserved_prefix)
-            || system == self.device
-            || system == self.sor
-            || system == self.cpr
+        let system = system.trim();
+        starts_with_ignoring_ascii_case(system, &self.reserved_prefix)
+            || [&self.device, &self.sor, &self.cpr]
+                .iter()
+                .any(|s| starts_with_ignoring_ascii_case(system, s))
     }
+}
+
+fn starts_with_ignoring_ascii_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// The labels that admit a resource to this principal: it must carry at least one of them.
@@ -115,6 +131,10 @@ impl Constraint {
     }
 
     /// True if one of the (system, code) codings is one of the constraint's labels.
+    ///
+    /// Compared exactly, not by URN equivalence: the proxy stamps only the configured
+    /// spelling and refuses any client coding in a reserved system (`is_reserved`), so a
+    /// stored coding in another spelling is not the proxy's and must not admit (fails closed).
     pub fn admits_codings<'x>(
         &self,
         mut codings: impl Iterator<Item = (&'x str, &'x str)>,
@@ -275,5 +295,49 @@ mod tests {
         let s = systems();
         assert!(s.is_reserved("urn:eds-proxy:label:anything"));
         assert!(!s.is_reserved("http://terminology.hl7.org/CodeSystem/v3-Confidentiality"));
+    }
+
+    #[test]
+    fn equivalent_spellings_of_reserved_systems_are_reserved() {
+        let s = systems();
+        for system in [
+            "urn:eds-proxy:label:device-id",
+            // RFC 8141 §3.1: scheme and NID are case-insensitive.
+            "URN:EDS-PROXY:label:device-id",
+            "urn:EDS-Proxy:label:sor",
+            "Urn:eds-proxy:label:cpr",
+            // Over-matching is harmless in a refusal: NSS case, padding, components.
+            "urn:eds-proxy:LABEL:device-id",
+            " urn:eds-proxy:label:device-id",
+            "urn:eds-proxy:label:device-id\n",
+            "urn:eds-proxy:label:device-id#x",
+            "urn:eds-proxy:label:device-id?=x",
+        ] {
+            assert!(s.is_reserved(system), "{system:?}");
+        }
+        for system in [
+            "urn:eds-proxy:labelx",
+            "urn:eds-proxy:",
+            "urn:other:label:device-id",
+            "",
+            "urn:eds-proxy:labe",
+        ] {
+            assert!(!s.is_reserved(system), "{system:?}");
+        }
+        // Consistent with the URN rule: every spelling equivalent to a reserved one is refused.
+        for system in ["URN:eds-proxy:label:cpr", "urn:EDS-PROXY:label:sor"] {
+            assert!(
+                crate::urn::equivalent(system, &s.cpr) || crate::urn::equivalent(system, &s.sor)
+            );
+            assert!(s.is_reserved(system));
+        }
+        let url = LabelSystems {
+            reserved_prefix: "https://proxy.example/labels/".into(),
+            device: "https://proxy.example/labels/device-id".into(),
+            sor: "https://proxy.example/labels/sor".into(),
+            cpr: "https://proxy.example/labels/cpr".into(),
+        };
+        assert!(url.is_reserved("HTTPS://PROXY.EXAMPLE/labels/device-id"));
+        assert!(!url.is_reserved("https://proxy.example/other/device-id"));
     }
 }
