@@ -476,4 +476,192 @@ async fn hapi_end_to_end() {
         "e2e: {} registrations, {pages} pages of searches checked",
         all.len()
     );
+
+    fhir_server_refuses_write_time_lookups(&hapi, &other_id).await;
+
+    // The same probe through the proxy: refused as invalid before HAPI sees it (first layer).
+    let probe = conditional_probe(&hapi, &other_id).await;
+    let before = hapi_count(&hapi.base).await;
+    let resp = cura
+        .client
+        .post(h.url("AuditEvent"))
+        .bearer_auth(&cura.token)
+        .header("Content-Type", "application/fhir+json")
+        .body(registration_referring_to(&probe).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let outcome: Value = resp.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "invalid", "{outcome}");
+    // Refused by the proxy itself, not HAPI's refusal passed on (that is the second layer).
+    let diagnostics = outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        !diagnostics.contains("FHIR server") && !diagnostics.contains("HAPI-"),
+        "{diagnostics}"
+    );
+    assert_eq!(hapi_count(&hapi.base).await, before);
+}
+
+/// A conditional reference that, on stock HAPI, matches exactly the registration `target`
+/// (by its cpr and device-id labels), so HAPI's answer would say whether it exists.
+async fn conditional_probe(hapi: &Hapi, target: &str) -> String {
+    let stored: Value = reqwest::get(format!("{}/AuditEvent/{target}", hapi.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let label = |system: &str| {
+        stored["meta"]["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["system"] == system)
+            .unwrap_or_else(|| panic!("{target} has no {system} label: {stored}"))["code"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let query = format!(
+        "_security=urn:eds-proxy:label:cpr|{}&_security=urn:eds-proxy:label:device-id|{}",
+        label("urn:eds-proxy:label:cpr"),
+        label("urn:eds-proxy:label:device-id")
+    );
+    let matched: Value = reqwest::get(format!("{}/AuditEvent?{query}&_summary=count", hapi.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        matched["total"], 1,
+        "the probe must match exactly one record"
+    );
+    format!("AuditEvent?{query}")
+}
+
+/// A valid IG registration (Cura-EUA for Aarhus) with one more entity naming `reference`.
+fn registration_referring_to(reference: &str) -> Value {
+    let mut body = fixture("EDS-PDS-01.1.json");
+    body["entity"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"what": {"reference": reference}}));
+    body
+}
+
+/// `8-4-4-4-12` lowercase hex digits: HAPI's `UUID` server id strategy.
+fn is_uuid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| {
+            g.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
+}
+
+/// POSTs `body` straight to HAPI (no proxy) and returns the status and the parsed answer.
+async fn post_to_hapi(hapi: &Hapi, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/AuditEvent", hapi.base))
+        .header("Content-Type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// Asserts HAPI refused with 400 and an OperationOutcome whose diagnostics start with `prefix`.
+fn assert_hapi_refusal(what: &str, (status, body): &(u16, Value), prefix: &str) {
+    assert_eq!(*status, 400, "{what}: {body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{what}: {body}");
+    let diagnostics = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+    assert!(diagnostics.starts_with(prefix), "{what}: {diagnostics}");
+}
+
+/// Second layer (SECURITY.md, "not to resolve references at write time"): HAPI itself, with
+/// the settings of hapi-compose, refuses to look anything up for a client while it stores a
+/// resource. Written straight to HAPI, bypassing the proxy, as a proxy bug would.
+async fn fhir_server_refuses_write_time_lookups(hapi: &Hapi, target: &str) {
+    let probe = conditional_probe(hapi, target).await;
+    let before = hapi_count(&hapi.base).await;
+    // Stock HAPI runs the search: 201 with the reference rewritten to the one match's id,
+    // 404 HAPI-1091 for none, 412 HAPI-1092 for several. Here: refused, whatever matches,
+    // wherever in the resource the reference sits.
+    let inline = "HAPI-2282: Inline match URLs are not supported on this server";
+    let answer = post_to_hapi(hapi, &registration_referring_to(&probe)).await;
+    assert_hapi_refusal("conditional entity", &answer, inline);
+    assert_eq!(answer.1["issue"][0]["code"], "processing");
+    let none = probe.replace("cpr|", "cpr|9");
+    let answer = post_to_hapi(hapi, &registration_referring_to(&none)).await;
+    assert_hapi_refusal("conditional entity matching nothing", &answer, inline);
+    let mut in_contained = fixture("EDS-PDS-01.1.json");
+    in_contained["contained"][0]["owner"] = json!({"reference": probe});
+    let answer = post_to_hapi(hapi, &in_contained).await;
+    assert_hapi_refusal(
+        "conditional reference in a contained Device",
+        &answer,
+        inline,
+    );
+    let mut in_extension = fixture("EDS-PDS-01.1.json");
+    in_extension["extension"] =
+        json!([{"url": "urn:example:ext", "valueReference": {"reference": probe}}]);
+    let answer = post_to_hapi(hapi, &in_extension).await;
+    assert_hapi_refusal("conditional reference in an extension", &answer, inline);
+    assert_eq!(hapi_count(&hapi.base).await, before);
+
+    // No placeholder, no external or absolute reference (not even on HAPI's own base).
+    let external = "HAPI-0507: Resource contains external reference to URL";
+    for reference in [
+        format!("{}/AuditEvent/{target}", hapi.base),
+        "https://fhir.example.org/fhir/AuditEvent/1".to_string(),
+    ] {
+        let answer = post_to_hapi(hapi, &registration_referring_to(&reference)).await;
+        assert_hapi_refusal(&reference, &answer, external);
+    }
+    let answer = post_to_hapi(
+        hapi,
+        &registration_referring_to("urn:uuid:6b0f6a3e-6f1c-4c5e-9a53-1c2d3e4f5a6b"),
+    )
+    .await;
+    assert_hapi_refusal(
+        "urn:uuid placeholder",
+        &answer,
+        "HAPI-0505: Invalid resource reference found at path[AuditEvent.entity.what] - Does not contain resource type",
+    );
+    assert_eq!(hapi_count(&hapi.base).await, before);
+
+    // A relative reference is still indexed, but the answer no longer depends on the target
+    // (stock: 400 HAPI-1094 for a missing id or a wrong type, 201 for an existing one). Ids are
+    // HAPI's random UUIDs, never the client's, and the client's meta.source is not stored.
+    for reference in [
+        format!("AuditEvent/{target}"),
+        "AuditEvent/no-such-registration".to_string(),
+        format!("Patient/{target}"),
+    ] {
+        let mut body = registration_referring_to(&reference);
+        body["meta"]["source"] = json!("urn:example:client-source");
+        let (status, stored) = post_to_hapi(hapi, &body).await;
+        assert_eq!(status, 201, "{reference}: {stored}");
+        let id = stored["id"].as_str().unwrap();
+        assert_ne!(id, "EDS-PDS-01.1");
+        assert!(is_uuid(id), "server id {id}");
+        // The create answer echoes the body as sent; what HAPI keeps is read back.
+        let kept: Value = reqwest::get(format!("{}/AuditEvent/{id}", hapi.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(kept["meta"].get("source").is_none(), "{kept}");
+        let last = stored["entity"].as_array().unwrap().last().unwrap();
+        assert_eq!(last["what"]["reference"], json!(reference));
+    }
+    assert_eq!(hapi_count(&hapi.base).await, before + 3);
 }
