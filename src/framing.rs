@@ -9,8 +9,8 @@
 //! reads chunked; RFC 9112 §6.1 allows that only with the connection closed afterwards, and a
 //! front proxy that prefers `Content-Length` would see another request), a transfer-coding
 //! list (`gzip, chunked`) or repeated `Transfer-Encoding` lines, repeated identical
-//! `Content-Length` values (RFC 9110 §8.6 allows either), and a body on a method that has no
-//! use for one here.
+//! `Content-Length` values (RFC 9110 §8.6 allows either), and a body on GET, HEAD, DELETE,
+//! OPTIONS, TRACE or CONNECT.
 
 use crate::error::Refusal;
 
@@ -68,11 +68,18 @@ pub fn check(raw_head: &[u8], method: &str) -> Result<(), Refusal> {
             ))
         }
     };
-    if has_body && method != "POST" {
-        return Err(Refusal::invalid("only POST requests may carry a body here"));
+    if has_body && BODILESS.contains(&method) {
+        return Err(Refusal::invalid(format!(
+            "a {method} request may not carry a body here"
+        )));
     }
     Ok(())
 }
+
+/// Methods whose content has no defined meaning (RFC 9110 §9.3): a front proxy may ignore
+/// such a body and read it as the next request. PUT and PATCH bodies are framed like POST
+/// ones and reach the classifier (405).
+const BODILESS: &[&str] = &["GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
 
 fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
@@ -105,6 +112,7 @@ mod tests {
             ("POST", ""),
             ("GET", ""),
             ("GET", "Content-Length: 0\r\n"),
+            ("PUT", "Content-Length: 5\r\n"),
             (
                 "GET",
                 "X-Content-Length: 5\r\nX-Transfer-Encoding: gzip\r\n",
@@ -143,6 +151,7 @@ mod tests {
             ("GET", "Content-Length: 5\r\n"),
             ("GET", "Transfer-Encoding: chunked\r\n"),
             ("DELETE", "Content-Length: 1\r\n"),
+            ("OPTIONS", "Transfer-Encoding: chunked\r\n"),
         ] {
             let r = check(&head(method, fields), method);
             assert!(

@@ -221,3 +221,40 @@ impl Gateway {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &[u8]) -> String {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["resourceType"], "OperationOutcome");
+        v["issue"][0]["code"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn unreadable_heads_are_answered_without_echoing_them() {
+        let (status, reason, body) = unreadable_answer(
+            &ErrorType::InvalidHTTPHeader,
+            Some("Request header larger than 1048575"),
+        )
+        .unwrap();
+        assert_eq!(
+            (status, reason, code(&body).as_str()),
+            (414, "uri_too_long", "too-long")
+        );
+        let (status, reason, body) = unreadable_answer(
+            &ErrorType::InvalidHTTPHeader,
+            Some("buf: GET /fhir/AuditEvent/0101019999 HTTP/1.1\r\nAuthorization: Bearer x"),
+        )
+        .unwrap();
+        assert_eq!(
+            (status, reason, code(&body).as_str()),
+            (400, "malformed_request", "invalid")
+        );
+        assert!(!String::from_utf8_lossy(&body).contains("0101019999"));
+        // A broken or silent connection has nobody to answer.
+        assert!(unreadable_answer(&ErrorType::ReadError, None).is_none());
+        assert!(unreadable_answer(&ErrorType::ConnectionClosed, Some("x")).is_none());
+    }
+}
