@@ -135,4 +135,24 @@ fn main() {
             black_box(q.to_query_string(&[("_security", constraint.search_value())]));
         }
     });
+    // The redaction every log line passes: an access-log line (nothing to replace, the common
+    // case) and a Pingora error line carrying a token and a CPR.
+    let access = r#"{"client":"127.0.0.1:50312","dropped":0,"duration_ms":1.234,"interaction":"read","method":"GET","path":"/fhir/AuditEvent/{id}","principal":"citizen","reason":"ok","request_id":"1f2e-3a","status":200,"ts":"2025-11-29T21:40:00.123456789Z"}"#;
+    measure("log redaction (access line)", access.len(), 200_000, || {
+        black_box(eds_proxy::redact::redact(black_box(access)));
+    });
+    let dirty = format!(
+        r"HTTP server fails: buf: GET /fhir/AuditEvent/0101019999 HTTP/1.1
+Authorization: Bearer {}
+",
+        "eyJhbGciOiJFUzI1NiJ9.eyJjcHIiOiIwMTAxMDE5OTk5In0.c2ln".repeat(3)
+    );
+    measure(
+        "log redaction (line with secrets)",
+        dirty.len(),
+        200_000,
+        || {
+            black_box(eds_proxy::redact::redact(black_box(&dirty)));
+        },
+    );
 }

@@ -12,9 +12,13 @@ pub mod cvr_directory;
 pub mod dev;
 pub mod error;
 pub mod fhir;
+pub mod framing;
 #[cfg(feature = "server")]
 pub mod gateway;
+#[cfg(feature = "server")]
+pub mod logging;
 pub mod metrics;
+pub mod redact;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod urn;

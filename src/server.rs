@@ -25,6 +25,7 @@ use crate::fhir::labels::LabelSystems;
 use crate::fhir::paging::PageSigner;
 use crate::gateway::admin::AdminApp;
 use crate::gateway::authn::Authenticator;
+use crate::gateway::listener::FhirApp;
 use crate::gateway::upstream::{Forwarded, Upstream, UpstreamSettings};
 use crate::gateway::Gateway;
 
@@ -100,6 +101,7 @@ pub fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
             read_timeout: c.upstream_read_timeout(),
             idle_timeout: c.upstream_idle_timeout(),
             max_response_bytes: c.limits.max_response_bytes,
+            max_target_bytes: c.limits.max_uri_bytes,
         },
         Forwarded::from_public_base(&public),
     )?;
@@ -164,10 +166,7 @@ pub fn build_server(c: &Config) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut fhir = Service::new(
-        "eds-proxy FHIR listener".to_string(),
-        HttpServer::new_app(gateway),
-    );
+    let mut fhir = Service::new("eds-proxy FHIR listener".to_string(), FhirApp::new(gateway));
     fhir.add_tls_with_settings(&c.listen.address, None, tls_settings(c)?);
     server.add_service(fhir);
 

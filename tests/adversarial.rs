@@ -9,20 +9,15 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use base64::Engine;
 use common::upstream::{Recorded, Scripted};
 use common::*;
 use eds_proxy::dev::keys::SigningKey;
 use eds_proxy::dev::pki::CertifiedKey;
 use reqwest::{Client, Method, RequestBuilder, Version};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use sha2::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// The station most cases run as: its device and its organisational context (the IG
 /// example's sender), and the constraint the proxy adds to its searches.
@@ -3312,6 +3307,25 @@ async fn adversarial_overlong_requests() {
             s.form("/AuditEvent/_search", format!("message-id={long_value}")),
             too_large_or_reset(),
         ),
+        // What is forwarded is limited like what arrives (limits.max_uri_bytes, 8 KiB).
+        case(
+            "10,000 form parameters that would be a 60 KB upstream URL",
+            s.form("/AuditEvent/_search", "_id=1&".repeat(10_000)),
+            refused(414, "too-long"),
+        ),
+        case(
+            "a 5 KB URL and a 5 KB form, 10 KB together upstream",
+            s.form(
+                &format!("/AuditEvent/_search?message-id={}", "u".repeat(5_000)),
+                format!("message-id={}", "f".repeat(5_000)),
+            ),
+            refused(414, "too-long"),
+        ),
+        case(
+            "101 short parameters",
+            s.get(&format!("/AuditEvent?{}", vec!["_id=1"; 101].join("&"))),
+            invalid(),
+        ),
         case(
             "60 KB query over HTTP/2",
             s2.get(&format!("/AuditEvent?message-id={long_query}")),
@@ -3365,17 +3379,7 @@ async fn adversarial_overlong_requests() {
 // ---------------------------------------------------------------------------------------------
 
 fn tls_connector(h: &Harness, cert: &CertifiedKey) -> pingora::tls::TlsConnector {
-    pingora::tls::install_default_crypto_provider();
-    let mut roots = pingora::tls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(h.pki.ca.cert.cert_der.clone()))
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let config = pingora::tls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![CertificateDer::from(cert.cert_der.clone())], key)
-        .unwrap();
-    pingora::tls::TlsConnector::from(Arc::new(config))
+    common::raw::tls_connector(&h.pki.ca.cert.cert_der, cert)
 }
 
 /// Write `bytes` on a fresh mTLS connection and read until the server closes it or stays
@@ -3385,30 +3389,7 @@ async fn raw_exchange(
     connector: &pingora::tls::TlsConnector,
     bytes: &[u8],
 ) -> Vec<u8> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
-        .await
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let _ = tls.write_all(bytes).await;
-    let _ = tls.flush().await;
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    while started.elapsed() < Duration::from_secs(5) {
-        // Generous for the first answer, short once the server has said something: a
-        // connection kept alive after its last answer ends the exchange quickly.
-        let quiet = if out.is_empty() {
-            Duration::from_secs(3)
-        } else {
-            Duration::from_millis(400)
-        };
-        match tokio::time::timeout(quiet, tls.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    out
+    common::raw::exchange(h.port, connector, bytes).await
 }
 
 /// The status codes of the HTTP/1.x responses in `raw`, in order.
@@ -3567,42 +3548,42 @@ async fn adversarial_raw_paths_and_smuggling() {
         raw("non-ASCII in the path", get("/fhir/AuditEvent/\u{e9}"), &[400], vec![]),
         raw("relative target", get("fhir/AuditEvent"), &[403], vec![]),
         raw("asterisk target", get("*"), &[403], vec![]),
-        raw("absolute-form target for another host", get("https://evil.example/fhir/AuditEvent?message-id=abs"), &[], vec![]),
+        raw("absolute-form target for another host", get("https://evil.example/fhir/AuditEvent?message-id=abs"), &[400], vec![]),
         raw("backslash in the query", get("/fhir/AuditEvent?message-id=a\\,b"), &[200], constrained("message-id=a%5C%2Cb")),
         // Request smuggling.
-        raw("CL.TE: chunked wins, the hidden request is never served",
+        raw("CL.TE: refused, the hidden request is never served",
             format!("{}0\r\n\r\n{}", search_head("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), smuggled("smuggled-clte")),
-            &[200], constrained("")),
-        raw("TE.CL: chunked wins, the hidden request is never served",
+            &[400], vec![]),
+        raw("TE.CL: refused, the hidden request is never served",
             format!("{}10\r\nmessage-id=te-cl\r\n0\r\n\r\n{}", search_head("Transfer-Encoding: chunked\r\nContent-Length: 4\r\n"), smuggled("smuggled-tecl")),
-            &[200], constrained("message-id=te-cl")),
+            &[400], vec![]),
         raw("two different Content-Length headers",
             format!("{}message-id=cl{}", search_head("Content-Length: 13\r\nContent-Length: 200\r\n"), smuggled("smuggled-cl2")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("a Content-Length list with different values",
             format!("{}message-id=cl{}", search_head("Content-Length: 13, 200\r\n"), smuggled("smuggled-cllist")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("Content-Length negative",
             format!("{}message-id=cl", search_head("Content-Length: -13\r\n")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("Transfer-Encoding chunked, identity",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: chunked, identity\r\n"), smuggled("smuggled-te-identity")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("Transfer-Encoding xchunked",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n"), smuggled("smuggled-xchunked")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("two Transfer-Encoding headers, chunked first",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n"), smuggled("smuggled-te2")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("space before the colon of Transfer-Encoding",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n"), smuggled("smuggled-te-space")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("Transfer-Encoding on HTTP/1.0",
             format!("POST /fhir/AuditEvent/_search HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: {FORM}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}", smuggled("smuggled-http10")),
-            &[], vec![]),
+            &[400], vec![]),
         raw("a NUL in a header value",
             format!("GET /fhir/AuditEvent?message-id=nul HTTP/1.1\r\nHost: localhost\r\n{auth}X-A: a\u{0}b\r\nConnection: close\r\n\r\n"),
-            &[], vec![]),
+            &[400], vec![]),
         raw("a request hidden in a create body",
             format!("POST /fhir/AuditEvent HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {FHIR_JSON}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reg}{}", reg.len() + smuggled("smuggled-body").len(), smuggled("smuggled-body")),
             &[400], vec![]),
@@ -3631,7 +3612,213 @@ async fn adversarial_raw_paths_and_smuggling() {
             &[200], constrained("message-id=lf")),
         raw("two Host headers",
             format!("GET /fhir/AuditEvent?message-id=hosts HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n{auth}Connection: close\r\n\r\n"),
-            &[], vec![]),
+            &[400], vec![]),
     ];
     verdict(&[run_raw(&h, &cert, "raw HTTP/1.1", cases).await]);
+}
+
+/// RFC 9112 §6 / §9.6: a request whose framing two parsers could read differently is refused
+/// (400, OperationOutcome, `Connection: close`) and its connection closed, so a request sent
+/// behind it on the same connection is never served; a request that asks to close, or an
+/// HTTP/1.0 one, is answered and closed; a head beyond Pingora's fixed 1 MiB limit gets a 414
+/// instead of a silent close. Each case sends its request, reads the answer, then sends a
+/// second search on the same connection.
+#[tokio::test]
+async fn adversarial_transport_framing() {
+    let h = Harness::start("adv-framing", Options::default());
+    let cert = h.pki.client("adv-framing-station");
+    let t = h.token(&cert, station_claims(DEV, SOR, GLN));
+    let auth = format!("Authorization: Bearer {t}\r\n");
+    let connector = tls_connector(&h, &cert);
+    let second =
+        format!("GET /fhir/AuditEvent?message-id=second HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n");
+    let form = "message-id=first";
+    let chunked = format!("{:x}\r\n{form}\r\n0\r\n\r\n", form.len());
+    let search = |fields: &str, body: &str| {
+        format!("POST /fhir/AuditEvent/_search HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {FORM}\r\n{fields}\r\n{body}")
+    };
+    let get = |version: &str, fields: &str| {
+        format!("GET /fhir/AuditEvent?message-id=first {version}\r\nHost: localhost\r\n{auth}{fields}\r\n")
+    };
+    let cl = format!("Content-Length: {}\r\n", form.len());
+    // (name, first request, its status, issue code of a refusal, connection kept open)
+    let cases: Vec<(&str, String, u16, Option<&str>, bool)> = vec![
+        (
+            "control: HTTP/1.1 keep-alive",
+            get("HTTP/1.1", ""),
+            200,
+            None,
+            true,
+        ),
+        ("control: a form search", search(&cl, form), 200, None, true),
+        (
+            "Connection: close is honoured",
+            get("HTTP/1.1", "Connection: close\r\n"),
+            200,
+            None,
+            false,
+        ),
+        (
+            "HTTP/1.0 without keep-alive",
+            get("HTTP/1.0", ""),
+            200,
+            None,
+            false,
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            search(&format!("{cl}Transfer-Encoding: chunked\r\n"), &chunked),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "Transfer-Encoding and Content-Length 0",
+            search(
+                "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
+                &chunked,
+            ),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "Transfer-Encoding gzip, chunked",
+            search("Transfer-Encoding: gzip, chunked\r\n", &chunked),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "Transfer-Encoding twice",
+            search(
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                &chunked,
+            ),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "Transfer-Encoding identity",
+            search("Transfer-Encoding: identity\r\n", form),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            search("Transfer-Encoding: chunked\r\n", &chunked).replacen("HTTP/1.1", "HTTP/1.0", 1),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "the same Content-Length twice",
+            search(&format!("{cl}{cl}"), form),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "two different Content-Lengths",
+            search(&format!("{cl}Content-Length: 3\r\n"), form),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "a GET with a body",
+            format!("{}{form}", get("HTTP/1.1", &cl)),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "a GET with a chunked body",
+            format!(
+                "{}{chunked}",
+                get("HTTP/1.1", "Transfer-Encoding: chunked\r\n")
+            ),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "obs-fold",
+            get("HTTP/1.1", "X-Folded: a\r\n b\r\n"),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "a header line without a colon",
+            get("HTTP/1.1", "NoColon\r\n"),
+            400,
+            Some("invalid"),
+            false,
+        ),
+        (
+            "a request line over Pingora's 1 MiB head limit",
+            get("HTTP/1.1", "").replacen("first", &"a".repeat(1_100_000), 1),
+            414,
+            Some("too-long"),
+            false,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, first, status, code, keep) in &cases {
+        let before = h.upstream.request_count();
+        let mut tls = common::raw::connect(h.port, &connector).await;
+        let _ = tls.write_all(first.as_bytes()).await;
+        let _ = tls.flush().await;
+        let (answer, closed) = common::raw::read_answers(&mut tls).await;
+        let _ = tls.write_all(second.as_bytes()).await;
+        let _ = tls.flush().await;
+        let (after, _) = common::raw::read_answers(&mut tls).await;
+        let text = String::from_utf8_lossy(&answer).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut problems = Vec::new();
+        if statuses(&answer) != [*status] {
+            problems.push(format!("answered {:?}", head.lines().next()));
+        }
+        if let Some(code) = code {
+            let outcome: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+            if outcome["resourceType"] != "OperationOutcome" || outcome["issue"][0]["code"] != *code
+            {
+                problems.push(format!("not an OperationOutcome with {code}: {body:.200}"));
+            }
+        }
+        let says_close = head.to_ascii_lowercase().contains("\r\nconnection: close");
+        let second_served = !statuses(&after).is_empty();
+        if *keep {
+            if closed || says_close || statuses(&after) != [200] {
+                problems.push(format!(
+                    "keep-alive broken: closed {closed}, second {:?}",
+                    statuses(&after)
+                ));
+            }
+        } else if !closed || !says_close || second_served {
+            problems.push(format!(
+                "connection not closed: closed {closed}, Connection: close {says_close}, second request served {second_served}"
+            ));
+        }
+        let forwarded = h.upstream.request_count() - before;
+        let want = match (*status, *keep) {
+            (200, true) => 2,
+            (200, false) => 1,
+            _ => 0,
+        };
+        if forwarded != want {
+            problems.push(format!("{forwarded} request(s) forwarded, expected {want}"));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("[{name}] {}", problems.join("; ")));
+        }
+    }
+    verdict(&[Table {
+        name: "transport framing",
+        cases: cases.len(),
+        failures,
+    }]);
 }

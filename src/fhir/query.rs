@@ -305,6 +305,32 @@ pub fn encode(s: &str) -> String {
         .replace('+', "%20")
 }
 
+/// Most parameters a request target sent upstream may carry, the caller's constraint
+/// included. EDS searches use a handful; each parameter is another condition the FHIR server
+/// must plan and join, so thousands of them (which fit in a 64 KiB form body) are refused.
+pub const MAX_FORWARDED_PARAMS: usize = 100;
+
+/// Check a request target (path and query) the proxy is about to send to the FHIR server.
+/// The size limit for what arrives (`limits.max_uri_bytes`) applies to what is forwarded
+/// too: a `POST _search` form, or a supporter's OR list of labels, can make a target far
+/// longer than the client's URL, and a FHIR server would answer it with 414 (a 502 here) or
+/// worse. Longer than `max_bytes` → 414 (RFC 9110 §15.5.15); more than
+/// [`MAX_FORWARDED_PARAMS`] parameters → 400.
+pub fn check_upstream_target(target: &str, max_bytes: usize) -> Result<(), Refusal> {
+    if target.len() > max_bytes {
+        return Err(Refusal::UriTooLong(max_bytes));
+    }
+    let params = target
+        .split_once('?')
+        .map_or(0, |(_, q)| q.split('&').filter(|p| !p.is_empty()).count());
+    if params > MAX_FORWARDED_PARAMS {
+        return Err(Refusal::invalid(format!(
+            "a search may carry at most {MAX_FORWARDED_PARAMS} parameters"
+        )));
+    }
+    Ok(())
+}
+
 impl SearchQuery {
     /// True for `_summary=count`: the answer is nothing but the server's `total`.
     pub fn counts_only(&self) -> bool {
@@ -445,6 +471,37 @@ mod tests {
             q.to_query_string(&[("_security", "urn:l|v".into())]),
             "_security=urn%3Al%7Cv&message-id=a"
         );
+    }
+
+    #[test]
+    fn forwarded_targets_are_limited_in_bytes_and_parameters() {
+        let at_limit = format!("/fhir/AuditEvent?message-id={}", "a".repeat(100));
+        assert!(check_upstream_target(&at_limit, at_limit.len()).is_ok());
+        assert_eq!(
+            check_upstream_target(&at_limit, at_limit.len() - 1),
+            Err(Refusal::UriTooLong(at_limit.len() - 1))
+        );
+        // A form body of 10,000 parameters merged into the URL: ~60 KB, refused as a whole.
+        let form = "message-id=a&".repeat(10_000);
+        let q = parse(&form).unwrap();
+        let target = format!(
+            "/fhir/AuditEvent?{}",
+            q.to_query_string(&[("_security", "urn:l|v".into())])
+        );
+        assert!(target.len() > 60_000);
+        assert_eq!(
+            check_upstream_target(&target, 8192),
+            Err(Refusal::UriTooLong(8192))
+        );
+        // Short parameters that fit the byte limit are counted.
+        let many = |n: usize| format!("/fhir/AuditEvent?{}", vec!["_id=1"; n].join("&"));
+        assert!(check_upstream_target(&many(MAX_FORWARDED_PARAMS), 8192).is_ok());
+        assert!(matches!(
+            check_upstream_target(&many(MAX_FORWARDED_PARAMS + 1), 8192),
+            Err(Refusal::Invalid(_))
+        ));
+        assert!(check_upstream_target("/fhir/AuditEvent/abc/_history/1", 8192).is_ok());
+        assert!(check_upstream_target("/fhir?_getpages=x&_bundletype=searchset", 8192).is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod authn;
+pub mod listener;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,6 +162,7 @@ impl Gateway {
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
         self.check_head_size(session)?;
+        self.check_framing(session)?;
         let (method, path, query) = {
             let req = session.req_header();
             let uri = &req.uri;
@@ -545,13 +547,14 @@ impl Gateway {
             "request_id": request_id,
             "client": session.client_addr().map(|a| a.to_string()),
             "method": session.req_header().method.as_str(),
-            "path": session.req_header().uri.path(),
+            // Never the client's path: ids (and CPRs sent as ids) stay out of the log.
+            "path": crate::redact::path_template(session.req_header().uri.path(), &self.public_base_path),
             "interaction": o.interaction,
             "principal": o.principal,
             "status": status,
             "reason": if status < 400 { "ok" } else { o.reason },
             "dropped": o.dropped,
-            "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+            "duration_ms": listener::millis(started),
         });
         log::info!(target: "access", "{line}");
     }

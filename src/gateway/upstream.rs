@@ -56,6 +56,7 @@ pub struct Upstream {
     idle_timeout: Duration,
     read_timeout: Duration,
     max_response_bytes: usize,
+    max_target_bytes: usize,
 }
 
 pub struct UpstreamSettings {
@@ -64,6 +65,9 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_response_bytes: usize,
+    /// Longest request target sent upstream (`limits.max_uri_bytes`): the same limit applies
+    /// to what the proxy builds as to what it receives.
+    pub max_target_bytes: usize,
 }
 
 impl Upstream {
@@ -105,6 +109,7 @@ impl Upstream {
             idle_timeout: s.idle_timeout,
             read_timeout: s.read_timeout,
             max_response_bytes: s.max_response_bytes,
+            max_target_bytes: s.max_target_bytes,
         })
     }
 
@@ -129,6 +134,9 @@ impl Upstream {
         } else {
             format!("{}/{relative}", self.base_path)
         };
+        // Every target the proxy builds (search from URL and form, the supporter's OR list,
+        // paging, reads) passes here: checked once, before anything is sent.
+        crate::fhir::query::check_upstream_target(&path, self.max_target_bytes)?;
         let body = body.map(Bytes::from);
         // A pooled connection may have been closed by the server while idle; an idempotent
         // request is retried once on a fresh connection, a create never.

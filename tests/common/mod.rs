@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod upstream;
 
 use std::net::TcpListener;
@@ -129,24 +130,16 @@ pub fn tmp_dir(tag: &str) -> PathBuf {
     d
 }
 
-impl Harness {
-    pub fn start(tag: &str, opts: Options) -> Harness {
-        let dir = tmp_dir(tag);
-        let pki = Pki::new(&dir);
-        let upstream = RecordingUpstream::start(opts.upstream_mode);
-        let upstream_port = if opts.dead_upstream {
-            free_port()
-        } else {
-            upstream.port
-        };
-        let upstream_base = opts
-            .upstream_base
-            .clone()
-            .unwrap_or(format!("http://127.0.0.1:{upstream_port}/fhir"));
-        let port = free_port();
-        let admin_port = free_port();
-        let config = format!(
-            r#"
+/// The proxy configuration the tests run with (files relative to the PKI folder).
+pub fn proxy_config(
+    port: u16,
+    admin_port: u16,
+    upstream_base: &str,
+    read_timeout_ms: u64,
+    extra_config: &str,
+) -> String {
+    format!(
+        r#"
 [listen]
 address = "127.0.0.1:{port}"
 server_cert = "server.crt"
@@ -178,8 +171,33 @@ threads = 1
 grace_period_seconds = 0
 {extra}
 "#,
-            read_timeout = opts.read_timeout_ms,
-            extra = opts.extra_config
+        read_timeout = read_timeout_ms,
+        extra = extra_config
+    )
+}
+
+impl Harness {
+    pub fn start(tag: &str, opts: Options) -> Harness {
+        let dir = tmp_dir(tag);
+        let pki = Pki::new(&dir);
+        let upstream = RecordingUpstream::start(opts.upstream_mode);
+        let upstream_port = if opts.dead_upstream {
+            free_port()
+        } else {
+            upstream.port
+        };
+        let upstream_base = opts
+            .upstream_base
+            .clone()
+            .unwrap_or(format!("http://127.0.0.1:{upstream_port}/fhir"));
+        let port = free_port();
+        let admin_port = free_port();
+        let config = proxy_config(
+            port,
+            admin_port,
+            &upstream_base,
+            opts.read_timeout_ms,
+            &opts.extra_config,
         );
         let path = dir.join("eds-proxy.toml");
         std::fs::write(&path, config).unwrap();
@@ -277,7 +295,7 @@ pub fn example_registration() -> Value {
     serde_json::from_str(include_str!("../fixtures/AuditEvent-EDS-PDS-01.1.json")).unwrap()
 }
 
-fn wait_for_port(port: u16) {
+pub fn wait_for_port(port: u16) {
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;

@@ -1,0 +1,106 @@
+//! The process logger: env_logger (filter from `RUST_LOG`, default `info`, format and output
+//! unchanged) behind a `log::Log` that passes every record through
+//! [`crate::redact::sanitize`] first. Every log line the process writes goes through here —
+//! this crate's, Pingora's and every other dependency's — so no token, body, certificate, CPR
+//! number or id from a path reaches a log, whatever level an operator sets. The one exception
+//! is the supporter audit record (target `audit`), which names CPRs on purpose (MinLog).
+
+use log::{Level, Log, Metadata, Record};
+
+use crate::redact::{self, Source};
+
+struct RedactingLogger {
+    inner: env_logger::Logger,
+}
+
+impl Log for RedactingLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.inner.matches(record) {
+            return;
+        }
+        let source = Source::of(record.target(), record.module_path());
+        if source == Source::Audit {
+            self.inner.log(record);
+            return;
+        }
+        let fixed = record.args().as_str();
+        let formatted;
+        let message = match fixed {
+            Some(s) => s,
+            None => {
+                formatted = record.args().to_string();
+                formatted.as_str()
+            }
+        };
+        let location = format!(
+            "{}:{}",
+            short_file(record.file().unwrap_or("?")),
+            record.line().unwrap_or(0)
+        );
+        let text = redact::sanitize(
+            source,
+            record.level() >= Level::Debug,
+            fixed.is_some(),
+            &location,
+            message,
+        );
+        self.inner.log(
+            &Record::builder()
+                .args(format_args!("{text}"))
+                .level(record.level())
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// `…/pingora-core-0.9.1/src/protocols/http/v1/body.rs` → `pingora-core-0.9.1/src/…/body.rs`:
+/// enough to find the line in the dependency's source, without the build machine's paths.
+fn short_file(file: &str) -> &str {
+    match file.rfind("/src/") {
+        Some(at) => {
+            let crate_start = file
+                .get(..at)
+                .and_then(|p| p.rfind('/'))
+                .map_or(0, |s| s + 1);
+            file.get(crate_start..).unwrap_or(file)
+        }
+        None => file,
+    }
+}
+
+/// Install the logger for the whole process (once, at start-up; later calls do nothing).
+pub fn init() {
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(RedactingLogger { inner })).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_file;
+
+    #[test]
+    fn source_locations_are_short() {
+        assert_eq!(
+            short_file("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/pingora-core-0.9.1/src/apps/http_app.rs"),
+            "pingora-core-0.9.1/src/apps/http_app.rs"
+        );
+        assert_eq!(short_file("src/gateway/mod.rs"), "src/gateway/mod.rs");
+        assert_eq!(short_file("lib.rs"), "lib.rs");
+    }
+}

@@ -1,0 +1,512 @@
+//! What may reach a log line. Two pure decisions the logger (`crate::logging`) and the access
+//! log rely on:
+//!
+//! - [`redact`]: the last line of defence, run over every formatted log line except the
+//!   supporter audit record. It replaces whatever *looks like* a secret or a person number,
+//!   whoever wrote the line (this crate, Pingora, rustls, …): JWTs, `Bearer` tokens, the values
+//!   of `Authorization`/`Cookie`-like fields, PEM blocks and CPR-like numbers.
+//! - [`path_template`]: the request path as the access log shows it, with every id and every
+//!   piece of client text replaced by a placeholder.
+//!
+//! [`sanitize`] combines them with the per-source policy (which records are withheld, which are
+//! cut, which are exempt) so the whole decision is testable without a logger.
+
+use std::borrow::Cow;
+
+/// Placeholders written instead of what was removed. They are fixed strings, so a reader sees
+/// that (and what kind of) something was removed, and the line keeps its shape.
+pub const JWT: &str = "[jwt]";
+pub const SECRET: &str = "[redacted]";
+pub const PEM: &str = "[pem]";
+pub const CPR: &str = "[cpr]";
+
+/// Field names whose value is a credential wherever they appear (`name: value`, `name=value`,
+/// `"name": "value"`), compared ASCII case-insensitively. `authorization` also covers
+/// `Proxy-Authorization`, `cookie` also `Set-Cookie`.
+const SECRET_FIELDS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "client_secret",
+    "client_assertion",
+    "password",
+];
+
+/// Replace everything in `line` that looks like a token, a credential, a certificate or a
+/// CPR number. One pass over the bytes with no allocation when nothing is found (the common
+/// case: access-log lines are built from templates and fixed labels), so it is cheap enough
+/// for every line. What is replaced, and why each rule is shaped as it is:
+///
+/// - **JWT / JWS / JWE**: a run of base64url characters and dots starting with `eyJ` (the
+///   base64url form of `{"`, how every JOSE header and JSON claims segment begins), not
+///   preceded by a base64url character → `[jwt]`. A payload segment seen on its own is caught
+///   too; host names and version numbers (`a.b.c`) are not.
+/// - **`Bearer <token>`** (any case) → `Bearer [redacted]`, whatever the token looks like (a
+///   client can send garbage).
+/// - **credential fields** ([`SECRET_FIELDS`]) followed by `:` or `=` (optionally quoted, as
+///   in a header map's `Debug` output): the value up to the next quote, backslash, CR or LF
+///   → `[redacted]`. This covers raw request heads, escaped buffers (`\r\n` printed as text)
+///   and `Debug` output of header maps.
+/// - **PEM blocks** `-----BEGIN … -----END …-----` (or to the end of the line if cut) →
+///   `[pem]`.
+/// - **CPR-like numbers**: exactly ten digits, or six digits, `-`, four digits, not part of a
+///   longer digit run → `[cpr]`. No date check: a ten-digit epoch second lost from a log line
+///   is a small price for never printing a replacement CPR (day + 60) or a typo'd one.
+pub fn redact(line: &str) -> Cow<'_, str> {
+    let b = line.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match secret_at(b, i) {
+            Some((start, end, placeholder)) => {
+                // Every start and end is next to an ASCII byte, so both are char boundaries.
+                let o = out.get_or_insert_with(|| String::with_capacity(line.len()));
+                o.push_str(line.get(copied..start).unwrap_or_default());
+                o.push_str(placeholder);
+                copied = end;
+                i = end.max(i + 1);
+            }
+            None => i += 1,
+        }
+    }
+    match out {
+        None => Cow::Borrowed(line),
+        Some(mut o) => {
+            o.push_str(line.get(copied..).unwrap_or_default());
+            Cow::Owned(o)
+        }
+    }
+}
+
+fn is_b64url(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'_'
+}
+
+/// RFC 6750 §2.1 `b64token` characters.
+fn is_token68(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+fn starts_with_ignore_case(b: &[u8], i: usize, pat: &str) -> bool {
+    b.get(i..i + pat.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(pat.as_bytes()))
+}
+
+fn run(b: &[u8], from: usize, pred: impl Fn(u8) -> bool) -> usize {
+    b.get(from..)
+        .map_or(0, |s| s.iter().take_while(|c| pred(**c)).count())
+}
+
+/// True if `b[i]` starts a word: the byte before is not a word byte, or it ends a printed
+/// escape (`\n`, `\r`, `\t`), as in Pingora's `escape_ascii` dumps of a request buffer.
+fn starts_word(b: &[u8], i: usize, is_word: impl Fn(u8) -> bool) -> bool {
+    let at = |k: usize| i.checked_sub(k).and_then(|p| b.get(p)).copied();
+    match at(1) {
+        None => true,
+        Some(p) if !is_word(p) => true,
+        Some(b'n' | b'r' | b't') => at(2) == Some(b'\\'),
+        Some(_) => false,
+    }
+}
+
+/// The secret starting at `i`: (first byte to replace, end, placeholder).
+fn secret_at(b: &[u8], i: usize) -> Option<(usize, usize, &'static str)> {
+    let c = *b.get(i)?;
+    match c {
+        b'0'..=b'9' if starts_word(b, i, |p| p.is_ascii_digit()) => cpr_at(b, i),
+        b'e' if b.get(i..).is_some_and(|s| s.starts_with(b"eyJ"))
+            && starts_word(b, i, is_b64url) =>
+        {
+            let end = i + run(b, i, |c| is_b64url(c) || c == b'.' || c == b'=');
+            Some((i, end, JWT))
+        }
+        b'-' if b.get(i..).is_some_and(|s| s.starts_with(b"-----BEGIN ")) => {
+            let rest = b.get(i..).unwrap_or_default();
+            let end = find(rest, b"-----END ")
+                .and_then(|e| {
+                    let after = e + "-----END ".len();
+                    find(rest.get(after..)?, b"-----").map(|d| after + d + "-----".len())
+                })
+                .map_or(b.len(), |e| i + e);
+            Some((i, end, PEM))
+        }
+        _ if c.is_ascii_alphabetic() && starts_word(b, i, |p| p.is_ascii_alphanumeric()) => {
+            if starts_with_ignore_case(b, i, "bearer") {
+                let after = i + "bearer".len();
+                let spaces = run(b, after, |c| c == b' ' || c == b'\t');
+                let token = run(b, after + spaces, is_token68);
+                if spaces > 0 && token > 0 {
+                    let start = after + spaces;
+                    return Some((start, start + token, SECRET));
+                }
+                return None;
+            }
+            let name = SECRET_FIELDS
+                .iter()
+                .find(|n| starts_with_ignore_case(b, i, n))?;
+            field_value(b, i + name.len())
+        }
+        _ => None,
+    }
+}
+
+/// The value after a credential field name: `name` + optional quote + spaces + `:`/`=` +
+/// spaces + optional quote, then everything up to a quote, backslash, CR or LF (after `=`,
+/// as in a form or query, also up to `&`, `,` or white space).
+fn field_value(b: &[u8], mut j: usize) -> Option<(usize, usize, &'static str)> {
+    if matches!(b.get(j), Some(b'"' | b'\'')) {
+        j += 1;
+    }
+    j += run(b, j, |c| c == b' ' || c == b'\t');
+    let form = match b.get(j) {
+        Some(b':') => false,
+        Some(b'=') => true,
+        _ => return None,
+    };
+    j += 1;
+    j += run(b, j, |c| c == b' ' || c == b'\t');
+    if matches!(b.get(j), Some(b'"' | b'\'')) {
+        j += 1;
+    }
+    let len = run(b, j, |c| {
+        !(matches!(c, b'"' | b'\'' | b'\\' | b'\r' | b'\n')
+            || (form && (c == b'&' || c == b',' || c.is_ascii_whitespace())))
+    });
+    (len > 0).then_some((j, j + len, SECRET))
+}
+
+/// Exactly ten digits, or `DDMMYY-NNNN`, not followed by another digit.
+fn cpr_at(b: &[u8], i: usize) -> Option<(usize, usize, &'static str)> {
+    let digits = run(b, i, |c| c.is_ascii_digit());
+    if digits == 10 {
+        return Some((i, i + 10, CPR));
+    }
+    if digits == 6 && b.get(i + 6) == Some(&b'-') && run(b, i + 7, |c| c.is_ascii_digit()) == 4 {
+        return Some((i, i + 11, CPR));
+    }
+    None
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The access log's `path`: the request path with ids and client text replaced, relative to
+/// the public base path (`/fhir`, or empty). Known shapes keep their literal segments
+/// (`/fhir/AuditEvent/{id}/_history/{vid}`, `/fhir/AuditEvent/_search`, `/fhir/metadata`,
+/// `/fhir` for paging); `$operations` become `{operation}`; anything else under the base is
+/// `<base>/{other}`, and a path outside the base is `{other}`: never a byte the client chose.
+pub fn path_template(path: &str, base_path: &str) -> String {
+    let base = base_path.trim_end_matches('/');
+    match template_suffix(path, base) {
+        Some("") if base.is_empty() => "/".to_string(),
+        Some(suffix) => format!("{base}{suffix}"),
+        None => "{other}".to_string(),
+    }
+}
+
+fn template_suffix(path: &str, base: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix(base)?;
+    if rest.is_empty() || rest == "/" {
+        return Some("");
+    }
+    let rest = rest.strip_prefix('/')?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut segments = rest.split('/');
+    let s = [
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ];
+    if segments.next().is_some() {
+        return Some("/{other}");
+    }
+    Some(match s {
+        [Some("metadata"), None, ..] => "/metadata",
+        [Some("AuditEvent"), None, ..] => "/AuditEvent",
+        [Some("AuditEvent"), Some("_search"), None, _] => "/AuditEvent/_search",
+        [Some("AuditEvent"), Some("_history"), None, _] => "/AuditEvent/_history",
+        [Some("AuditEvent"), Some(op), None, _] if op.starts_with('$') => "/AuditEvent/{operation}",
+        [Some("AuditEvent"), Some(_), None, _] => "/AuditEvent/{id}",
+        [Some("AuditEvent"), Some(_), Some(op), None] if op.starts_with('$') => {
+            "/AuditEvent/{id}/{operation}"
+        }
+        [Some("AuditEvent"), Some(_), Some("_history"), None] => "/AuditEvent/{id}/_history",
+        [Some("AuditEvent"), Some(_), Some("_history"), Some(_)] => {
+            "/AuditEvent/{id}/_history/{vid}"
+        }
+        _ => "/{other}",
+    })
+}
+
+/// Where a log record comes from, as far as the redaction policy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The supporter audit record (target `audit`, written by this crate): the one sink that
+    /// names CPR numbers, on purpose (MinLog). Passed through untouched.
+    Audit,
+    /// Any other record this crate writes.
+    Own,
+    /// A dependency (Pingora, rustls, h2, reqwest, …).
+    Dependency,
+}
+
+impl Source {
+    /// `target` and `module_path` of a `log::Record`. The audit exemption needs both the
+    /// target and this crate as the writer, so a dependency logging to a target named `audit`
+    /// is still redacted.
+    pub fn of(target: &str, module_path: Option<&str>) -> Source {
+        let own = module_path.is_some_and(|m| m == "eds_proxy" || m.starts_with("eds_proxy::"));
+        match (own, target) {
+            (true, "audit") => Source::Audit,
+            (true, _) => Source::Own,
+            (false, _) => Source::Dependency,
+        }
+    }
+}
+
+/// Text after which a dependency's message carries raw request bytes: Pingora 0.9.1 puts the
+/// whole request buffer (`Authorization` and body included) after `buf: ` in its
+/// `InvalidHTTPHeader` errors (`protocols/http/v1/server.rs`, `read_request`), and a client's
+/// Content-Length text after `header value ` (`protocols/http/v1/common.rs`).
+const PAYLOAD_MARKERS: &[&str] = &["buf: ", "header value "];
+
+/// The text a log record may be written with.
+///
+/// - `Source::Audit`: unchanged.
+/// - `static_text`: a message without runtime values (`format_args!` with no arguments) is
+///   code, not data, and passes (redacted all the same).
+/// - A dependency's **debug/trace** record with runtime values is withheld: Pingora's debug
+///   and trace output prints request headers (`{:?}` of the request head), body chunks and
+///   response tasks (`protocols/http/v1/body.rs`, `apps/http_app.rs`), and no pattern can
+///   recognise an arbitrary id or body. The line keeps its level, target and source location.
+/// - Any other dependency record is cut at the first [`PAYLOAD_MARKERS`] and redacted.
+/// - This crate's own records are redacted.
+pub fn sanitize<'a>(
+    source: Source,
+    debug_or_trace: bool,
+    static_text: bool,
+    location: &str,
+    message: &'a str,
+) -> Cow<'a, str> {
+    match source {
+        Source::Audit => Cow::Borrowed(message),
+        Source::Dependency if debug_or_trace && !static_text => Cow::Owned(format!(
+            "[message withheld: may carry request data; {location}]"
+        )),
+        Source::Dependency => {
+            let cut = PAYLOAD_MARKERS
+                .iter()
+                .filter_map(|m| message.find(m).map(|at| at + m.len()))
+                .min();
+            match cut {
+                Some(at) => {
+                    let kept = message.get(..at).unwrap_or_default();
+                    Cow::Owned(format!("{}{SECRET}", redact(kept)))
+                }
+                None => redact(message),
+            }
+        }
+        Source::Own => redact(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT_SAMPLE: &str =
+        "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4IiwiY3ByIjoiMDEwMTAxOTk5OSJ9.c2lnbmF0dXJl";
+
+    #[test]
+    fn tokens_and_credentials_are_replaced() {
+        let cases = [
+            (
+                format!("token {JWT_SAMPLE} end"),
+                "token [jwt] end".to_string(),
+            ),
+            (
+                "payload eyJzdWIiOiJ4In0 only".into(),
+                "payload [jwt] only".into(),
+            ),
+            (
+                "Authorization: Bearer MARKER.TOKEN.x\r\nHost: a".into(),
+                "Authorization: [redacted]\r\nHost: a".into(),
+            ),
+            (
+                r"buf: POST / HTTP/1.1\r\nauthorization: Bearer abc.def\r\n".into(),
+                r"buf: POST / HTTP/1.1\r\nauthorization: [redacted]\r\n".into(),
+            ),
+            (
+                r#"{"authorization": "DPoP xyz", "host": "h"}"#.into(),
+                r#"{"authorization": "[redacted]", "host": "h"}"#.into(),
+            ),
+            (
+                "said bearer  tok_en=".into(),
+                "said bearer  [redacted]".into(),
+            ),
+            (
+                "Cookie: s=1; t=2\nSet-Cookie: a=b".into(),
+                "Cookie: [redacted]\nSet-Cookie: [redacted]".into(),
+            ),
+            (
+                "access_token=abc&client_secret=s3cret".into(),
+                "access_token=[redacted]&client_secret=[redacted]".into(),
+            ),
+            (
+                "key -----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY----- after".into(),
+                "key [pem] after".into(),
+            ),
+            (
+                "cut -----BEGIN CERTIFICATE-----\nMIIB".into(),
+                "cut [pem]".into(),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(&input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn cpr_like_numbers_are_replaced_but_not_other_numbers() {
+        let cases = [
+            ("cpr 0101019999.", "cpr [cpr]."),
+            ("cpr|010101-9999,x", "cpr|[cpr],x"),
+            ("/AuditEvent/0101019999/x", "/AuditEvent/[cpr]/x"),
+            ("a0101019999b", "a[cpr]b"),
+            ("0101019999 0101019999", "[cpr] [cpr]"),
+            ("12345678901 ms", "12345678901 ms"),
+            ("123456789 ok", "123456789 ok"),
+            ("1234567-8901", "1234567-8901"),
+            (
+                "12:30:00.123456 127.0.0.1:8443",
+                "12:30:00.123456 127.0.0.1:8443",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn ordinary_lines_are_borrowed_unchanged() {
+        for line in [
+            r#"{"ts":"2025-01-01T00:00:00.123456789Z","request_id":"1a-2","client":"127.0.0.1:5000","method":"GET","path":"/fhir/AuditEvent/{id}","status":200,"duration_ms":1.25}"#,
+            "Downstream handshake error from 127.0.0.1:4000: invalid peer certificate: UnknownIssuer",
+            "host a.b.c version 1.2.3, authorization granted, eyeJ",
+            "non-ASCII æøå",
+        ] {
+            assert!(matches!(redact(line), Cow::Borrowed(_)), "{line}");
+        }
+        // Multi-byte characters around a match stay intact.
+        assert_eq!(redact("æ0101019999ø"), "æ[cpr]ø");
+    }
+
+    #[test]
+    fn access_log_paths_are_templates() {
+        let cases = [
+            ("/fhir/AuditEvent/0101019999", "/fhir/AuditEvent/{id}"),
+            (
+                "/fhir/AuditEvent/abc/_history/2",
+                "/fhir/AuditEvent/{id}/_history/{vid}",
+            ),
+            (
+                "/fhir/AuditEvent/abc/_history",
+                "/fhir/AuditEvent/{id}/_history",
+            ),
+            ("/fhir/AuditEvent/_search", "/fhir/AuditEvent/_search"),
+            ("/fhir/AuditEvent/_history", "/fhir/AuditEvent/_history"),
+            ("/fhir/AuditEvent/$validate", "/fhir/AuditEvent/{operation}"),
+            (
+                "/fhir/AuditEvent/1/$meta",
+                "/fhir/AuditEvent/{id}/{operation}",
+            ),
+            ("/fhir/AuditEvent", "/fhir/AuditEvent"),
+            ("/fhir/AuditEvent/", "/fhir/AuditEvent"),
+            ("/fhir/metadata", "/fhir/metadata"),
+            ("/fhir", "/fhir"),
+            ("/fhir/", "/fhir"),
+            ("/fhir/Patient/0101019999", "/fhir/{other}"),
+            ("/fhir/AuditEvent/a/b/c/d", "/fhir/{other}"),
+            ("/fhir0101019999", "{other}"),
+            ("/other/x", "{other}"),
+            ("*", "{other}"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(path_template(path, "/fhir"), want, "{path}");
+            assert_eq!(path_template(path, "/fhir/"), want, "{path}");
+        }
+        assert_eq!(path_template("/", ""), "/");
+        assert_eq!(path_template("/AuditEvent/x", ""), "/AuditEvent/{id}");
+        assert_eq!(path_template("relative", ""), "{other}");
+    }
+
+    #[test]
+    fn the_policy_per_source() {
+        let secret = format!("Authorization: Bearer {JWT_SAMPLE}\ncpr 0101019999");
+        // The audit record is the one sink that names CPRs.
+        assert_eq!(sanitize(Source::Audit, false, false, "x", &secret), secret);
+        let own = sanitize(Source::Own, true, false, "x", &secret);
+        assert_eq!(own, "Authorization: [redacted]\ncpr [cpr]");
+        // A dependency's debug output with values is withheld, its fixed texts pass.
+        assert_eq!(
+            sanitize(
+                Source::Dependency,
+                true,
+                false,
+                "body.rs:800",
+                "chunk: a-body-id"
+            ),
+            "[message withheld: may carry request data; body.rs:800]"
+        );
+        assert_eq!(
+            sanitize(
+                Source::Dependency,
+                true,
+                true,
+                "x",
+                "HTTP response written."
+            ),
+            "HTTP response written."
+        );
+        // Its errors are cut where the raw request starts.
+        assert_eq!(
+            sanitize(
+                Source::Dependency,
+                false,
+                false,
+                "x",
+                r#"HTTP server fails to read from downstream: InvalidHTTPHeader context: buf: "GET /fhir/AuditEvent/abc HTTP/1.1\r\nX: y""#
+            ),
+            "HTTP server fails to read from downstream: InvalidHTTPHeader context: buf: [redacted]"
+        );
+        assert_eq!(
+            sanitize(
+                Source::Dependency,
+                false,
+                false,
+                "x",
+                "invalid content-length header value abc-id"
+            ),
+            "invalid content-length header value [redacted]"
+        );
+        assert_eq!(
+            Source::of("audit", Some("eds_proxy::gateway")),
+            Source::Audit
+        );
+        assert_eq!(
+            Source::of("audit", Some("pingora_core::x")),
+            Source::Dependency
+        );
+        assert_eq!(
+            Source::of("access", Some("eds_proxy::gateway")),
+            Source::Own
+        );
+        assert_eq!(Source::of("eds_proxy", Some("eds_proxy")), Source::Own);
+        assert_eq!(Source::of("x", None), Source::Dependency);
+    }
+}

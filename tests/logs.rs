@@ -1,0 +1,269 @@
+//! Nothing secret in any log line (issue 7 §4): the real `eds-proxy` binary at the most verbose
+//! level (`RUST_LOG=trace`), fed well-formed and malformed requests that carry marker tokens,
+//! marker CPR numbers and marker ids in the path, query, headers and body; then every byte it
+//! wrote to stdout and stderr is searched for the markers.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::raw;
+use common::*;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+const CPR: &str = "0101019999";
+const CPR_DASH: &str = "010101-9999";
+const ID: &str = "idmarker-4711";
+const BODY: &str = "BODYMARKER";
+const GARBAGE_TOKEN: &str = "MARKER.TOKEN.x";
+const DEVICE: &str = "logs-device";
+const SOR: &str = "937961000016000";
+const GLN: &str = "GLN-1234";
+
+/// The binary, running with `config`, its output (stdout and stderr) in one file.
+struct Proxy {
+    child: Child,
+    output: PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &std::path::Path, config: String, port: u16) -> Proxy {
+        let path = dir.join("eds-proxy.toml");
+        std::fs::write(&path, config).unwrap();
+        let output = dir.join("proxy-output.log");
+        let file = std::fs::File::create(&output).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_eds-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Proxy { child, output }
+    }
+
+    /// Stop the process and return everything it wrote.
+    fn finish(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        String::from_utf8_lossy(&std::fs::read(&self.output).unwrap()).into_owned()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test]
+async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
+    let dir = tmp_dir("logs");
+    let pki = Pki::new(&dir);
+    let upstream = RecordingUpstream::start(UpstreamMode::Honest);
+    let port = free_port();
+    let config = proxy_config(
+        port,
+        free_port(),
+        &format!("http://127.0.0.1:{}/fhir", upstream.port),
+        5_000,
+        "",
+    );
+    let proxy = Proxy::start(&dir, config, port);
+    let base = format!("https://localhost:{port}/fhir");
+
+    let client_for = |cert: &eds_proxy::dev::pki::CertifiedKey| {
+        let identity =
+            reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
+                .unwrap();
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(pki.ca.cert.cert_pem.as_bytes()).unwrap(),
+            )
+            .identity(identity)
+            .http1_only()
+            .build()
+            .unwrap()
+    };
+    let sign = |cert: &eds_proxy::dev::pki::CertifiedKey, extra| {
+        pki.issuer_key.sign(&claims_for(cert, extra)).unwrap()
+    };
+    let station_cert = pki.client("logs-station");
+    let station = client_for(&station_cert);
+    let station_token = sign(&station_cert, station_claims(DEVICE, SOR, GLN));
+    let citizen_cert = pki.client("logs-citizen");
+    let citizen = client_for(&citizen_cert);
+    let citizen_token = sign(&citizen_cert, citizen_claims(CPR));
+    let supporter_cert = pki.client("logs-supporter");
+    let supporter = client_for(&supporter_cert);
+    let supporter_token = sign(&supporter_cert, supporter_claims("29189846"));
+
+    // Well-formed requests: create, search (URL and form), read and vread with the CPR and an
+    // id marker in the path, a garbage token, and a supporter search (the audit record).
+    let mut registration = example_registration();
+    registration["contained"][0]["identifier"] = json!([{ "value": DEVICE }]);
+    registration["entity"][0]["what"]["identifier"]["value"] = json!(CPR);
+    registration["entity"][1]["what"]["identifier"]["value"] = json!(format!("{BODY}-1"));
+    let resp = station
+        .post(format!("{base}/AuditEvent"))
+        .bearer_auth(&station_token)
+        .header("Content-Type", "application/fhir+json")
+        .body(registration.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = station
+        .get(format!(
+            "{base}/AuditEvent?message-id={BODY}-1&patient={CPR}&cpr={CPR_DASH}"
+        ))
+        .bearer_auth(&station_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = station
+        .post(format!("{base}/AuditEvent/_search?cpr={CPR}"))
+        .bearer_auth(&station_token)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("message-id={BODY}-2&cpr={CPR_DASH}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for path in [
+        format!("AuditEvent/{CPR}"),
+        format!("AuditEvent/{ID}/_history/{CPR_DASH}"),
+    ] {
+        let resp = citizen
+            .get(format!("{base}/{path}"))
+            .bearer_auth(&citizen_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+    let resp = citizen
+        .get(format!("{base}/AuditEvent/{ID}?cpr={CPR}"))
+        .header("Authorization", format!("Bearer {GARBAGE_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = supporter
+        .get(format!("{base}/AuditEvent?message-id={BODY}-1"))
+        .bearer_auth(&supporter_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let bundle: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(1));
+
+    // Malformed requests, each carrying a token, the CPR and the body marker.
+    let good = format!("Authorization: Bearer {station_token}\r\n");
+    let garbage = format!("Authorization: Bearer {GARBAGE_TOKEN}\r\n");
+    let form = format!("cpr={CPR}&message-id={BODY}-3");
+    let overlong = format!(
+        "GET /fhir/AuditEvent/{ID}?cpr={CPR}&x={} HTTP/1.1\r\nHost: localhost\r\n{good}\r\n",
+        "a".repeat(1_100_000)
+    );
+    let malformed = [
+        format!("GET /fhir/AuditEvent/{CPR}?cpr={CPR_DASH} HTTP/1.1\r\nHost: localhost\r\n{good}X-Bad: a\u{1}b {BODY}\r\n\r\n"),
+        format!("POST /fhir/AuditEvent/_search HTTP/1.1\r\nHost: localhost\r\n{good}NoColon {CPR}\r\nContent-Length: {}\r\n\r\n{form}", form.len()),
+        format!("POST /fhir/AuditEvent/_search HTTP/1.1\r\nHost: localhost\r\n{good}Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{form}\r\n0\r\n\r\n"),
+        format!("G@T /fhir/AuditEvent/{ID}?cpr={CPR} HTTP/1.1\r\nHost: localhost\r\n{garbage}\r\n"),
+        format!("POST /fhir/AuditEvent/_search HTTP/1.1\r\nHost: localhost\r\n{good}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{form}\r\n0\r\n\r\n", form.len(), form.len()),
+        format!("GET /fhir/AuditEvent/{ID} HTTP/1.1\r\nHost: localhost\r\n{good}X-Folded: a\r\n {CPR} {BODY}\r\n\r\n"),
+        format!("GET /fhir/AuditEvent/{ID} HTTP/1.0\r\nHost: localhost\r\n{garbage}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        overlong,
+    ];
+    let connector = raw::tls_connector(&pki.ca.cert.cert_der, &station_cert);
+    for (i, bytes) in malformed.iter().enumerate() {
+        let mut tls = raw::connect(port, &connector).await;
+        let _ = tls.write_all(bytes.as_bytes()).await;
+        let _ = tls.flush().await;
+        let (answer, _) = raw::read_answers(&mut tls).await;
+        let head = String::from_utf8_lossy(&answer);
+        assert!(
+            head.starts_with("HTTP/1.1 4"),
+            "malformed request {i} was answered {:?}",
+            head.chars().take(120).collect::<String>()
+        );
+    }
+
+    let output = proxy.finish();
+    let token_parts: Vec<&str> = station_token.split('.').collect();
+    let mut forbidden = vec![
+        ("the station token", station_token.as_str()),
+        ("the token's payload", token_parts[1]),
+        ("the token's signature", token_parts[2]),
+        ("the citizen token", citizen_token.as_str()),
+        ("the supporter token", supporter_token.as_str()),
+        ("the garbage token", GARBAGE_TOKEN),
+        ("the garbage token's marker", "MARKER.TOKEN"),
+        ("the id in a path", ID),
+        ("the body marker", BODY),
+        ("the CPR with a dash", CPR_DASH),
+        ("a PEM block", "-----BEGIN"),
+    ];
+    forbidden.push(("the client certificate", &station_cert.cert_pem[28..90]));
+    let mut problems = Vec::new();
+    for line in output.lines() {
+        for (what, marker) in &forbidden {
+            if line.contains(marker) {
+                problems.push(format!("{what} in: {}", excerpt(line)));
+            }
+        }
+        // The supporter audit record is the one sink that names CPRs (MinLog).
+        if line.contains(CPR) && !line.contains(" audit]") {
+            problems.push(format!("the CPR in: {}", excerpt(line)));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} log line(s) leak:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+
+    // The test saw what it meant to: the audit record, Pingora's verbose output (withheld),
+    // the refused heads, and the templated paths.
+    let has = |needle: &str| output.lines().any(|l| l.contains(needle));
+    assert!(
+        output
+            .lines()
+            .any(|l| l.contains(" audit]") && l.contains(CPR)),
+        "no supporter audit record naming the CPR"
+    );
+    assert!(has(
+        "[message withheld: may carry request data; pingora-core"
+    ));
+    assert!(has(r#""reason":"malformed_request""#));
+    assert!(has(r#""reason":"uri_too_long""#));
+    for template in [
+        r#""path":"/fhir/AuditEvent/{id}""#,
+        r#""path":"/fhir/AuditEvent/{id}/_history/{vid}""#,
+        r#""path":"/fhir/AuditEvent/_search""#,
+        r#""path":"/fhir/AuditEvent""#,
+    ] {
+        assert!(has(template), "no access log line with {template}");
+    }
+    let read_line = output
+        .lines()
+        .find(|l| l.contains(r#""path":"/fhir/AuditEvent/{id}""#) && l.contains(r#""status":404"#))
+        .expect("the read's access log line");
+    assert!(read_line.contains(r#""interaction":"read""#), "{read_line}");
+}
+
+fn excerpt(line: &str) -> String {
+    line.chars().take(300).collect()
+}
