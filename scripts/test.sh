@@ -12,6 +12,7 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+command -v openssl >/dev/null || missing+=(openssl)
 if (( ${#missing[@]} )); then
   echo "== installing ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -5,7 +5,7 @@
 //! number or id from a path reaches a log, whatever level an operator sets. The one exception
 //! is the supporter audit record (target `audit`), which names CPRs on purpose (MinLog).
 
-use log::{Level, Log, Metadata, Record};
+use log::{Log, Metadata, Record};
 
 use crate::redact::{self, Source};
 
@@ -41,13 +41,7 @@ impl Log for RedactingLogger {
             short_file(record.file().unwrap_or("?")),
             record.line().unwrap_or(0)
         );
-        let text = redact::sanitize(
-            source,
-            record.level() >= Level::Debug,
-            fixed.is_some(),
-            &location,
-            message,
-        );
+        let text = redact::sanitize(source, fixed.is_some(), &location, message);
         self.inner.log(
             &Record::builder()
                 .args(format_args!("{text}"))
@@ -87,6 +81,29 @@ pub fn init() {
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(RedactingLogger { inner })).is_ok() {
         log::set_max_level(max);
+        // A panic's message would otherwise go to stderr past the redaction: route it through
+        // the logger as this crate's own ERROR line (redacted like any other).
+        std::panic::set_hook(Box::new(|info| {
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}", short_file(l.file()), l.line()))
+                .unwrap_or_default();
+            // This crate's files are relative (`src/…`); a dependency's panic text is withheld
+            // like its log lines with values.
+            let own = info
+                .location()
+                .is_some_and(|l| l.file().starts_with("src/"));
+            let what = match own {
+                true => info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_default(),
+                false => "[message withheld: may carry request data]".to_string(),
+            };
+            log::error!(target: "panic", "panic at {place}: {what}");
+        }));
     }
 }
 

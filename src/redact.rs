@@ -269,49 +269,30 @@ impl Source {
     }
 }
 
-/// Text after which a dependency's message carries raw request bytes: Pingora 0.9.1 puts the
-/// whole request buffer (`Authorization` and body included) after `buf: ` in its
-/// `InvalidHTTPHeader` errors (`protocols/http/v1/server.rs`, `read_request`), and a client's
-/// Content-Length text after `header value ` (`protocols/http/v1/common.rs`).
-const PAYLOAD_MARKERS: &[&str] = &["buf: ", "header value "];
-
 /// The text a log record may be written with.
 ///
 /// - `Source::Audit`: unchanged.
 /// - `static_text`: a message without runtime values (`format_args!` with no arguments) is
 ///   code, not data, and passes (redacted all the same).
-/// - A dependency's **debug/trace** record with runtime values is withheld: Pingora's debug
-///   and trace output prints request headers (`{:?}` of the request head), body chunks and
-///   response tasks (`protocols/http/v1/body.rs`, `apps/http_app.rs`), and no pattern can
-///   recognise an arbitrary id or body. The line keeps its level, target and source location.
-/// - Any other dependency record is cut at the first [`PAYLOAD_MARKERS`] and redacted.
+/// - A dependency's record **with runtime values, at any level**, is withheld: Pingora prints
+///   request heads, body chunks and response bodies at debug/trace, the raw request buffer
+///   (`buf: …`) and the request summary (method, full URI, `Host`) at ERROR, rustls the
+///   client's SNI text at WARN; no pattern can recognise an arbitrary id or body. The line
+///   keeps its level, target and source location, so an operator can still see that
+///   something happened and where.
 /// - This crate's own records are redacted.
 pub fn sanitize<'a>(
     source: Source,
-    debug_or_trace: bool,
     static_text: bool,
     location: &str,
     message: &'a str,
 ) -> Cow<'a, str> {
     match source {
         Source::Audit => Cow::Borrowed(message),
-        Source::Dependency if debug_or_trace && !static_text => Cow::Owned(format!(
+        Source::Dependency if !static_text => Cow::Owned(format!(
             "[message withheld: may carry request data; {location}]"
         )),
-        Source::Dependency => {
-            let cut = PAYLOAD_MARKERS
-                .iter()
-                .filter_map(|m| message.find(m).map(|at| at + m.len()))
-                .min();
-            match cut {
-                Some(at) => {
-                    let kept = message.get(..at).unwrap_or_default();
-                    Cow::Owned(format!("{}{SECRET}", redact(kept)))
-                }
-                None => redact(message),
-            }
-        }
-        Source::Own => redact(message),
+        Source::Dependency | Source::Own => redact(message),
     }
 }
 
@@ -449,50 +430,24 @@ mod tests {
     fn the_policy_per_source() {
         let secret = format!("Authorization: Bearer {JWT_SAMPLE}\ncpr 0101019999");
         // The audit record is the one sink that names CPRs.
-        assert_eq!(sanitize(Source::Audit, false, false, "x", &secret), secret);
-        let own = sanitize(Source::Own, true, false, "x", &secret);
+        assert_eq!(sanitize(Source::Audit, false, "x", &secret), secret);
+        let own = sanitize(Source::Own, false, "x", &secret);
         assert_eq!(own, "Authorization: [redacted]\ncpr [cpr]");
-        // A dependency's debug output with values is withheld, its fixed texts pass.
+        // A dependency's record with values is withheld at every level, its fixed texts pass.
+        for message in [
+            "chunk: a-body-id",
+            r#"HTTP server fails to read from downstream: InvalidHTTPHeader context: buf: "GET /fhir/AuditEvent/abc HTTP/1.1\r\nX: y""#,
+            "HTTP server fails to write to downstream: WriteError, GET /metrics?id=abc&cpr=010170%201234, Host: h",
+            r#"Illegal SNI hostname received "010170 1234""#,
+        ] {
+            assert_eq!(
+                sanitize(Source::Dependency, false, "http_app.rs:84", message),
+                "[message withheld: may carry request data; http_app.rs:84]"
+            );
+        }
         assert_eq!(
-            sanitize(
-                Source::Dependency,
-                true,
-                false,
-                "body.rs:800",
-                "chunk: a-body-id"
-            ),
-            "[message withheld: may carry request data; body.rs:800]"
-        );
-        assert_eq!(
-            sanitize(
-                Source::Dependency,
-                true,
-                true,
-                "x",
-                "HTTP response written."
-            ),
+            sanitize(Source::Dependency, true, "x", "HTTP response written."),
             "HTTP response written."
-        );
-        // Its errors are cut where the raw request starts.
-        assert_eq!(
-            sanitize(
-                Source::Dependency,
-                false,
-                false,
-                "x",
-                r#"HTTP server fails to read from downstream: InvalidHTTPHeader context: buf: "GET /fhir/AuditEvent/abc HTTP/1.1\r\nX: y""#
-            ),
-            "HTTP server fails to read from downstream: InvalidHTTPHeader context: buf: [redacted]"
-        );
-        assert_eq!(
-            sanitize(
-                Source::Dependency,
-                false,
-                false,
-                "x",
-                "invalid content-length header value abc-id"
-            ),
-            "invalid content-length header value [redacted]"
         );
         assert_eq!(
             Source::of("audit", Some("eds_proxy::gateway")),

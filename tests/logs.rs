@@ -68,9 +68,10 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
     let pki = Pki::new(&dir);
     let upstream = RecordingUpstream::start(UpstreamMode::Honest);
     let port = free_port();
+    let admin_port = free_port();
     let config = proxy_config(
         port,
-        free_port(),
+        admin_port,
         &format!("http://127.0.0.1:{}/fhir", upstream.port),
         5_000,
         "",
@@ -200,6 +201,36 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
         );
     }
 
+    // Dependencies' own lines with client text: rustls warns about an invalid SNI name from
+    // the ClientHello (no certificate needed); Pingora's default loop on the admin listener
+    // logs the request summary (method, URI, Host) at ERROR when the client resets.
+    wait_for_port(admin_port);
+    for sni in [format!("{ID} x"), format!("{CPR_DASH} x")] {
+        let done = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                &sni,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl s_client (Debian package openssl)");
+        assert!(done.status.code().is_some());
+    }
+    for i in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+            .await
+            .unwrap();
+        let pad = "p".repeat(i * 300);
+        let req = format!(
+            "GET /metrics?id={ID}&cpr={CPR_DASH}&{pad} HTTP/1.1\r\nHost: {ID}.example\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let _ = s.set_linger(Some(Duration::from_secs(0)));
+        drop(s);
+    }
     let output = proxy.finish();
     let token_parts: Vec<&str> = station_token.split('.').collect();
     let mut forbidden = vec![

@@ -134,11 +134,16 @@ impl KeyStore {
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?,
             JwksSource::Url { url, client } => {
-                let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+                // `without_url`: an operator's JWKS URL may carry credentials in its query.
+                let resp = client
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?;
                 if !resp.status().is_success() {
                     return Err(format!("JWKS endpoint answered {}", resp.status()));
                 }
-                resp.text().await.map_err(|e| e.to_string())?
+                resp.text().await.map_err(|e| e.without_url().to_string())?
             }
         };
         parse_jwks(&text)
