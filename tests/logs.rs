@@ -228,7 +228,7 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
             "GET /metrics?id={ID}&cpr={CPR_DASH}&{pad} HTTP/1.1\r\nHost: {ID}.example\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await.unwrap();
-        let _ = s.set_linger(Some(Duration::from_secs(0)));
+        let _ = s.set_zero_linger();
         drop(s);
     }
     let output = proxy.finish();
