@@ -47,7 +47,12 @@ pub const BPP_NAMESPACE: &str = "http://itst.dk/oiosaml/basic_privilege_profile"
 pub const BPP_NAMESPACE_1_2: &str = "http://digst.dk/oiosaml/basic_privilege_profile";
 
 /// One privilege group: the privileges a user holds within one scope (an organisation).
+///
+/// In the JSON form an unknown member (e.g. a constraint list) makes the claim unreadable,
+/// so it grants nothing, as a `Constraint` does in the XML form: the proxy cannot evaluate
+/// what it does not know.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PrivilegeGroup {
     pub scope: String,
     #[serde(default)]
@@ -221,6 +226,12 @@ mod tests {
 
     fn xml_claim(xml: &str) -> Value {
         Value::String(base64::engine::general_purpose::STANDARD.encode(xml))
+    }
+
+    #[test]
+    fn json_groups_with_unknown_members_grant_nothing() {
+        let claim = json!([{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:12345678", "privileges": [ROLE], "constraints": ["x"]}]);
+        assert!(parse(&claim).is_err());
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct EdsClaims {
     pub exp: i64,
     #[serde(default)]
     pub iat: Option<i64>,
+    /// Read for the lifetime rule only (jsonwebtoken checks `nbf` against the clock).
+    #[serde(default)]
+    pub nbf: Option<i64>,
 }
 
 /// RFC 8705 confirmation claim.
@@ -292,6 +295,29 @@ pub fn check_lifetime(
     Ok(())
 }
 
+/// The claims set read once more, strictly, after the signature verified: a duplicate member
+/// name at any depth (`priv` entries, `ehmi:org_context`, `cnf`) is refused, since two JSON
+/// readers may keep different ones (RFC 7519 §4 lets a parser reject duplicates; this one
+/// does), and `iss` must be a single string (RFC 7519 §4.1.1: a StringOrURI, never an array).
+///
+/// Errors: [`TokenFailure::Malformed`].
+pub fn check_payload_members(token: &str) -> Result<(), TokenFailure> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .ok_or(TokenFailure::Malformed)?;
+    let claims = crate::fhir::strict_json::parse(&payload).map_err(|_| TokenFailure::Malformed)?;
+    match claims.get("iss") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(TokenFailure::Malformed),
+    }
+}
+
 fn header_alg_is_present(token: &str) -> bool {
     let Some(part) = token.split('.').next() else {
         return false;
@@ -353,13 +379,17 @@ pub fn verify(
     {
         return Err(TokenFailure::IssuedInFuture);
     }
-    check_lifetime(
-        claims.exp,
-        claims.iat,
-        now,
-        policy.max_lifetime_seconds,
-        policy.leeway_seconds,
-    )?;
+    check_payload_members(token)?;
+    // Every start the token names (`iat`, `nbf`) bounds its lifetime, as does the clock.
+    for start in [claims.iat, claims.nbf] {
+        check_lifetime(
+            claims.exp,
+            start,
+            now,
+            policy.max_lifetime_seconds,
+            policy.leeway_seconds,
+        )?;
+    }
     let bound = claims
         .cnf
         .as_ref()
@@ -948,6 +978,66 @@ mod tests {
             check(&f, &format!("{input}.{sig}"), &cert_hash("A")),
             Err(TokenFailure::Malformed)
         );
+    }
+
+    /// Sign `payload` (raw JSON text, duplicates and all) with the fixture's key.
+    fn sign_raw(f: &Fixture, payload: &str) -> String {
+        let header = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(payload.as_bytes())
+        );
+        let k = jsonwebtoken::EncodingKey::from_ec_pem(f.key.private_pem.as_bytes()).unwrap();
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k, Algorithm::ES256).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    #[test]
+    fn nested_duplicates_and_an_issuer_array_are_malformed() {
+        let f = fixture();
+        let text = claims().to_string();
+        let inner = &text[1..text.len() - 1];
+        for extra in [
+            // Which CVR does the role belong to? A first-wins reader says 11111111.
+            r#""priv":[{"scope":"urn:dk:gov:saml:cvrNumberIdentifier:11111111","privileges":["r"],"scope":"urn:dk:gov:saml:cvrNumberIdentifier:12345678"}]"#,
+            r#""ehmi:org_context":{"sor":"A","gln":"G","sor":"B"}"#,
+            r#""x":{"y":{"z":1,"z":2}}"#,
+        ] {
+            assert_eq!(
+                check(
+                    &f,
+                    &sign_raw(&f, &format!("{{{inner},{extra}}}")),
+                    &cert_hash("A")
+                ),
+                Err(TokenFailure::Malformed),
+                "{extra}"
+            );
+        }
+        let mut c = claims();
+        let iss = c["iss"].clone();
+        c["iss"] = json!(["https://evil.example", iss]);
+        assert_eq!(
+            check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")),
+            Err(TokenFailure::Malformed)
+        );
+        assert_eq!(check_payload_members("a.b"), Err(TokenFailure::Malformed));
+    }
+
+    #[test]
+    fn not_before_bounds_the_lifetime_too() {
+        let f = fixture();
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("iat");
+        c["nbf"] = json!(now - 365 * 86_400);
+        c["exp"] = json!(now + 600);
+        assert_eq!(
+            check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")),
+            Err(TokenFailure::LifetimeTooLong)
+        );
+        c["nbf"] = json!(now - 60);
+        assert!(check(&f, &f.key.sign(&c).unwrap(), &cert_hash("A")).is_ok());
     }
 
     #[test]
