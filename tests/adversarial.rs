@@ -2339,7 +2339,7 @@ async fn adversarial_registrations() {
             r["source"]["observer"] = json!({"identifier": {"value": DEV}});
             r.as_object_mut().unwrap().remove("contained");
         })), created()),
-        case("control: a foreign security label is kept", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]))), created()),
+        case("a client's own security label (the proxy writes meta.security alone)", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]))), invalid()),
         case("control: upper-case media type", s.post("/AuditEvent", Some("APPLICATION/FHIR+JSON"), text.clone()), created()),
         case("control: application/json with charset", s.post("/AuditEvent", Some("application/json; charset=utf-8"), text.clone()), created()),
         case("control: trailing slash", s.post("/AuditEvent/", Some(FHIR_JSON), text.clone()), created()),
@@ -2501,6 +2501,20 @@ async fn adversarial_registrations() {
         case("HAPI's externalized-binary extension", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hapifhir.io/fhir/StructureDefinition/externalized-binary-id", "valueString": "b1"}]))), invalid()),
         case("an unknown modifierExtension", s.create(&changed(base(), |r| r["modifierExtension"] = json!([{"url": "https://example.org/ext", "valueBoolean": true}]))), invalid()),
         case("a label system in an identifier", s.create(&changed(base(), |r| r["entity"][1]["what"]["identifier"]["system"] = json!("urn:eds-proxy:label:cpr"))), invalid()),
+        case("a local reference whose contained id is a match URL", s.create(&changed(base(), |r| {
+            let evil = format!("x/{probe}");
+            let mut device = r["contained"][0].clone();
+            device["id"] = json!(evil);
+            r["contained"].as_array_mut().unwrap().push(device);
+            r["entity"].as_array_mut().unwrap().push(json!({"what": {"reference": format!("#{evil}")}}));
+        })), invalid()),
+        case("a contained id with a slash", s.create(&changed(base(), |r| {
+            r["contained"][0]["id"] = json!("a/b");
+            r["source"]["observer"]["reference"] = json!("#a/b");
+        })), invalid()),
+        case("meta.tag with a display (shared server state)", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:x-secret", "code": "0101010000", "display": "probe"}]))), invalid()),
+        case("a second, foreign profile", s.create(&changed(base(), |r| r["meta"]["profile"].as_array_mut().unwrap().push(json!("http://example.org/probe")))), invalid()),
+        case("meta on the contained Device", s.create(&changed(base(), |r| r["contained"][0]["meta"] = json!({"tag": [{"system": "urn:x", "code": "y"}]}))), invalid()),
         case("a label system in meta.tag", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:eds-proxy:label:device-id", "code": "adv-other-dev"}]))), invalid()),
     ]);
     let before = h.upstream.stored().len();

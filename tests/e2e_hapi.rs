@@ -505,6 +505,31 @@ async fn hapi_end_to_end() {
         "{diagnostics}"
     );
     assert_eq!(hapi_count(&hapi.base).await, before);
+
+    // The same probe behind a local reference: HAPI reads any reference holding `?` as a
+    // match URL, `#x/AuditEvent?…` too, when a contained resource has that id.
+    let evil = format!("x/{probe}");
+    let mut body = registration_referring_to(&format!("#{evil}"));
+    let mut device = body["contained"][0].clone();
+    device["id"] = json!(evil);
+    body["contained"].as_array_mut().unwrap().push(device);
+    let resp = cura
+        .client
+        .post(h.url("AuditEvent"))
+        .bearer_auth(&cura.token)
+        .header("Content-Type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let outcome: Value = resp.json().await.unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "invalid", "{outcome}");
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "a contained resource's id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
+    );
+    assert_eq!(hapi_count(&hapi.base).await, before);
 }
 
 /// A conditional reference that, on stock HAPI, matches exactly the registration `target`

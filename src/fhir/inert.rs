@@ -15,11 +15,15 @@
 //! | `Reference.reference` anywhere | only `#id` naming a contained resource of the same body | every other form (`Type/id`, `Type?query`, `urn:uuid:`/`urn:oid:`, absolute URLs, `#` alone) is resolved, searched or placeholder-created by some server |
 //! | a `reference` member that is not a string | refused | not a Reference; a lenient parser might still read it |
 //! | `contained` below the top level, or not an array of resources with unique ids | refused | FHIR forbids nested `contained`; duplicate ids make `#id` ambiguous |
+//! | a contained resource's `id` that is not a FHIR id (`[A-Za-z0-9\-.]{1,64}`) | refused | HAPI reads any reference holding `?` as a match URL, local ones too: `#x/AuditEvent?…` naming a contained id `x/AuditEvent?…` is searched over the whole store |
+//! | `meta` of a contained resource | refused | the IG's contained Devices carry none; tags and profiles are shared server state (below) |
 //! | contained resource types | `Device` only (what the IG's examples contain) | any other type would be stored and, by servers that index contained resources, searched |
 //! | `extension` / `modifierExtension` URLs | only the IG's (`http://medcomehmi.dk/ig/eds/`) and HL7 core (`http://hl7.org/fhir/StructureDefinition/`) | servers act on their own extensions (HAPI's `externalized-binary-id` inflates stored binaries, placeholder and tag extensions) |
 //! | codings / identifiers in the proxy's reserved label systems, anywhere | refused (by the registration check) | labels are set by the proxy only |
 //! | `id`, `meta.versionId`, `meta.lastUpdated`, `meta.source` | removed before forwarding | server-assigned; a server that honours a client `id` turns "id taken" into an oracle |
-//! | `meta.tag`, other `meta.security`, `meta.profile`, `text`, `language`, `implicitRules`, `identifier`s | passed on | stored as data, never resolved (profiles only by a validating server, against its own StructureDefinitions) |
+//! | `meta.tag`, `meta.security` (any coding) | refused | a server keeps one shared definition per tag or label (HAPI: system, code, version, userSelected) whose first `display` wins and is shown on every record carrying it: one station could learn that another's record carries a coding, read its display, or write the text shown on other stations' records; the proxy alone writes `meta.security` |
+//! | `meta.profile` | only the EDS profiles | profiles are stored as shared tag definitions too |
+//! | `text`, `language`, `implicitRules`, `identifier`s, codings elsewhere | passed on | stored with the resource, never resolved or shared |
 
 use std::collections::HashSet;
 
@@ -40,6 +44,13 @@ pub const ALLOWED_CONTAINED_TYPES: &[&str] = &["Device"];
 /// Members the FHIR server assigns itself; removed from a registration before it is forwarded.
 const SERVER_ASSIGNED_META: &[&str] = &["versionId", "lastUpdated", "source"];
 
+/// FHIR `id` (<https://hl7.org/fhir/R4/datatypes.html#id>): 1–64 of `[A-Za-z0-9\-.]`.
+pub fn is_fhir_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// Refuse a registration body that would make the FHIR server resolve or look up anything.
 ///
 /// `resource` is the parsed registration (an AuditEvent). Walks every element, `contained`
@@ -50,7 +61,51 @@ pub fn check_inert(resource: &Value) -> Result<(), Refusal> {
         return Err(Refusal::invalid("the body is not a JSON object"));
     };
     let contained_ids = contained_ids(top)?;
+    check_meta(top.get("meta"))?;
     walk(resource, "", &contained_ids, Place::Top)
+}
+
+/// `meta` of a registration: no `tag`, no client `security` coding (the proxy writes that
+/// element alone), only EDS profiles. The members a server assigns are removed later
+/// ([`strip_server_assigned`]).
+fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
+    let Some(meta) = meta else {
+        return Ok(());
+    };
+    let meta = meta
+        .as_object()
+        .ok_or_else(|| Refusal::invalid("meta must be an object"))?;
+    let non_empty = |name: &str| {
+        meta.get(name)
+            .is_some_and(|v| !v.as_array().is_some_and(Vec::is_empty))
+    };
+    if non_empty("tag") {
+        return Err(Refusal::invalid(
+            "meta.tag is not accepted: tags are shared server state, visible on other records",
+        ));
+    }
+    if non_empty("security") {
+        return Err(Refusal::invalid(
+            "meta.security is set by the proxy, not the client",
+        ));
+    }
+    let profiles_ok = meta.get("profile").is_none_or(|p| {
+        p.as_array().is_some_and(|ps| {
+            ps.iter().all(|p| {
+                p.as_str().is_some_and(|p| {
+                    crate::fhir::registration::EDS_PROFILES
+                        .iter()
+                        .any(|e| p == *e || p.strip_prefix(e).is_some_and(|v| v.starts_with('|')))
+                })
+            })
+        })
+    });
+    if !profiles_ok {
+        return Err(Refusal::invalid(
+            "meta.profile may only name the EDS profiles",
+        ));
+    }
+    Ok(())
 }
 
 /// Remove the members a server assigns (`id`, `meta.versionId`, `meta.lastUpdated`,
@@ -89,6 +144,14 @@ fn contained_ids(top: &Map<String, Value>) -> Result<HashSet<&str>, Refusal> {
             .and_then(Value::as_str)
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Refusal::invalid("every contained resource needs an id"))?;
+        if !is_fhir_id(id) {
+            return Err(Refusal::invalid(
+                "a contained resource's id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)",
+            ));
+        }
+        if item.get("meta").is_some() {
+            return Err(Refusal::invalid("contained resources may not carry meta"));
+        }
         if !ids.insert(id) {
             return Err(Refusal::invalid("two contained resources have the same id"));
         }
@@ -153,7 +216,7 @@ fn check_reference(value: &Value, path: &str, ids: &HashSet<&str>) -> Result<(),
         return Err(Refusal::invalid(format!("{path} must be a string")));
     };
     match reference.strip_prefix('#') {
-        Some(id) if ids.contains(id) => Ok(()),
+        Some(id) if is_fhir_id(id) && ids.contains(id) => Ok(()),
         _ => Err(Refusal::invalid(format!(
             "{path}: only local references (#id) to a contained resource are accepted; \
              the FHIR server would resolve any other reference outside the caller's access"
@@ -324,6 +387,72 @@ mod tests {
         let mut v = example();
         v["contained"][0].as_object_mut().unwrap().remove("id");
         assert_eq!(refused(&v), "every contained resource needs an id");
+    }
+
+    /// Critic finding: a local reference whose contained id is itself a match URL. HAPI reads
+    /// any reference holding `?` as one, and searches it over the whole store.
+    #[test]
+    fn a_local_reference_cannot_carry_a_match_url() {
+        let evil = "x/AuditEvent?_security=urn:eds-proxy:label:cpr|0101010000&_security=urn:eds-proxy:label:device-id|Other-Station";
+        let mut v = example();
+        let mut device = v["contained"][0].clone();
+        device["id"] = json!(evil);
+        v["contained"].as_array_mut().unwrap().push(device);
+        v["entity"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"what": {"reference": format!("#{evil}")}}));
+        assert_eq!(
+            refused(&v),
+            "a contained resource's id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
+        );
+        for id in ["a/b", "a?b", "#a", "a b", "", &"x".repeat(65), "å"] {
+            let mut v = example();
+            v["contained"][0]["id"] = json!(id);
+            v["source"]["observer"]["reference"] = json!(format!("#{id}"));
+            assert!(check_inert(&v).is_err(), "{id:?}");
+        }
+        assert!(is_fhir_id("Cura-EUA.1") && is_fhir_id(&"x".repeat(64)));
+    }
+
+    #[test]
+    fn shared_server_state_in_meta_is_refused() {
+        for (meta, why) in [
+            (
+                json!({"tag": [{"system": "urn:x-secret", "code": "0101010000", "display": "A's patient"}]}),
+                "meta.tag is not accepted: tags are shared server state, visible on other records",
+            ),
+            (
+                json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}),
+                "meta.security is set by the proxy, not the client",
+            ),
+            (
+                json!({"profile": ["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus", "http://example.org/probe"]}),
+                "meta.profile may only name the EDS profiles",
+            ),
+            (
+                json!({"profile": "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus"}),
+                "meta.profile may only name the EDS profiles",
+            ),
+            (json!([]), "meta must be an object"),
+        ] {
+            let mut v = example();
+            if meta.is_object() {
+                for (k, val) in meta.as_object().unwrap() {
+                    v["meta"][k] = val.clone();
+                }
+            } else {
+                v["meta"] = meta.clone();
+            }
+            assert_eq!(refused(&v), why, "{meta}");
+        }
+        let mut v = example();
+        v["meta"]["tag"] = json!([]);
+        v["meta"]["security"] = json!([]);
+        check_inert(&v).unwrap();
+        let mut v = example();
+        v["contained"][0]["meta"] = json!({"tag": [{"system": "urn:x", "code": "y"}]});
+        assert_eq!(refused(&v), "contained resources may not carry meta");
     }
 
     #[test]

@@ -492,9 +492,15 @@ mod tests {
                 "{security}"
             );
         }
+        // Any client coding in meta.security: the proxy writes that element alone.
         let mut v = example();
         v["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}, {"code": "x"}]);
-        assert!(run(&v, &sender_station()).is_ok());
+        assert_eq!(
+            run(&v, &sender_station()),
+            Err(Refusal::invalid(
+                "meta.security is set by the proxy, not the client"
+            ))
+        );
     }
 
     #[test]

@@ -409,19 +409,15 @@ impl<'de> serde::de::Visitor<'de> for ScanVisitor {
                         return Err(A::Error::custom("duplicate resourceType"));
                     }
                 }
-                Key::Id => {
-                    // Resource ids are strings; an element id elsewhere may be too. Anything
-                    // else is scanned like any other member.
-                    let value: serde_json::Value = map.next_value()?;
-                    if let serde_json::Value::String(s) = value {
+                Key::Id => match map.next_value_seed(IdSeed)? {
+                    // Resource ids are strings; any other value is scanned like any member.
+                    IdValue::Text(s) => {
                         if id.replace(s).is_some() {
                             return Err(A::Error::custom("duplicate id"));
                         }
-                    } else if !value.is_null() {
-                        inside
-                            .extend(find_resources(&value.to_string()).map_err(A::Error::custom)?);
                     }
-                }
+                    IdValue::Other(scanned) => inside.extend(scanned.into_found()),
+                },
                 Key::Meta => {
                     if meta.replace(map.next_value_seed(MetaSeed)?).is_some() {
                         return Err(A::Error::custom("duplicate meta"));
@@ -464,22 +460,22 @@ impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 use serde::de::Error;
-                let mut security: Option<Vec<Obj<CodingView>>> = None;
+                let mut security: Option<MetaScan> = None;
                 let mut inside = Vec::new();
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "security" {
-                        if security.replace(map.next_value()?).is_some() {
+                        if security
+                            .replace(map.next_value_seed(SecuritySeed)?)
+                            .is_some()
+                        {
                             return Err(A::Error::custom("duplicate meta.security"));
                         }
                     } else {
                         inside.extend(map.next_value_seed(ScanSeed)?.into_found());
                     }
                 }
-                let codings = security
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|Obj(c)| Some((c.system?, c.code?)))
-                    .collect();
+                let (codings, in_codings) = security.unwrap_or_default();
+                inside.extend(in_codings);
                 Ok((codings, inside))
             }
         }
@@ -487,13 +483,122 @@ impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed {
     }
 }
 
-/// A Coding in `meta.security`: `system` and `code` must be strings if present.
-#[derive(Deserialize)]
-struct CodingView {
-    #[serde(default)]
-    system: Option<String>,
-    #[serde(default)]
-    code: Option<String>,
+/// `meta.security`: an array of Coding objects. `system` and `code` are read (strings, once
+/// each); every other member of a Coding is scanned for resources like anything else.
+struct SecuritySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for SecuritySeed {
+    type Value = MetaScan;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct SecurityVisitor;
+        impl<'de> serde::de::Visitor<'de> for SecurityVisitor {
+            type Value = MetaScan;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of Codings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut codings = Vec::new();
+                let mut inside = Vec::new();
+                while let Some((coding, found)) = seq.next_element_seed(CodingSeed)? {
+                    codings.extend(coding);
+                    inside.extend(found);
+                }
+                Ok((codings, inside))
+            }
+        }
+        d.deserialize_seq(SecurityVisitor)
+    }
+}
+
+/// One Coding of `meta.security`: `(system, code)` if it has both, and the resources found in
+/// its other members.
+struct CodingSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for CodingSeed {
+    type Value = (Option<(String, String)>, Vec<Found>);
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct CodingVisitor;
+        impl<'de> serde::de::Visitor<'de> for CodingVisitor {
+            type Value = (Option<(String, String)>, Vec<Found>);
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a Coding object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut system: Option<String> = None;
+                let mut code: Option<String> = None;
+                let mut inside = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "system" => &mut system,
+                        "code" => &mut code,
+                        _ => {
+                            inside.extend(map.next_value_seed(ScanSeed)?.into_found());
+                            continue;
+                        }
+                    };
+                    if slot.replace(map.next_value()?).is_some() {
+                        return Err(A::Error::custom(format!("duplicate Coding.{key}")));
+                    }
+                }
+                Ok((system.zip(code), inside))
+            }
+        }
+        d.deserialize_map(CodingVisitor)
+    }
+}
+
+/// A member named `id`: a string (a resource's or an element's id), or anything else, which
+/// is scanned like any member.
+enum IdValue {
+    Text(String),
+    Other(Scanned),
+}
+
+struct IdSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for IdSeed {
+    type Value = IdValue;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<IdValue, D::Error> {
+        struct IdVisitor;
+        impl<'de> serde::de::Visitor<'de> for IdVisitor {
+            type Value = IdValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<IdValue, E> {
+                Ok(IdValue::Text(v.to_string()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IdValue, E> {
+                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IdValue, E> {
+                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IdValue, E> {
+                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IdValue, E> {
+                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            }
+            fn visit_unit<E>(self) -> Result<IdValue, E> {
+                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<IdValue, A::Error> {
+                ScanVisitor.visit_seq(seq).map(IdValue::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<IdValue, A::Error> {
+                ScanVisitor.visit_map(map).map(IdValue::Other)
+            }
+        }
+        d.deserialize_any(IdVisitor)
+    }
 }
 
 /// Why an answer, or one searchset entry, is withheld from the caller.
@@ -1004,6 +1109,40 @@ mod tests {
         for (i, (body, want)) in cases.into_iter().enumerate() {
             let got = check_resource(&serde_json::to_vec(&body).unwrap(), &c, "a").unwrap();
             assert_eq!(got, want, "case {i}: {body}");
+        }
+    }
+
+    /// Critic findings: a resource inside a `meta.security` Coding, and inside a non-string
+    /// `id`, is found like anywhere else; duplicates there are refused.
+    #[test]
+    fn resources_inside_codings_and_ids_are_found() {
+        let c = constraint();
+        let foreign_ae = audit("z", "dev-2")["resource"].clone();
+        let mut r = audit("a", "dev-1")["resource"].clone();
+        r["meta"]["security"][0]["_code"] = json!({"x": foreign_ae.clone()});
+        assert_eq!(
+            check_resource(&serde_json::to_vec(&r).unwrap(), &c, "a").unwrap(),
+            ResourceCheck::Foreign("another caller's AuditEvent nested inside")
+        );
+        let bundle =
+            json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r}]});
+        let out =
+            with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap());
+        assert_eq!(out.dropped, 1);
+        let found = find_resources(
+            r#"{"resourceType":"Bundle","id":{"x":{"resourceType":"AuditEvent","id":"q"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(found[0].nested[0].id.as_deref(), Some("q"));
+        for body in [
+            r#"{"resourceType":"AuditEvent","id":{"x":{"resourceType":"AuditEvent","meta":{},"meta":{}}}}"#,
+            r#"{"resourceType":"AuditEvent","meta":{"security":[{"system":"a","code":"b","code":"c"}]}}"#,
+            r#"{"resourceType":"AuditEvent","meta":{"security":[{"system":"a","sy\u0073tem":"b"}]}}"#,
+            r#"{"resourceType":"AuditEvent","meta":{"security":{"system":"a"}}}"#,
+            r#"{"resourceType":"AuditEvent","meta":{"security":[["a","b"]]}}"#,
+            r#"{"resourceType":"AuditEvent","meta":{"security":[{"system":5}]}}"#,
+        ] {
+            assert!(find_resources(body).is_err(), "{body}");
         }
     }
 
