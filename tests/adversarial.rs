@@ -2514,6 +2514,11 @@ async fn adversarial_registrations() {
         })), invalid()),
         case("meta.tag with a display (shared server state)", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:x-secret", "code": "0101010000", "display": "probe"}]))), invalid()),
         case("a second, foreign profile", s.create(&changed(base(), |r| r["meta"]["profile"].as_array_mut().unwrap().push(json!("http://example.org/probe")))), invalid()),
+        case("a second patient behind an array-valued entity.type", s.create(&changed(base(), |r| r["entity"].as_array_mut().unwrap().push(json!({"what": {"identifier": {"value": "0303030303"}}, "type": [{"system": "http://medcomehmi.dk/ig/terminology/CodeSystem/ehmi-delivery-status-entity-type", "code": "ehmiPatient"}]})))), invalid()),
+        case("a second sender behind an array-valued agent.type", s.create(&changed(base(), |r| r["agent"].as_array_mut().unwrap().push(json!({"type": [{"coding": [{"code": "ehmiSender"}]}], "who": {"identifier": {"value": "VICTIM-SOR"}}})))), invalid()),
+        case("a numeric second Device identifier", s.create(&changed(base(), |r| r["contained"][0]["identifier"].as_array_mut().unwrap().push(json!({"value": 4242})))), invalid()),
+        case("a decimal that would not survive", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hl7.org/fhir/StructureDefinition/x", "valueDecimal": 1.5}]))), invalid()),
+        case("a profile version that is free text", s.create(&changed(base(), |r| r["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus|0101010000 ?x=y"]))), invalid()),
         case("meta on the contained Device", s.create(&changed(base(), |r| r["contained"][0]["meta"] = json!({"tag": [{"system": "urn:x", "code": "y"}]}))), invalid()),
         case("a label system in meta.tag", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:eds-proxy:label:device-id", "code": "adv-other-dev"}]))), invalid()),
     ]);
@@ -2523,10 +2528,11 @@ async fn adversarial_registrations() {
         r["meta"]["versionId"] = json!("9");
         r["meta"]["lastUpdated"] = json!("2020-01-01T00:00:00Z");
         r["meta"]["source"] = json!("http://elsewhere#x");
+        r["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><img src=\"https://tracker.example/p\"/></div>"});
         r["entity"][1]["what"]["identifier"]["value"] = json!("reg-stripped");
     });
     let stripped = vec![case(
-        "control: id, versionId, lastUpdated and source are removed",
+        "control: id, versionId, lastUpdated, source and the narrative are removed",
         s.create(&with_server_members),
         created(),
     )];
@@ -2538,6 +2544,7 @@ async fn adversarial_registrations() {
     let sent = h.upstream.requests_matching("reg-stripped");
     let body: Value = serde_json::from_slice(&sent[0].body).unwrap();
     assert!(body.get("id").is_none(), "{body}");
+    assert!(body.get("text").is_none(), "{body}");
     for member in ["versionId", "lastUpdated", "source"] {
         assert!(body["meta"].get(member).is_none(), "{member}: {body}");
     }

@@ -63,10 +63,17 @@ fn strip_reserved(mut v: Value) -> Value {
     v
 }
 
-/// `id`, `meta.versionId`, `meta.lastUpdated`, `meta.source` removed: the server assigns them.
+/// `id`, `meta.versionId`, `meta.lastUpdated`, `meta.source` removed (the server assigns
+/// them) and the narrative (`text`, also of contained resources), which the proxy drops.
 fn without_server_assigned(mut v: Value) -> Value {
+    if let Some(contained) = v.get_mut("contained").and_then(Value::as_array_mut) {
+        for item in contained.iter_mut().filter_map(Value::as_object_mut) {
+            item.remove("text");
+        }
+    }
     if let Some(top) = v.as_object_mut() {
         top.remove("id");
+        top.remove("text");
     }
     if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
         for name in ["versionId", "lastUpdated", "source"] {

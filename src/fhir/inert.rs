@@ -22,8 +22,10 @@
 //! | codings / identifiers in the proxy's reserved label systems, anywhere | refused (by the registration check) | labels are set by the proxy only |
 //! | `id`, `meta.versionId`, `meta.lastUpdated`, `meta.source` | removed before forwarding | server-assigned; a server that honours a client `id` turns "id taken" into an oracle |
 //! | `meta.tag`, `meta.security` (any coding) | refused | a server keeps one shared definition per tag or label (HAPI: system, code, version, userSelected) whose first `display` wins and is shown on every record carrying it: one station could learn that another's record carries a coding, read its display, or write the text shown on other stations' records; the proxy alone writes `meta.security` |
-//! | `meta.profile` | only the EDS profiles | profiles are stored as shared tag definitions too |
-//! | `text`, `language`, `implicitRules`, `identifier`s, codings elsewhere | passed on | stored with the resource, never resolved or shared |
+//! | `meta.profile` | only the EDS profiles, optionally `|version` in FHIR id syntax | profiles are stored as shared tag definitions too |
+//! | `text` (narrative), also of contained resources | removed before forwarding | XHTML the server stores and every reader renders: active content and external images (a tracking pixel tells the writer when a citizen or supporter opened the record) |
+//! | numbers in decimal or exponent form, integers beyond 64 bits | refused | they would not reach the server exactly (`1.10` becomes `1.1`) once the body is re-serialised |
+//! | `language`, `implicitRules`, `identifier`s, codings elsewhere | passed on | stored with the resource, never resolved or shared |
 
 use std::collections::HashSet;
 
@@ -93,9 +95,12 @@ fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
         p.as_array().is_some_and(|ps| {
             ps.iter().all(|p| {
                 p.as_str().is_some_and(|p| {
-                    crate::fhir::registration::EDS_PROFILES
-                        .iter()
-                        .any(|e| p == *e || p.strip_prefix(e).is_some_and(|v| v.starts_with('|')))
+                    crate::fhir::registration::EDS_PROFILES.iter().any(|e| {
+                        p == *e
+                            || p.strip_prefix(e)
+                                .and_then(|v| v.strip_prefix('|'))
+                                .is_some_and(is_fhir_id)
+                    })
                 })
             })
         })
@@ -109,10 +114,17 @@ fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
 }
 
 /// Remove the members a server assigns (`id`, `meta.versionId`, `meta.lastUpdated`,
-/// `meta.source`) from a registration, so no server can honour client-chosen values.
+/// `meta.source`) from a registration, so no server can honour client-chosen values, and the
+/// narrative (`text`, also of contained resources), which readers render.
 pub fn strip_server_assigned(resource: &mut Value) {
+    if let Some(contained) = resource.get_mut("contained").and_then(Value::as_array_mut) {
+        for item in contained.iter_mut().filter_map(Value::as_object_mut) {
+            item.remove("text");
+        }
+    }
     if let Some(top) = resource.as_object_mut() {
         top.remove("id");
+        top.remove("text");
         if let Some(meta) = top.get_mut("meta").and_then(Value::as_object_mut) {
             for name in SERVER_ASSIGNED_META {
                 meta.remove(*name);
@@ -174,6 +186,9 @@ enum Place {
 
 fn walk(value: &Value, path: &str, ids: &HashSet<&str>, place: Place) -> Result<(), Refusal> {
     match value {
+        Value::Number(n) if n.is_f64() => Err(Refusal::invalid(format!(
+            "{path}: numbers in decimal or exponent form are not accepted: they would not reach the FHIR server exactly"
+        ))),
         Value::Array(items) => items
             .iter()
             .try_for_each(|item| walk(item, path, ids, place)),
@@ -488,6 +503,55 @@ mod tests {
     }
 
     #[test]
+    fn numbers_that_would_change_are_refused() {
+        for n in [
+            "1.10",
+            "1e2",
+            "12345678901234567890123",
+            "0.30000000000000000001",
+            "-0.0",
+        ] {
+            let text = serde_json::to_string(&example()).unwrap().replacen(
+                '{',
+                &format!("{{\"x\":{{\"valueDecimal\":{n}}},"),
+                1,
+            );
+            let v = crate::fhir::strict_json::parse(text.as_bytes()).unwrap();
+            assert_eq!(
+                refused(&v),
+                "x.valueDecimal: numbers in decimal or exponent form are not accepted: they would not reach the FHIR server exactly",
+                "{n}"
+            );
+        }
+        let mut v = example();
+        v["x"] = json!({"valueInteger": 42, "big": 18446744073709551615u64, "neg": -9223372036854775808i64});
+        check_inert(&v).unwrap();
+    }
+
+    #[test]
+    fn profile_versions_are_ids() {
+        let base = "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus";
+        for ok in [base.to_string(), format!("{base}|1.0.2")] {
+            let mut v = example();
+            v["meta"]["profile"] = json!([ok]);
+            check_inert(&v).unwrap();
+        }
+        for bad in [
+            format!("{base}|0101010000 any text ?x=y"),
+            format!("{base}|"),
+            format!("{base}x"),
+        ] {
+            let mut v = example();
+            v["meta"]["profile"] = json!([bad]);
+            assert_eq!(
+                refused(&v),
+                "meta.profile may only name the EDS profiles",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn server_assigned_members_are_removed() {
         let mut v = example();
         v["id"] = json!("someone-elses-id");
@@ -503,5 +567,11 @@ mod tests {
         assert!(meta.get("source").is_none());
         assert!(meta.get("profile").is_some());
         assert!(meta.get("tag").is_some());
+        let mut v = example();
+        v["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><img src=\"https://tracker.example/p\"/></div>"});
+        v["contained"][0]["text"] = v["text"].clone();
+        strip_server_assigned(&mut v);
+        assert!(v.get("text").is_none());
+        assert!(v["contained"][0].get("text").is_none());
     }
 }

@@ -116,10 +116,120 @@ fn text_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The shape of every element the access rules read: `{}` an object, `[]` an array, `$` a
+/// string, wherever present. A FHIR server's parser is lenient where this proxy's JSON
+/// pointers are not: HAPI keeps the first item of an array given for a single-valued element
+/// and stores a number given for a string, so a second `ehmiPatient` entity with `type` as an
+/// array, or a second identifier with a numeric `value`, would be invisible to the checks and
+/// stored all the same (FHIR R4 JSON, <https://hl7.org/fhir/R4/json.html>: cardinality and
+/// primitive types are fixed).
+const READ_SHAPES: &[&str] = &[
+    "meta{}",
+    "meta.profile[]",
+    "meta.profile[]$",
+    "contained[]",
+    "contained[]{}",
+    "contained[].resourceType$",
+    "contained[].id$",
+    "contained[].identifier[]",
+    "contained[].identifier[]{}",
+    "contained[].identifier[].value$",
+    "source{}",
+    "source.observer{}",
+    "source.observer.reference$",
+    "source.observer.identifier{}",
+    "source.observer.identifier.value$",
+    "entity[]",
+    "entity[]{}",
+    "entity[].type{}",
+    "entity[].type.code$",
+    "entity[].what{}",
+    "entity[].what.identifier{}",
+    "entity[].what.identifier.value$",
+    "agent[]",
+    "agent[]{}",
+    "agent[].type{}",
+    "agent[].type.coding[]",
+    "agent[].type.coding[]{}",
+    "agent[].type.coding[].code$",
+    "agent[].who{}",
+    "agent[].who.identifier{}",
+    "agent[].who.identifier.value$",
+    "agent[].extension[]",
+    "agent[].extension[]{}",
+    "agent[].extension[].url$",
+    "agent[].extension[].valueIdentifier{}",
+    "agent[].extension[].valueIdentifier.type{}",
+    "agent[].extension[].valueIdentifier.type.coding[]",
+    "agent[].extension[].valueIdentifier.type.coding[]{}",
+    "agent[].extension[].valueIdentifier.type.coding[].code$",
+    "agent[].extension[].valueIdentifier.value$",
+];
+
+/// Check one [`READ_SHAPES`] entry against `v`; `Err` names the path.
+fn check_shape(v: &Value, spec: &str) -> Result<(), String> {
+    fn step(v: &Value, path: &[&str], shown: &str, want: &str) -> Result<(), String> {
+        let Some((head, rest)) = path.split_first() else {
+            let ok = match want {
+                "{}" => v.is_object(),
+                "[]" => v.is_array(),
+                "$" => v.is_string(),
+                _ => true,
+            };
+            return if ok { Ok(()) } else { Err(shown.to_string()) };
+        };
+        let (name, each) = match head.strip_suffix("[]") {
+            Some(n) => (n, true),
+            None => (*head, false),
+        };
+        let here = if shown.is_empty() {
+            name.to_string()
+        } else {
+            format!("{shown}.{name}")
+        };
+        let Some(member) = v.get(name) else {
+            return Ok(());
+        };
+        match (each, member) {
+            (true, Value::Array(items)) if !rest.is_empty() || want != "[]" => items
+                .iter()
+                .try_for_each(|item| step(item, rest, &here, want)),
+            _ => step(member, rest, &here, want),
+        }
+    }
+    let (path, want) = if let Some(p) = spec.strip_suffix("[]{}") {
+        (format!("{p}[]"), "{}")
+    } else if let Some(p) = spec.strip_suffix("[]$") {
+        (format!("{p}[]"), "$")
+    } else if let Some(p) = spec.strip_suffix("{}") {
+        (p.to_string(), "{}")
+    } else if let Some(p) = spec.strip_suffix('$') {
+        (p.to_string(), "$")
+    } else if let Some(p) = spec.strip_suffix("[]") {
+        (p.to_string(), "[]")
+    } else {
+        (spec.to_string(), "")
+    };
+    let parts: Vec<&str> = path.split('.').collect();
+    step(v, &parts, "", want)
+}
+
 /// Read and check the parts of a registration the access rules depend on.
 pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registration, Refusal> {
     if r.get("resourceType").and_then(Value::as_str) != Some("AuditEvent") {
         return Err(Refusal::invalid("the body is not an AuditEvent"));
+    }
+    for spec in READ_SHAPES {
+        check_shape(r, spec).map_err(|path| {
+            let kind = if spec.ends_with("{}") {
+                "an object"
+            } else if spec.ends_with('$') {
+                "a string"
+            } else {
+                "an array"
+            };
+            Refusal::invalid(format!("{path} must be {kind} (FHIR R4 JSON)"))
+        })?;
     }
     let meta = r
         .get("meta")
@@ -577,6 +687,73 @@ mod tests {
         assert!(out.get("id").is_none());
         assert!(out["meta"].get("versionId").is_none());
         assert!(out["meta"].get("source").is_none());
+    }
+
+    /// Critic round 2: a lenient FHIR parser reads an array given for a single element (first
+    /// item) and a number given for a string; the checks must see what the server will store.
+    #[test]
+    fn elements_the_rules_read_have_their_fhir_shape() {
+        let patient_type = json!({"system": "http://medcomehmi.dk/ig/terminology/CodeSystem/ehmi-delivery-status-entity-type", "code": "ehmiPatient"});
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                json!({"entity": [{"what": {"identifier": {"value": "0303030303"}}, "type": [patient_type]}]}),
+                "entity.type must be an object (FHIR R4 JSON)",
+            ),
+            (
+                json!({"agent": [{"type": [{"coding": [{"code": "ehmiSender"}]}], "who": {"identifier": {"value": "VICTIM"}}}]}),
+                "agent.type must be an object (FHIR R4 JSON)",
+            ),
+            (
+                json!({"agent": [{"type": {"coding": [{"code": "ehmiSender"}]}, "who": [{"identifier": {"value": "VICTIM"}}]}]}),
+                "agent.who must be an object (FHIR R4 JSON)",
+            ),
+            (
+                json!({"entity": [{"what": {"identifier": {"value": 303030303}}}]}),
+                "entity.what.identifier.value must be a string (FHIR R4 JSON)",
+            ),
+            (
+                json!({"entity": [{"what": [{"identifier": {"value": "x"}}]}]}),
+                "entity.what must be an object (FHIR R4 JSON)",
+            ),
+            (
+                json!({"entity": [{"type": {"code": 5}}]}),
+                "entity.type.code must be a string (FHIR R4 JSON)",
+            ),
+            (
+                json!({"entity": {"what": {}}}),
+                "entity must be an array (FHIR R4 JSON)",
+            ),
+        ];
+        for (extra, why) in cases {
+            let mut v = example();
+            for (k, val) in extra.as_object().unwrap() {
+                match (v[k].as_array_mut(), val.as_array()) {
+                    (Some(arr), Some(add)) => arr.extend(add.iter().cloned()),
+                    _ => v[k] = val.clone(),
+                }
+            }
+            assert_eq!(
+                run(&v, &sender_station()),
+                Err(Refusal::invalid(why)),
+                "{extra}"
+            );
+        }
+        let mut v = example();
+        v["contained"][0]["identifier"] = json!([{"value": "Cura-EUA"}, {"value": 4242}]);
+        assert_eq!(
+            run(&v, &sender_station()),
+            Err(Refusal::invalid(
+                "contained.identifier.value must be a string (FHIR R4 JSON)"
+            ))
+        );
+        let mut v = example();
+        v["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!(1234);
+        assert_eq!(
+            run(&v, &sender_station()),
+            Err(Refusal::invalid(
+                "agent.extension.valueIdentifier.value must be a string (FHIR R4 JSON)"
+            ))
+        );
     }
 
     #[test]
