@@ -434,7 +434,7 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
             if let Err(e) = std::fs::read_to_string(f)
                 .map_err(|e| e.to_string())
                 .and_then(|t| {
-                    serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&t).map_err(|e| e.to_string())
+                    crate::fhir::strict_json::parse_into::<jsonwebtoken::jwk::JwkSet>(t.as_bytes())
                 })
             {
                 out.push(problem("token.jwks_file", format!("{}: {e}", f.display())));

@@ -31,7 +31,8 @@ impl CvrDirectory {
                     .map_err(|e| e.to_string())?
                     .cvr
             }
-            Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string())?,
+            // Strict: a CVR number listed twice is a mistake, not "the last one wins".
+            Some("json") => crate::fhir::strict_json::parse_into(text.as_bytes())?,
             _ => return Err("CVR directory must be a .toml or .json file".into()),
         };
         for (cvr, sors) in &by_cvr {

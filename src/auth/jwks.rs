@@ -153,7 +153,9 @@ impl KeyStore {
 /// Keys by `kid`. Keys without a `kid`, symmetric keys and keys meant for encryption are
 /// skipped: a token must name its key, and only signature keys verify tokens.
 pub fn parse_jwks(text: &str) -> Result<HashMap<String, VerificationKey>, String> {
-    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("JWKS is not valid: {e}"))?;
+    // Strict: a key with a member twice is not a key this proxy guesses at.
+    let set: JwkSet = crate::fhir::strict_json::parse_into(text.as_bytes())
+        .map_err(|e| format!("JWKS is not valid: {e}"))?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         if let Some((kid, key)) = usable_key(jwk) {

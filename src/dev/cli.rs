@@ -73,8 +73,8 @@ pub fn run(cmd: DevCommand) -> Result<(), String> {
             claims,
             lifetime,
         } => {
-            let extra: Value =
-                serde_json::from_str(&claims).map_err(|e| format!("--claims: {e}"))?;
+            let extra: Value = crate::fhir::strict_json::parse(claims.as_bytes())
+                .map_err(|e| format!("--claims: {e}"))?;
             let token = mint(&key, &cert, &issuer, &audience, extra, lifetime)?;
             println!("{token}");
             Ok(())

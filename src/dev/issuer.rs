@@ -175,8 +175,8 @@ pub fn token_claims(
         "cnf": {"x5t#S256": thumbprint},
     });
     let mut claims = now_claims;
-    if let Some(device) = &client.device_id {
-        claims["ehmi:eer:device_id"] = json!(device);
+    if let (Some(device), Some(members)) = (&client.device_id, claims.as_object_mut()) {
+        members.insert("ehmi:eer:device_id".into(), json!(device));
     }
     match (sor, gln) {
         (None, None) => {}
@@ -192,7 +192,9 @@ pub fn token_claims(
                         "the client is not enrolled for this SOR/GLN context",
                     )
                 })?;
-            claims["ehmi:org_context"] = json!(ctx);
+            if let Some(members) = claims.as_object_mut() {
+                members.insert("ehmi:org_context".into(), json!(ctx));
+            }
         }
         _ => {
             return Err(oauth(
@@ -289,7 +291,7 @@ impl ServeHttp for Issuer {
                             200,
                             &json!({
                                 "access_token": token, "token_type": "Bearer",
-                                "expires_in": c.token_lifetime_seconds, "scope": claims["scope"],
+                                "expires_in": c.token_lifetime_seconds, "scope": claims.get("scope"),
                             }),
                         ),
                         Err(e) => json_reply(
@@ -341,8 +343,9 @@ pub fn build_server(c: IssuerConfig) -> Result<Server, String> {
     let key = SigningKey::from_pem(&c.kid, &pem)?;
     let enrolment_text = std::fs::read_to_string(&c.enrolment)
         .map_err(|e| format!("{}: {e}", c.enrolment.display()))?;
-    let enrolments: Vec<Enrolment> = serde_json::from_str(&enrolment_text)
-        .map_err(|e| format!("{}: {e}", c.enrolment.display()))?;
+    let enrolments: Vec<Enrolment> =
+        crate::fhir::strict_json::parse_into(enrolment_text.as_bytes())
+            .map_err(|e| format!("{}: {e}", c.enrolment.display()))?;
     pingora::tls::install_default_crypto_provider();
     let mut roots = RootCertStore::empty();
     for cert in

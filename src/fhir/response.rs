@@ -63,7 +63,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.get())
     };
-    let as_string = |raw: Option<&str>| raw.and_then(|r| serde_json::from_str::<String>(r).ok());
+    let as_string = |raw: Option<&str>| raw.and_then(|r| strict_json::string(r).ok());
     if as_string(member("resourceType")).as_deref() != Some("Bundle")
         || as_string(member("type")).as_deref() != Some("searchset")
     {
@@ -91,7 +91,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     let mut dropped = 0;
     let mut entries_out: Vec<String> = Vec::new();
     if let Some(raw) = member("entry") {
-        let entries: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| malformed())?;
+        let entries: Vec<&RawValue> = strict_json::elements(raw).map_err(|_| malformed())?;
         for entry in entries {
             let entry_members =
                 strict_json::object_members(entry.get()).map_err(|_| malformed())?;
@@ -105,7 +105,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             let full_url = entry_members
                 .iter()
                 .find(|(k, _)| k == "fullUrl")
-                .map(|(_, v)| serde_json::from_str::<String>(v.get()))
+                .map(|(_, v)| strict_json::string(v.get()))
                 .transpose()
                 .map_err(|_| malformed())?;
             let rebased = full_url
@@ -128,7 +128,8 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     }
     let links = match member("link") {
         Some(raw) => {
-            let mut links: Vec<Value> = serde_json::from_str(raw).map_err(|_| malformed())?;
+            let mut links: Vec<Value> =
+                strict_json::parse_into(raw.as_bytes()).map_err(|_| malformed())?;
             links.retain_mut(|link| {
                 let rewritten = link
                     .get("url")
@@ -190,6 +191,8 @@ fn entry_visible(
             }
             "resource" => resource = Some(scan(raw.get())?),
             "search" => {
+                // A derived struct: serde refuses a duplicate `mode`.
+                #[allow(clippy::disallowed_methods)]
                 let Obj(view): Obj<SearchView<'_>> =
                     serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
                 mode = view.mode.map(Cow::into_owned);
@@ -259,6 +262,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
         if !raw.get().trim_start().starts_with('{') {
             return Err(serde::de::Error::custom("expected a JSON object"));
         }
+        // `T` is a derived struct (`SearchView`): serde refuses its fields twice.
+        #[allow(clippy::disallowed_methods)]
         serde_json::from_str(raw.get())
             .map(Obj)
             .map_err(serde::de::Error::custom)
