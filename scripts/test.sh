@@ -23,6 +23,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --lib --no-default-features --quiet -- -D warnings
 cargo clippy --all-targets --no-default-features --features server --quiet -- -D warnings
+# Every intra-doc link resolves, no bare URLs (public items are documented: Cargo.toml [lints]).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
 
 echo "== boundaries: the decision core's dependencies"
 # The pure core (no features: what the fuzz targets link) may not reach the network, the

@@ -21,11 +21,11 @@ pub mod error;
 pub mod fhir;
 pub mod framing;
 #[cfg(feature = "server")]
-pub mod gateway;
+pub(crate) mod gateway;
 #[cfg(feature = "server")]
 pub mod logging;
 #[cfg(feature = "server")]
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod redact;
 #[cfg(feature = "server")]
 pub mod server;

@@ -69,7 +69,7 @@ impl Counter {
     }
 }
 
-/// A duration histogram with `N` labels, in seconds ([`LATENCY_BUCKETS`]).
+/// A duration histogram with `N` labels, in seconds (buckets `LATENCY_BUCKETS`).
 pub struct HistogramVec<const N: usize>(Option<prometheus::HistogramVec>);
 
 /// One labelled series of a [`HistogramVec`]; does nothing if the metric could not be made.

@@ -28,17 +28,26 @@ use super::keys::SigningKey;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
+    /// `host:port` of the token endpoint (HTTPS with a required client certificate).
     pub listen: String,
+    /// `iss` of issued tokens.
     pub issuer: String,
+    /// `aud` of issued tokens.
     pub audience: String,
+    /// PEM certificate chain the issuer presents.
     pub server_cert: PathBuf,
+    /// PEM private key of `server_cert`.
     pub server_key: PathBuf,
+    /// PEM CA certificates a client certificate must chain to.
     pub client_ca: PathBuf,
+    /// The ES256 signing key (PKCS#8 PEM) written by `dev pki` as `issuer.key`.
     pub signing_key: PathBuf,
+    /// `kid` of issued tokens and of `/jwks`; default `dev-issuer-1`.
     #[serde(default = "default_kid")]
     pub kid: String,
     /// A JSON array of client metadata documents (the EDS security page's format).
     pub enrolment: PathBuf,
+    /// Lifetime of issued tokens, in seconds; default 600.
     #[serde(default = "default_lifetime")]
     pub token_lifetime_seconds: i64,
 }
@@ -53,29 +62,42 @@ fn default_lifetime() -> i64 {
 /// One enrolled client, as in the security page's metadata example.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Enrolment {
+    /// OAuth `client_id` (RFC 6749 §2.2).
     pub client_id: String,
+    /// Human-readable name (RFC 7591 §2).
     #[serde(default)]
     pub client_name: Option<String>,
+    /// The subject DN the client's certificate must have (RFC 8705 §2.1.1).
     pub tls_client_auth_subject_dn: String,
+    /// The scopes the client may be issued (space-separated).
     pub scope: String,
+    /// `ehmi:eer:device_id` put in a station's tokens.
     #[serde(rename = "ehmi:eer:device_id")]
     pub device_id: Option<String>,
+    /// The organisational contexts a station may ask a token for (`SOR:`/`GLN:` scopes).
     #[serde(rename = "ehmi:org_context", default)]
     pub org_context: Vec<OrgContext>,
 }
 
+/// One `ehmi:org_context` a station is enrolled for.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct OrgContext {
+    /// Organisation name.
     pub name: String,
+    /// SOR code.
     pub sor: String,
+    /// Location number (GLN).
     pub gln: String,
 }
 
 /// An OAuth error response (RFC 6749 §5.2).
 #[derive(Debug, PartialEq, Eq)]
 pub struct OAuthError {
+    /// HTTP status of the error answer.
     pub status: u16,
+    /// The `error` code, e.g. `invalid_client`.
     pub error: &'static str,
+    /// The `error_description`.
     pub description: String,
 }
 
@@ -95,15 +117,21 @@ pub fn normalise_dn(dn: &str) -> String {
 
 /// The presented client certificate: its subject DN and RFC 8705 thumbprint.
 pub struct Presented<'a> {
+    /// Subject DN of the certificate (OpenSSL one-line form).
     pub subject_dn: &'a str,
+    /// Its `x5t#S256` thumbprint (RFC 8705 §3.1).
     pub thumbprint: &'a str,
 }
 
 /// What every issued token says about its issuer and lifetime.
 pub struct Issuance<'a> {
+    /// `iss` of the token.
     pub issuer: &'a str,
+    /// `aud` of the token.
     pub audience: &'a str,
+    /// Issue time, seconds since the epoch.
     pub now: i64,
+    /// Lifetime in seconds.
     pub lifetime: i64,
 }
 
@@ -318,6 +346,10 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Read `eds-proxy dev issuer --config FILE` (TOML); relative paths are resolved against the
+/// file's folder.
+///
+/// Errors: the file cannot be read or parsed (unknown keys included).
 pub fn load_config(path: &Path) -> Result<IssuerConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut c: IssuerConfig =

@@ -26,15 +26,24 @@ const OTHER_ID_EXTENSION: &str = "http://medcomehmi.dk/ig/eds/StructureDefinitio
 /// Facts read from a registration that pass its checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
+    /// The station's device id: `source.observer` (its identifier, or the contained Device it
+    /// references).
     pub device_id: String,
+    /// The `ehmiSender` agent.
     pub sender: Party,
+    /// The `ehmiReceiver` agent.
     pub receiver: Party,
+    /// The `ehmiPatient` entity's identifier value (a CPR number), if there is one; required by
+    /// `EdsPatientDeliveryStatus`.
     pub cpr: Option<String>,
 }
 
+/// An organisation taking part in a delivery (sender or receiver agent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Party {
+    /// `who.identifier.value`: the SOR code.
     pub sor: String,
+    /// The GLN of the agent's `eds-otherId` extension, if it has one.
     pub gln: Option<String>,
 }
 

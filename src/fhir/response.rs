@@ -18,20 +18,25 @@ use crate::fhir::strict_json;
 
 /// What a response is checked and rewritten against.
 pub struct ResponseContext<'a> {
+    /// The caller's constraint: an entry or resource must carry one of its labels.
     pub constraint: &'a Constraint,
     /// The proxy's public base URL, without a trailing slash.
     pub public_base: &'a str,
     /// The FHIR server's base URL, without a trailing slash.
     pub upstream_base: &'a str,
+    /// Signs the `_getpages` handles of rewritten paging links.
     pub signer: &'a PageSigner,
+    /// The caller's `Principal::binding_key`, which page handles are bound to.
     pub principal_key: &'a str,
     /// Remove `total` from every searchset (`response.drop_totals`): for a server not trusted
     /// to count only what `_security` admits.
     pub drop_totals: bool,
 }
 
+/// A searchset that passed the check, rewritten for the caller.
 #[derive(Debug)]
 pub struct CheckedBundle {
+    /// The JSON body to answer with: links rebased and signed, withheld entries removed.
     pub body: Vec<u8>,
     /// Entries removed because they did not carry the caller's label.
     pub dropped: usize,
@@ -668,6 +673,7 @@ pub fn judge_nested(f: &Found, constraint: &Constraint) -> Result<(), Withheld> 
 /// Outcome of checking a single resource (read, vread).
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResourceCheck {
+    /// The caller's: answer it.
     Visible,
     /// Present but not the caller's: answer 404, never 403.
     Hidden,
@@ -723,8 +729,11 @@ pub struct CreatedContext<'a> {
     pub constraint: &'a Constraint,
     /// Every label the proxy stamped on the registration.
     pub stamped: &'a [Label],
+    /// The configured label systems (reserved systems may not come back unstamped).
     pub systems: &'a LabelSystems,
+    /// The proxy's public base URL, without a trailing slash.
     pub public_base: &'a str,
+    /// The FHIR server's base URL, without a trailing slash.
     pub upstream_base: &'a str,
 }
 
