@@ -45,7 +45,15 @@ fn lints_deny_panics_unsafe_and_undocumented_items() {
     // "warn" fails the build: clippy and rustdoc run with `-D warnings` (scripts/test.sh).
     assert_eq!(rust["missing_docs"].as_str(), Some("warn"));
     let clippy = table(&cargo, &["lints", "clippy"]);
-    for lint in ["unwrap_used", "expect_used", "panic", "indexing_slicing"] {
+    for lint in [
+        "unwrap_used",
+        "expect_used",
+        "panic",
+        "indexing_slicing",
+        "unreachable",
+        "todo",
+        "unimplemented",
+    ] {
         assert_eq!(clippy[lint].as_str(), Some("deny"), "clippy::{lint}");
     }
 }
