@@ -1,6 +1,15 @@
 //! Cost of the pure decisions on the request path, printed as figures (not asserted):
 //! `cargo bench --bench decisions`.
 
+// Benchmark code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -22,6 +22,38 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --lib --no-default-features --quiet -- -D warnings
+cargo clippy --all-targets --no-default-features --features server --quiet -- -D warnings
+# Every intra-doc link resolves, no bare URLs (public items are documented: Cargo.toml [lints]).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
+
+echo "== boundaries: the decision core's dependencies"
+# The pure core (no features: what the fuzz targets link) may not reach the network, the
+# runtime, the metrics registry or the certificate generator; a production build may not
+# carry the certificate generator.
+banned=$(cargo tree --no-default-features -e normal --prefix none \
+  | grep -E '^(tokio|pingora[a-z_-]*|prometheus|rcgen) ' | sort -u || true)
+echo "checked: cargo tree --no-default-features -e normal has no tokio, pingora*, prometheus, rcgen"
+if [[ -n "$banned" ]]; then echo "the decision core depends on: $banned"; exit 1; fi
+banned=$(cargo tree --no-default-features --features server -e normal --prefix none \
+  | grep -E '^rcgen ' | sort -u || true)
+echo "checked: cargo tree --no-default-features --features server -e normal has no rcgen"
+if [[ -n "$banned" ]]; then echo "the production build depends on: $banned"; exit 1; fi
+
+echo "== production build (--no-default-features --features server) has no dev tools"
+cargo build --no-default-features --features server --quiet --bin eds-proxy
+prod_out=$(mktemp -d)
+set +e
+target/debug/eds-proxy dev pki --out "$prod_out/pki" >"$prod_out/stdout" 2>"$prod_out/stderr"
+status=$?
+set -e
+if [[ $status -ne 2 ]] || ! grep -q "unrecognized subcommand 'dev'" "$prod_out/stderr" \
+   || [[ -e "$prod_out/pki" ]]; then
+  echo "a production build ran 'eds-proxy dev pki' (exit $status):"; cat "$prod_out/stderr"
+  exit 1
+fi
+echo "checked: 'eds-proxy dev pki' is an unrecognized subcommand (exit 2), nothing written"
+rm -rf "$prod_out"
+# The tests below run the default build's binary (dev tools included): cargo test relinks it.
 
 echo "== building HAPI FHIR (native launcher; cached after the first build)"
 bash hapi-compose/hapi-native.sh build

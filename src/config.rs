@@ -14,7 +14,9 @@ use url::Url;
 /// One thing wrong with a configuration file, named by its key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
+    /// The key path, e.g. `token.jwks_url` (`<file>` for the file as a whole).
     pub key: String,
+    /// What is wrong with it, for a person to read.
     pub reason: String,
 }
 
@@ -31,21 +33,32 @@ fn problem(key: &str, reason: impl Into<String>) -> ConfigProblem {
     }
 }
 
+/// The whole configuration file: each field is the TOML table of the same name.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
+    /// `[listen]`: the FHIR listener (mTLS).
     pub listen: ListenConfig,
+    /// `[admin]`: metrics and health probes.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[upstream]`: the FHIR server behind the proxy.
     pub upstream: UpstreamConfig,
+    /// `[public]`: how clients address the proxy.
     pub public: PublicConfig,
+    /// `[token]`: access-token validation.
     pub token: TokenConfig,
+    /// `[access]`: principals and the labels that constrain them.
     #[serde(default)]
     pub access: AccessConfig,
+    /// `[paging]`: page-handle signing.
     pub paging: PagingConfig,
+    /// `[limits]`: sizes beyond which requests are refused.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[response]`: how answers are shaped beyond the access check.
     #[serde(default)]
     pub response: ResponseConfig,
+    /// `[server]`: the server process.
     #[serde(default)]
     pub server: ServerConfig,
 }
@@ -62,18 +75,28 @@ pub struct ResponseConfig {
     pub drop_totals: bool,
 }
 
+/// `[listen]`: the FHIR listener. TLS with a required client certificate, which access tokens
+/// are bound to (RFC 8705 §3).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ListenConfig {
+    /// `host:port` to listen on.
     pub address: String,
+    /// PEM certificate chain the proxy presents.
     pub server_cert: PathBuf,
+    /// PEM private key of `server_cert`.
     pub server_key: PathBuf,
+    /// PEM CA certificates a client certificate must chain to.
     pub client_ca: PathBuf,
+    /// Offer HTTP/2 (ALPN `h2`) besides HTTP/1.1; default `true`.
     #[serde(default = "yes")]
     pub http2: bool,
 }
 
+/// `[admin]`: plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`. Keep it off the
+/// public network.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminConfig {
+    /// `host:port`; default `127.0.0.1:9100`.
     #[serde(default = "default_admin_address")]
     pub address: String,
 }
@@ -86,11 +109,15 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[upstream]`: the FHIR server the proxy forwards to.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UpstreamConfig {
+    /// Base URL of the FHIR server (`http` or `https`), e.g. `http://hapi:8080/fhir`.
     pub base_url: String,
+    /// Milliseconds to connect to the FHIR server; default 2000. Beyond it: 504.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Milliseconds to wait for the FHIR server's answer; default 30000. Beyond it: 504.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
     /// Kept below the FHIR server's keep-alive so a pooled connection is never reused after
@@ -99,53 +126,80 @@ pub struct UpstreamConfig {
     pub idle_timeout_ms: u64,
 }
 
+/// `[public]`: how clients address the proxy.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PublicConfig {
+    /// The proxy's public base URL (`https`): links and `fullUrl`s in answers are rebased onto it.
     pub base_url: String,
 }
 
+/// `[token]`: JWT access tokens (RFC 9068) signed by one issuer, bound to the client
+/// certificate (RFC 8705 §3).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokenConfig {
+    /// Expected `iss` claim, compared exactly (RFC 7519 §4.1.1).
     pub issuer: String,
+    /// Accepted `aud` values: a token must name at least one (RFC 7519 §4.1.3).
     pub audience: Vec<String>,
+    /// HTTPS URL of the issuer's JWK Set (RFC 7517 §5); set this or `jwks_file`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// A JWK Set file (RFC 7517 §5) read instead of `jwks_url`.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
     /// Extra CA bundle trusted for the JWKS HTTPS endpoint (besides the system roots).
     #[serde(default)]
     pub jwks_ca: Option<PathBuf>,
+    /// Accepted JWS `alg` names (RFC 7518 §3.1), each one of `SUPPORTED_ALGORITHMS`; default
+    /// `PS256`, `ES256`, `EdDSA`.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
+    /// Clock skew allowed on the time claims, in seconds; default 30.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
     /// Longest accepted token lifetime, `exp − iat` (or `exp − now` without `iat`).
     #[serde(default = "default_max_lifetime")]
     pub max_lifetime_seconds: u64,
+    /// Least time between two JWKS loads, in seconds (default 30): tokens naming unknown keys
+    /// cannot make the proxy hammer the issuer.
     #[serde(default = "default_refresh_floor")]
     pub jwks_refresh_floor_seconds: u64,
+    /// Seconds after a successful JWKS load at which the keys count as stale and are reloaded on
+    /// use; default 3600.
     #[serde(default = "default_jwks_max_age")]
     pub jwks_max_age_seconds: u64,
+    /// Most validated tokens kept in the token cache; default 10000.
     #[serde(default = "default_token_cache_entries")]
     pub cache_max_entries: u64,
 }
 
+/// `[access]`: the principal rules and the `meta.security` labels they are enforced with
+/// (EDS security page, "Calls to EDS").
 #[derive(Debug, Clone, Deserialize)]
 pub struct AccessConfig {
+    /// `acr` values accepted in user tokens; default NSIS Substantial and High (the IG requires
+    /// NSIS Substantial for users).
     #[serde(default = "default_acr_values")]
     pub accepted_acr: Vec<String>,
+    /// The role in the `priv` claim that makes a user with a `cvr` a Supporter; default
+    /// `urn:dk:healthcare:ehmi:eds:role:supporter`.
     #[serde(default = "default_supporter_role")]
     pub supporter_role: String,
+    /// `meta.security` system of a registration's device-id label.
     #[serde(default = "default_device_label")]
     pub device_label_system: String,
+    /// `meta.security` system of a registration's SOR-code labels (sender and receiver).
     #[serde(default = "default_sor_label")]
     pub sor_label_system: String,
+    /// `meta.security` system of a registration's CPR label (the citizen).
     #[serde(default = "default_cpr_label")]
     pub cpr_label_system: String,
     /// Any `meta.security` system under this prefix belongs to the proxy: clients may not
     /// send such codings nor search on them.
     #[serde(default = "default_label_prefix")]
     pub reserved_label_prefix: String,
+    /// TOML or JSON file mapping CVR numbers to SOR codes (`cvr_directory::CvrDirectory`).
+    /// Without it no Supporter has anything to see, so supporters are refused (403).
     #[serde(default)]
     pub cvr_directory: Option<PathBuf>,
 }
@@ -164,17 +218,24 @@ impl Default for AccessConfig {
     }
 }
 
+/// `[paging]`: page handles (`fhir::paging`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct PagingConfig {
+    /// File holding the HMAC-SHA-256 key that signs page handles; at least
+    /// `MIN_PAGE_SECRET_BYTES` bytes after trimming.
     pub secret_file: PathBuf,
 }
 
+/// `[limits]`: sizes beyond which a request or answer is refused.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitsConfig {
+    /// Largest request body, in bytes; default 1 MiB. Beyond it: 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Largest `_count`; default 100. A larger `_count` is lowered to it.
     #[serde(default = "default_max_count")]
     pub max_count: u32,
+    /// Largest FHIR server answer the proxy reads, in bytes; default 32 MiB. Beyond it: 502.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
     /// Longest request target (path and query); the FHIR server behind has its own, often 8 KiB.
@@ -197,10 +258,13 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[server]`: the server process.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerConfig {
+    /// Worker threads per listener; default 2.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Seconds in-flight requests get to finish on a graceful shutdown; default 30.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
 }
@@ -253,7 +317,9 @@ fn default_jwks_max_age() -> u64 {
 fn default_token_cache_entries() -> u64 {
     10_000
 }
+/// `acr` of NSIS assurance level Substantial (Danish NSIS level-of-assurance URI).
 pub const NSIS_SUBSTANTIAL: &str = "https://data.gov.dk/concept/core/nsis/loa/Substantial";
+/// `acr` of NSIS assurance level High.
 pub const NSIS_HIGH: &str = "https://data.gov.dk/concept/core/nsis/loa/High";
 fn default_acr_values() -> Vec<String> {
     vec![NSIS_SUBSTANTIAL.into(), NSIS_HIGH.into()]
@@ -261,6 +327,7 @@ fn default_acr_values() -> Vec<String> {
 fn default_supporter_role() -> String {
     "urn:dk:healthcare:ehmi:eds:role:supporter".into()
 }
+/// Default `access.reserved_label_prefix`; the default label systems lie under it.
 pub const DEFAULT_LABEL_PREFIX: &str = "urn:eds-proxy:label:";
 fn default_label_prefix() -> String {
     DEFAULT_LABEL_PREFIX.into()
@@ -305,12 +372,15 @@ pub const SUPPORTED_ALGORITHMS: &[&str] = &[
 pub const MIN_PAGE_SECRET_BYTES: usize = 32;
 
 impl Config {
+    /// `upstream.connect_timeout_ms` as a duration.
     pub fn upstream_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream.connect_timeout_ms)
     }
+    /// `upstream.read_timeout_ms` as a duration.
     pub fn upstream_read_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream.read_timeout_ms)
     }
+    /// `upstream.idle_timeout_ms` as a duration.
     pub fn upstream_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream.idle_timeout_ms)
     }
@@ -434,7 +504,7 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
             if let Err(e) = std::fs::read_to_string(f)
                 .map_err(|e| e.to_string())
                 .and_then(|t| {
-                    serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&t).map_err(|e| e.to_string())
+                    crate::fhir::strict_json::parse_into::<jsonwebtoken::jwk::JwkSet>(t.as_bytes())
                 })
             {
                 out.push(problem("token.jwks_file", format!("{}: {e}", f.display())));

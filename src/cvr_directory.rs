@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+/// CVR number → the SOR codes whose registrations that organisation's supporters may see.
 #[derive(Debug, Clone, Default)]
 pub struct CvrDirectory {
     by_cvr: HashMap<String, Vec<String>>,
@@ -22,6 +23,10 @@ struct TomlDirectory {
 }
 
 impl CvrDirectory {
+    /// Read a `.toml` or `.json` directory (module documentation).
+    ///
+    /// Errors: the file cannot be read or parsed (JSON strictly: a duplicate CVR is an error),
+    /// its extension is neither, or a CVR or SOR code is empty.
     pub fn load(path: &Path) -> Result<CvrDirectory, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -31,7 +36,8 @@ impl CvrDirectory {
                     .map_err(|e| e.to_string())?
                     .cvr
             }
-            Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string())?,
+            // Strict: a CVR number listed twice is a mistake, not "the last one wins".
+            Some("json") => crate::fhir::strict_json::parse_into(text.as_bytes())?,
             _ => return Err("CVR directory must be a .toml or .json file".into()),
         };
         for (cvr, sors) in &by_cvr {
@@ -42,6 +48,7 @@ impl CvrDirectory {
         Ok(CvrDirectory { by_cvr })
     }
 
+    /// A directory from `(cvr, sor codes)` pairs (tests, benchmarks).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>) -> Self {
         CvrDirectory {
             by_cvr: pairs
@@ -51,6 +58,7 @@ impl CvrDirectory {
         }
     }
 
+    /// The SOR codes of `cvr`, exactly as written; empty if the CVR is unknown.
     pub fn sor_codes(&self, cvr: &str) -> &[String] {
         self.by_cvr.get(cvr).map(Vec::as_slice).unwrap_or_default()
     }

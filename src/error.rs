@@ -6,18 +6,34 @@ use serde_json::json;
 /// Why a token was not accepted. The names are the `reason` label of the token metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenFailure {
+    /// No `Authorization: Bearer` token (RFC 6750 §2.1).
     Missing,
+    /// Not a well-formed JWS compact serialisation with JSON header and claims (RFC 7515 §7.1),
+    /// or a claim of the wrong JSON type.
     Malformed,
+    /// The `alg` is absent, not accepted by configuration, symmetric, or not the key's own `alg`
+    /// (RFC 8725 §3.1).
     Algorithm,
+    /// No key in the issuer's JWK Set has the token's `kid`.
     UnknownKey,
+    /// The signature does not verify.
     Signature,
+    /// `exp` has passed (RFC 7519 §4.1.4), beyond the leeway.
     Expired,
+    /// `nbf` is in the future (RFC 7519 §4.1.5), beyond the leeway.
     NotYetValid,
+    /// `iat` is in the future (RFC 7519 §4.1.6), beyond the leeway.
     IssuedInFuture,
+    /// `iss` is not the configured issuer.
     Issuer,
+    /// `aud` names none of the configured audiences.
     Audience,
+    /// No `cnf` `x5t#S256` certificate binding (RFC 8705 §3.1).
     MissingBinding,
+    /// `cnf.x5t#S256` is not the thumbprint of the presented client certificate (RFC 8705 §3.1).
     BindingMismatch,
+    /// No key of the issuer could be loaded yet, so no token can be checked (a 401 too;
+    /// `/readyz` answers 503 meanwhile).
     KeysUnavailable,
     /// The protected header names extensions (`crit`, RFC 7515 §4.1.11) or asks for processing
     /// the proxy does not implement (`b64: false` RFC 7797, nested JWT `cty`): must be refused.
@@ -29,6 +45,8 @@ pub enum TokenFailure {
 }
 
 impl TokenFailure {
+    /// The failure's name: the `reason` label of `eds_proxy_token_failures_total` and of the
+    /// access log.
     pub fn as_str(self) -> &'static str {
         match self {
             TokenFailure::Missing => "missing",
@@ -105,13 +123,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A 403 with this text.
     pub fn forbidden(msg: impl Into<String>) -> Self {
         Refusal::Forbidden(msg.into())
     }
+    /// A 400 with this text.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Refusal::Invalid(msg.into())
     }
 
+    /// The HTTP status code this refusal is answered with.
     pub fn status(&self) -> u16 {
         match self {
             Refusal::Unauthenticated(_) => 401,
@@ -128,7 +149,7 @@ impl Refusal {
         }
     }
 
-    /// FHIR `IssueType` code (http://hl7.org/fhir/issue-type).
+    /// FHIR `IssueType` code (<https://hl7.org/fhir/R4/codesystem-issue-type.html>).
     pub fn issue_code(&self) -> &'static str {
         match self {
             Refusal::Unauthenticated(_) => "login",
@@ -161,6 +182,8 @@ impl Refusal {
         }
     }
 
+    /// The text of the OperationOutcome's issue (`diagnostics`); never carries a token, a body or
+    /// a CPR number.
     pub fn message(&self) -> String {
         match self {
             Refusal::Unauthenticated(f) => f.description().to_string(),
@@ -195,6 +218,7 @@ impl Refusal {
         }
     }
 
+    /// The answer body: a FHIR OperationOutcome (JSON) with one issue of severity `error`.
     pub fn outcome_json(&self) -> Vec<u8> {
         operation_outcome("error", self.issue_code(), &self.message())
     }

@@ -1,4 +1,5 @@
-//! The `eds-proxy` command: run the proxy, check a configuration, and development tools.
+//! The `eds-proxy` command: run the proxy, check a configuration, and (with the default `dev`
+//! feature) development tools.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ enum Command {
     /// Validate a configuration file: exit 0 if it is usable, 1 with every problem named.
     CheckConfig { file: PathBuf },
     /// DEVELOPMENT ONLY tools: a throw-away PKI, a token issuer, token minting.
+    #[cfg(feature = "dev")]
     #[command(subcommand)]
     Dev(eds_proxy::dev::cli::DevCommand),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => check_config(&file),
+        #[cfg(feature = "dev")]
         (Some(Command::Dev(cmd)), _) => match eds_proxy::dev::cli::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -45,9 +48,13 @@ fn main() -> ExitCode {
         },
         (None, Some(file)) => run(&file),
         (None, None) => {
-            eprintln!(
-                "usage: eds-proxy --config FILE | eds-proxy check-config FILE | eds-proxy dev …"
-            );
+            // A production build (without the `dev` feature) has no `dev` subcommand.
+            let dev = if cfg!(feature = "dev") {
+                " | eds-proxy dev …"
+            } else {
+                ""
+            };
+            eprintln!("usage: eds-proxy --config FILE | eds-proxy check-config FILE{dev}");
             ExitCode::from(2)
         }
     }

@@ -1,109 +1,228 @@
-//! Prometheus metrics, registered in the default registry and served on the admin listener.
+//! Prometheus metrics, registered in the default registry and served on the admin listener
+//! (`GET /metrics`, text exposition format 0.0.4).
+//!
+//! Nothing here can panic on the request path: a metric's label values are an array of the
+//! length its names declare (checked by the compiler, not by `prometheus` at run time), and a
+//! metric that could not be registered logs once at startup and then counts nothing.
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts};
 
+/// Histogram buckets for durations, in seconds (1 ms to 10 s).
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Registration fails only on a duplicate name, a programming error caught by every test run.
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register_int_counter_vec!(name, help, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+/// Register `collector` in the default registry. Registration fails only on a duplicate or
+/// malformed name, which are constants here: a failure is logged, and the unit test
+/// `every_metric_is_registered` fails on it.
+fn register<C: prometheus::core::Collector + Clone + 'static>(name: &str, collector: &C) {
+    if let Err(e) = prometheus::register(Box::new(collector.clone())) {
+        log::error!("metric {name} is not exported: {e}");
+    }
 }
 
-fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    register_histogram_vec!(name, help, labels, LATENCY_BUCKETS.to_vec())
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+/// A counter with `N` labels (`prometheus::IntCounterVec`).
+pub struct CounterVec<const N: usize>(Option<prometheus::IntCounterVec>);
+
+/// One labelled series of a [`CounterVec`]; does nothing if the metric could not be made.
+pub struct Counter(Option<IntCounter>);
+
+impl<const N: usize> CounterVec<N> {
+    fn new(name: &str, help: &str, labels: [&str; N]) -> Self {
+        match prometheus::IntCounterVec::new(Opts::new(name, help), &labels) {
+            Ok(vec) => {
+                register(name, &vec);
+                CounterVec(Some(vec))
+            }
+            Err(e) => {
+                log::error!("metric {name} is not exported: {e}");
+                CounterVec(None)
+            }
+        }
+    }
+
+    /// The series with these label values, in the order of the label names.
+    pub fn with_label_values(&self, values: &[&str; N]) -> Counter {
+        Counter(
+            self.0
+                .as_ref()
+                .and_then(|v| v.get_metric_with_label_values(values).ok()),
+        )
+    }
+}
+
+impl Counter {
+    /// Add one.
+    pub fn inc(&self) {
+        if let Some(c) = &self.0 {
+            c.inc();
+        }
+    }
+
+    /// Add `n`.
+    pub fn inc_by(&self, n: u64) {
+        if let Some(c) = &self.0 {
+            c.inc_by(n);
+        }
+    }
+}
+
+/// A duration histogram with `N` labels, in seconds (buckets `LATENCY_BUCKETS`).
+pub struct HistogramVec<const N: usize>(Option<prometheus::HistogramVec>);
+
+/// One labelled series of a [`HistogramVec`]; does nothing if the metric could not be made.
+pub struct Timing(Option<Histogram>);
+
+impl<const N: usize> HistogramVec<N> {
+    fn new(name: &str, help: &str, labels: [&str; N]) -> Self {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        match prometheus::HistogramVec::new(opts, &labels) {
+            Ok(vec) => {
+                register(name, &vec);
+                HistogramVec(Some(vec))
+            }
+            Err(e) => {
+                log::error!("metric {name} is not exported: {e}");
+                HistogramVec(None)
+            }
+        }
+    }
+
+    /// The series with these label values, in the order of the label names.
+    pub fn with_label_values(&self, values: &[&str; N]) -> Timing {
+        Timing(
+            self.0
+                .as_ref()
+                .and_then(|v| v.get_metric_with_label_values(values).ok()),
+        )
+    }
+}
+
+impl Timing {
+    /// Record one duration, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        if let Some(h) = &self.0 {
+            h.observe(seconds);
+        }
+    }
+}
+
+/// An integer gauge without labels.
+pub struct Gauge(Option<IntGauge>);
+
+impl Gauge {
+    fn new(name: &str, help: &str) -> Self {
+        match IntGauge::new(name, help) {
+            Ok(g) => {
+                register(name, &g);
+                Gauge(Some(g))
+            }
+            Err(e) => {
+                log::error!("metric {name} is not exported: {e}");
+                Gauge(None)
+            }
+        }
+    }
+
+    /// Set the value.
+    pub fn set(&self, value: i64) {
+        if let Some(g) = &self.0 {
+            g.set(value);
+        }
+    }
 }
 
 /// Requests by interaction, principal kind, decision (allowed/refused) and reason.
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+pub static REQUESTS: LazyLock<CounterVec<4>> = LazyLock::new(|| {
+    CounterVec::new(
         "eds_proxy_requests_total",
         "Requests by FHIR interaction, principal kind, decision and reason",
-        &["interaction", "principal", "decision", "reason"],
+        ["interaction", "principal", "decision", "reason"],
     )
 });
 
-pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram(
+/// Time from the request head to the end of the answer, in seconds, by interaction.
+pub static REQUEST_DURATION: LazyLock<HistogramVec<1>> = LazyLock::new(|| {
+    HistogramVec::new(
         "eds_proxy_request_duration_seconds",
         "Total time per request",
-        &["interaction"],
+        ["interaction"],
     )
 });
 
-pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram(
+/// Time spent waiting for the FHIR server per call, in seconds, by step (label `interaction`).
+pub static UPSTREAM_DURATION: LazyLock<HistogramVec<1>> = LazyLock::new(|| {
+    HistogramVec::new(
         "eds_proxy_upstream_duration_seconds",
         "Time spent waiting for the FHIR server",
-        &["interaction"],
+        ["interaction"],
     )
 });
 
 /// Answers refused whole because the FHIR server returned something that never belongs in
 /// them (another resource type, a foreign resource nested inside, a create answer that is
 /// not the created record, a non-JSON answer): an alarm, unlike a read of someone else's id.
-pub static RESPONSE_FOREIGN: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+pub static RESPONSE_FOREIGN: LazyLock<CounterVec<2>> = LazyLock::new(|| {
+    CounterVec::new(
         "eds_proxy_response_foreign_total",
         "FHIR server answers refused whole (502) by the response check, by interaction and principal kind",
-        &["interaction", "principal"],
+        ["interaction", "principal"],
     )
 });
 
-pub static TOKEN_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+/// Refused access tokens by `TokenFailure` reason (`error::TokenFailure::as_str`).
+pub static TOKEN_FAILURES: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
         "eds_proxy_token_failures_total",
         "Rejected access tokens by reason",
-        &["reason"],
+        ["reason"],
     )
 });
 
-pub static JWKS_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+/// JWKS loads by result (`ok`, `error`).
+pub static JWKS_REFRESHES: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
         "eds_proxy_jwks_refreshes_total",
         "JWKS loads by result",
-        &["result"],
+        ["result"],
     )
 });
 
-pub static JWKS_AGE: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+/// Seconds since the JWKS was last loaded; set on each scrape.
+pub static JWKS_AGE: LazyLock<Gauge> = LazyLock::new(|| {
+    Gauge::new(
         "eds_proxy_jwks_age_seconds",
-        "Seconds since the JWKS was last loaded"
+        "Seconds since the JWKS was last loaded",
     )
-    .unwrap_or_else(|e| panic!("metric: {e}"))
 });
 
-pub static TOKEN_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+/// Validated-token cache lookups by result (`hit`, `miss`).
+pub static TOKEN_CACHE: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
         "eds_proxy_token_cache_total",
         "Validated-token cache lookups by result",
-        &["result"],
+        ["result"],
     )
 });
 
 /// Entries or resources withheld because they lacked the caller's label: each one means the
 /// FHIR server returned something the constraint should have excluded.
-pub static RESPONSE_DROPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+pub static RESPONSE_DROPS: LazyLock<CounterVec<2>> = LazyLock::new(|| {
+    CounterVec::new(
         "eds_proxy_response_check_drops_total",
         "Resources withheld by the response check",
-        &["interaction", "principal"],
+        ["interaction", "principal"],
     )
 });
 
-pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+/// FHIR server failures by kind (the `reason` of the `Refusal` it became).
+pub static UPSTREAM_ERRORS: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
         "eds_proxy_upstream_errors_total",
         "FHIR server failures by kind",
-        &["kind"],
+        ["kind"],
     )
 });
 
@@ -124,6 +243,38 @@ pub fn init() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every metric is in the default registry (registration logs instead of panicking, so a
+    /// duplicate or malformed name must fail here), and a series can be counted.
+    #[test]
+    fn every_metric_is_registered() {
+        init();
+        REQUESTS.with_label_values(&["a", "b", "c", "d"]).inc();
+        REQUEST_DURATION.with_label_values(&["a"]).observe(0.5);
+        JWKS_AGE.set(7);
+        let names: Vec<String> = prometheus::gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .filter(|n| n.starts_with("eds_proxy_"))
+            .collect();
+        for name in [
+            "eds_proxy_requests_total",
+            "eds_proxy_request_duration_seconds",
+            "eds_proxy_upstream_duration_seconds",
+            "eds_proxy_response_foreign_total",
+            "eds_proxy_token_failures_total",
+            "eds_proxy_jwks_refreshes_total",
+            "eds_proxy_jwks_age_seconds",
+            "eds_proxy_token_cache_total",
+            "eds_proxy_response_check_drops_total",
+            "eds_proxy_upstream_errors_total",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} is not registered");
+        }
+        let requests = REQUESTS.0.as_ref().unwrap();
+        assert!(requests.with_label_values(&["a", "b", "c", "d"]).get() >= 1);
+        assert_eq!(JWKS_AGE.0.as_ref().unwrap().get(), 7);
+    }
 
     /// The Grafana dashboard may only use metrics the proxy exports.
     #[test]

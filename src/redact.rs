@@ -16,8 +16,11 @@ use std::borrow::Cow;
 /// Placeholders written instead of what was removed. They are fixed strings, so a reader sees
 /// that (and what kind of) something was removed, and the line keeps its shape.
 pub const JWT: &str = "[jwt]";
+/// Written instead of a credential value (password, secret, authorization header, cookie).
 pub const SECRET: &str = "[redacted]";
+/// Written instead of a PEM block (keys, certificates).
 pub const PEM: &str = "[pem]";
+/// Written instead of a CPR number (ten digits, with or without the dash).
 pub const CPR: &str = "[cpr]";
 
 /// Field names whose value is a credential wherever they appear (`name: value`, `name=value`,
@@ -45,7 +48,7 @@ const SECRET_FIELDS: &[&str] = &[
 ///   too; host names and version numbers (`a.b.c`) are not.
 /// - **`Bearer <token>`** (any case) → `Bearer [redacted]`, whatever the token looks like (a
 ///   client can send garbage).
-/// - **credential fields** ([`SECRET_FIELDS`]) followed by `:` or `=` (optionally quoted, as
+/// - **credential fields** (`SECRET_FIELDS`) followed by `:` or `=` (optionally quoted, as
 ///   in a header map's `Debug` output): the value up to the next quote, backslash, CR or LF
 ///   → `[redacted]`. This covers raw request heads, escaped buffers (`\r\n` printed as text)
 ///   and `Debug` output of header maps.

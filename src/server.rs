@@ -50,7 +50,7 @@ fn jwks_client(c: &Config) -> Result<reqwest::Client, String> {
 }
 
 /// Build the gateway (everything but the listeners) from a configuration.
-pub fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
+pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
     let secret =
         std::fs::read(&c.paging.secret_file).map_err(|e| format!("paging.secret_file: {e}"))?;
     let secret = config::trim_secret(&secret).to_vec();

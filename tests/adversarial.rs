@@ -7,6 +7,17 @@
 //! test function starts a proxy and upstream of its own and runs its table one case at a time,
 //! so "the upstream saw nothing" is exact. A table reports all of its failing cases at once.
 
+// Runs the proxy, the dev issuer or the `dev` subcommands: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use base64::Engine;

@@ -2,6 +2,17 @@
 //! `hapi-compose/hapi-native.sh`), the real proxy with real mTLS, and tokens from the dev
 //! issuer's `client_credentials` endpoint. If HAPI cannot start, this test fails and says why.
 
+// Runs the proxy, the dev issuer or the `dev` subcommands: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

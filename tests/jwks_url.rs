@@ -1,6 +1,17 @@
 //! The issuer's keys fetched over HTTPS (the dev issuer's `/jwks`, real TLS), and kept when
 //! the issuer goes away.
 
+// Runs the proxy, the dev issuer or the `dev` subcommands: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,17 @@
 //! marker CPR numbers and marker ids in the path, query, headers and body; then every byte it
 //! wrote to stdout and stderr is searched for the markers.
 
+// Runs the proxy, the dev issuer or the `dev` subcommands: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::PathBuf;

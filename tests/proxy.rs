@@ -1,6 +1,17 @@
 //! Integration tests: the real proxy on a real port with real mTLS in front of a recording
 //! upstream. Each test uses its own stations and citizens, so they can share one proxy.
 
+// Runs the proxy, the dev issuer or the `dev` subcommands: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::sync::OnceLock;

@@ -20,9 +20,13 @@ const EMPTY_RETRY: Duration = Duration::from_secs(2);
 /// Where keys come from.
 #[derive(Debug, Clone)]
 pub enum JwksSource {
+    /// A JWK Set file, read on each refresh.
     File(PathBuf),
+    /// An HTTPS endpoint serving the JWK Set.
     Url {
+        /// The JWKS URL (`token.jwks_url`).
         url: String,
+        /// The client it is fetched with (TLS roots of `token.jwks_ca`).
         client: reqwest::Client,
     },
 }
@@ -33,6 +37,9 @@ struct Snapshot {
     last_attempt: Option<Instant>,
 }
 
+/// The issuer's verification keys by `kid`, loaded from a `JwksSource` and refreshed when a
+/// token names an unknown key or the set is older than `max_age` (never more often than
+/// `refresh_floor`). Errors keep the keys loaded last.
 pub struct KeyStore {
     source: JwksSource,
     refresh_floor: Duration,
@@ -42,6 +49,7 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
+    /// A store with no keys yet; the first `key` or `refresh_if_allowed` loads them.
     pub fn new(source: JwksSource, refresh_floor: Duration, max_age: Duration) -> Arc<Self> {
         Arc::new(KeyStore {
             source,
@@ -153,7 +161,9 @@ impl KeyStore {
 /// Keys by `kid`. Keys without a `kid`, symmetric keys and keys meant for encryption are
 /// skipped: a token must name its key, and only signature keys verify tokens.
 pub fn parse_jwks(text: &str) -> Result<HashMap<String, VerificationKey>, String> {
-    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("JWKS is not valid: {e}"))?;
+    // Strict: a key with a member twice is not a key this proxy guesses at.
+    let set: JwkSet = crate::fhir::strict_json::parse_into(text.as_bytes())
+        .map_err(|e| format!("JWKS is not valid: {e}"))?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         if let Some((kid, key)) = usable_key(jwk) {

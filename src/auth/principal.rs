@@ -16,27 +16,50 @@ use crate::error::Refusal;
 /// What the principal rules are checked against (from configuration).
 #[derive(Debug, Clone)]
 pub struct PrincipalPolicy {
+    /// `acr` values a user token must carry one of (NSIS Substantial or High).
     pub accepted_acr: Vec<String>,
+    /// The `priv` role that makes a user with a `cvr` claim a Supporter.
     pub supporter_role: String,
 }
 
+/// A station (a system client enrolled with a device id in the EER): registers and reads its
+/// own registrations (EDS security page, "Calls to EDS").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Station {
+    /// The `ehmi:eer:device_id` claim: the EER device id the station is enrolled with.
     pub device_id: String,
     /// Present only if the token's `SOR:`/`GLN:` scopes agree with `ehmi:org_context`:
     /// a station can register only with an org context.
     pub org: Option<OrgContext>,
+    /// What its `system/AuditEvent.*` scopes grant.
     pub grants: Grants,
 }
 
+/// Exactly one kind of caller, derived from a validated token by `principal_from_claims`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
+    /// A system client with its device id.
     Station(Station),
-    Citizen { cpr: String, grants: Grants },
-    Supporter { cvr: String, grants: Grants },
+    /// A citizen (user token with a `cpr` and an accepted `acr`): reads registrations about
+    /// themself.
+    Citizen {
+        /// The `cpr` claim: the citizen's CPR number. Personal data, never logged.
+        cpr: String,
+        /// What the `user/AuditEvent.*` scopes grant (reads and searches only).
+        grants: Grants,
+    },
+    /// A supporter (user token with an accepted `acr`, a `cvr` and the supporter role for it
+    /// in `priv`): reads the registrations of its organisation's SOR codes.
+    Supporter {
+        /// The `cvr` claim: the organisation's CVR number.
+        cvr: String,
+        /// What the `user/AuditEvent.*` scopes grant (reads and searches only).
+        grants: Grants,
+    },
 }
 
 impl Principal {
+    /// `station`, `citizen` or `supporter`: the `principal` label of metrics and the access log.
     pub fn kind(&self) -> &'static str {
         match self {
             Principal::Station(_) => "station",
@@ -45,6 +68,7 @@ impl Principal {
         }
     }
 
+    /// What the token's AuditEvent scopes grant this principal.
     pub fn grants(&self) -> Grants {
         match self {
             Principal::Station(s) => s.grants,
@@ -79,6 +103,11 @@ fn identifier(name: &str, value: Option<&str>) -> Result<String, Refusal> {
     Ok(v.to_string())
 }
 
+/// The principal a validated token describes, by the rules of the module documentation.
+///
+/// Errors: 403 (`Refusal::Forbidden`) when the token is not for EDS, grants no or both kinds
+/// of AuditEvent scope, or lacks what its kind needs (device id, NSIS `acr`, `cpr`, or `cvr`
+/// with the supporter role).
 pub fn principal_from_claims(
     claims: &EdsClaims,
     policy: &PrincipalPolicy,

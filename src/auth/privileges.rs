@@ -39,6 +39,7 @@ use serde_json::Value;
 
 use crate::urn;
 
+/// A privilege group's scope for an organisation: this prefix and the CVR number (OIO-BPP).
 pub const CVR_SCOPE_PREFIX: &str = "urn:dk:gov:saml:cvrNumberIdentifier:";
 
 /// OIO-BPP 1.0/1.1 namespace of `PrivilegeList`.
@@ -54,7 +55,9 @@ pub const BPP_NAMESPACE_1_2: &str = "http://digst.dk/oiosaml/basic_privilege_pro
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivilegeGroup {
+    /// The group's scope, e.g. `urn:dk:gov:saml:cvrNumberIdentifier:12345678`.
     pub scope: String,
+    /// The privileges (role URNs) held within that scope.
     #[serde(default)]
     pub privileges: Vec<String>,
 }

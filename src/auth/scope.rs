@@ -11,12 +11,16 @@
 /// The interactions a SMART v2 scope grants on AuditEvent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Grants {
+    /// `c`: create (register) an AuditEvent.
     pub create: bool,
+    /// `r`: read an AuditEvent by id.
     pub read: bool,
+    /// `s`: search AuditEvents.
     pub search: bool,
 }
 
 impl Grants {
+    /// Whether anything at all is granted.
     pub fn any(self) -> bool {
         self.create || self.read || self.search
     }
@@ -33,10 +37,15 @@ impl Grants {
 /// Everything the proxy reads from a token's `scope`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scopes {
+    /// The bare `EDS` scope is present (the token is issued for EDS).
     pub eds: bool,
+    /// What `system/AuditEvent.<letters>` scopes grant (system clients).
     pub system: Grants,
+    /// What `user/AuditEvent.<letters>` scopes grant (user clients).
     pub user: Grants,
+    /// Codes of the `SOR:<code>` scopes, in order.
     pub sor: Vec<String>,
+    /// Numbers of the `GLN:<number>` scopes, in order.
     pub gln: Vec<String>,
 }
 

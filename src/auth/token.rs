@@ -33,23 +33,34 @@ use crate::error::TokenFailure;
 /// never silently absent.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct EdsClaims {
+    /// The `scope` claim as one space-separated string (RFC 9068 §2.2.3); empty if absent.
     #[serde(default, deserialize_with = "scope_string")]
     pub scope: String,
+    /// The `cnf` claim: the certificate binding (RFC 8705 §3.1).
     #[serde(default)]
     pub cnf: Option<Confirmation>,
+    /// `ehmi:eer:device_id`: a station's EER device id (EDS security page, "Calls to the Token
+    /// Endpoint").
     #[serde(default, rename = "ehmi:eer:device_id")]
     pub device_id: Option<String>,
+    /// `ehmi:org_context`: the organisation a station token is issued for.
     #[serde(default, rename = "ehmi:org_context", deserialize_with = "object_only")]
     pub org_context: Option<OrgContext>,
+    /// `cpr`: a citizen's CPR number. Personal data, never logged.
     #[serde(default)]
     pub cpr: Option<String>,
+    /// `acr`: the authentication's NSIS assurance level (a URI).
     #[serde(default)]
     pub acr: Option<String>,
+    /// `cvr`: a user's organisation's CVR number.
     #[serde(default)]
     pub cvr: Option<String>,
+    /// `priv`: the user's OIO-BPP privilege list, JSON or base64 XML (`auth::privileges`).
     #[serde(default, rename = "priv")]
     pub privileges: Option<Value>,
+    /// `exp` (RFC 7519 §4.1.4), seconds since the epoch; required.
     pub exp: i64,
+    /// `iat` (RFC 7519 §4.1.6), seconds since the epoch.
     #[serde(default)]
     pub iat: Option<i64>,
     /// Read for the lifetime rule only (jsonwebtoken checks `nbf` against the clock).
@@ -60,6 +71,8 @@ pub struct EdsClaims {
 /// RFC 8705 confirmation claim.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Confirmation {
+    /// `x5t#S256`: base64url SHA-256 thumbprint of the DER client certificate the token is
+    /// bound to.
     #[serde(rename = "x5t#S256")]
     pub x5t_s256: Option<String>,
 }
@@ -67,9 +80,12 @@ pub struct Confirmation {
 /// The organisational context a station token is issued for (EDS security page).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct OrgContext {
+    /// `name`: the organisation's name (informative only).
     #[serde(default)]
     pub name: Option<String>,
+    /// `sor`: the organisation's SOR code.
     pub sor: String,
+    /// `gln`: the location number (GLN).
     pub gln: String,
 }
 
@@ -104,9 +120,13 @@ fn scope_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Err
 /// What a token is checked against.
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {
+    /// Expected `iss`.
     pub issuer: String,
+    /// Accepted `aud` values (one must match).
     pub audiences: Vec<String>,
+    /// Accepted JWS algorithms (asymmetric only).
     pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_seconds: u64,
     /// Longest accepted lifetime, `exp − iat` (see `check_lifetime`).
     pub max_lifetime_seconds: u64,
@@ -115,6 +135,7 @@ pub struct TokenPolicy {
 /// A verification key and what it may verify.
 #[derive(Clone)]
 pub struct VerificationKey {
+    /// The public key.
     pub key: DecodingKey,
     /// The JWK's own `alg`, if it names one: the token must then use exactly that.
     pub alg: Option<Algorithm>,
@@ -123,7 +144,9 @@ pub struct VerificationKey {
 /// Header facts needed to pick a key, read before any verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenHeader {
+    /// The JWS `alg` of the protected header (RFC 7515 §4.1.1).
     pub alg: Algorithm,
+    /// The `kid` of the protected header (RFC 7515 §4.1.4), naming the key in the JWK Set.
     pub kid: Option<String>,
 }
 
@@ -318,15 +341,10 @@ pub fn check_payload_members(token: &str) -> Result<(), TokenFailure> {
     }
 }
 
+/// Read with the same duplicate-refusing reader as the header rules (never a lenient
+/// `Value` parse): a header that passed them has each member once.
 fn header_alg_is_present(token: &str) -> bool {
-    let Some(part) = token.split('.').next() else {
-        return false;
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|v| v.get("alg").is_some())
+    header_members(token).is_ok_and(|members| members.contains_key("alg"))
 }
 
 fn is_symmetric(alg: Algorithm) -> bool {
@@ -420,6 +438,8 @@ pub fn thumbprint_of(cert_der: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(cert_der))
 }
 
+/// The accepted algorithm called `name` (RFC 7518 §3.1); `None` for unknown names and for
+/// symmetric (HMAC) algorithms, which a shared-key issuer could use to forge tokens.
 pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
     let alg: Algorithm = name.parse().ok()?;
     (!is_symmetric(alg)).then_some(alg)

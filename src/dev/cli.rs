@@ -8,11 +8,13 @@ use serde_json::{json, Value};
 use super::keys::SigningKey;
 use super::pki::CertificateAuthority;
 
+/// The `eds-proxy dev …` subcommands.
 #[derive(Subcommand)]
 pub enum DevCommand {
     /// Write a development CA, a server certificate, client certificates for the sample
     /// stations and user clients, and a token-signing key with its JWKS.
     Pki {
+        /// Folder to write into (created if missing).
         #[arg(long)]
         out: PathBuf,
         /// Names (DNS or IP) for the server certificate.
@@ -21,6 +23,7 @@ pub enum DevCommand {
     },
     /// Run the development token issuer (client_credentials over mTLS, /jwks).
     Issuer {
+        /// Issuer configuration (TOML; `hapi-compose/proxy/dev-issuer.toml` is an example).
         #[arg(long)]
         config: PathBuf,
     },
@@ -32,13 +35,16 @@ pub enum DevCommand {
         /// The client certificate the token is bound to (PEM).
         #[arg(long)]
         cert: PathBuf,
+        /// `iss` of the token.
         #[arg(long)]
         issuer: String,
+        /// `aud` of the token.
         #[arg(long, default_value = "eds")]
         audience: String,
         /// Extra claims as a JSON object, e.g. '{"scope":"EDS user/AuditEvent.rs","cpr":"…","acr":"…"}'.
         #[arg(long)]
         claims: String,
+        /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         lifetime: i64,
     },
@@ -56,8 +62,12 @@ pub const SAMPLE_CLIENTS: &[(&str, &str, &str)] = &[
     ("support-tool", "Support tool", "eds-proxy development"),
 ];
 
+/// `kid` of the development token-signing key.
 pub const ISSUER_KID: &str = "dev-issuer-1";
 
+/// Run one `dev` subcommand.
+///
+/// Errors: a message for the operator (file, key or certificate problems).
 pub fn run(cmd: DevCommand) -> Result<(), String> {
     match cmd {
         DevCommand::Pki { out, server_name } => write_pki(&out, &server_name),
@@ -73,8 +83,8 @@ pub fn run(cmd: DevCommand) -> Result<(), String> {
             claims,
             lifetime,
         } => {
-            let extra: Value =
-                serde_json::from_str(&claims).map_err(|e| format!("--claims: {e}"))?;
+            let extra: Value = crate::fhir::strict_json::parse(claims.as_bytes())
+                .map_err(|e| format!("--claims: {e}"))?;
             let token = mint(&key, &cert, &issuer, &audience, extra, lifetime)?;
             println!("{token}");
             Ok(())

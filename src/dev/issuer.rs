@@ -28,17 +28,26 @@ use super::keys::SigningKey;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
+    /// `host:port` of the token endpoint (HTTPS with a required client certificate).
     pub listen: String,
+    /// `iss` of issued tokens.
     pub issuer: String,
+    /// `aud` of issued tokens.
     pub audience: String,
+    /// PEM certificate chain the issuer presents.
     pub server_cert: PathBuf,
+    /// PEM private key of `server_cert`.
     pub server_key: PathBuf,
+    /// PEM CA certificates a client certificate must chain to.
     pub client_ca: PathBuf,
+    /// The ES256 signing key (PKCS#8 PEM) written by `dev pki` as `issuer.key`.
     pub signing_key: PathBuf,
+    /// `kid` of issued tokens and of `/jwks`; default `dev-issuer-1`.
     #[serde(default = "default_kid")]
     pub kid: String,
     /// A JSON array of client metadata documents (the EDS security page's format).
     pub enrolment: PathBuf,
+    /// Lifetime of issued tokens, in seconds; default 600.
     #[serde(default = "default_lifetime")]
     pub token_lifetime_seconds: i64,
 }
@@ -53,29 +62,42 @@ fn default_lifetime() -> i64 {
 /// One enrolled client, as in the security page's metadata example.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Enrolment {
+    /// OAuth `client_id` (RFC 6749 §2.2).
     pub client_id: String,
+    /// Human-readable name (RFC 7591 §2).
     #[serde(default)]
     pub client_name: Option<String>,
+    /// The subject DN the client's certificate must have (RFC 8705 §2.1.1).
     pub tls_client_auth_subject_dn: String,
+    /// The scopes the client may be issued (space-separated).
     pub scope: String,
+    /// `ehmi:eer:device_id` put in a station's tokens.
     #[serde(rename = "ehmi:eer:device_id")]
     pub device_id: Option<String>,
+    /// The organisational contexts a station may ask a token for (`SOR:`/`GLN:` scopes).
     #[serde(rename = "ehmi:org_context", default)]
     pub org_context: Vec<OrgContext>,
 }
 
+/// One `ehmi:org_context` a station is enrolled for.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct OrgContext {
+    /// Organisation name.
     pub name: String,
+    /// SOR code.
     pub sor: String,
+    /// Location number (GLN).
     pub gln: String,
 }
 
 /// An OAuth error response (RFC 6749 §5.2).
 #[derive(Debug, PartialEq, Eq)]
 pub struct OAuthError {
+    /// HTTP status of the error answer.
     pub status: u16,
+    /// The `error` code, e.g. `invalid_client`.
     pub error: &'static str,
+    /// The `error_description`.
     pub description: String,
 }
 
@@ -95,15 +117,21 @@ pub fn normalise_dn(dn: &str) -> String {
 
 /// The presented client certificate: its subject DN and RFC 8705 thumbprint.
 pub struct Presented<'a> {
+    /// Subject DN of the certificate (OpenSSL one-line form).
     pub subject_dn: &'a str,
+    /// Its `x5t#S256` thumbprint (RFC 8705 §3.1).
     pub thumbprint: &'a str,
 }
 
 /// What every issued token says about its issuer and lifetime.
 pub struct Issuance<'a> {
+    /// `iss` of the token.
     pub issuer: &'a str,
+    /// `aud` of the token.
     pub audience: &'a str,
+    /// Issue time, seconds since the epoch.
     pub now: i64,
+    /// Lifetime in seconds.
     pub lifetime: i64,
 }
 
@@ -175,8 +203,8 @@ pub fn token_claims(
         "cnf": {"x5t#S256": thumbprint},
     });
     let mut claims = now_claims;
-    if let Some(device) = &client.device_id {
-        claims["ehmi:eer:device_id"] = json!(device);
+    if let (Some(device), Some(members)) = (&client.device_id, claims.as_object_mut()) {
+        members.insert("ehmi:eer:device_id".into(), json!(device));
     }
     match (sor, gln) {
         (None, None) => {}
@@ -192,7 +220,9 @@ pub fn token_claims(
                         "the client is not enrolled for this SOR/GLN context",
                     )
                 })?;
-            claims["ehmi:org_context"] = json!(ctx);
+            if let Some(members) = claims.as_object_mut() {
+                members.insert("ehmi:org_context".into(), json!(ctx));
+            }
         }
         _ => {
             return Err(oauth(
@@ -289,7 +319,7 @@ impl ServeHttp for Issuer {
                             200,
                             &json!({
                                 "access_token": token, "token_type": "Bearer",
-                                "expires_in": c.token_lifetime_seconds, "scope": claims["scope"],
+                                "expires_in": c.token_lifetime_seconds, "scope": claims.get("scope"),
                             }),
                         ),
                         Err(e) => json_reply(
@@ -316,6 +346,10 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Read `eds-proxy dev issuer --config FILE` (TOML); relative paths are resolved against the
+/// file's folder.
+///
+/// Errors: the file cannot be read or parsed (unknown keys included).
 pub fn load_config(path: &Path) -> Result<IssuerConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut c: IssuerConfig =
@@ -341,8 +375,9 @@ pub fn build_server(c: IssuerConfig) -> Result<Server, String> {
     let key = SigningKey::from_pem(&c.kid, &pem)?;
     let enrolment_text = std::fs::read_to_string(&c.enrolment)
         .map_err(|e| format!("{}: {e}", c.enrolment.display()))?;
-    let enrolments: Vec<Enrolment> = serde_json::from_str(&enrolment_text)
-        .map_err(|e| format!("{}: {e}", c.enrolment.display()))?;
+    let enrolments: Vec<Enrolment> =
+        crate::fhir::strict_json::parse_into(enrolment_text.as_bytes())
+            .map_err(|e| format!("{}: {e}", c.enrolment.display()))?;
     pingora::tls::install_default_crypto_provider();
     let mut roots = RootCertStore::empty();
     for cert in

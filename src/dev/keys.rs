@@ -5,14 +5,20 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::KeyPair;
 use serde_json::{json, Value};
 
+/// An ES256 (ECDSA P-256, RFC 7518 §3.4) token-signing key.
 pub struct SigningKey {
+    /// The `kid` put in token headers and the JWK.
     pub kid: String,
+    /// The private key, PKCS#8 PEM.
     pub private_pem: String,
     encoding: EncodingKey,
     public_raw: Vec<u8>,
 }
 
 impl SigningKey {
+    /// A fresh key called `kid`.
+    ///
+    /// Errors: key generation or encoding failed.
     pub fn generate(kid: &str) -> Result<Self, String> {
         let pair = KeyPair::generate().map_err(|e| e.to_string())?;
         Self::from_pem(kid, &pair.serialize_pem())
@@ -39,6 +45,7 @@ impl SigningKey {
         json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y), "kid": self.kid, "alg": "ES256", "use": "sig"})
     }
 
+    /// A JWK Set (RFC 7517 §5) holding the public key.
     pub fn jwks(&self) -> Value {
         json!({"keys": [self.jwk()]})
     }

@@ -12,8 +12,11 @@ use rcgen::{
 /// A certificate with its private key, both PEM.
 #[derive(Debug, Clone)]
 pub struct CertifiedKey {
+    /// The certificate, PEM.
     pub cert_pem: String,
+    /// Its private key, PKCS#8 PEM.
     pub key_pem: String,
+    /// The certificate, DER.
     pub cert_der: Vec<u8>,
 }
 
@@ -23,19 +26,25 @@ impl CertifiedKey {
         crate::auth::token::thumbprint_of(&self.cert_der)
     }
 
+    /// Write `DIR/NAME.crt` and `DIR/NAME.key`.
     pub fn write(&self, dir: &Path, name: &str) -> std::io::Result<()> {
         std::fs::write(dir.join(format!("{name}.crt")), &self.cert_pem)?;
         std::fs::write(dir.join(format!("{name}.key")), &self.key_pem)
     }
 }
 
+/// A development CA (ECDSA P-256) that issues server and client certificates.
 pub struct CertificateAuthority {
     ca_cert: Certificate,
     ca_key: KeyPair,
+    /// The CA's own certificate and key.
     pub cert: CertifiedKey,
 }
 
 impl CertificateAuthority {
+    /// A fresh self-signed CA called `common_name`.
+    ///
+    /// Errors: rcgen failed to generate the key or certificate.
     pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;

@@ -6,6 +6,10 @@ use serde_json::{json, Value};
 use crate::fhir::query::SEARCH_PARAMETERS;
 use crate::fhir::registration::EDS_PROFILES;
 
+/// The CapabilityStatement (FHIR R4, <https://hl7.org/fhir/R4/capabilitystatement.html>) for
+/// `public_base`, as JSON: AuditEvent read, vread, search-type (the supported parameters) and
+/// create (the EDS profiles), secured by OAuth access tokens bound to the mutual-TLS client
+/// certificate (RFC 8705).
 pub fn capability_statement(public_base: &str) -> Vec<u8> {
     let params: Vec<Value> = SEARCH_PARAMETERS
         .iter()

@@ -8,11 +8,13 @@ use crate::fhir::query::{self, SearchQuery};
 /// The parts of a request the classifier looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestParts<'a> {
+    /// The HTTP method, as sent (methods are case-sensitive, RFC 9110 §9.1).
     pub method: &'a str,
     /// Raw path, without the query.
     pub path: &'a str,
     /// Raw query string, without `?`.
     pub query: Option<&'a str>,
+    /// The `Content-Type` header value, if any.
     pub content_type: Option<&'a str>,
     /// Any of If-None-Exist, If-Match, If-None-Match, If-Modified-Since is present.
     pub conditional: bool,
@@ -20,16 +22,31 @@ pub struct RequestParts<'a> {
     pub body: &'a [u8],
 }
 
+/// The one FHIR RESTful interaction a request is
+/// (<https://hl7.org/fhir/R4/http.html>); anything else was refused by `classify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interaction {
+    /// `GET [base]/metadata` (capabilities).
     Capabilities,
+    /// `GET [base]/AuditEvent?…` or `POST [base]/AuditEvent/_search` (search), parameters
+    /// checked.
     Search(SearchQuery),
-    Read { id: String, version: Option<String> },
+    /// `GET [base]/AuditEvent/[id]` (read) or `…/_history/[vid]` (vread).
+    Read {
+        /// The logical id (FHIR `id` syntax).
+        id: String,
+        /// The version id of a vread.
+        version: Option<String>,
+    },
+    /// `POST [base]/AuditEvent` (create): a registration.
     Create,
+    /// `GET [base]?_getpages=…` with a signed handle: the next page of an earlier search.
     Page(PageRequest),
 }
 
 impl Interaction {
+    /// `capabilities`, `search`, `read`, `vread`, `create` or `page`: the `interaction` label of
+    /// metrics and the access log.
     pub fn name(&self) -> &'static str {
         match self {
             Interaction::Capabilities => "capabilities",
@@ -246,6 +263,8 @@ fn check_format_only(raw_query: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The media type of a `Content-Type` value: the part before any `;` parameter, trimmed
+/// (RFC 9110 §8.3.1). Not lower-cased.
 pub fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or_default().trim()
 }

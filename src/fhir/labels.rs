@@ -11,18 +11,27 @@ use crate::cvr_directory::CvrDirectory;
 use crate::error::Refusal;
 use crate::fhir::response::{find_resources, Found};
 
+/// An access label: a `meta.security` Coding the proxy stamps on a registration and a
+/// `_security=system|code` search matches (FHIR R4 security labels,
+/// <https://hl7.org/fhir/R4/security-labels.html>).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {
+    /// The label's system (one of `LabelSystems`).
     pub system: String,
+    /// The identifier it labels with: a device id, a SOR code or a CPR number.
     pub code: String,
 }
 
 /// The configured label systems.
 #[derive(Debug, Clone)]
 pub struct LabelSystems {
+    /// `access.device_label_system`.
     pub device: String,
+    /// `access.sor_label_system`.
     pub sor: String,
+    /// `access.cpr_label_system`.
     pub cpr: String,
+    /// `access.reserved_label_prefix`: every system under it is the proxy's.
     pub reserved_prefix: String,
 }
 
@@ -40,18 +49,21 @@ impl Default for LabelSystems {
 }
 
 impl LabelSystems {
+    /// The label of a station's registrations.
     pub fn device(&self, device_id: &str) -> Label {
         Label {
             system: self.device.clone(),
             code: device_id.to_string(),
         }
     }
+    /// The label of a sender or receiver organisation's registrations (SOR code).
     pub fn sor(&self, sor: &str) -> Label {
         Label {
             system: self.sor.clone(),
             code: sor.to_string(),
         }
     }
+    /// The label of a citizen's registrations (CPR number).
     pub fn cpr(&self, cpr: &str) -> Label {
         Label {
             system: self.cpr.clone(),
@@ -91,6 +103,10 @@ pub struct Constraint {
 }
 
 impl Constraint {
+    /// The constraint of `principal`: its device label (station), its CPR label (citizen), or
+    /// the SOR labels of its CVR in `directory` (supporter).
+    ///
+    /// Errors: 403 when a supporter's CVR has no SOR codes in the directory.
     pub fn for_principal(
         principal: &Principal,
         systems: &LabelSystems,
@@ -112,6 +128,7 @@ impl Constraint {
         Ok(Constraint { labels })
     }
 
+    /// The labels, any one of which admits a resource.
     pub fn labels(&self) -> &[Label] {
         &self.labels
     }

@@ -11,6 +11,7 @@ use sha2::Sha256;
 use crate::error::Refusal;
 use crate::fhir::query;
 
+/// Query parameter carrying a page handle's signature next to `_getpages`.
 pub const SIGNATURE_PARAM: &str = "_eds_sig";
 
 /// A secret of at least 32 bytes (checked by the configuration).
@@ -22,13 +23,18 @@ pub struct PageSigner {
 /// A `GET base?_getpages=…` request, after its signature has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
+    /// The FHIR server's `_getpages` id.
     pub id: String,
+    /// `_getpagesoffset`: index of the page's first entry.
     pub offset: Option<u32>,
+    /// `_count`: entries per page, already lowered to `limits.max_count`.
     pub count: Option<u32>,
+    /// The `_eds_sig` value: base64url (no padding) HMAC-SHA-256.
     pub signature: String,
 }
 
 impl PageSigner {
+    /// A signer with this HMAC-SHA-256 key (`paging.secret_file`).
     pub fn new(secret: Vec<u8>) -> Self {
         PageSigner { secret }
     }
@@ -42,6 +48,9 @@ impl PageSigner {
         Some(mac)
     }
 
+    /// The signature of `page_id` for the principal with `principal_key`
+    /// (`Principal::binding_key`): base64url (no padding) HMAC-SHA-256 over a version tag,
+    /// the key and the id.
     pub fn sign(&self, principal_key: &str, page_id: &str) -> String {
         self.mac(principal_key, page_id)
             .map(|m| {
@@ -126,6 +135,8 @@ pub fn parse_page_request(
 }
 
 impl PageRequest {
+    /// The query sent to the FHIR server: `_getpages`, `_getpagesoffset` and `_count`, without
+    /// the signature.
     pub fn upstream_query(&self) -> String {
         let mut q = format!("_getpages={}", query::encode(&self.id));
         if let Some(o) = self.offset {

@@ -87,20 +87,32 @@ const FORBIDDEN: &[(&str, &str)] = &[
 /// A parsed `name[:modifier]=value` pair, percent-decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
+    /// The search parameter's name, e.g. `date` (FHIR R4 search,
+    /// <https://hl7.org/fhir/R4/search.html>).
     pub name: String,
+    /// The modifier after `:`, e.g. `exact` for `name:exact`.
     pub modifier: Option<String>,
+    /// The value, percent-decoded.
     pub value: String,
 }
 
 /// A search the proxy is willing to forward, before the caller's constraint is added.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchQuery {
+    /// The search parameters, in request order (result parameters below).
     pub params: Vec<Param>,
+    /// `_count`, lowered to `limits.max_count`.
     pub count: Option<u32>,
+    /// `_offset`: entries to skip.
     pub offset: Option<u32>,
+    /// `_sort`: keys (`-` for descending) among the supported parameters, `_id` and
+    /// `_lastUpdated`.
     pub sort: Option<String>,
+    /// `_summary`: `true`, `false`, `data`, `text` or `count`.
     pub summary: Option<String>,
+    /// `_elements`: element names, with `meta` always added so the labels come back.
     pub elements: Option<String>,
+    /// `_total`: `none`, `estimate` or `accurate`.
     pub total: Option<String>,
 }
 
@@ -290,6 +302,9 @@ pub fn check_format(value: &str) -> Result<(), Refusal> {
     }
 }
 
+/// A FHIR boolean parameter value: exactly `true` or `false`.
+///
+/// Errors: 400 (`Refusal::Invalid`) naming the parameter.
 pub fn check_bool(name: &str, value: &str) -> Result<(), Refusal> {
     match value {
         "true" | "false" => Ok(()),

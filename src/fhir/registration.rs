@@ -11,24 +11,39 @@ use crate::fhir::inert;
 use crate::fhir::labels::{Label, LabelSystems};
 use crate::fhir::strict_json;
 
-pub const EDS_PROFILES: &[&str] = &[
-    "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus",
-    "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsBasicDeliveryStatus",
-];
+/// Canonical URL of the IG's `EdsPatientDeliveryStatus` profile (an AuditEvent about a
+/// citizen: it needs an `ehmiPatient` entity).
+pub const EDS_PATIENT_PROFILE: &str =
+    "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus";
+/// Canonical URL of the IG's `EdsBasicDeliveryStatus` profile (no citizen).
+pub const EDS_BASIC_PROFILE: &str =
+    "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsBasicDeliveryStatus";
+/// The EDS profiles a registration may claim in `meta.profile`: the IG's two AuditEvent
+/// profiles (canonical base `http://medcomehmi.dk/ig/eds`); a version suffix `|x.y` is allowed.
+pub const EDS_PROFILES: &[&str] = &[EDS_PATIENT_PROFILE, EDS_BASIC_PROFILE];
 const OTHER_ID_EXTENSION: &str = "http://medcomehmi.dk/ig/eds/StructureDefinition/eds-otherId";
 
 /// Facts read from a registration that pass its checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
+    /// The station's device id: `source.observer` (its identifier, or the contained Device it
+    /// references).
     pub device_id: String,
+    /// The `ehmiSender` agent.
     pub sender: Party,
+    /// The `ehmiReceiver` agent.
     pub receiver: Party,
+    /// The `ehmiPatient` entity's identifier value (a CPR number), if there is one; required by
+    /// `EdsPatientDeliveryStatus`.
     pub cpr: Option<String>,
 }
 
+/// An organisation taking part in a delivery (sender or receiver agent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Party {
+    /// `who.identifier.value`: the SOR code.
     pub sor: String,
+    /// The GLN of the agent's `eds-otherId` extension, if it has one.
     pub gln: Option<String>,
 }
 
@@ -285,7 +300,7 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
         ),
         _ => return Err(Refusal::invalid("more than one ehmiPatient entity")),
     };
-    let patient_profile = profiles.iter().any(|p| p.starts_with(EDS_PROFILES[0]));
+    let patient_profile = profiles.iter().any(|p| p.starts_with(EDS_PATIENT_PROFILE));
     if patient_profile && cpr.is_none() {
         return Err(Refusal::invalid(
             "an EdsPatientDeliveryStatus needs an ehmiPatient entity",

@@ -18,20 +18,25 @@ use crate::fhir::strict_json;
 
 /// What a response is checked and rewritten against.
 pub struct ResponseContext<'a> {
+    /// The caller's constraint: an entry or resource must carry one of its labels.
     pub constraint: &'a Constraint,
     /// The proxy's public base URL, without a trailing slash.
     pub public_base: &'a str,
     /// The FHIR server's base URL, without a trailing slash.
     pub upstream_base: &'a str,
+    /// Signs the `_getpages` handles of rewritten paging links.
     pub signer: &'a PageSigner,
+    /// The caller's `Principal::binding_key`, which page handles are bound to.
     pub principal_key: &'a str,
     /// Remove `total` from every searchset (`response.drop_totals`): for a server not trusted
     /// to count only what `_security` admits.
     pub drop_totals: bool,
 }
 
+/// A searchset that passed the check, rewritten for the caller.
 #[derive(Debug)]
 pub struct CheckedBundle {
+    /// The JSON body to answer with: links rebased and signed, withheld entries removed.
     pub body: Vec<u8>,
     /// Entries removed because they did not carry the caller's label.
     pub dropped: usize,
@@ -63,7 +68,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.get())
     };
-    let as_string = |raw: Option<&str>| raw.and_then(|r| serde_json::from_str::<String>(r).ok());
+    let as_string = |raw: Option<&str>| raw.and_then(|r| strict_json::string(r).ok());
     if as_string(member("resourceType")).as_deref() != Some("Bundle")
         || as_string(member("type")).as_deref() != Some("searchset")
     {
@@ -91,7 +96,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     let mut dropped = 0;
     let mut entries_out: Vec<String> = Vec::new();
     if let Some(raw) = member("entry") {
-        let entries: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| malformed())?;
+        let entries: Vec<&RawValue> = strict_json::elements(raw).map_err(|_| malformed())?;
         for entry in entries {
             let entry_members =
                 strict_json::object_members(entry.get()).map_err(|_| malformed())?;
@@ -105,7 +110,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             let full_url = entry_members
                 .iter()
                 .find(|(k, _)| k == "fullUrl")
-                .map(|(_, v)| serde_json::from_str::<String>(v.get()))
+                .map(|(_, v)| strict_json::string(v.get()))
                 .transpose()
                 .map_err(|_| malformed())?;
             let rebased = full_url
@@ -128,7 +133,8 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     }
     let links = match member("link") {
         Some(raw) => {
-            let mut links: Vec<Value> = serde_json::from_str(raw).map_err(|_| malformed())?;
+            let mut links: Vec<Value> =
+                strict_json::parse_into(raw.as_bytes()).map_err(|_| malformed())?;
             links.retain_mut(|link| {
                 let rewritten = link
                     .get("url")
@@ -190,6 +196,8 @@ fn entry_visible(
             }
             "resource" => resource = Some(scan(raw.get())?),
             "search" => {
+                // A derived struct: serde refuses a duplicate `mode`.
+                #[allow(clippy::disallowed_methods)]
                 let Obj(view): Obj<SearchView<'_>> =
                     serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
                 mode = view.mode.map(Cow::into_owned);
@@ -259,6 +267,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
         if !raw.get().trim_start().starts_with('{') {
             return Err(serde::de::Error::custom("expected a JSON object"));
         }
+        // `T` is a derived struct (`SearchView`): serde refuses its fields twice.
+        #[allow(clippy::disallowed_methods)]
         serde_json::from_str(raw.get())
             .map(Obj)
             .map_err(serde::de::Error::custom)
@@ -663,6 +673,7 @@ pub fn judge_nested(f: &Found, constraint: &Constraint) -> Result<(), Withheld> 
 /// Outcome of checking a single resource (read, vread).
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResourceCheck {
+    /// The caller's: answer it.
     Visible,
     /// Present but not the caller's: answer 404, never 403.
     Hidden,
@@ -718,8 +729,11 @@ pub struct CreatedContext<'a> {
     pub constraint: &'a Constraint,
     /// Every label the proxy stamped on the registration.
     pub stamped: &'a [Label],
+    /// The configured label systems (reserved systems may not come back unstamped).
     pub systems: &'a LabelSystems,
+    /// The proxy's public base URL, without a trailing slash.
     pub public_base: &'a str,
+    /// The FHIR server's base URL, without a trailing slash.
     pub upstream_base: &'a str,
 }
 

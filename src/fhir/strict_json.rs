@@ -45,6 +45,29 @@ pub fn object_members(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
     Ok(members)
 }
 
+/// Parse `bytes` strictly (as [`parse`]: no duplicate key at any depth), then read the value
+/// into `T`. For JSON whose target type could hold a duplicate (`Value`, a map, a struct with
+/// `flatten`), read at startup or off the request path (JWKS, enrolment, directories).
+///
+/// Errors: the text is not JSON, a key is duplicated, or the value does not fit `T`.
+pub fn parse_into<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_value(parse(bytes)?).map_err(|e| e.to_string())
+}
+
+/// A JSON string's value (escapes decoded); anything but one JSON string is an error. A
+/// string holds no keys, so nothing here can be lenient.
+pub fn string(text: &str) -> Result<String, String> {
+    #[allow(clippy::disallowed_methods)] // the target is a `String`: no object, no duplicates
+    serde_json::from_str::<String>(text).map_err(|e| e.to_string())
+}
+
+/// The elements of a JSON array, each left unparsed (for [`object_members`] or [`parse`]);
+/// anything but an array is an error.
+pub fn elements(text: &str) -> Result<Vec<&RawValue>, String> {
+    #[allow(clippy::disallowed_methods)] // raw elements: nothing is read, so nothing is merged
+    serde_json::from_str::<Vec<&RawValue>>(text).map_err(|e| e.to_string())
+}
+
 struct StrictValue;
 
 impl<'de> DeserializeSeed<'de> for StrictValue {
@@ -135,6 +158,21 @@ mod tests {
         assert!(object_members(r#"{"a":1,"a":2}"#).is_err());
         assert!(object_members("[1]").is_err());
         assert!(object_members(r#"{"a":1} x"#).is_err());
+    }
+
+    #[test]
+    fn typed_helpers_are_strict() {
+        assert!(parse_into::<Vec<Value>>(br#"[{"url":"a","url":"b"}]"#).is_err());
+        assert_eq!(
+            parse_into::<Vec<Value>>(br#"[{"url":"a"}]"#).unwrap(),
+            vec![serde_json::json!({"url": "a"})]
+        );
+        assert_eq!(string(r#""a\u0062""#).unwrap(), "ab");
+        assert!(string(r#"{"a":1}"#).is_err());
+        let e = elements(r#"[{"a":1,"a":2}, 3]"#).unwrap();
+        assert_eq!(e.len(), 2);
+        assert!(object_members(e[0].get()).is_err());
+        assert!(elements(r#"{"a":1}"#).is_err());
     }
 
     #[test]

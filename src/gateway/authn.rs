@@ -74,10 +74,6 @@ impl Authenticator {
         }
     }
 
-    pub fn keys(&self) -> &Arc<KeyStore> {
-        &self.keys
-    }
-
     pub async fn authenticate(
         &self,
         authorization: Option<&[u8]>,
