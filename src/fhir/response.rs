@@ -98,21 +98,12 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     if let Some(raw) = member("entry") {
         let entries: Vec<&RawValue> = strict_json::elements(raw).map_err(|_| malformed())?;
         for entry in entries {
-            let entry_members =
-                strict_json::object_members(entry.get()).map_err(|_| malformed())?;
-            if entry_visible(&entry_members, ctx.constraint)
-                .map_err(|_| malformed())?
-                .is_err()
-            {
+            let scanned = scan_entry(entry.get()).map_err(|_| malformed())?;
+            if entry_visible(&scanned, ctx.constraint).is_err() {
                 dropped += 1;
                 continue;
             }
-            let full_url = entry_members
-                .iter()
-                .find(|(k, _)| k == "fullUrl")
-                .map(|(_, v)| strict_json::string(v.get()))
-                .transpose()
-                .map_err(|_| malformed())?;
+            let full_url = scanned.full_url;
             let rebased = full_url
                 .as_deref()
                 .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base));
@@ -176,59 +167,138 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     })
 }
 
-/// Decide one searchset entry from its members: `Ok(Ok(()))` shows it, `Ok(Err(_))` withholds
-/// it, `Err` means it is malformed where the check reads (the whole answer fails).
+/// What the check reads of one searchset entry, from one pass over its text.
+#[derive(Debug, Default)]
+struct EntryScan {
+    /// `resource`, scanned (an object, or the entry is malformed).
+    resource: Option<Scanned>,
+    /// `search.mode`.
+    mode: Option<String>,
+    /// `fullUrl`.
+    full_url: Option<String>,
+    /// Resources anywhere else in the entry (`search`, `response.outcome`, extensions).
+    elsewhere: Vec<Found>,
+}
+
+/// Scan one entry in one pass. Duplicate `resource`, `search`, `mode` and `fullUrl` members
+/// are refused (a client might read the other one); `resource` and `search` must be objects
+/// and `fullUrl`/`mode` strings. Any other member is scanned for resources, duplicates and all.
+fn scan_entry(text: &str) -> Result<EntryScan, String> {
+    struct EntryVisitor;
+    impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+        type Value = EntryScan;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a Bundle entry object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<EntryScan, A::Error> {
+            use serde::de::Error;
+            let mut out = EntryScan::default();
+            let (mut saw_search, mut saw_resource) = (false, false);
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match key.as_ref() {
+                    "resource" => {
+                        if std::mem::replace(&mut saw_resource, true) {
+                            return Err(A::Error::custom("duplicate entry.resource"));
+                        }
+                        out.resource = Some(map.next_value_seed(ObjectScanSeed)?);
+                    }
+                    "search" => {
+                        if std::mem::replace(&mut saw_search, true) {
+                            return Err(A::Error::custom("duplicate entry.search"));
+                        }
+                        let (mode, found) = map.next_value_seed(SearchSeed)?;
+                        out.mode = mode;
+                        out.elsewhere.extend(found);
+                    }
+                    "fullUrl" => {
+                        if out.full_url.replace(map.next_value()?).is_some() {
+                            return Err(A::Error::custom("duplicate entry.fullUrl"));
+                        }
+                    }
+                    _ => out
+                        .elsewhere
+                        .extend(map.next_value_seed(ScanSeed)?.into_found()),
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let scanned =
+        serde::Deserializer::deserialize_map(&mut de, EntryVisitor).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(scanned)
+}
+
+/// A value that must be a JSON object, scanned like any other.
+struct ObjectScanSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectScanSeed {
+    type Value = Scanned;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Scanned, D::Error> {
+        d.deserialize_map(ScanVisitor)
+    }
+}
+
+/// `entry.search`: an object; `mode` read (a string, once), everything else scanned.
+struct SearchSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for SearchSeed {
+    type Value = (Option<String>, Vec<Found>);
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct SearchVisitor;
+        impl<'de> serde::de::Visitor<'de> for SearchVisitor {
+            type Value = (Option<String>, Vec<Found>);
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a Bundle entry search object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut mode: Option<String> = None;
+                let mut found = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "mode" {
+                        if mode.replace(map.next_value()?).is_some() {
+                            return Err(A::Error::custom("duplicate entry.search.mode"));
+                        }
+                    } else {
+                        found.extend(map.next_value_seed(ScanSeed)?.into_found());
+                    }
+                }
+                Ok((mode, found))
+            }
+        }
+        d.deserialize_map(SearchVisitor)
+    }
+}
+
+/// Decide one scanned searchset entry: `Ok(())` shows it, `Err` withholds it.
 ///
 /// Shown: an AuditEvent with the caller's label and nothing foreign inside, or the server's
 /// own OperationOutcome (`search.mode = outcome`) with nothing foreign inside; every resource
 /// elsewhere in the entry (`response.outcome`, extensions) must pass as nested.
-fn entry_visible(
-    members: &[(String, &RawValue)],
-    constraint: &Constraint,
-) -> Result<Result<(), Withheld>, String> {
-    let mut resource = None;
-    let mut mode = None;
-    for (key, raw) in members {
-        match key.as_str() {
-            // Objects only: an array in its place is malformed, not merely withheld.
-            "resource" if !raw.get().starts_with('{') => {
-                return Err("entry.resource is not an object".into())
-            }
-            "resource" => resource = Some(scan(raw.get())?),
-            "search" => {
-                // A derived struct: serde refuses a duplicate `mode`.
-                #[allow(clippy::disallowed_methods)]
-                let Obj(view): Obj<SearchView<'_>> =
-                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-                mode = view.mode.map(Cow::into_owned);
-                if let Some(why) = find_resources(raw.get())?
-                    .iter()
-                    .find_map(|f| judge_nested(f, constraint).err())
-                {
-                    return Ok(Err(why));
-                }
-            }
-            _ => {
-                if let Some(why) = find_resources(raw.get())?
-                    .iter()
-                    .find_map(|f| judge_nested(f, constraint).err())
-                {
-                    return Ok(Err(why));
-                }
-            }
-        }
-    }
-    let Some(Scanned::Resource(resource)) = resource else {
-        return Ok(Err(Withheld::Foreign("an entry without a resource")));
+fn entry_visible(entry: &EntryScan, constraint: &Constraint) -> Result<(), Withheld> {
+    entry
+        .elsewhere
+        .iter()
+        .try_for_each(|f| judge_nested(f, constraint))?;
+    let Some(Scanned::Resource(resource)) = &entry.resource else {
+        return Err(Withheld::Foreign("an entry without a resource"));
     };
-    Ok(match resource.resource_type.as_str() {
-        "AuditEvent" => judge_record(&resource, constraint),
-        "OperationOutcome" if mode.as_deref() == Some("outcome") => resource
+    match resource.resource_type.as_str() {
+        "AuditEvent" => judge_record(resource, constraint),
+        "OperationOutcome" if entry.mode.as_deref() == Some("outcome") => resource
             .nested
             .iter()
             .try_for_each(|n| judge_nested(n, constraint)),
         _ => Err(Withheld::Foreign("an entry that is not an AuditEvent")),
-    })
+    }
 }
 
 /// Words for a log line or a 502's diagnostics.
@@ -255,31 +325,6 @@ fn replace_member(object: &str, name: &str, value: Option<&str>) -> Result<Strin
         ));
     }
     Ok(format!("{{{}}}", parts.join(",")))
-}
-
-/// A view that only a JSON object may fill: serde's derived structs also accept an array,
-/// field by field, which a client would never read as the same thing.
-struct Obj<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw: &'de RawValue = Deserialize::deserialize(d)?;
-        if !raw.get().trim_start().starts_with('{') {
-            return Err(serde::de::Error::custom("expected a JSON object"));
-        }
-        // `T` is a derived struct (`SearchView`): serde refuses its fields twice.
-        #[allow(clippy::disallowed_methods)]
-        serde_json::from_str(raw.get())
-            .map(Obj)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The parts of a searchset entry the check reads besides its resource.
-#[derive(Deserialize)]
-struct SearchView<'a> {
-    #[serde(default, borrow)]
-    mode: Option<Cow<'a, str>>,
 }
 
 // ---------------------------------------------------------------------------------------------
