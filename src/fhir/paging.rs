@@ -8,7 +8,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::Refusal;
+use crate::error::{Forbidden, Invalid, Refusal};
 use crate::fhir::query;
 
 /// Query parameter carrying a page handle's signature next to `_getpages`.
@@ -61,7 +61,7 @@ impl PageSigner {
 
     /// Constant-time check of a handle's signature for this principal.
     pub fn verify(&self, principal_key: &str, page: &PageRequest) -> Result<(), Refusal> {
-        let refused = || Refusal::forbidden("this paging link was not issued to the caller");
+        let refused = || Refusal::Forbidden(Forbidden::PageNotIssued);
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&page.signature)
             .map_err(|_| refused())?;
@@ -81,7 +81,7 @@ pub fn parse_page_request(
     let mut count = None;
     let mut signature = None;
     for (name, value) in pairs {
-        let slot_taken = || Refusal::invalid(format!("{name} may appear only once"));
+        let slot_taken = || Refusal::Invalid(Invalid::RepeatedParameter { name: name.clone() });
         match name.as_str() {
             "_getpages" => {
                 if id.replace(value.clone()).is_some() {
@@ -91,7 +91,7 @@ pub fn parse_page_request(
             "_getpagesoffset" => {
                 let v = value
                     .parse::<u32>()
-                    .map_err(|_| Refusal::invalid("_getpagesoffset must be a number"))?;
+                    .map_err(|_| Refusal::Invalid(Invalid::PageOffset))?;
                 if offset.replace(v).is_some() {
                     return Err(slot_taken());
                 }
@@ -113,19 +113,18 @@ pub fn parse_page_request(
             "_format" => query::check_format(value)?,
             "_pretty" => query::check_bool(name, value)?,
             _ => {
-                return Err(Refusal::invalid(format!(
-                    "`{name}` is not allowed on a paging request"
-                )))
+                return Err(Refusal::Invalid(Invalid::PageParameter {
+                    name: name.clone(),
+                }))
             }
         }
     }
-    let id = id.ok_or_else(|| Refusal::invalid("_getpages is missing"))?;
+    let id = id.ok_or_else(|| Refusal::Invalid(Invalid::PageHandleMissing))?;
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(Refusal::invalid("malformed _getpages handle"));
+        return Err(Refusal::Invalid(Invalid::PageHandleMalformed));
     }
-    let signature = signature
-        .ok_or_else(|| Refusal::forbidden("paging links must carry the proxy's signature"))?;
+    let signature = signature.ok_or_else(|| Refusal::Forbidden(Forbidden::PageUnsigned))?;
     Ok(PageRequest {
         id,
         offset,

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::error::Refusal;
+use crate::error::{Invalid, Refusal};
 
 /// AuditEvent search parameters a client may use: FHIR R4's own and the EDS IG's.
 pub const SEARCH_PARAMETERS: &[&str] = &[
@@ -131,7 +131,7 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
     for (raw_name, value) in pairs {
         let (name, modifier) = split_name(raw_name)?;
         if let Some((_, why)) = FORBIDDEN.iter().find(|(n, _)| *n == name) {
-            return Err(Refusal::invalid(*why));
+            return Err(Refusal::Invalid(Invalid::RefusedParameter { why }));
         }
         let control = matches!(
             name,
@@ -145,9 +145,9 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                 | "_pretty"
         );
         if control && modifier.is_some() {
-            return Err(Refusal::invalid(format!(
-                "modifiers are not allowed on {name}"
-            )));
+            return Err(Refusal::Invalid(Invalid::ModifierOn {
+                name: name.to_string(),
+            }));
         }
         match name {
             "_count" => set_once(&mut q.count, name, parse_count(value, max_count)?)?,
@@ -165,14 +165,16 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                 && name != "_profile"
                 && name != "_lastUpdated" =>
             {
-                return Err(Refusal::invalid(format!(
-                    "modifiers are not allowed on {name}"
-                )));
+                return Err(Refusal::Invalid(Invalid::ModifierOn {
+                    name: name.to_string(),
+                }));
             }
             _ if SEARCH_PARAMETERS.contains(&name) => {
                 if let Some(m) = modifier {
                     if !MODIFIERS.contains(&m) {
-                        return Err(Refusal::invalid(format!("modifier :{m} is not allowed")));
+                        return Err(Refusal::Invalid(Invalid::Modifier {
+                            modifier: m.to_string(),
+                        }));
                     }
                 }
                 q.params.push(Param {
@@ -182,9 +184,9 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                 });
             }
             _ => {
-                return Err(Refusal::invalid(format!(
-                    "unknown or unsupported search parameter `{name}`"
-                )))
+                return Err(Refusal::Invalid(Invalid::UnknownParameter {
+                    name: name.to_string(),
+                }))
             }
         }
     }
@@ -198,12 +200,10 @@ fn split_name(raw: &str) -> Result<(&str, Option<&str>), Refusal> {
         None => (raw, None),
     };
     if name.contains('.') || modifier.is_some_and(|m| m.contains('.')) {
-        return Err(Refusal::invalid(
-            "chained search parameters are not allowed",
-        ));
+        return Err(Refusal::Invalid(Invalid::Chained));
     }
     if name.starts_with("_has") {
-        return Err(Refusal::invalid("_has (reverse chaining) is not allowed"));
+        return Err(Refusal::Invalid(Invalid::ReverseChained));
     }
     let well_formed = |s: &str| {
         !s.is_empty()
@@ -211,10 +211,9 @@ fn split_name(raw: &str) -> Result<(&str, Option<&str>), Refusal> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if !well_formed(name) || modifier.is_some_and(|m| !well_formed(m)) {
-        return Err(Refusal::invalid(format!(
-            "malformed search parameter name `{}`",
-            printable(raw)
-        )));
+        return Err(Refusal::Invalid(Invalid::MalformedParameterName {
+            name: printable(raw),
+        }));
     }
     Ok((name, modifier))
 }
@@ -225,16 +224,20 @@ fn printable(s: &str) -> String {
 
 fn set_once<T>(slot: &mut Option<T>, name: &str, v: T) -> Result<(), Refusal> {
     if slot.is_some() {
-        return Err(Refusal::invalid(format!("{name} may appear only once")));
+        return Err(Refusal::Invalid(Invalid::RepeatedParameter {
+            name: name.to_string(),
+        }));
     }
     *slot = Some(v);
     Ok(())
 }
 
 fn parse_number(name: &str, value: &str) -> Result<u32, Refusal> {
-    value
-        .parse::<u32>()
-        .map_err(|_| Refusal::invalid(format!("{name} must be a non-negative integer")))
+    value.parse::<u32>().map_err(|_| {
+        Refusal::Invalid(Invalid::NotAnInteger {
+            name: name.to_string(),
+        })
+    })
 }
 
 /// `_count` above the limit is clamped, not refused: clients ask for "as many as you give".
@@ -246,10 +249,9 @@ fn parse_sort(value: &str) -> Result<String, Refusal> {
     for key in value.split(',') {
         let key = key.strip_prefix('-').unwrap_or(key);
         if !(SEARCH_PARAMETERS.contains(&key) || key == "_lastUpdated" || key == "_id") {
-            return Err(Refusal::invalid(format!(
-                "cannot sort by `{}`",
-                printable(key)
-            )));
+            return Err(Refusal::Invalid(Invalid::SortKey {
+                key: printable(key),
+            }));
         }
     }
     Ok(value.to_string())
@@ -258,9 +260,7 @@ fn parse_sort(value: &str) -> Result<String, Refusal> {
 fn parse_summary(value: &str) -> Result<String, Refusal> {
     match value {
         "true" | "false" | "data" | "count" | "text" => Ok(value.to_string()),
-        _ => Err(Refusal::invalid(
-            "_summary must be true, false, data, text or count",
-        )),
+        _ => Err(Refusal::Invalid(Invalid::Summary)),
     }
 }
 
@@ -272,10 +272,9 @@ fn parse_elements(value: &str) -> Result<String, Refusal> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '[' || c == ']')
         {
-            return Err(Refusal::invalid(format!(
-                "bad _elements entry `{}`",
-                printable(e)
-            )));
+            return Err(Refusal::Invalid(Invalid::ElementsEntry {
+                entry: printable(e),
+            }));
         }
         elements.push(e);
     }
@@ -288,9 +287,7 @@ fn parse_elements(value: &str) -> Result<String, Refusal> {
 fn parse_total(value: &str) -> Result<String, Refusal> {
     match value {
         "none" | "estimate" | "accurate" => Ok(value.to_string()),
-        _ => Err(Refusal::invalid(
-            "_total must be none, estimate or accurate",
-        )),
+        _ => Err(Refusal::Invalid(Invalid::Total)),
     }
 }
 
@@ -298,7 +295,7 @@ fn parse_total(value: &str) -> Result<String, Refusal> {
 pub fn check_format(value: &str) -> Result<(), Refusal> {
     match value {
         "json" | "application/json" | "application/fhir+json" => Ok(()),
-        _ => Err(Refusal::invalid("only JSON (_format=json) is supported")),
+        _ => Err(Refusal::Invalid(Invalid::Format)),
     }
 }
 
@@ -308,7 +305,9 @@ pub fn check_format(value: &str) -> Result<(), Refusal> {
 pub fn check_bool(name: &str, value: &str) -> Result<(), Refusal> {
     match value {
         "true" | "false" => Ok(()),
-        _ => Err(Refusal::invalid(format!("{name} must be true or false"))),
+        _ => Err(Refusal::Invalid(Invalid::NotABoolean {
+            name: name.to_string(),
+        })),
     }
 }
 
@@ -339,9 +338,9 @@ pub fn check_upstream_target(target: &str, max_bytes: usize) -> Result<(), Refus
         .split_once('?')
         .map_or(0, |(_, q)| q.split('&').filter(|p| !p.is_empty()).count());
     if params > MAX_FORWARDED_PARAMS {
-        return Err(Refusal::invalid(format!(
-            "a search may carry at most {MAX_FORWARDED_PARAMS} parameters"
-        )));
+        return Err(Refusal::Invalid(Invalid::TooManyParameters {
+            limit: MAX_FORWARDED_PARAMS,
+        }));
     }
     Ok(())
 }
