@@ -1097,6 +1097,207 @@ mod tests {
         }
     }
 
+    /// Every rule once: its reason is a snake_case name used by no other rule (so the name
+    /// alone tells the status and the rule), and it explains itself.
+    #[test]
+    fn every_reason_name_is_unique_snake_case() {
+        use TokenFailure as T;
+        let mut all = vec![
+            Refusal::Forbidden(Forbidden::NotAStation),
+            Refusal::Forbidden(Forbidden::NoSearchGrant),
+            Refusal::Forbidden(Forbidden::NoReadGrant),
+            Refusal::Forbidden(Forbidden::NoCreateGrant),
+            Refusal::Forbidden(Forbidden::NoOrgContext),
+            Refusal::Forbidden(Forbidden::MissingClaim { claim: "x" }),
+            Refusal::Forbidden(Forbidden::InvalidClaim { claim: "x" }),
+            Refusal::Forbidden(Forbidden::NotForEds),
+            Refusal::Forbidden(Forbidden::MixedScopes),
+            Refusal::Forbidden(Forbidden::NoAccessScope),
+            Refusal::Forbidden(Forbidden::SeveralOrgScopes),
+            Refusal::Forbidden(Forbidden::OrgScopesWithoutContext),
+            Refusal::Forbidden(Forbidden::OrgScopesMismatch),
+            Refusal::Forbidden(Forbidden::AssuranceTooLow),
+            Refusal::Forbidden(Forbidden::NoSupporterRole),
+            Refusal::Forbidden(Forbidden::UnknownCvr),
+            Refusal::Forbidden(Forbidden::DeviceMismatch),
+            Refusal::Forbidden(Forbidden::OrgNotParty),
+            Refusal::Forbidden(Forbidden::ObserverDisagrees),
+            Refusal::Forbidden(Forbidden::PageNotIssued),
+            Refusal::Forbidden(Forbidden::PageUnsigned),
+            Refusal::Forbidden(Forbidden::Batch),
+            Refusal::Forbidden(Forbidden::SystemInteraction),
+            Refusal::Forbidden(Forbidden::ConditionalCreate),
+            Refusal::Forbidden(Forbidden::Conditional),
+            Refusal::Forbidden(Forbidden::Operation),
+            Refusal::Forbidden(Forbidden::History),
+            Refusal::Forbidden(Forbidden::Interaction),
+            Refusal::Forbidden(Forbidden::Compartment),
+            Refusal::Forbidden(Forbidden::ResourceType),
+            Refusal::Forbidden(Forbidden::UnknownPath),
+            Refusal::Invalid(Invalid::BodyUnreadable),
+            Refusal::Invalid(Invalid::CountsNotOffered),
+            Refusal::Invalid(Invalid::UpstreamConflict),
+            Refusal::Invalid(Invalid::UpstreamRejected { diagnostics: None }),
+            Refusal::Invalid(Invalid::NotJson { error: "x".into() }),
+            Refusal::Invalid(Invalid::Unserialisable { error: "x".into() }),
+            Refusal::Invalid(Invalid::NotAnObject),
+            Refusal::Invalid(Invalid::NotAnAuditEvent),
+            Refusal::Invalid(Invalid::Shape {
+                path: "x".into(),
+                kind: "x",
+            }),
+            Refusal::Invalid(Invalid::NoEdsProfile),
+            Refusal::Invalid(Invalid::ForeignProfile),
+            Refusal::Invalid(Invalid::MetaNotObject),
+            Refusal::Invalid(Invalid::MetaTag),
+            Refusal::Invalid(Invalid::ClientSecurity),
+            Refusal::Invalid(Invalid::SecurityNotArray),
+            Refusal::Invalid(Invalid::SecurityNotCodings),
+            Refusal::Invalid(Invalid::ReservedLabel),
+            Refusal::Invalid(Invalid::ReservedLabelSystem { path: "x".into() }),
+            Refusal::Invalid(Invalid::PatientWithoutIdentifier),
+            Refusal::Invalid(Invalid::SeveralPatients),
+            Refusal::Invalid(Invalid::PatientMissing),
+            Refusal::Invalid(Invalid::ObserverMissing),
+            Refusal::Invalid(Invalid::ObserverIdentifierWithoutValue),
+            Refusal::Invalid(Invalid::ObserverReference),
+            Refusal::Invalid(Invalid::ObserverNotContained),
+            Refusal::Invalid(Invalid::ObserverNotDevice),
+            Refusal::Invalid(Invalid::DeviceWithoutIdentifier),
+            Refusal::Invalid(Invalid::ObserverUnidentified),
+            Refusal::Invalid(Invalid::AgentCount { role: "x".into() }),
+            Refusal::Invalid(Invalid::AgentWithoutSor { role: "x".into() }),
+            Refusal::Invalid(Invalid::AgentGlns { role: "x".into() }),
+            Refusal::Invalid(Invalid::ContainedNotArray),
+            Refusal::Invalid(Invalid::ContainedType),
+            Refusal::Invalid(Invalid::ContainedWithoutId),
+            Refusal::Invalid(Invalid::ContainedIdMalformed),
+            Refusal::Invalid(Invalid::ContainedMeta),
+            Refusal::Invalid(Invalid::ContainedIdTwice),
+            Refusal::Invalid(Invalid::NestedContained { path: "x".into() }),
+            Refusal::Invalid(Invalid::Decimal { path: "x".into() }),
+            Refusal::Invalid(Invalid::NotAString { path: "x".into() }),
+            Refusal::Invalid(Invalid::ResolvableReference { path: "x".into() }),
+            Refusal::Invalid(Invalid::NotAnArray { path: "x".into() }),
+            Refusal::Invalid(Invalid::ForeignExtension { path: "x".into() }),
+            Refusal::Invalid(Invalid::RepeatedParameter { name: "x".into() }),
+            Refusal::Invalid(Invalid::PageOffset),
+            Refusal::Invalid(Invalid::PageParameter { name: "x".into() }),
+            Refusal::Invalid(Invalid::PageHandleMissing),
+            Refusal::Invalid(Invalid::PageHandleMalformed),
+            Refusal::Invalid(Invalid::RefusedParameter { why: "x" }),
+            Refusal::Invalid(Invalid::ModifierOn { name: "x".into() }),
+            Refusal::Invalid(Invalid::Modifier {
+                modifier: "x".into(),
+            }),
+            Refusal::Invalid(Invalid::UnknownParameter { name: "x".into() }),
+            Refusal::Invalid(Invalid::Chained),
+            Refusal::Invalid(Invalid::ReverseChained),
+            Refusal::Invalid(Invalid::MalformedParameterName { name: "x".into() }),
+            Refusal::Invalid(Invalid::NotAnInteger { name: "x".into() }),
+            Refusal::Invalid(Invalid::SortKey { key: "x".into() }),
+            Refusal::Invalid(Invalid::Summary),
+            Refusal::Invalid(Invalid::ElementsEntry { entry: "x".into() }),
+            Refusal::Invalid(Invalid::Total),
+            Refusal::Invalid(Invalid::Format),
+            Refusal::Invalid(Invalid::NotABoolean { name: "x".into() }),
+            Refusal::Invalid(Invalid::TooManyParameters { limit: 1 }),
+            Refusal::Invalid(Invalid::InteractionParameter { name: "x".into() }),
+            Refusal::Invalid(Invalid::FormNotUtf8),
+            Refusal::Invalid(Invalid::DotSegment),
+            Refusal::Invalid(Invalid::PathCharacters),
+            Refusal::Invalid(Invalid::MalformedId),
+            Refusal::Invalid(Invalid::ObsFold),
+            Refusal::Invalid(Invalid::NoColon),
+            Refusal::Invalid(Invalid::LengthAndChunked),
+            Refusal::Invalid(Invalid::TransferEncoding),
+            Refusal::Invalid(Invalid::ContentLength),
+            Refusal::Invalid(Invalid::BodyNotAllowed { method: "x".into() }),
+            Refusal::MethodNotAllowed(MethodNotAllowed::Metadata),
+            Refusal::MethodNotAllowed(MethodNotAllowed::ConditionalWrite),
+            Refusal::MethodNotAllowed(MethodNotAllowed::OnType { method: "x".into() }),
+            Refusal::MethodNotAllowed(MethodNotAllowed::Search),
+            Refusal::MethodNotAllowed(MethodNotAllowed::Write),
+            Refusal::MethodNotAllowed(MethodNotAllowed::OnInstance { method: "x".into() }),
+            Refusal::UnsupportedMediaType(UnsupportedMediaType::SearchForm),
+            Refusal::UnsupportedMediaType(UnsupportedMediaType::Registration),
+            Refusal::BadGateway(BadGateway::Unavailable),
+            Refusal::BadGateway(BadGateway::NoResponse),
+            Refusal::BadGateway(BadGateway::ResponseTooLarge),
+            Refusal::BadGateway(BadGateway::Request { error: "x".into() }),
+            Refusal::BadGateway(BadGateway::Status { status: 500 }),
+            Refusal::BadGateway(BadGateway::ForeignResource { why: "x" }),
+            Refusal::BadGateway(BadGateway::NotJson),
+            Refusal::BadGateway(BadGateway::NotAResource),
+            Refusal::BadGateway(BadGateway::NotASearchset),
+            Refusal::BadGateway(BadGateway::MalformedSearchset),
+            Refusal::BadGateway(BadGateway::OutsideEntries { why: "x" }),
+            Refusal::NotFound,
+            Refusal::TooLarge(1),
+            Refusal::UriTooLong(1),
+            Refusal::HeadersTooLarge(1),
+            Refusal::GatewayTimeout,
+        ];
+        all.extend(
+            [
+                T::Missing,
+                T::Malformed,
+                T::Algorithm,
+                T::UnknownKey,
+                T::Signature,
+                T::Expired,
+                T::NotYetValid,
+                T::IssuedInFuture,
+                T::Issuer,
+                T::Audience,
+                T::MissingBinding,
+                T::BindingMismatch,
+                T::KeysUnavailable,
+                T::CriticalHeader,
+                T::TokenType,
+                T::LifetimeTooLong,
+            ]
+            .map(Refusal::Unauthenticated),
+        );
+        let mut seen = std::collections::HashMap::new();
+        for r in all {
+            let name = r.reason();
+            assert!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+            assert!(!r.message().is_empty(), "{name}");
+            assert_eq!(r.to_string(), r.message());
+            if let Some(earlier) = seen.insert(name, r.clone()) {
+                panic!("{name} names both {earlier:?} and {r:?}");
+            }
+        }
+        // The access-log reasons of requests refused before parsing (gateway::listener).
+        for fixed in ["malformed_request", "ok"] {
+            assert!(!seen.contains_key(fixed), "{fixed}");
+        }
+    }
+
+    #[test]
+    fn detail_stays_in_the_text() {
+        let r = Refusal::Invalid(Invalid::ResolvableReference {
+            path: "entity.what.reference".into(),
+        });
+        assert_eq!(r.reason(), "resolvable_reference");
+        assert_eq!(
+            r.to_string(),
+            "entity.what.reference: only local references (#id) to a contained resource are \
+             accepted; the FHIR server would resolve any other reference outside the caller's access"
+        );
+        assert_eq!(
+            Refusal::Forbidden(Forbidden::MissingClaim { claim: "cvr" }).to_string(),
+            "the token has no cvr claim"
+        );
+    }
+
     #[test]
     fn invalid_token_carries_rfc6750_header() {
         let h = Refusal::Unauthenticated(TokenFailure::BindingMismatch).headers();
