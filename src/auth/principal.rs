@@ -249,38 +249,59 @@ mod tests {
 
     #[test]
     fn station_refusals() {
-        let cases: Vec<(&str, serde_json::Value)> = vec![
+        let cases: Vec<(&str, serde_json::Value, Forbidden)> = vec![
             (
                 "no EDS scope",
                 json!({"scope": "system/AuditEvent.crs SOR:111 GLN:222"}),
+                Forbidden::NotForEds,
             ),
-            ("no device id", json!({"ehmi:eer:device_id": null})),
-            ("empty device id", json!({"ehmi:eer:device_id": " "})),
+            (
+                "no device id",
+                json!({"ehmi:eer:device_id": null}),
+                Forbidden::MissingClaim {
+                    claim: "ehmi:eer:device_id",
+                },
+            ),
+            (
+                "empty device id",
+                json!({"ehmi:eer:device_id": " "}),
+                Forbidden::MissingClaim {
+                    claim: "ehmi:eer:device_id",
+                },
+            ),
             (
                 "SOR mismatch",
                 json!({"scope": "EDS system/AuditEvent.crs SOR:999 GLN:222"}),
+                Forbidden::OrgScopesMismatch,
             ),
             (
                 "GLN mismatch",
                 json!({"scope": "EDS system/AuditEvent.crs SOR:111 GLN:999"}),
+                Forbidden::OrgScopesMismatch,
             ),
             (
                 "two SOR scopes",
                 json!({"scope": "EDS system/AuditEvent.crs SOR:111 SOR:112 GLN:222"}),
+                Forbidden::SeveralOrgScopes,
             ),
             (
                 "system and user",
                 json!({"scope": "EDS system/AuditEvent.crs user/AuditEvent.rs SOR:111 GLN:222"}),
+                Forbidden::MixedScopes,
             ),
-            ("wildcard only", json!({"scope": "EDS system/*.crs"})),
+            (
+                "wildcard only",
+                json!({"scope": "EDS system/*.crs"}),
+                Forbidden::NoAccessScope,
+            ),
         ];
-        for (name, patch) in cases {
+        for (name, patch, why) in cases {
             let mut c = station_claims();
             for (k, v) in patch.as_object().unwrap() {
                 c[k] = v.clone();
             }
             let r = principal_from_claims(&claims(c), &policy());
-            assert!(matches!(r, Err(Refusal::Forbidden(_))), "{name}: {r:?}");
+            assert_eq!(r, Err(Refusal::Forbidden(why)), "{name}");
         }
     }
 
@@ -288,7 +309,10 @@ mod tests {
     fn org_scopes_without_org_context_are_refused() {
         let mut c = station_claims();
         c.as_object_mut().unwrap().remove("ehmi:org_context");
-        assert!(principal_from_claims(&claims(c), &policy()).is_err());
+        assert_eq!(
+            principal_from_claims(&claims(c), &policy()),
+            Err(Refusal::Forbidden(Forbidden::OrgScopesWithoutContext))
+        );
     }
 
     #[test]
@@ -314,7 +338,10 @@ mod tests {
         ] {
             let low =
                 claims(json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": acr}));
-            assert!(principal_from_claims(&low, &policy()).is_err());
+            assert_eq!(
+                principal_from_claims(&low, &policy()),
+                Err(Refusal::Forbidden(Forbidden::AssuranceTooLow))
+            );
         }
     }
 
@@ -346,12 +373,18 @@ mod tests {
         let c = claims(
             json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_other}),
         );
-        assert!(principal_from_claims(&c, &policy()).is_err());
+        assert_eq!(
+            principal_from_claims(&c, &policy()),
+            Err(Refusal::Forbidden(Forbidden::NoSupporterRole))
+        );
 
         let c = claims(
             json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL}),
         );
-        assert!(principal_from_claims(&c, &policy()).is_err());
+        assert_eq!(
+            principal_from_claims(&c, &policy()),
+            Err(Refusal::Forbidden(Forbidden::NoSupporterRole))
+        );
     }
 
     #[test]

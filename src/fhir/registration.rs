@@ -511,15 +511,28 @@ mod tests {
 
     #[test]
     fn wrong_device_or_org_is_forbidden() {
-        for st in [
-            station("MultiMed-AP", "937961000016000", "GLN-1234"),
-            station("Cura-EUA", "111", "GLN-1234"),
-            station("Cura-EUA", "937961000016000", "GLN-999"),
+        for (st, why) in [
+            (
+                station("MultiMed-AP", "937961000016000", "GLN-1234"),
+                Forbidden::DeviceMismatch,
+            ),
+            (
+                station("Cura-EUA", "111", "GLN-1234"),
+                Forbidden::OrgNotParty,
+            ),
+            (
+                station("Cura-EUA", "937961000016000", "GLN-999"),
+                Forbidden::OrgNotParty,
+            ),
             // sender's SOR with receiver's GLN: each party must match as a pair.
-            station("Cura-EUA", "937961000016000", "GLN-12345"),
+            (
+                station("Cura-EUA", "937961000016000", "GLN-12345"),
+                Forbidden::OrgNotParty,
+            ),
         ] {
-            assert!(
-                matches!(run(&example(), &st), Err(Refusal::Forbidden(_))),
+            assert_eq!(
+                run(&example(), &st),
+                Err(Refusal::Forbidden(why)),
                 "{st:?}"
             );
         }
@@ -529,10 +542,16 @@ mod tests {
     fn station_without_create_grant_or_org_is_forbidden() {
         let mut st = sender_station();
         st.grants.create = false;
-        assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))));
+        assert_eq!(
+            run(&example(), &st),
+            Err(Refusal::Forbidden(Forbidden::NoCreateGrant))
+        );
         let mut st = sender_station();
         st.org = None;
-        assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))));
+        assert_eq!(
+            run(&example(), &st),
+            Err(Refusal::Forbidden(Forbidden::NoOrgContext))
+        );
     }
 
     #[test]
@@ -541,13 +560,16 @@ mod tests {
         body["source"]["observer"]["identifier"] = json!({"value": "Cura-EUA"});
         assert!(run(&body, &sender_station()).is_ok());
         body["source"]["observer"]["identifier"] = json!({"value": "Someone-Else"});
-        assert!(matches!(
+        assert_eq!(
             run(&body, &sender_station()),
-            Err(Refusal::Forbidden(_))
-        ));
+            Err(Refusal::Forbidden(Forbidden::ObserverDisagrees))
+        );
         let mut body = example();
         body["contained"][0]["identifier"] = json!([{"value": "Cura-EUA"}, {"value": "Other"}]);
-        assert!(run(&body, &sender_station()).is_err());
+        assert_eq!(
+            run(&body, &sender_station()),
+            Err(Refusal::Forbidden(Forbidden::ObserverDisagrees))
+        );
     }
 
     #[test]
@@ -561,6 +583,17 @@ mod tests {
     #[test]
     fn malformed_registrations_are_invalid() {
         let mut cases: Vec<Value> = Vec::new();
+        // The rule each case below breaks, in order.
+        let why = [
+            "not_an_audit_event",
+            "no_eds_profile",
+            "reserved_label",
+            "observer_reference",
+            "observer_not_contained",
+            "agent_count",
+            "agent_count",
+            "patient_missing",
+        ];
         let mut v = example();
         v["resourceType"] = json!("Patient");
         cases.push(v);
@@ -587,11 +620,11 @@ mod tests {
         let mut v = example();
         v["entity"].as_array_mut().unwrap().remove(0);
         cases.push(v);
-        for (i, body) in cases.iter().enumerate() {
-            assert!(
-                matches!(run(body, &sender_station()), Err(Refusal::Invalid(_))),
-                "case {i}"
-            );
+        assert_eq!(cases.len(), why.len());
+        for (i, (body, why)) in cases.iter().zip(why).enumerate() {
+            let refused = run(body, &sender_station()).unwrap_err();
+            assert!(matches!(refused, Refusal::Invalid(_)), "case {i}");
+            assert_eq!(refused.reason(), why, "case {i}");
         }
     }
 
@@ -605,8 +638,9 @@ mod tests {
         ] {
             let mut v = example();
             v["meta"]["security"] = security.clone();
-            assert!(
-                matches!(run(&v, &sender_station()), Err(Refusal::Invalid(_))),
+            assert_eq!(
+                run(&v, &sender_station()),
+                Err(Refusal::Invalid(Invalid::SecurityNotCodings)),
                 "{security}"
             );
         }
@@ -622,13 +656,16 @@ mod tests {
     #[test]
     fn duplicate_keys_and_non_json_are_invalid() {
         let st = sender_station();
-        assert!(validate_and_label(
-            br#"{"resourceType":"AuditEvent","resourceType":"Patient"}"#,
-            &st,
-            &systems()
-        )
-        .is_err());
-        assert!(validate_and_label(b"<AuditEvent/>", &st, &systems()).is_err());
+        for body in [
+            &br#"{"resourceType":"AuditEvent","resourceType":"Patient"}"#[..],
+            b"<AuditEvent/>",
+        ] {
+            let refused = validate_and_label(body, &st, &systems()).unwrap_err();
+            assert!(
+                matches!(refused, Refusal::Invalid(Invalid::NotJson { .. })),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]
