@@ -116,36 +116,53 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_is_refused() {
-        for (method, fields) in [
+        for (method, fields, why) in [
             (
                 "POST",
                 "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                "length_and_chunked",
             ),
             (
                 "POST",
                 "Transfer-Encoding: chunked\r\ncontent-length: 0\r\n",
+                "length_and_chunked",
             ),
-            ("POST", "Transfer-Encoding: gzip, chunked\r\n"),
+            (
+                "POST",
+                "Transfer-Encoding: gzip, chunked\r\n",
+                "transfer_encoding",
+            ),
             (
                 "POST",
                 "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "transfer_encoding",
             ),
-            ("POST", "Transfer-Encoding: identity\r\n"),
-            ("POST", "Content-Length: 5\r\nContent-Length: 5\r\n"),
-            ("POST", "Content-Length: 5, 5\r\n"),
-            ("POST", "Content-Length: +5\r\n"),
-            ("POST", "Content-Length:\r\n"),
-            ("POST", "X-A: a\r\n folded\r\n"),
-            ("GET", "Content-Length: 5\r\n"),
-            ("GET", "Transfer-Encoding: chunked\r\n"),
-            ("DELETE", "Content-Length: 1\r\n"),
-            ("OPTIONS", "Transfer-Encoding: chunked\r\n"),
+            (
+                "POST",
+                "Transfer-Encoding: identity\r\n",
+                "transfer_encoding",
+            ),
+            (
+                "POST",
+                "Content-Length: 5\r\nContent-Length: 5\r\n",
+                "content_length",
+            ),
+            ("POST", "Content-Length: 5, 5\r\n", "content_length"),
+            ("POST", "Content-Length: +5\r\n", "content_length"),
+            ("POST", "Content-Length:\r\n", "content_length"),
+            ("POST", "X-A: a\r\n folded\r\n", "obs_fold"),
+            ("GET", "Content-Length: 5\r\n", "body_not_allowed"),
+            ("GET", "Transfer-Encoding: chunked\r\n", "body_not_allowed"),
+            ("DELETE", "Content-Length: 1\r\n", "body_not_allowed"),
+            (
+                "OPTIONS",
+                "Transfer-Encoding: chunked\r\n",
+                "body_not_allowed",
+            ),
         ] {
             let r = check(&head(method, fields), method);
-            assert!(
-                matches!(r, Err(Refusal::Invalid(_))),
-                "{method} {fields:?} gave {r:?}"
-            );
+            assert!(matches!(r, Err(Refusal::Invalid(_))), "{method} {fields:?}");
+            assert_eq!(r.map_err(|e| e.reason()), Err(why), "{method} {fields:?}");
         }
     }
 }

@@ -417,7 +417,16 @@ mod tests {
             let mut v = example();
             v["contained"][0]["id"] = json!(id);
             v["source"]["observer"]["reference"] = json!(format!("#{id}"));
-            assert!(check_inert(&v).is_err(), "{id:?}");
+            assert_eq!(
+                check_inert(&v),
+                Err(Refusal::Invalid(if id.is_empty() {
+                    // An empty id is no id at all.
+                    Invalid::ContainedWithoutId
+                } else {
+                    Invalid::ContainedIdMalformed
+                })),
+                "{id:?}"
+            );
         }
         assert!(is_fhir_id("Cura-EUA.1") && is_fhir_id(&"x".repeat(64)));
     }

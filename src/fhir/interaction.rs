@@ -322,47 +322,66 @@ mod tests {
     #[test]
     fn denied_forms() {
         let cases = [
-            req("POST", "/fhir", None),
-            req("POST", "/fhir/", None),
-            req("GET", "/fhir", None),
-            req("POST", "/fhir", Some("_getpages=abc&_eds_sig=x")),
-            req("GET", "/fhir/Patient", None),
-            req("GET", "/fhir/Patient/1/AuditEvent", None),
-            req("GET", "/fhir/Patient/1/$everything", None),
-            req("GET", "/fhir/AuditEvent/$meta", None),
-            req("POST", "/fhir/AuditEvent/$validate", None),
-            req("GET", "/fhir/AuditEvent/1/$meta", None),
-            req("GET", "/fhir/AuditEvent/_history", None),
-            req("GET", "/fhir/AuditEvent/1/_history", None),
-            req("GET", "/fhir/_history", None),
-            req("PUT", "/fhir/AuditEvent/1", None),
-            req("PATCH", "/fhir/AuditEvent/1", None),
-            req("DELETE", "/fhir/AuditEvent/1", None),
-            req("DELETE", "/fhir/AuditEvent", Some("_id=1")),
-            req("PUT", "/fhir/AuditEvent", Some("_id=1")),
-            req("HEAD", "/fhir/AuditEvent", None),
-            req("GET", "/fhir//AuditEvent", None),
-            req("GET", "/fhir/./AuditEvent", None),
-            req("GET", "/fhir/x/../AuditEvent", None),
-            req("GET", "/fhir/Audit%45vent", None),
-            req("GET", "/fhir/auditevent", None),
-            req("GET", "/fhir/AuditEvent;x=1", None),
-            req("GET", "/other/AuditEvent", None),
-            req("GET", "/fhirAuditEvent", None),
-            req("GET", "/fhir/AuditEvent/a_b", None),
-            req("GET", "/fhir/AuditEvent/1", Some("_include=x")),
-            req("GET", "/fhir/metadata", Some("mode=full")),
-            req("POST", "/fhir/AuditEvent", None),
-            req("GET", "/fhir/AuditEvent/_search", None),
+            (req("POST", "/fhir", None), "batch"),
+            (req("POST", "/fhir/", None), "batch"),
+            (req("GET", "/fhir", None), "system_interaction"),
+            (
+                req("POST", "/fhir", Some("_getpages=abc&_eds_sig=x")),
+                "batch",
+            ),
+            (req("GET", "/fhir/Patient", None), "resource_type"),
+            (
+                req("GET", "/fhir/Patient/1/AuditEvent", None),
+                "compartment",
+            ),
+            (req("GET", "/fhir/Patient/1/$everything", None), "operation"),
+            (req("GET", "/fhir/AuditEvent/$meta", None), "operation"),
+            (req("POST", "/fhir/AuditEvent/$validate", None), "operation"),
+            (req("GET", "/fhir/AuditEvent/1/$meta", None), "operation"),
+            (req("GET", "/fhir/AuditEvent/_history", None), "history"),
+            (req("GET", "/fhir/AuditEvent/1/_history", None), "history"),
+            (req("GET", "/fhir/_history", None), "history"),
+            (req("PUT", "/fhir/AuditEvent/1", None), "write"),
+            (req("PATCH", "/fhir/AuditEvent/1", None), "write"),
+            (req("DELETE", "/fhir/AuditEvent/1", None), "write"),
+            (
+                req("DELETE", "/fhir/AuditEvent", Some("_id=1")),
+                "conditional_write",
+            ),
+            (
+                req("PUT", "/fhir/AuditEvent", Some("_id=1")),
+                "conditional_write",
+            ),
+            (req("HEAD", "/fhir/AuditEvent", None), "method_on_type"),
+            (req("GET", "/fhir//AuditEvent", None), "dot_segment"),
+            (req("GET", "/fhir/./AuditEvent", None), "dot_segment"),
+            (req("GET", "/fhir/x/../AuditEvent", None), "dot_segment"),
+            (req("GET", "/fhir/Audit%45vent", None), "path_characters"),
+            (req("GET", "/fhir/auditevent", None), "resource_type"),
+            (req("GET", "/fhir/AuditEvent;x=1", None), "path_characters"),
+            (req("GET", "/other/AuditEvent", None), "unknown_path"),
+            (req("GET", "/fhirAuditEvent", None), "unknown_path"),
+            (req("GET", "/fhir/AuditEvent/a_b", None), "malformed_id"),
+            (
+                req("GET", "/fhir/AuditEvent/1", Some("_include=x")),
+                "interaction_parameter",
+            ),
+            (
+                req("GET", "/fhir/metadata", Some("mode=full")),
+                "interaction_parameter",
+            ),
+            (
+                req("POST", "/fhir/AuditEvent", None),
+                "registration_not_json",
+            ),
+            (
+                req("GET", "/fhir/AuditEvent/_search", None),
+                "search_post_only",
+            ),
         ];
-        for r in cases {
-            assert!(
-                classify_(r).is_err(),
-                "{} {} {:?} was allowed",
-                r.method,
-                r.path,
-                r.query
-            );
+        for (r, why) in cases {
+            let what = format!("{} {} {:?}", r.method, r.path, r.query);
+            assert_eq!(classify_(r).map_err(|e| e.reason()), Err(why), "{what}");
         }
     }
 
@@ -371,20 +390,28 @@ mod tests {
         let mut create = req("POST", "/fhir/AuditEvent", None);
         create.content_type = Some("application/fhir+json");
         create.conditional = true;
-        assert!(matches!(classify_(create), Err(Refusal::Forbidden(_))));
+        assert_eq!(
+            classify_(create),
+            Err(Refusal::Forbidden(Forbidden::ConditionalCreate))
+        );
         let mut read = req("GET", "/fhir/AuditEvent/1", None);
         read.conditional = true;
-        assert!(classify_(read).is_err());
+        assert_eq!(
+            classify_(read),
+            Err(Refusal::Forbidden(Forbidden::Conditional))
+        );
     }
 
     #[test]
     fn non_json_create_is_415() {
         let mut create = req("POST", "/fhir/AuditEvent", None);
         create.content_type = Some("application/fhir+xml");
-        assert!(matches!(
+        assert_eq!(
             classify_(create),
-            Err(Refusal::UnsupportedMediaType(_))
-        ));
+            Err(Refusal::UnsupportedMediaType(
+                UnsupportedMediaType::Registration
+            ))
+        );
     }
 
     #[test]
@@ -392,9 +419,17 @@ mod tests {
         let mut search = req("POST", "/fhir/AuditEvent/_search", None);
         search.content_type = Some("application/x-www-form-urlencoded");
         search.body = b"_security=urn:eds-proxy:label:cpr|1";
-        assert!(classify_(search).is_err());
+        assert_eq!(
+            classify_(search).map_err(|e| e.reason()),
+            Err("refused_parameter")
+        );
         search.body = b"_include=AuditEvent:patient";
-        assert!(classify_(search).is_err());
+        assert_eq!(
+            classify_(search),
+            Err(Refusal::Invalid(Invalid::RefusedParameter {
+                why: "_include is not allowed"
+            }))
+        );
     }
 
     #[test]

@@ -266,7 +266,10 @@ mod tests {
             cvr: "99999999".into(),
             grants: Grants::default(),
         };
-        assert!(Constraint::for_principal(&unknown, &systems(), &dir).is_err());
+        assert_eq!(
+            Constraint::for_principal(&unknown, &systems(), &dir).map_err(|e| e.reason()),
+            Err("unknown_cvr")
+        );
     }
 
     #[test]

@@ -175,18 +175,26 @@ mod tests {
         assert!(s
             .verify("station\0dev-1", &request("abc-123", &sig))
             .is_ok());
-        assert!(s
-            .verify("station\0dev-2", &request("abc-123", &sig))
-            .is_err());
-        assert!(s
-            .verify("station\0dev-1", &request("abc-124", &sig))
-            .is_err());
-        assert!(s
-            .verify("station\0dev-1", &request("abc-123", "AAAA"))
-            .is_err());
-        assert!(s
-            .verify("station\0dev-1", &request("abc-123", "!!"))
-            .is_err());
+        assert!(
+            s.verify("station\0dev-2", &request("abc-123", &sig))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
+        assert!(
+            s.verify("station\0dev-1", &request("abc-124", &sig))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
+        assert!(
+            s.verify("station\0dev-1", &request("abc-123", "AAAA"))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
+        assert!(
+            s.verify("station\0dev-1", &request("abc-123", "!!"))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
     }
 
     #[test]
@@ -196,24 +204,31 @@ mod tests {
             .verify("citizen\u{0}0101701234", &request("p1", &sig))
             .is_ok());
         let other = PageSigner::new(b"another secret of thirty-two bytes!!".to_vec());
-        assert!(other
-            .verify("citizen\u{0}0101701234", &request("p1", &sig))
-            .is_err());
+        assert!(
+            other
+                .verify("citizen\u{0}0101701234", &request("p1", &sig))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
     }
 
     #[test]
     fn paging_requests_are_strict() {
-        for q in [
-            "_getpages=a",
-            "_getpages=a&_eds_sig=x&_getpages=b",
-            "_getpages=a&_eds_sig=x&message-id=1",
-            "_getpages=a&_eds_sig=x&_security=x",
-            "_getpages=a/b&_eds_sig=x",
-            "_getpages=&_eds_sig=x",
-            "_getpages=a&_eds_sig=x&_bundletype=batch",
-            "_getpages=a&_eds_sig=x&_format=xml",
+        for (q, why) in [
+            ("_getpages=a", "page_unsigned"),
+            ("_getpages=a&_eds_sig=x&_getpages=b", "repeated_parameter"),
+            ("_getpages=a&_eds_sig=x&message-id=1", "page_parameter"),
+            ("_getpages=a&_eds_sig=x&_security=x", "page_parameter"),
+            ("_getpages=a/b&_eds_sig=x", "page_handle_malformed"),
+            ("_getpages=&_eds_sig=x", "page_handle_malformed"),
+            ("_getpages=a&_eds_sig=x&_bundletype=batch", "page_parameter"),
+            ("_getpages=a&_eds_sig=x&_format=xml", "format"),
         ] {
-            assert!(parse_page_request(&decode_pairs(q), 100).is_err(), "{q}");
+            assert_eq!(
+                parse_page_request(&decode_pairs(q), 100).map_err(|e| e.reason()),
+                Err(why),
+                "{q}"
+            );
         }
     }
 

@@ -530,11 +530,7 @@ mod tests {
                 Forbidden::OrgNotParty,
             ),
         ] {
-            assert_eq!(
-                run(&example(), &st),
-                Err(Refusal::Forbidden(why)),
-                "{st:?}"
-            );
+            assert_eq!(run(&example(), &st), Err(Refusal::Forbidden(why)), "{st:?}");
         }
     }
 
