@@ -76,7 +76,7 @@ fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
     };
     let meta = meta
         .as_object()
-        .ok_or_else(|| Refusal::Invalid(Invalid::MetaNotObject))?;
+        .ok_or(Refusal::Invalid(Invalid::MetaNotObject))?;
     let non_empty = |name: &str| {
         meta.get(name)
             .is_some_and(|v| !v.as_array().is_some_and(Vec::is_empty))
@@ -136,7 +136,7 @@ fn contained_ids(top: &Map<String, Value>) -> Result<HashSet<&str>, Refusal> {
     };
     let items = contained
         .as_array()
-        .ok_or_else(|| Refusal::Invalid(Invalid::ContainedNotArray))?;
+        .ok_or(Refusal::Invalid(Invalid::ContainedNotArray))?;
     for item in items {
         let kind = item.get("resourceType").and_then(Value::as_str);
         if !kind.is_some_and(|k| ALLOWED_CONTAINED_TYPES.contains(&k)) {
@@ -146,7 +146,7 @@ fn contained_ids(top: &Map<String, Value>) -> Result<HashSet<&str>, Refusal> {
             .get("id")
             .and_then(Value::as_str)
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| Refusal::Invalid(Invalid::ContainedWithoutId))?;
+            .ok_or(Refusal::Invalid(Invalid::ContainedWithoutId))?;
         if !is_fhir_id(id) {
             return Err(Refusal::Invalid(Invalid::ContainedIdMalformed));
         }

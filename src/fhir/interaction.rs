@@ -179,12 +179,12 @@ fn strip_base<'a>(path: &'a str, base_path: &str) -> Result<&'a str, Refusal> {
     let base = base_path.trim_end_matches('/');
     let rest = path
         .strip_prefix(base)
-        .ok_or_else(|| Refusal::Forbidden(Forbidden::UnknownPath))?;
+        .ok_or(Refusal::Forbidden(Forbidden::UnknownPath))?;
     if rest.is_empty() || rest == "/" {
         return Ok("");
     }
     rest.strip_prefix('/')
-        .ok_or_else(|| Refusal::Forbidden(Forbidden::UnknownPath))
+        .ok_or(Refusal::Forbidden(Forbidden::UnknownPath))
 }
 
 /// Refuse anything a path normaliser could read two ways: encodings, empty or dot segments,

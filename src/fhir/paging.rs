@@ -119,12 +119,12 @@ pub fn parse_page_request(
             }
         }
     }
-    let id = id.ok_or_else(|| Refusal::Invalid(Invalid::PageHandleMissing))?;
+    let id = id.ok_or(Refusal::Invalid(Invalid::PageHandleMissing))?;
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
         return Err(Refusal::Invalid(Invalid::PageHandleMalformed));
     }
-    let signature = signature.ok_or_else(|| Refusal::Forbidden(Forbidden::PageUnsigned))?;
+    let signature = signature.ok_or(Refusal::Forbidden(Forbidden::PageUnsigned))?;
     Ok(PageRequest {
         id,
         offset,

@@ -71,7 +71,7 @@ pub fn validate_and_label(
     let org = station
         .org
         .as_ref()
-        .ok_or_else(|| Refusal::Forbidden(Forbidden::NoOrgContext))?;
+        .ok_or(Refusal::Forbidden(Forbidden::NoOrgContext))?;
     let mut resource = strict_json::parse(body).map_err(|e| {
         Refusal::Invalid(Invalid::NotJson {
             error: e.to_string(),
@@ -251,7 +251,7 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
     }
     let meta = r
         .get("meta")
-        .ok_or_else(|| Refusal::Invalid(Invalid::NoEdsProfile))?;
+        .ok_or(Refusal::Invalid(Invalid::NoEdsProfile))?;
     let profiles: Vec<&str> = meta
         .get("profile")
         .and_then(Value::as_array)
@@ -268,7 +268,7 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
     if let Some(sec) = meta.get("security") {
         let arr = sec
             .as_array()
-            .ok_or_else(|| Refusal::Invalid(Invalid::SecurityNotArray))?;
+            .ok_or(Refusal::Invalid(Invalid::SecurityNotArray))?;
         for coding in arr {
             // Only well-formed Codings: anything else could hide a label from this check.
             let system = match coding.as_object().map(|c| c.get("system")) {
@@ -296,7 +296,7 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
         [] => None,
         [p] => Some(
             text_at(p, "/what/identifier/value")
-                .ok_or_else(|| Refusal::Invalid(Invalid::PatientWithoutIdentifier))?
+                .ok_or(Refusal::Invalid(Invalid::PatientWithoutIdentifier))?
                 .to_string(),
         ),
         _ => return Err(Refusal::Invalid(Invalid::SeveralPatients)),
@@ -349,18 +349,18 @@ fn entities(r: &Value) -> impl Iterator<Item = &Value> {
 fn device_identity(r: &Value) -> Result<String, Refusal> {
     let observer = r
         .pointer("/source/observer")
-        .ok_or_else(|| Refusal::Invalid(Invalid::ObserverMissing))?;
+        .ok_or(Refusal::Invalid(Invalid::ObserverMissing))?;
     let mut identities: Vec<String> = Vec::new();
     if observer.get("identifier").is_some() {
         let v = text_at(observer, "/identifier/value")
-            .ok_or_else(|| Refusal::Invalid(Invalid::ObserverIdentifierWithoutValue))?;
+            .ok_or(Refusal::Invalid(Invalid::ObserverIdentifierWithoutValue))?;
         identities.push(v.to_string());
     }
     if let Some(reference) = observer.get("reference") {
         let reference = reference.as_str().unwrap_or_default();
         let local = reference
             .strip_prefix('#')
-            .ok_or_else(|| Refusal::Invalid(Invalid::ObserverReference))?;
+            .ok_or(Refusal::Invalid(Invalid::ObserverReference))?;
         let contained: Vec<&Value> = r
             .get("contained")
             .and_then(Value::as_array)
@@ -390,7 +390,7 @@ fn device_identity(r: &Value) -> Result<String, Refusal> {
     let first = identities
         .first()
         .cloned()
-        .ok_or_else(|| Refusal::Invalid(Invalid::ObserverUnidentified))?;
+        .ok_or(Refusal::Invalid(Invalid::ObserverUnidentified))?;
     if identities.iter().any(|i| *i != first) {
         return Err(Refusal::Forbidden(Forbidden::ObserverDisagrees));
     }
