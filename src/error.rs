@@ -1271,6 +1271,10 @@ mod tests {
             );
             assert!(!r.message().is_empty(), "{name}");
             assert_eq!(r.to_string(), r.message());
+            assert!(
+                include_str!("../README.md").contains(&format!("`{name}`")),
+                "{name} is not in README.md's table of refusal reasons"
+            );
             if let Some(earlier) = seen.insert(name, r.clone()) {
                 panic!("{name} names both {earlier:?} and {r:?}");
             }
