@@ -3275,7 +3275,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another station's record in the Bundle's envelope",
                 search_req(),
-                gateway("GET", &up_search),
+                gateway("GET", &up_search).because("outside_entries"),
             ),
         ),
         (
@@ -3283,7 +3283,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a searchset labelled text/html",
                 search_req(),
-                gateway("GET", &up_search),
+                gateway("GET", &up_search).because("foreign_resource"),
             ),
         ),
         (
@@ -3295,7 +3295,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a searchset labelled FHIR XML",
                 search_req(),
-                gateway("GET", &up_search),
+                gateway("GET", &up_search).because("foreign_resource"),
             ),
         ),
     ];
@@ -3324,7 +3324,9 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "control: another station's record is 404",
                 read_req("f1"),
-                upstream(404, "not-found", "GET", up_read("f1")).lacks(OTHER),
+                upstream(404, "not-found", "GET", up_read("f1"))
+                    .lacks(OTHER)
+                    .because("not_found"),
             ),
         ),
         (
@@ -3352,7 +3354,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another station's record inside a contained OperationOutcome",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3368,7 +3370,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a contained Patient",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3380,7 +3382,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a Patient answered for an AuditEvent read",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3388,7 +3390,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another record than the one asked for",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3396,7 +3398,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a read labelled FHIR XML",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3408,7 +3410,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "an OperationOutcome with another station's record for a read",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3422,7 +3424,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a vread with another station's contained",
                 s.get("/AuditEvent/own-1/_history/1"),
-                gateway("GET", "/fhir/AuditEvent/own-1/_history/1"),
+                gateway("GET", "/fhir/AuditEvent/own-1/_history/1").because("foreign_resource"),
             ),
         ),
     ];
@@ -3469,7 +3471,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another station's record answered for a create",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3477,7 +3479,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a body that is not the resource at Location",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3485,12 +3487,16 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "an older record of the same station",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
             create_answer("", &stamped("n5")),
-            case("no Location", s.create(&body), gateway("POST", up_create)),
+            case(
+                "no Location",
+                s.create(&body),
+                gateway("POST", up_create).because("foreign_resource"),
+            ),
         ),
         (
             create_answer(
@@ -3500,7 +3506,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a Location elsewhere",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3508,7 +3514,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a Location that is not an AuditEvent",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3519,7 +3525,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "an OperationOutcome with another station's record",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3530,7 +3536,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "the created record with another station's contained",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3544,7 +3550,9 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a conflict naming another station's record",
                 s.create(&body),
-                upstream(400, "invalid", "POST", up_create).lacks(OTHER),
+                upstream(400, "invalid", "POST", up_create)
+                    .lacks(OTHER)
+                    .because("upstream_conflict"),
             ),
         ),
         (
@@ -3558,7 +3566,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a server error naming another station",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("upstream_status"),
             ),
         ),
     ];
