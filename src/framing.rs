@@ -12,7 +12,7 @@
 //! `Content-Length` values (RFC 9110 §8.6 allows either), and a body on GET, HEAD, DELETE,
 //! OPTIONS, TRACE or CONNECT.
 
-use crate::error::Refusal;
+use crate::error::{Invalid, Refusal};
 
 /// Check the framing fields of `raw_head` (the request line and field lines as received, up
 /// to the empty line; bare LF line ends are accepted like Pingora accepts them). `method` is
@@ -28,12 +28,10 @@ pub fn check(raw_head: &[u8], method: &str) -> Result<(), Refusal> {
         .take_while(|l| !l.is_empty());
     for line in lines {
         if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            return Err(Refusal::invalid(
-                "folded header lines (obs-fold) are not accepted",
-            ));
+            return Err(Refusal::Invalid(Invalid::ObsFold));
         }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return Err(Refusal::invalid("a header line without a colon"));
+            return Err(Refusal::Invalid(Invalid::NoColon));
         };
         let (name, value) = line.split_at(colon);
         let value = trim(value.get(1..).unwrap_or_default());
@@ -44,34 +42,24 @@ pub fn check(raw_head: &[u8], method: &str) -> Result<(), Refusal> {
         }
     }
     if !transfer_encoding.is_empty() && !content_length.is_empty() {
-        return Err(Refusal::invalid(
-            "Transfer-Encoding and Content-Length together are not accepted (RFC 9112 §6.1)",
-        ));
+        return Err(Refusal::Invalid(Invalid::LengthAndChunked));
     }
     match transfer_encoding.as_slice() {
         [] => {}
         [te] if te.eq_ignore_ascii_case(b"chunked") => {}
-        _ => {
-            return Err(Refusal::invalid(
-                "only a single `Transfer-Encoding: chunked` is accepted",
-            ))
-        }
+        _ => return Err(Refusal::Invalid(Invalid::TransferEncoding)),
     }
     let has_body = match content_length.as_slice() {
         [] => !transfer_encoding.is_empty(),
         [cl] if cl.iter().all(u8::is_ascii_digit) && !cl.is_empty() => {
             cl.iter().any(|d| *d != b'0')
         }
-        _ => {
-            return Err(Refusal::invalid(
-                "Content-Length must appear once, with a single number",
-            ))
-        }
+        _ => return Err(Refusal::Invalid(Invalid::ContentLength)),
     };
     if has_body && BODILESS.contains(&method) {
-        return Err(Refusal::invalid(format!(
-            "a {method} request may not carry a body here"
-        )));
+        return Err(Refusal::Invalid(Invalid::BodyNotAllowed {
+            method: method.to_string(),
+        }));
     }
     Ok(())
 }
@@ -128,36 +116,53 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_is_refused() {
-        for (method, fields) in [
+        for (method, fields, why) in [
             (
                 "POST",
                 "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                "length_and_chunked",
             ),
             (
                 "POST",
                 "Transfer-Encoding: chunked\r\ncontent-length: 0\r\n",
+                "length_and_chunked",
             ),
-            ("POST", "Transfer-Encoding: gzip, chunked\r\n"),
+            (
+                "POST",
+                "Transfer-Encoding: gzip, chunked\r\n",
+                "transfer_encoding",
+            ),
             (
                 "POST",
                 "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "transfer_encoding",
             ),
-            ("POST", "Transfer-Encoding: identity\r\n"),
-            ("POST", "Content-Length: 5\r\nContent-Length: 5\r\n"),
-            ("POST", "Content-Length: 5, 5\r\n"),
-            ("POST", "Content-Length: +5\r\n"),
-            ("POST", "Content-Length:\r\n"),
-            ("POST", "X-A: a\r\n folded\r\n"),
-            ("GET", "Content-Length: 5\r\n"),
-            ("GET", "Transfer-Encoding: chunked\r\n"),
-            ("DELETE", "Content-Length: 1\r\n"),
-            ("OPTIONS", "Transfer-Encoding: chunked\r\n"),
+            (
+                "POST",
+                "Transfer-Encoding: identity\r\n",
+                "transfer_encoding",
+            ),
+            (
+                "POST",
+                "Content-Length: 5\r\nContent-Length: 5\r\n",
+                "content_length",
+            ),
+            ("POST", "Content-Length: 5, 5\r\n", "content_length"),
+            ("POST", "Content-Length: +5\r\n", "content_length"),
+            ("POST", "Content-Length:\r\n", "content_length"),
+            ("POST", "X-A: a\r\n folded\r\n", "obs_fold"),
+            ("GET", "Content-Length: 5\r\n", "body_not_allowed"),
+            ("GET", "Transfer-Encoding: chunked\r\n", "body_not_allowed"),
+            ("DELETE", "Content-Length: 1\r\n", "body_not_allowed"),
+            (
+                "OPTIONS",
+                "Transfer-Encoding: chunked\r\n",
+                "body_not_allowed",
+            ),
         ] {
             let r = check(&head(method, fields), method);
-            assert!(
-                matches!(r, Err(Refusal::Invalid(_))),
-                "{method} {fields:?} gave {r:?}"
-            );
+            assert!(matches!(r, Err(Refusal::Invalid(_))), "{method} {fields:?}");
+            assert_eq!(r.map_err(|e| e.reason()), Err(why), "{method} {fields:?}");
         }
     }
 }

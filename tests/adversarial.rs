@@ -89,6 +89,10 @@ struct Expect {
     lacks: Vec<String>,
     /// The connection may also be dropped instead of answering (see `too_large_or_reset`).
     may_drop: bool,
+    /// The rule that refused (`Refusal::reason`), read from the admin listener's
+    /// `eds_proxy_requests_total{decision="refused",reason=…}`: the one channel that names
+    /// the rule without telling the caller more than the status does.
+    reason: Option<&'static str>,
 }
 
 impl Expect {
@@ -103,7 +107,13 @@ impl Expect {
             entries: None,
             lacks: Vec::new(),
             may_drop: false,
+            reason: None,
         }
+    }
+    /// Refused by exactly this rule (`Refusal::reason`).
+    fn because(mut self, reason: &'static str) -> Expect {
+        self.reason = Some(reason);
+        self
     }
     fn www(mut self, prefix: &'static str) -> Expect {
         self.www = Some(prefix);
@@ -160,10 +170,12 @@ fn bad_token() -> Expect {
 /// A 401 whose `error_description` names exactly this reason.
 fn bad_token_because(f: eds_proxy::error::TokenFailure) -> Expect {
     let www = format!("{INVALID_TOKEN}, error_description=\"{}\"", f.description());
-    refused(401, "login").www(Box::leak(www.into_boxed_str()))
+    refused(401, "login")
+        .www(Box::leak(www.into_boxed_str()))
+        .because(f.as_str())
 }
 fn no_token() -> Expect {
-    refused(401, "login").www("Bearer")
+    refused(401, "login").www("Bearer").because("missing")
 }
 /// A clean refusal: any 4xx, or the connection closed without an answer.
 fn refused_or_dropped() -> Expect {
@@ -223,11 +235,41 @@ fn describe(seen: &[Recorded]) -> Vec<String> {
         .collect()
 }
 
+/// How many requests the proxy has refused for `reason` (`eds_proxy_requests_total`, summed
+/// over its other labels), read from the admin listener. The registry is the process's, shared
+/// with the tests running in parallel: a rise proves this case's reason unless another test
+/// was refused for the very same rule at the same moment.
+async fn refusals(h: &Harness, reason: &str) -> f64 {
+    let text = Client::new()
+        .get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
+        .send()
+        .await
+        .expect("admin listener")
+        .text()
+        .await
+        .expect("metrics text");
+    let label = format!("reason=\"{reason}\"");
+    text.lines()
+        .filter(|l| l.starts_with("eds_proxy_requests_total{") && l.contains(&label))
+        .filter(|l| l.contains("decision=\"refused\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Send one request and compare everything the case expects; returns the problems found.
 async fn check(h: &Harness, req: RequestBuilder, e: &Expect) -> Vec<String> {
     let before = h.upstream.request_count();
+    let refused_before = match e.reason {
+        Some(r) => refusals(h, r).await,
+        None => 0.0,
+    };
     let sent = req.send().await;
     let mut problems = Vec::new();
+    if let Some(r) = e.reason {
+        if refusals(h, r).await <= refused_before {
+            problems.push(format!("not refused for {r:?} (eds_proxy_requests_total)"));
+        }
+    }
     match sent {
         Err(err) => {
             if e.status != 0 && !e.may_drop {
@@ -530,14 +572,26 @@ async fn adversarial_query_parameters() {
             get("message-id=a&message-id=b"),
             station_search("message-id=a&message-id=b"),
         ),
-        case("_count twice", get("_count=5&_count=6"), invalid()),
+        case(
+            "_count twice",
+            get("_count=5&_count=6"),
+            invalid().because("repeated_parameter"),
+        ),
         case(
             "_count above the limit is clamped",
             get("_count=5000"),
             station_search("_count=50"),
         ),
-        case("_count negative", get("_count=-1"), invalid()),
-        case("_count not a number", get("_count=1e3"), invalid()),
+        case(
+            "_count negative",
+            get("_count=-1"),
+            invalid().because("not_an_integer"),
+        ),
+        case(
+            "_count not a number",
+            get("_count=1e3"),
+            invalid().because("not_an_integer"),
+        ),
         case(
             "comma OR value is re-encoded",
             get("message-id=a,b"),
@@ -570,61 +624,137 @@ async fn adversarial_query_parameters() {
             get("&&message-id=a&&"),
             station_search("message-id=a"),
         ),
-        case("empty name", get("=x"), invalid()),
+        case(
+            "empty name",
+            get("=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
         // _security in every form.
         case(
             "_security plain",
             get("_security=urn:eds-proxy:label:device-id|other"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "_security after an allowed parameter",
             get("message-id=a&_security=urn:eds-proxy:label:device-id|other"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
-        case("_security empty", get("_security="), invalid()),
+        case(
+            "_security empty",
+            get("_security="),
+            invalid().because("refused_parameter"),
+        ),
         case(
             "_security:not",
             get("_security:not=urn:eds-proxy:label:device-id|adv-dev"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "_security:missing",
             get("_security:missing=true"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "_security:below",
             get("_security:below=urn:eds-proxy:label"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
-        case("_security:text", get("_security:text=adv"), invalid()),
+        case(
+            "_security:text",
+            get("_security:text=adv"),
+            invalid().because("refused_parameter"),
+        ),
         case(
             "%5Fsecurity",
             get("%5Fsecurity=urn:eds-proxy:label:device-id|other"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
-        case("_secur%69ty", get("_secur%69ty=x"), invalid()),
+        case(
+            "_secur%69ty",
+            get("_secur%69ty=x"),
+            invalid().because("refused_parameter"),
+        ),
         case(
             "%5F%73ecurity%3Anot",
             get("%5F%73ecurity%3Anot=x"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
-        case("_Security", get("_Security=x"), invalid()),
-        case("_SECURITY", get("_SECURITY=x"), invalid()),
-        case("MESSAGE-ID", get("MESSAGE-ID=x"), invalid()),
-        case("Message-Id", get("Message-Id=x"), invalid()),
-        case("_security%00", get("_security%00=x"), invalid()),
-        case("message-id%00", get("message-id%00=x"), invalid()),
-        case("_security+ (space)", get("_security+=x"), invalid()),
-        case("_security%20", get("_security%20=x"), invalid()),
-        case("+_security", get("+_security=x"), invalid()),
-        case("message+id", get("message+id=x"), invalid()),
-        case("_security%09", get("_security%09=x"), invalid()),
-        case("_security%0D%0A", get("_security%0D%0A=x"), invalid()),
-        case("_security.system", get("_security.system=x"), invalid()),
-        case("message-id.value", get("message-id.value=x"), invalid()),
-        case("non-ASCII name", get("m%C3%A9ssage-id=x"), invalid()),
+        case(
+            "_Security",
+            get("_Security=x"),
+            invalid().because("unknown_parameter"),
+        ),
+        case(
+            "_SECURITY",
+            get("_SECURITY=x"),
+            invalid().because("unknown_parameter"),
+        ),
+        case(
+            "MESSAGE-ID",
+            get("MESSAGE-ID=x"),
+            invalid().because("unknown_parameter"),
+        ),
+        case(
+            "Message-Id",
+            get("Message-Id=x"),
+            invalid().because("unknown_parameter"),
+        ),
+        case(
+            "_security%00",
+            get("_security%00=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "message-id%00",
+            get("message-id%00=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "_security+ (space)",
+            get("_security+=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "_security%20",
+            get("_security%20=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "+_security",
+            get("+_security=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "message+id",
+            get("message+id=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "_security%09",
+            get("_security%09=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "_security%0D%0A",
+            get("_security%0D%0A=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
+        case(
+            "_security.system",
+            get("_security.system=x"),
+            invalid().because("chained"),
+        ),
+        case(
+            "message-id.value",
+            get("message-id.value=x"),
+            invalid().because("chained"),
+        ),
+        case(
+            "non-ASCII name",
+            get("m%C3%A9ssage-id=x"),
+            invalid().because("malformed_parameter_name"),
+        ),
         // POST _search form bodies.
         case(
             "form: control",
@@ -634,33 +764,37 @@ async fn adversarial_query_parameters() {
         case(
             "form: _security",
             form("", "_security=urn:eds-proxy:label:device-id|other"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
-        case("form: %5Fsecurity", form("", "%5Fsecurity=x"), invalid()),
+        case(
+            "form: %5Fsecurity",
+            form("", "%5Fsecurity=x"),
+            invalid().because("refused_parameter"),
+        ),
         case(
             "form: _security:not",
             form("", "_security:not=x"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "form: _security in the URL",
             form("?_security=x", "message-id=a"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "form: _security in the body, URL clean",
             form("?message-id=a", "_security=x"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "form: _security in URL and body",
             form("?_security=x", "_security=y"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "form: _count in URL and body",
             form("?_count=5", "_count=6"),
-            invalid(),
+            invalid().because("repeated_parameter"),
         ),
         case(
             "form: URL and body are merged",
@@ -670,7 +804,7 @@ async fn adversarial_query_parameters() {
         case(
             "form: _include in the body",
             form("", "_include=AuditEvent:patient"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "form: JSON body",
@@ -679,12 +813,12 @@ async fn adversarial_query_parameters() {
                 Some("application/json"),
                 "{\"_security\":\"x\"}",
             ),
-            unsupported_media(),
+            unsupported_media().because("search_not_form"),
         ),
         case(
             "form: no content type",
             s.post("/AuditEvent/_search", None, "message-id=a"),
-            unsupported_media(),
+            unsupported_media().because("search_not_form"),
         ),
         case(
             "form: multipart",
@@ -693,17 +827,17 @@ async fn adversarial_query_parameters() {
                 Some("multipart/form-data; boundary=x"),
                 "--x\r\n",
             ),
-            unsupported_media(),
+            unsupported_media().because("search_not_form"),
         ),
         case(
             "form: body not UTF-8",
             s.form("/AuditEvent/_search", vec![b'm', b'=', 0xff, 0xfe]),
-            invalid(),
+            invalid().because("form_not_utf8"),
         ),
         case(
             "GET _search",
             s.get("/AuditEvent/_search?message-id=a"),
-            method_not_allowed(),
+            method_not_allowed().because("search_post_only"),
         ),
         // Modifiers.
         case(
@@ -741,96 +875,208 @@ async fn adversarial_query_parameters() {
             get("_tag:not=urn:x|y"),
             station_search("_tag%3Anot=urn%3Ax%7Cy"),
         ),
-        case(":iterate", get("message-id:iterate=x"), invalid()),
+        case(
+            ":iterate",
+            get("message-id:iterate=x"),
+            invalid().because("modifier"),
+        ),
         case(
             "type modifier :Patient",
             get("patient:Patient=1"),
-            invalid(),
+            invalid().because("modifier"),
         ),
-        case("type modifier :Device", get("agent:Device=x"), invalid()),
-        case(":in", get("type:in=http://vs"), invalid()),
-        case(":not-in", get("type:not-in=http://vs"), invalid()),
-        case("unknown modifier", get("message-id:xyz=1"), invalid()),
-        case("empty modifier", get("message-id:=1"), invalid()),
+        case(
+            "type modifier :Device",
+            get("agent:Device=x"),
+            invalid().because("modifier"),
+        ),
+        case(
+            ":in",
+            get("type:in=http://vs"),
+            invalid().because("modifier"),
+        ),
+        case(
+            ":not-in",
+            get("type:not-in=http://vs"),
+            invalid().because("modifier"),
+        ),
+        case(
+            "unknown modifier",
+            get("message-id:xyz=1"),
+            invalid().because("modifier"),
+        ),
+        case(
+            "empty modifier",
+            get("message-id:=1"),
+            invalid().because("malformed_parameter_name"),
+        ),
         case(
             "two modifiers",
             get("message-id:exact:missing=1"),
-            invalid(),
+            invalid().because("malformed_parameter_name"),
         ),
         case(
             "modifier on _source",
             get("_source:missing=true"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         // Forbidden families.
-        case("_include", get("_include=AuditEvent:patient"), invalid()),
-        case("_include=*", get("_include=*"), invalid()),
+        case(
+            "_include",
+            get("_include=AuditEvent:patient"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_include=*",
+            get("_include=*"),
+            invalid().because("refused_parameter"),
+        ),
         case(
             "_include:iterate",
             get("_include:iterate=AuditEvent:entity"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "%5Finclude",
             get("%5Finclude=AuditEvent:patient"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
         case(
             "_revinclude",
             get("_revinclude=Provenance:target"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
-        case("_revinclude=*", get("_revinclude=*"), invalid()),
+        case(
+            "_revinclude=*",
+            get("_revinclude=*"),
+            invalid().because("refused_parameter"),
+        ),
         case(
             "_revinclude:iterate",
             get("_revinclude:iterate=AuditEvent:entity"),
-            invalid(),
+            invalid().because("refused_parameter"),
         ),
-        case("chain patient.name", get("patient.name=x"), invalid()),
+        case(
+            "chain patient.name",
+            get("patient.name=x"),
+            invalid().because("chained"),
+        ),
         case(
             "chain agent:Device.identifier",
             get("agent:Device.identifier=x"),
-            invalid(),
+            invalid().because("chained"),
         ),
         case(
             "chain entity:Patient.name",
             get("entity:Patient.name=x"),
-            invalid(),
+            invalid().because("chained"),
         ),
-        case("_has", get("_has:Provenance:target:agent=x"), invalid()),
+        case(
+            "_has",
+            get("_has:Provenance:target:agent=x"),
+            invalid().because("reverse_chained"),
+        ),
         case(
             "_has on AuditEvent",
             get("_has:AuditEvent:entity:_id=1"),
-            invalid(),
+            invalid().because("reverse_chained"),
         ),
-        case("_has without modifier", get("_has=x"), invalid()),
-        case("_has:*", get("_has:*=x"), invalid()),
-        case("_hasx", get("_hasx=1"), invalid()),
-        case("_filter", get("_filter=agent%20eq%20x"), invalid()),
-        case("_query", get("_query=everything"), invalid()),
-        case("_list", get("_list=$current"), invalid()),
-        case("_contained", get("_contained=true"), invalid()),
-        case("_containedType", get("_containedType=contained"), invalid()),
-        case("_text", get("_text=x"), invalid()),
-        case("_content", get("_content=x"), invalid()),
-        case("_source", get("_source=http://x"), invalid()),
-        case("_getpages on a search", get("_getpages=abc"), invalid()),
-        case("_eds_sig on a search", get("_eds_sig=abc"), invalid()),
-        case("_type on a search", get("_type=Patient"), invalid()),
-        case("unknown parameter", get("foo=bar"), invalid()),
+        case(
+            "_has without modifier",
+            get("_has=x"),
+            invalid().because("reverse_chained"),
+        ),
+        case(
+            "_has:*",
+            get("_has:*=x"),
+            invalid().because("reverse_chained"),
+        ),
+        case(
+            "_hasx",
+            get("_hasx=1"),
+            invalid().because("reverse_chained"),
+        ),
+        case(
+            "_filter",
+            get("_filter=agent%20eq%20x"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_query",
+            get("_query=everything"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_list",
+            get("_list=$current"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_contained",
+            get("_contained=true"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_containedType",
+            get("_containedType=contained"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_text",
+            get("_text=x"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_content",
+            get("_content=x"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_source",
+            get("_source=http://x"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_getpages on a search",
+            get("_getpages=abc"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_eds_sig on a search",
+            get("_eds_sig=abc"),
+            invalid().because("unknown_parameter"),
+        ),
+        case(
+            "_type on a search",
+            get("_type=Patient"),
+            invalid().because("unknown_parameter"),
+        ),
+        case(
+            "unknown parameter",
+            get("foo=bar"),
+            invalid().because("unknown_parameter"),
+        ),
         // Result parameters.
         case(
             "_format=json is accepted, not forwarded",
             get("_format=json"),
             station_search(""),
         ),
-        case("_format=xml", get("_format=xml"), invalid()),
+        case(
+            "_format=xml",
+            get("_format=xml"),
+            invalid().because("format"),
+        ),
         case(
             "_pretty=true is not forwarded",
             get("_pretty=true&message-id=a"),
             station_search("message-id=a"),
         ),
-        case("_pretty=yes", get("_pretty=yes"), invalid()),
+        case(
+            "_pretty=yes",
+            get("_pretty=yes"),
+            invalid().because("not_a_boolean"),
+        ),
         case(
             "_elements always keeps meta",
             get("_elements=id"),
@@ -839,21 +1085,33 @@ async fn adversarial_query_parameters() {
         case(
             "_elements twice",
             get("_elements=id&_elements=type"),
-            invalid(),
+            invalid().because("repeated_parameter"),
         ),
         case(
             "_elements with a pipe",
             get("_elements=id,meta%7Cx"),
-            invalid(),
+            invalid().because("elements_entry"),
         ),
         case(
             "_summary=count",
             get("_summary=count"),
             station_search("_summary=count"),
         ),
-        case("_summary=bogus", get("_summary=bogus"), invalid()),
-        case("_sort by _security", get("_sort=_security"), invalid()),
-        case("_sort by a chain", get("_sort=patient.name"), invalid()),
+        case(
+            "_summary=bogus",
+            get("_summary=bogus"),
+            invalid().because("summary"),
+        ),
+        case(
+            "_sort by _security",
+            get("_sort=_security"),
+            invalid().because("sort_key"),
+        ),
+        case(
+            "_sort by a chain",
+            get("_sort=patient.name"),
+            invalid().because("sort_key"),
+        ),
         case(
             "_sort=-date",
             get("_sort=-date"),
@@ -864,9 +1122,13 @@ async fn adversarial_query_parameters() {
             get("_total=accurate"),
             station_search("_total=accurate"),
         ),
-        case("_total=bogus", get("_total=x"), invalid()),
+        case("_total=bogus", get("_total=x"), invalid().because("total")),
         case("_offset", get("_offset=10"), station_search("_offset=10")),
-        case("_offset negative", get("_offset=-1"), invalid()),
+        case(
+            "_offset negative",
+            get("_offset=-1"),
+            invalid().because("not_an_integer"),
+        ),
     ];
     verdict(&[run_cases(&h, "query parameters", cases).await]);
 }
@@ -907,7 +1169,7 @@ async fn adversarial_interactions_and_paths() {
         case(
             "control: vread is forwarded",
             s.get("/AuditEvent/1/_history/1"),
-            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1/_history/1"),
+            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1/_history/1").because("not_found"),
         ),
         case(
             "control: metadata is answered locally",
@@ -915,290 +1177,338 @@ async fn adversarial_interactions_and_paths() {
             Expect::new(200, "CapabilityStatement", Seen::Nothing),
         ),
         // Other types, compartments, operations.
-        case("other type search", s.get("/Patient"), forbidden()),
-        case("other type read", s.get("/Patient/1"), forbidden()),
+        case(
+            "other type search",
+            s.get("/Patient"),
+            forbidden().because("resource_type"),
+        ),
+        case(
+            "other type read",
+            s.get("/Patient/1"),
+            forbidden().because("resource_type"),
+        ),
         case(
             "Patient compartment",
             s.get("/Patient/1/AuditEvent"),
-            forbidden(),
+            forbidden().because("compartment"),
         ),
         case(
             "Device compartment",
             s.get("/Device/adv-dev/AuditEvent"),
-            forbidden(),
+            forbidden().because("compartment"),
         ),
         case(
             "compartment with a query",
             s.get("/Practitioner/1/AuditEvent?message-id=x"),
-            forbidden(),
+            forbidden().because("compartment"),
         ),
-        case("compartment wildcard", s.get("/Patient/1/*"), forbidden()),
-        case("$everything", s.get("/Patient/1/$everything"), forbidden()),
-        case("$meta on the type", s.get("/AuditEvent/$meta"), forbidden()),
+        case(
+            "compartment wildcard",
+            s.get("/Patient/1/*"),
+            forbidden().because("compartment"),
+        ),
+        case(
+            "$everything",
+            s.get("/Patient/1/$everything"),
+            forbidden().because("operation"),
+        ),
+        case(
+            "$meta on the type",
+            s.get("/AuditEvent/$meta"),
+            forbidden().because("operation"),
+        ),
         case(
             "$meta on an instance",
             s.get("/AuditEvent/1/$meta"),
-            forbidden(),
+            forbidden().because("operation"),
         ),
-        case("$meta on the system", s.get("/$meta"), forbidden()),
+        case(
+            "$meta on the system",
+            s.get("/$meta"),
+            forbidden().because("operation"),
+        ),
         case(
             "$validate",
             json("POST", "/AuditEvent/$validate", &body),
-            forbidden(),
+            forbidden().because("operation"),
         ),
         case(
             "$meta-add",
             json("POST", "/AuditEvent/1/$meta-add", &params),
-            forbidden(),
+            forbidden().because("operation"),
         ),
         case(
             "$meta-delete",
             json("POST", "/AuditEvent/1/$meta-delete", &params),
-            forbidden(),
+            forbidden().because("operation"),
         ),
         case(
             "$expunge on the system",
             s.at("POST", "/$expunge"),
-            forbidden(),
+            forbidden().because("operation"),
         ),
         case(
             "$expunge on the type",
             s.at("POST", "/AuditEvent/$expunge"),
-            forbidden(),
+            forbidden().because("operation"),
         ),
         case(
             "$expunge on an instance",
             s.at("POST", "/AuditEvent/1/$expunge"),
-            forbidden(),
+            forbidden().because("operation"),
         ),
         case(
             "$diff on a version",
             s.get("/AuditEvent/1/_history/1/$diff"),
-            forbidden(),
+            forbidden().because("operation"),
         ),
         // History.
-        case("system _history", s.get("/_history"), forbidden()),
-        case("type _history", s.get("/AuditEvent/_history"), forbidden()),
+        case(
+            "system _history",
+            s.get("/_history"),
+            forbidden().because("history"),
+        ),
+        case(
+            "type _history",
+            s.get("/AuditEvent/_history"),
+            forbidden().because("history"),
+        ),
         case(
             "type _history with _since",
             s.get("/AuditEvent/_history?_since=2020-01-01"),
-            forbidden(),
+            forbidden().because("history"),
         ),
         case(
             "instance _history",
             s.get("/AuditEvent/1/_history"),
-            forbidden(),
+            forbidden().because("history"),
         ),
         case(
             "vread with a trailing segment",
             s.get("/AuditEvent/1/_history/1/x"),
-            forbidden(),
+            forbidden().because("history"),
         ),
         case(
             "vread with a query",
             s.get("/AuditEvent/1/_history/1?_include=x"),
-            invalid(),
+            invalid().because("interaction_parameter"),
         ),
         case(
             "DELETE a version",
             s.at("DELETE", "/AuditEvent/1/_history/1"),
-            method_not_allowed(),
+            method_not_allowed().because("method_on_instance"),
         ),
         // Batch, transaction, system level.
         case(
             "batch with GET entries to /fhir",
             json("POST", "", &batch),
-            forbidden(),
+            forbidden().because("batch"),
         ),
         case(
             "batch with GET entries to /fhir/",
             json("POST", "/", &batch),
-            forbidden(),
+            forbidden().because("batch"),
         ),
         case(
             "transaction to /fhir",
             json("POST", "", &transaction),
-            forbidden(),
+            forbidden().because("batch"),
         ),
         case(
             "transaction to /fhir/",
             json("POST", "/", &transaction),
-            forbidden(),
+            forbidden().because("batch"),
         ),
-        case("GET /fhir", s.get(""), forbidden()),
+        case(
+            "GET /fhir",
+            s.get(""),
+            forbidden().because("system_interaction"),
+        ),
         case(
             "system search with _type",
             s.get("/?_type=AuditEvent"),
-            forbidden(),
+            forbidden().because("system_interaction"),
         ),
-        case("PUT /fhir", json("PUT", "", &batch), forbidden()),
-        case("DELETE /fhir", s.at("DELETE", "?_id=1"), forbidden()),
+        case(
+            "PUT /fhir",
+            json("PUT", "", &batch),
+            forbidden().because("batch"),
+        ),
+        case(
+            "DELETE /fhir",
+            s.at("DELETE", "?_id=1"),
+            forbidden().because("batch"),
+        ),
         // Conditional anything.
         case(
             "conditional create (If-None-Exist oracle)",
             json("POST", "/AuditEvent", &body).header("If-None-Exist", "message-id=paths-msg"),
-            forbidden(),
+            forbidden().because("conditional_create"),
         ),
         case(
             "If-Match on create",
             json("POST", "/AuditEvent", &body).header("If-Match", "W/\"1\""),
-            forbidden(),
+            forbidden().because("conditional_create"),
         ),
         case(
             "If-Match on read",
             s.get("/AuditEvent/1").header("If-Match", "W/\"1\""),
-            forbidden(),
+            forbidden().because("conditional"),
         ),
         case(
             "If-None-Match on read",
             s.get("/AuditEvent/1").header("If-None-Match", "W/\"1\""),
-            forbidden(),
+            forbidden().because("conditional"),
         ),
         case(
             "If-Modified-Since on read",
             s.get("/AuditEvent/1")
                 .header("If-Modified-Since", "Sat, 01 Nov 2025 00:00:00 GMT"),
-            forbidden(),
+            forbidden().because("conditional"),
         ),
         case(
             "If-Unmodified-Since on read",
             s.get("/AuditEvent/1")
                 .header("If-Unmodified-Since", "Sat, 01 Nov 2025 00:00:00 GMT"),
-            forbidden(),
+            forbidden().because("conditional"),
         ),
         case(
             "If-None-Match on vread",
             s.get("/AuditEvent/1/_history/1")
                 .header("If-None-Match", "*"),
-            forbidden(),
+            forbidden().because("conditional"),
         ),
         case(
             "If-None-Exist on search",
             s.get("/AuditEvent?message-id=x")
                 .header("If-None-Exist", "message-id=x"),
-            forbidden(),
+            forbidden().because("conditional"),
         ),
         case(
             "If-None-Match on _search",
             s.form("/AuditEvent/_search", "message-id=x")
                 .header("If-None-Match", "*"),
-            forbidden(),
+            forbidden().because("conditional"),
         ),
         // Methods.
         case(
             "PUT an instance",
             json("PUT", "/AuditEvent/1", &body),
-            method_not_allowed(),
+            method_not_allowed().because("write"),
         ),
         case(
             "PUT conditional update",
             json("PUT", "/AuditEvent?message-id=x", &body),
-            method_not_allowed(),
+            method_not_allowed().because("conditional_write"),
         ),
         case(
             "PATCH an instance",
             s.at("PATCH", "/AuditEvent/1")
                 .header("Content-Type", "application/json-patch+json")
                 .body("[]"),
-            method_not_allowed(),
+            method_not_allowed().because("write"),
         ),
         case(
             "PATCH conditional",
             s.at("PATCH", "/AuditEvent?message-id=x")
                 .header("Content-Type", "application/json-patch+json")
                 .body("[]"),
-            method_not_allowed(),
+            method_not_allowed().because("conditional_write"),
         ),
         case(
             "DELETE an instance",
             s.at("DELETE", "/AuditEvent/1"),
-            method_not_allowed(),
+            method_not_allowed().because("write"),
         ),
         case(
             "DELETE conditional",
             s.at("DELETE", "/AuditEvent?_id=1"),
-            method_not_allowed(),
+            method_not_allowed().because("conditional_write"),
         ),
         case(
             "HEAD on the type",
             s.at("HEAD", "/AuditEvent"),
-            refused(405, ""),
+            refused(405, "").because("method_on_type"),
         ),
         case(
             "HEAD on an instance",
             s.at("HEAD", "/AuditEvent/1"),
-            refused(405, ""),
+            refused(405, "").because("method_on_instance"),
         ),
         case(
             "OPTIONS on the type",
             s.at("OPTIONS", "/AuditEvent"),
-            method_not_allowed(),
+            method_not_allowed().because("method_on_type"),
         ),
-        case("OPTIONS on the base", s.at("OPTIONS", ""), forbidden()),
+        case(
+            "OPTIONS on the base",
+            s.at("OPTIONS", ""),
+            forbidden().because("batch"),
+        ),
         case(
             "TRACE on the type",
             s.at("TRACE", "/AuditEvent"),
-            method_not_allowed(),
+            method_not_allowed().because("method_on_type"),
         ),
         case(
             "TRACE on an instance",
             s.at("TRACE", "/AuditEvent/1"),
-            method_not_allowed(),
+            method_not_allowed().because("method_on_instance"),
         ),
         case(
             "PROPFIND on the type",
             s.at("PROPFIND", "/AuditEvent"),
-            method_not_allowed(),
+            method_not_allowed().because("method_on_type"),
         ),
         case(
             "POST /metadata",
             s.at("POST", "/metadata"),
-            method_not_allowed(),
+            method_not_allowed().because("metadata_get_only"),
         ),
         case(
             "metadata with _format=xml",
             s.get("/metadata?_format=xml"),
-            invalid(),
+            invalid().because("format"),
         ),
         case(
             "metadata with mode",
             s.get("/metadata?mode=full"),
-            invalid(),
+            invalid().because("interaction_parameter"),
         ),
         case(
             "read with _include",
             s.get("/AuditEvent/1?_include=AuditEvent:patient"),
-            invalid(),
+            invalid().because("interaction_parameter"),
         ),
         case(
             "read with _elements",
             s.get("/AuditEvent/1?_elements=id"),
-            invalid(),
+            invalid().because("interaction_parameter"),
         ),
         case(
             "read with _format=xml",
             s.get("/AuditEvent/1?_format=xml"),
-            invalid(),
+            invalid().because("format"),
         ),
         case(
             "read with an underscore id",
             s.get("/AuditEvent/a_b"),
-            invalid(),
+            invalid().because("malformed_id"),
         ),
         case(
             "read with a 65-character id",
             s.get(&format!("/AuditEvent/{long_id}")),
-            invalid(),
+            invalid().because("malformed_id"),
         ),
         case(
             "read with an @ in the id",
             s.get("/AuditEvent/a@b"),
-            invalid(),
+            invalid().because("malformed_id"),
         ),
         case(
             "POST below _search",
             s.form("/AuditEvent/_search/x", "message-id=x"),
-            forbidden(),
+            forbidden().because("interaction"),
         ),
         // Paths.
         case(
@@ -1209,57 +1519,97 @@ async fn adversarial_interactions_and_paths() {
         case(
             "trailing slash on a read",
             s.get("/AuditEvent/1/"),
-            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1"),
+            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1").because("not_found"),
         ),
-        case("lower-case type", s.get("/auditevent"), forbidden()),
-        case("upper-case type", s.get("/AUDITEVENT"), forbidden()),
+        case(
+            "lower-case type",
+            s.get("/auditevent"),
+            forbidden().because("resource_type"),
+        ),
+        case(
+            "upper-case type",
+            s.get("/AUDITEVENT"),
+            forbidden().because("resource_type"),
+        ),
         case(
             "upper-case base",
             s.outside("GET", "/FHIR/AuditEvent"),
-            forbidden(),
+            forbidden().because("unknown_path"),
         ),
         case(
             "type outside the base",
             s.outside("GET", "/AuditEvent"),
-            forbidden(),
+            forbidden().because("unknown_path"),
         ),
-        case("/admin", s.outside("GET", "/admin"), forbidden()),
-        case("/metrics", s.outside("GET", "/metrics"), forbidden()),
-        case("/healthz", s.outside("GET", "/healthz"), forbidden()),
-        case("server root", s.outside("GET", "/"), forbidden()),
+        case(
+            "/admin",
+            s.outside("GET", "/admin"),
+            forbidden().because("unknown_path"),
+        ),
+        case(
+            "/metrics",
+            s.outside("GET", "/metrics"),
+            forbidden().because("unknown_path"),
+        ),
+        case(
+            "/healthz",
+            s.outside("GET", "/healthz"),
+            forbidden().because("unknown_path"),
+        ),
+        case(
+            "server root",
+            s.outside("GET", "/"),
+            forbidden().because("unknown_path"),
+        ),
         case(
             "base glued to the type",
             s.outside("GET", "/fhirAuditEvent"),
-            forbidden(),
+            forbidden().because("unknown_path"),
         ),
         case(
             "double slash before the base",
             s.outside("GET", "//fhir/AuditEvent"),
-            forbidden(),
+            forbidden().because("unknown_path"),
         ),
         case(
             "matrix parameter on the base",
             s.outside("GET", "/fhir;x=1/AuditEvent"),
-            forbidden(),
+            forbidden().because("unknown_path"),
         ),
-        case("double slash", s.get("//AuditEvent"), invalid()),
+        case(
+            "double slash",
+            s.get("//AuditEvent"),
+            invalid().because("dot_segment"),
+        ),
         case(
             "double slash after the type",
             s.get("/AuditEvent//1"),
-            invalid(),
+            invalid().because("dot_segment"),
         ),
-        case("encoded slash", s.get("/AuditEvent%2F1"), invalid()),
-        case("encoded letter", s.get("/Audit%45vent"), invalid()),
-        case("encoded NUL", s.get("/AuditEvent%00"), invalid()),
+        case(
+            "encoded slash",
+            s.get("/AuditEvent%2F1"),
+            invalid().because("path_characters"),
+        ),
+        case(
+            "encoded letter",
+            s.get("/Audit%45vent"),
+            invalid().because("path_characters"),
+        ),
+        case(
+            "encoded NUL",
+            s.get("/AuditEvent%00"),
+            invalid().because("path_characters"),
+        ),
         case(
             ";jsessionid on the type",
             s.get("/AuditEvent;jsessionid=abc"),
-            invalid(),
+            invalid().because("path_characters"),
         ),
         case(
             ";jsessionid on a read",
             s.get("/AuditEvent/1;jsessionid=abc"),
-            invalid(),
+            invalid().because("path_characters"),
         ),
     ];
     verdict(&[run_cases(&h, "interactions and paths", cases).await]);
@@ -1342,36 +1692,36 @@ async fn adversarial_paging_handles() {
     let cases = vec![
         case("control: the owner follows its link", s.url("GET", &link), page_ok(&id, 1, 1)),
         case("control: the owner's second handle", s.get(&page(&id2, &sig2, "")), page_ok(&id2, 1, 1)),
-        case("replay by another station", other.url("GET", &link), forbidden()),
-        case("replay by another station over HTTP/2", other_h2.url("GET", &link), forbidden().h2()),
-        case("replay by the citizen of the records", citizen.url("GET", &link), forbidden()),
-        case("replay by a supporter of the sender", supporter.url("GET", &link), forbidden()),
-        case("the owner without the s grant", no_search.url("GET", &link), forbidden()),
-        case("tampered signature", s.get(&page(&id, &tampered, "")), forbidden()),
-        case("truncated signature", s.get(&page(&id, &sig[..sig.len() - 2], "")), forbidden()),
-        case("signature of another handle", s.get(&page(&id, &sig2, "")), forbidden()),
-        case("handle swapped under a signature", s.get(&page(&id2, &sig, "")), forbidden()),
-        case("no signature", s.get(&format!("?_getpages={id}&_getpagesoffset=1&_count=1&_bundletype=searchset")), forbidden()),
-        case("empty signature", s.get(&page(&id, "", "")), forbidden()),
-        case("signature not base64", s.get(&page(&id, "!!!!", "")), forbidden()),
-        case("signature twice", s.get(&page(&id, &sig, &format!("&_eds_sig={tampered}"))), invalid()),
-        case("POST to the base with _getpages", s.at("POST", &page(&id, &sig, "")), forbidden()),
-        case("POST form with _getpages to the base", s.form("", format!("_getpages={id}&_eds_sig={sig}")), forbidden()),
-        case("_getpages on /AuditEvent", s.get(&format!("/AuditEvent{}", page(&id, &sig, ""))), invalid()),
-        case("_getpages in a _search body", s.form("/AuditEvent/_search", page(&id, &sig, "")[1..].to_string()), invalid()),
-        case("_getpages on a read", s.get(&format!("/AuditEvent/1{}", page(&id, &sig, ""))), invalid()),
-        case("extra message-id on the link", s.get(&page(&id, &sig, "&message-id=x")), invalid()),
-        case("extra _security on the link", s.get(&page(&id, &sig, "&_security=urn:eds-proxy:label:device-id|adv-other-dev")), invalid()),
-        case("extra _include on the link", s.get(&page(&id, &sig, "&_include=*")), invalid()),
-        case("a second _getpages on the link", s.get(&page(&id, &sig, &format!("&_getpages={id2}"))), invalid()),
-        case("_bundletype=batch", s.get(&format!("?_getpages={id}&_bundletype=batch&_eds_sig={sig}")), invalid()),
-        case("negative _getpagesoffset", s.get(&format!("?_getpages={id}&_getpagesoffset=-1&_eds_sig={sig}")), invalid()),
-        case("_format=xml on the link", s.get(&page(&id, &sig, "&_format=xml")), invalid()),
-        case("handle with path characters", s.get(&format!("?_getpages=..%2FAuditEvent&_eds_sig={sig}")), invalid()),
-        case("upper-case _GETPAGES", s.get(&format!("?_GETPAGES={id}&_eds_sig={sig}")), forbidden()),
+        case("replay by another station", other.url("GET", &link), forbidden().because("page_not_issued")),
+        case("replay by another station over HTTP/2", other_h2.url("GET", &link), forbidden().h2().because("page_not_issued")),
+        case("replay by the citizen of the records", citizen.url("GET", &link), forbidden().because("page_not_issued")),
+        case("replay by a supporter of the sender", supporter.url("GET", &link), forbidden().because("page_not_issued")),
+        case("the owner without the s grant", no_search.url("GET", &link), forbidden().because("no_search_grant")),
+        case("tampered signature", s.get(&page(&id, &tampered, "")), forbidden().because("page_not_issued")),
+        case("truncated signature", s.get(&page(&id, &sig[..sig.len() - 2], "")), forbidden().because("page_not_issued")),
+        case("signature of another handle", s.get(&page(&id, &sig2, "")), forbidden().because("page_not_issued")),
+        case("handle swapped under a signature", s.get(&page(&id2, &sig, "")), forbidden().because("page_not_issued")),
+        case("no signature", s.get(&format!("?_getpages={id}&_getpagesoffset=1&_count=1&_bundletype=searchset")), forbidden().because("page_unsigned")),
+        case("empty signature", s.get(&page(&id, "", "")), forbidden().because("page_not_issued")),
+        case("signature not base64", s.get(&page(&id, "!!!!", "")), forbidden().because("page_not_issued")),
+        case("signature twice", s.get(&page(&id, &sig, &format!("&_eds_sig={tampered}"))), invalid().because("repeated_parameter")),
+        case("POST to the base with _getpages", s.at("POST", &page(&id, &sig, "")), forbidden().because("batch")),
+        case("POST form with _getpages to the base", s.form("", format!("_getpages={id}&_eds_sig={sig}")), forbidden().because("batch")),
+        case("_getpages on /AuditEvent", s.get(&format!("/AuditEvent{}", page(&id, &sig, ""))), invalid().because("refused_parameter")),
+        case("_getpages in a _search body", s.form("/AuditEvent/_search", page(&id, &sig, "")[1..].to_string()), invalid().because("refused_parameter")),
+        case("_getpages on a read", s.get(&format!("/AuditEvent/1{}", page(&id, &sig, ""))), invalid().because("interaction_parameter")),
+        case("extra message-id on the link", s.get(&page(&id, &sig, "&message-id=x")), invalid().because("page_parameter")),
+        case("extra _security on the link", s.get(&page(&id, &sig, "&_security=urn:eds-proxy:label:device-id|adv-other-dev")), invalid().because("page_parameter")),
+        case("extra _include on the link", s.get(&page(&id, &sig, "&_include=*")), invalid().because("page_parameter")),
+        case("a second _getpages on the link", s.get(&page(&id, &sig, &format!("&_getpages={id2}"))), invalid().because("repeated_parameter")),
+        case("_bundletype=batch", s.get(&format!("?_getpages={id}&_bundletype=batch&_eds_sig={sig}")), invalid().because("page_parameter")),
+        case("negative _getpagesoffset", s.get(&format!("?_getpages={id}&_getpagesoffset=-1&_eds_sig={sig}")), invalid().because("page_offset")),
+        case("_format=xml on the link", s.get(&page(&id, &sig, "&_format=xml")), invalid().because("format")),
+        case("handle with path characters", s.get(&format!("?_getpages=..%2FAuditEvent&_eds_sig={sig}")), invalid().because("page_handle_malformed")),
+        case("upper-case _GETPAGES", s.get(&format!("?_GETPAGES={id}&_eds_sig={sig}")), forbidden().because("system_interaction")),
         case("percent-encoded name is decoded, then verified", s.get(&format!("?%5Fgetpages={id}&_getpagesoffset=1&_count=1&_bundletype=searchset&_eds_sig={sig}")), page_ok(&id, 1, 1)),
         case("_count on a link is clamped", s.get(&format!("?_getpages={id}&_getpagesoffset=1&_count=1000&_bundletype=searchset&_eds_sig={sig}")), page_ok(&id, 50, 2)),
-        case("_getpages below the base", s.get(&format!("/x{}", page(&id, &sig, ""))), forbidden()),
+        case("_getpages below the base", s.get(&format!("/x{}", page(&id, &sig, ""))), forbidden().because("resource_type")),
     ];
     let first = run_cases(&h, "paging", cases).await;
 
@@ -1386,12 +1736,12 @@ async fn adversarial_paging_handles() {
         case(
             "replica: the same principal's handle is not refused",
             same_on_b.url("GET", &link_on_b),
-            upstream(404, "not-found", "GET", target(&id, 1)),
+            upstream(404, "not-found", "GET", target(&id, 1)).because("not_found"),
         ),
         case(
             "replica: another principal is refused",
             other_on_b.url("GET", &link_on_b),
-            forbidden(),
+            forbidden().because("page_not_issued"),
         ),
     ];
     verdict(&[first, run_cases(&b, "paging replica", cases).await]);
@@ -1438,14 +1788,18 @@ async fn adversarial_forwarding_and_formats() {
         case(
             "_format=xml",
             s.get("/AuditEvent?message-id=f&_format=xml"),
-            invalid(),
+            invalid().because("format"),
         ),
         case(
             "_format=application/fhir+xml",
             s.get("/AuditEvent?_format=application/fhir%2Bxml"),
-            invalid(),
+            invalid().because("format"),
         ),
-        case("_format=html", s.get("/AuditEvent?_format=html"), invalid()),
+        case(
+            "_format=html",
+            s.get("/AuditEvent?_format=html"),
+            invalid().because("format"),
+        ),
         case(
             "Prefer: handling=lenient is not forwarded",
             q("f4").header("Prefer", "handling=lenient"),
@@ -1455,7 +1809,7 @@ async fn adversarial_forwarding_and_formats() {
             "Prefer: handling=lenient does not make the proxy lenient",
             s.get("/AuditEvent?foo=bar")
                 .header("Prefer", "handling=lenient"),
-            invalid(),
+            invalid().because("unknown_parameter"),
         ),
         case(
             "spoofed X-Forwarded-Host/Proto/Prefix/Port",
@@ -1584,16 +1938,20 @@ async fn adversarial_tokens() {
     let cases = vec![
         case("control: station token", with(&good), ok.clone()),
         // Transport of the token.
-        case("no Authorization", client.get(&url), no_token()),
+        case(
+            "no Authorization",
+            client.get(&url),
+            no_token().because("missing"),
+        ),
         case(
             "Basic scheme",
             client.get(&url).header("Authorization", "Basic YTpi"),
-            no_token(),
+            no_token().because("missing"),
         ),
         case(
             "Bearer without a token",
             client.get(&url).header("Authorization", "Bearer"),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "two Authorization headers",
@@ -1601,125 +1959,149 @@ async fn adversarial_tokens() {
                 .get(&url)
                 .header("Authorization", format!("Bearer {good}"))
                 .header("Authorization", format!("Bearer {good}")),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "bound to A, presented with B",
             client_b.get(&url).bearer_auth(&good),
-            bad_token(),
+            bad_token().because("cnf_mismatch"),
         ),
-        case("a quote in the token", with("a\"b.c.d"), bad_token()),
+        case(
+            "a quote in the token",
+            with("a\"b.c.d"),
+            bad_token().because("malformed"),
+        ),
         case(
             "a 20 KB token",
             with(&format!("{}.b.c", "a".repeat(20_000))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
-        case("four parts", with(&format!("{good}.x")), bad_token()),
+        case(
+            "four parts",
+            with(&format!("{good}.x")),
+            bad_token().because("malformed"),
+        ),
         case(
             "signature stripped",
             with(&format!("{}.", good.rsplit_once('.').unwrap().0)),
-            bad_token(),
+            bad_token().because("signature"),
         ),
-        case("tampered payload", with(&tampered), bad_token()),
+        case(
+            "tampered payload",
+            with(&tampered),
+            bad_token().because("signature"),
+        ),
         // Algorithms.
-        case("alg none", with(&unsigned("none", &full, "")), bad_token()),
-        case("alg nOnE", with(&unsigned("nOnE", &full, "")), bad_token()),
+        case(
+            "alg none",
+            with(&unsigned("none", &full, "")),
+            bad_token().because("algorithm"),
+        ),
+        case(
+            "alg nOnE",
+            with(&unsigned("nOnE", &full, "")),
+            bad_token().because("algorithm"),
+        ),
         case(
             "alg none with a real signature",
             with(&unsigned("none", &full, &real_signature)),
-            bad_token(),
+            bad_token().because("algorithm"),
         ),
         case(
             "HS256 keyed with the JWKS text",
             with(&hs256(&full, jwks_text.as_bytes())),
-            bad_token(),
+            bad_token().because("algorithm"),
         ),
         case(
             "HS256 keyed with the JWK text",
             with(&hs256(&full, jwk_text.as_bytes())),
-            bad_token(),
+            bad_token().because("algorithm"),
         ),
         case(
             "RS256 header on an ES256 signature",
             with(&es(json!({"alg": "RS256", "kid": "test-key-1"}))),
-            bad_token(),
+            bad_token().because("algorithm"),
         ),
         case(
             "PS256 header on an ES256 signature",
             with(&es(json!({"alg": "PS256", "kid": "test-key-1"}))),
-            bad_token(),
+            bad_token().because("algorithm"),
         ),
         case(
             "ES384 header on an ES256 signature",
             with(&es(json!({"alg": "ES384", "kid": "test-key-1"}))),
-            bad_token(),
+            bad_token().because("algorithm"),
         ),
         // Keys.
         case(
             "unknown kid",
             with(&es(json!({"alg": "ES256", "kid": "other-key"}))),
-            bad_token(),
+            bad_token().because("unknown_key"),
         ),
-        case("no kid", with(&es(json!({"alg": "ES256"}))), bad_token()),
+        case(
+            "no kid",
+            with(&es(json!({"alg": "ES256"}))),
+            bad_token().because("unknown_key"),
+        ),
         case(
             "kid path traversal",
             with(&es(
                 json!({"alg": "ES256", "kid": "../../../../../../etc/passwd"}),
             )),
-            bad_token(),
+            bad_token().because("unknown_key"),
         ),
         case(
             "kid SQL injection",
             with(&es(json!({"alg": "ES256", "kid": "' OR '1'='1' --"}))),
-            bad_token(),
+            bad_token().because("unknown_key"),
         ),
         case(
             "kid with a NUL",
             with(&es(json!({"alg": "ES256", "kid": "test-key-1\u{0}"}))),
-            bad_token(),
+            bad_token().because("unknown_key"),
         ),
         case(
             "kid in another case",
             with(&es(json!({"alg": "ES256", "kid": "TEST-KEY-1"}))),
-            bad_token(),
+            bad_token().because("unknown_key"),
         ),
         case(
             "kid as a number",
             with(&es(json!({"alg": "ES256", "kid": 1}))),
-            bad_token(),
+            bad_token().because("algorithm"),
         ),
         case(
             "jku to an attacker's JWKS",
             with(&by_attacker(
                 json!({"alg": "ES256", "kid": "test-key-1", "jku": "https://evil.example/jwks.json"}),
             )),
-            bad_token(),
+            bad_token().because("signature"),
         ),
         case(
             "jku with an attacker's kid",
             with(&by_attacker(
                 json!({"alg": "ES256", "kid": "evil-1", "jku": "https://evil.example/jwks.json"}),
             )),
-            bad_token(),
+            bad_token().because("unknown_key"),
         ),
         case(
             "x5u to an attacker's certificate",
             with(&by_attacker(
                 json!({"alg": "ES256", "kid": "test-key-1", "x5u": "https://evil.example/cert.pem"}),
             )),
-            bad_token(),
+            bad_token().because("signature"),
         ),
         case(
             "embedded jwk of the attacker",
             with(&by_attacker(
                 json!({"alg": "ES256", "kid": "test-key-1", "jwk": attacker.jwk()}),
             )),
-            bad_token(),
+            bad_token().because("signature"),
         ),
         case(
             "embedded jwk without kid",
             with(&by_attacker(json!({"alg": "ES256", "jwk": attacker.jwk()}))),
-            bad_token(),
+            bad_token().because("unknown_key"),
         ),
         // Header parameters that change how the token must be processed (RFC 7515 §4.1.11).
         case(
@@ -1796,29 +2178,37 @@ async fn adversarial_tokens() {
         case(
             "expired",
             with(&st(json!({"exp": now - 3600}))),
-            bad_token(),
+            bad_token().because("expired"),
         ),
         case(
             "nbf in the future",
             with(&st(json!({"nbf": now + 3600}))),
-            bad_token(),
+            bad_token().because("not_yet_valid"),
         ),
         case(
             "iat in the future",
             with(&st(json!({"iat": now + 3600}))),
-            bad_token(),
+            bad_token().because("issued_in_future"),
         ),
-        case("no exp", with(&st(json!({"exp": null}))), bad_token()),
+        case(
+            "no exp",
+            with(&st(json!({"exp": null}))),
+            bad_token().because("malformed"),
+        ),
         case(
             "exp as a string",
             with(&st(json!({"exp": (now + 600).to_string()}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
-        case("wrong aud", with(&st(json!({"aud": "other"}))), bad_token()),
+        case(
+            "wrong aud",
+            with(&st(json!({"aud": "other"}))),
+            bad_token().because("audience"),
+        ),
         case(
             "aud list without ours",
             with(&st(json!({"aud": ["other", "eds2"]}))),
-            bad_token(),
+            bad_token().because("audience"),
         ),
         case(
             "aud list with ours (accepted)",
@@ -1828,40 +2218,48 @@ async fn adversarial_tokens() {
         case(
             "wrong iss",
             with(&st(json!({"iss": "https://evil.test"}))),
-            bad_token(),
+            bad_token().because("issuer"),
         ),
         case(
             "iss with a trailing slash",
             with(&st(json!({"iss": format!("{ISSUER}/")}))),
-            bad_token(),
+            bad_token().because("issuer"),
         ),
-        case("no iss", with(&st(json!({"iss": null}))), bad_token()),
+        case(
+            "no iss",
+            with(&st(json!({"iss": null}))),
+            bad_token().because("malformed"),
+        ),
         // Certificate binding.
-        case("no cnf", with(&st(json!({"cnf": null}))), bad_token()),
+        case(
+            "no cnf",
+            with(&st(json!({"cnf": null}))),
+            bad_token().because("missing_cnf"),
+        ),
         case(
             "cnf with x5t only",
             with(&st(json!({"cnf": {"x5t": cert.thumbprint()}}))),
-            bad_token(),
+            bad_token().because("missing_cnf"),
         ),
         case(
             "cnf as a string",
             with(&st(json!({"cnf": cert.thumbprint()}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "cnf of another certificate",
             with(&st(json!({"cnf": {"x5t#S256": cert_b.thumbprint()}}))),
-            bad_token(),
+            bad_token().because("cnf_mismatch"),
         ),
         case(
             "cnf empty",
             with(&st(json!({"cnf": {"x5t#S256": ""}}))),
-            bad_token(),
+            bad_token().because("cnf_mismatch"),
         ),
         case(
             "cnf in hex",
             with(&st(json!({"cnf": {"x5t#S256": hex}}))),
-            bad_token(),
+            bad_token().because("cnf_mismatch"),
         ),
         case(
             "cnf in standard base64 (accepted)",
@@ -1874,87 +2272,87 @@ async fn adversarial_tokens() {
             with(&st(
                 json!({"scope": format!("system/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("not_for_eds"),
         ),
         case(
             "scope eds in lower case",
             with(&st(
                 json!({"scope": format!("eds system/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("not_for_eds"),
         ),
         case(
             "system/*.*",
             with(&st(
                 json!({"scope": format!("EDS system/*.* SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "system/*.crs",
             with(&st(
                 json!({"scope": format!("EDS system/*.crs SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "system/AuditEvent.*",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.* SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "system/AuditEvent.read (SMART v1)",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.read SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "system/AuditEvent.crs?category=x",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.crs?category=x SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "System/AuditEvent.crs",
             with(&st(
                 json!({"scope": format!("EDS System/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "user/*.rs",
             with(&citizen(json!({"scope": "EDS user/*.rs"}))),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "patient/AuditEvent.rs",
             with(&citizen(json!({"scope": "EDS patient/AuditEvent.rs"}))),
-            forbidden(),
+            forbidden().because("no_access_scope"),
         ),
         case(
             "system and user scopes",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.crs user/AuditEvent.rs SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("mixed_scopes"),
         ),
         case(
             "create-only scope cannot search",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.c SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_search_grant"),
         ),
         case(
             "read-only scope cannot search",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.r SOR:{SOR} GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("no_search_grant"),
         ),
         case(
             "scope as an array (accepted)",
@@ -1976,54 +2374,54 @@ async fn adversarial_tokens() {
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:111 GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("org_scopes_mismatch"),
         ),
         case(
             "GLN scope differs from ehmi:org_context",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} GLN:GLN-999")}),
             )),
-            forbidden(),
+            forbidden().because("org_scopes_mismatch"),
         ),
         case(
             "two SOR scopes",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} SOR:111 GLN:{GLN}")}),
             )),
-            forbidden(),
+            forbidden().because("several_org_scopes"),
         ),
         case(
             "two GLN scopes",
             with(&st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} GLN:{GLN} GLN:GLN-999")}),
             )),
-            forbidden(),
+            forbidden().because("several_org_scopes"),
         ),
         case(
             "SOR/GLN scopes without ehmi:org_context",
             with(&st(json!({"ehmi:org_context": null}))),
-            forbidden(),
+            forbidden().because("org_scopes_without_context"),
         ),
         // Device identity.
         case(
             "no device_id",
             with(&st(json!({"ehmi:eer:device_id": null}))),
-            forbidden(),
+            forbidden().because("missing_claim"),
         ),
         case(
             "blank device_id",
             with(&st(json!({"ehmi:eer:device_id": "  "}))),
-            forbidden(),
+            forbidden().because("missing_claim"),
         ),
         case(
             "device_id with a control character",
             with(&st(json!({"ehmi:eer:device_id": "adv-dev\u{7}"}))),
-            forbidden(),
+            forbidden().because("invalid_claim"),
         ),
         case(
             "device_id of 200 characters",
             with(&st(json!({"ehmi:eer:device_id": "d".repeat(200)}))),
-            forbidden(),
+            forbidden().because("invalid_claim"),
         ),
         case(
             "device_id with FHIR separators is escaped",
@@ -2044,17 +2442,17 @@ async fn adversarial_tokens() {
             with(&citizen(
                 json!({"acr": "https://data.gov.dk/concept/core/nsis/loa/Low"}),
             )),
-            forbidden(),
+            forbidden().because("assurance_too_low"),
         ),
         case(
             "citizen without acr",
             with(&citizen(json!({"acr": null}))),
-            forbidden(),
+            forbidden().because("assurance_too_low"),
         ),
         case(
             "citizen with acr \"substantial\"",
             with(&citizen(json!({"acr": "substantial"}))),
-            forbidden(),
+            forbidden().because("assurance_too_low"),
         ),
         case(
             "citizen with acr High (accepted)",
@@ -2066,12 +2464,12 @@ async fn adversarial_tokens() {
         case(
             "citizen with a blank cpr",
             with(&citizen(json!({"cpr": " "}))),
-            forbidden(),
+            forbidden().because("missing_claim"),
         ),
         case(
             "user token with neither cpr nor cvr",
             with(&citizen(json!({"cpr": null}))),
-            forbidden(),
+            forbidden().because("missing_claim"),
         ),
         // Supporters.
         case(
@@ -2082,7 +2480,7 @@ async fn adversarial_tokens() {
         case(
             "supporter without priv",
             with(&supporter("11111111", json!({"priv": null}))),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter with the role for another CVR",
@@ -2090,7 +2488,7 @@ async fn adversarial_tokens() {
                 "11111111",
                 json!({"priv": [{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:29189846", "privileges": [SUPPORTER_ROLE]}]}),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter with another role",
@@ -2098,22 +2496,22 @@ async fn adversarial_tokens() {
                 "11111111",
                 json!({"priv": [{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:11111111", "privileges": ["urn:dk:other:role"]}]}),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter with a CVR unknown to the directory",
             with(&supporter("99999999", json!({}))),
-            forbidden(),
+            forbidden().because("unknown_cvr"),
         ),
         case(
             "supporter with a garbage priv",
             with(&supporter("11111111", json!({"priv": "not base64 !!"}))),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter without acr",
             with(&supporter("11111111", json!({"acr": null}))),
-            forbidden(),
+            forbidden().because("assurance_too_low"),
         ),
         case(
             "supporter with OIO-BPP XML priv (accepted)",
@@ -2127,7 +2525,7 @@ async fn adversarial_tokens() {
                 "29189846",
                 bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<!---->-suspended")),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role, PI, suffix",
@@ -2135,7 +2533,7 @@ async fn adversarial_tokens() {
                 "29189846",
                 bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<?x?>-suspended")),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role, CDATA suffix",
@@ -2143,7 +2541,7 @@ async fn adversarial_tokens() {
                 "29189846",
                 bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<![CDATA[-suspended]]>")),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role, character-reference suffix",
@@ -2151,7 +2549,7 @@ async fn adversarial_tokens() {
                 "29189846",
                 bpp(cvr_urn, &format!("{SUPPORTER_ROLE}&#x2D;suspended")),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role inside a nested element",
@@ -2159,7 +2557,7 @@ async fn adversarial_tokens() {
                 "29189846",
                 bpp(cvr_urn, &format!("<b>{SUPPORTER_ROLE}</b>")),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: a bpp:Scope beside Scope",
@@ -2167,7 +2565,7 @@ async fn adversarial_tokens() {
                 "29189846",
                 bpp(&format!("{cvr_urn}\" bpp:Scope=\"x"), SUPPORTER_ROLE),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: duplicate Scope",
@@ -2178,7 +2576,7 @@ async fn adversarial_tokens() {
                     SUPPORTER_ROLE,
                 ),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: a DTD entity expanding to the role",
@@ -2188,7 +2586,7 @@ async fn adversarial_tokens() {
                     r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY r "{SUPPORTER_ROLE}">]><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="{cvr_urn}"><Privilege>&r;</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
                 ))}),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role split by a comment (accepted)",
@@ -2231,7 +2629,7 @@ async fn adversarial_tokens() {
                 "29189846",
                 json!({"priv": [{"scope": cvr_urn, "privileges": [format!("{SUPPORTER_ROLE}#x")]}]}),
             )),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter role wins over cpr",
@@ -2250,19 +2648,19 @@ async fn adversarial_tokens() {
         case(
             "cpr as a number",
             with(&citizen(json!({"cpr": 101010001}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "device_id as a number",
             with(&st(json!({"ehmi:eer:device_id": 42}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "org_context as an array of objects",
             with(&st(
                 json!({"ehmi:org_context": [{"name": "Org", "sor": SOR, "gln": GLN}]}),
             )),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         // serde's derived struct visitor also accepts a sequence: ["name", "sor", "gln"] would
         // be read as an org context, against "a claim of the wrong JSON type makes the token
@@ -2270,27 +2668,27 @@ async fn adversarial_tokens() {
         case(
             "org_context as a positional array",
             with(&st(json!({"ehmi:org_context": ["Org", SOR, GLN]}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "acr as an array",
             with(&citizen(json!({"acr": [NSIS_SUBSTANTIAL]}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "cvr as a number",
             with(&supporter("11111111", json!({"cvr": 11111111}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "scope as a number",
             with(&st(json!({"scope": 1}))),
-            bad_token(),
+            bad_token().because("malformed"),
         ),
         case(
             "priv as a number",
             with(&supporter("11111111", json!({"priv": 1}))),
-            forbidden(),
+            forbidden().because("no_supporter_role"),
         ),
     ];
     verdict(&[run_cases(&h, "tokens", cases).await]);
@@ -2350,98 +2748,98 @@ async fn adversarial_registrations() {
             r["source"]["observer"] = json!({"identifier": {"value": DEV}});
             r.as_object_mut().unwrap().remove("contained");
         })), created()),
-        case("a client's own security label (the proxy writes meta.security alone)", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]))), invalid()),
+        case("a client's own security label (the proxy writes meta.security alone)", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]))), invalid().because("client_security")),
         case("control: upper-case media type", s.post("/AuditEvent", Some("APPLICATION/FHIR+JSON"), text.clone()), created()),
         case("control: application/json with charset", s.post("/AuditEvent", Some("application/json; charset=utf-8"), text.clone()), created()),
         case("control: trailing slash", s.post("/AuditEvent/", Some(FHIR_JSON), text.clone()), created()),
         // Device identity.
-        case("observer identifier disagrees with the contained Device", s.create(&changed(base(), |r| r["source"]["observer"]["identifier"] = json!({"value": "adv-other-dev"}))), forbidden()),
+        case("observer identifier disagrees with the contained Device", s.create(&changed(base(), |r| r["source"]["observer"]["identifier"] = json!({"value": "adv-other-dev"}))), forbidden().because("observer_disagrees")),
         case("observer identifier is ours, contained Device is not", s.create(&changed(base(), |r| {
             r["contained"][0]["identifier"] = json!([{"value": "adv-other-dev"}]);
             r["source"]["observer"]["identifier"] = json!({"value": DEV});
-        })), forbidden()),
-        case("contained Device with a second identifier", s.create(&changed(base(), |r| r["contained"][0]["identifier"] = json!([{"value": DEV}, {"value": "adv-other-dev"}]))), forbidden()),
+        })), forbidden().because("observer_disagrees")),
+        case("contained Device with a second identifier", s.create(&changed(base(), |r| r["contained"][0]["identifier"] = json!([{"value": DEV}, {"value": "adv-other-dev"}]))), forbidden().because("observer_disagrees")),
         case("observer identifier only, another device", s.create(&changed(base(), |r| {
             r["source"]["observer"] = json!({"identifier": {"value": "adv-other-dev"}});
             r.as_object_mut().unwrap().remove("contained");
-        })), forbidden()),
-        case("observer points to a non-contained Device", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "Device/adv-dev"}))), invalid()),
-        case("observer points to an absolute URL", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "https://evil.example/Device/adv-dev"}))), invalid()),
-        case("observer points to a missing contained id", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "#nope"}))), invalid()),
-        case("observer points to a contained Patient", s.create(&changed(base(), |r| r["contained"][0]["resourceType"] = json!("Patient"))), invalid()),
+        })), forbidden().because("device_mismatch")),
+        case("observer points to a non-contained Device", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "Device/adv-dev"}))), invalid().because("observer_reference")),
+        case("observer points to an absolute URL", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "https://evil.example/Device/adv-dev"}))), invalid().because("observer_reference")),
+        case("observer points to a missing contained id", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"reference": "#nope"}))), invalid().because("observer_not_contained")),
+        case("observer points to a contained Patient", s.create(&changed(base(), |r| r["contained"][0]["resourceType"] = json!("Patient"))), invalid().because("observer_not_device")),
         case("two contained resources with the observer's id", s.create(&changed(base(), |r| {
             let mut twin = r["contained"][0].clone();
             twin["identifier"] = json!([{"value": "adv-other-dev"}]);
             r["contained"].as_array_mut().unwrap().push(twin);
-        })), invalid()),
-        case("no observer", s.create(&changed(base(), |r| { r["source"].as_object_mut().unwrap().remove("observer"); })), invalid()),
-        case("observer identifier without a value", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"identifier": {"system": "urn:x"}}))), invalid()),
-        case("a station registering for another device", other_device.create(&base()), forbidden()),
+        })), invalid().because("observer_not_contained")),
+        case("no observer", s.create(&changed(base(), |r| { r["source"].as_object_mut().unwrap().remove("observer"); })), invalid().because("observer_missing")),
+        case("observer identifier without a value", s.create(&changed(base(), |r| r["source"]["observer"] = json!({"identifier": {"system": "urn:x"}}))), invalid().because("observer_identifier_without_value")),
+        case("a station registering for another device", other_device.create(&base()), forbidden().because("device_mismatch")),
         // Organisational context.
-        case("org context matches neither agent", s.create(&changed(base(), |r| r["agent"][0]["who"]["identifier"]["value"] = json!("111"))), forbidden()),
-        case("sender GLN differs from the token's", s.create(&changed(base(), |r| r["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!("GLN-999"))), forbidden()),
-        case("SOR of the sender with GLN of the receiver", mixed_station.create(&base()), forbidden()),
+        case("org context matches neither agent", s.create(&changed(base(), |r| r["agent"][0]["who"]["identifier"]["value"] = json!("111"))), forbidden().because("org_not_party")),
+        case("sender GLN differs from the token's", s.create(&changed(base(), |r| r["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!("GLN-999"))), forbidden().because("org_not_party")),
+        case("SOR of the sender with GLN of the receiver", mixed_station.create(&base()), forbidden().because("org_not_party")),
         case("two sender agents", s.create(&changed(base(), |r| {
             let dup = r["agent"][0].clone();
             r["agent"].as_array_mut().unwrap().push(dup);
-        })), invalid()),
+        })), invalid().because("agent_count")),
         case("two GLNs on the sender", s.create(&changed(base(), |r| {
             let mut ext = r["agent"][0]["extension"][0].clone();
             ext["valueIdentifier"]["value"] = json!("GLN-999");
             r["agent"][0]["extension"].as_array_mut().unwrap().push(ext);
-        })), invalid()),
+        })), invalid().because("agent_glns")),
         // Labels preset by the client.
-        case("preset cpr label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:cpr"))), invalid()),
-        case("preset device label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:device-id"))), invalid()),
-        case("preset sor label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:sor"))), invalid()),
-        case("preset label under the reserved prefix", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:anything"))), invalid()),
+        case("preset cpr label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:cpr"))), invalid().because("reserved_label")),
+        case("preset device label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:device-id"))), invalid().because("reserved_label")),
+        case("preset sor label", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:sor"))), invalid().because("reserved_label")),
+        case("preset label under the reserved prefix", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:eds-proxy:label:anything"))), invalid().because("reserved_label")),
         // RFC 8141 §3.1: the `urn` scheme and the NID are case-insensitive.
-        case("preset device label, URN in upper case", s.create(&changed(base(), |r| r["meta"]["security"] = label("URN:EDS-PROXY:label:device-id"))), invalid()),
-        case("preset cpr label, NID in mixed case", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:EDS-Proxy:label:cpr"))), invalid()),
-        case("preset sor label with surrounding space", s.create(&changed(base(), |r| r["meta"]["security"] = label(" urn:eds-proxy:label:sor "))), invalid()),
-        case("preset label after a harmless one", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}, {"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid()),
-        case("meta.security as an object", s.create(&changed(base(), |r| r["meta"]["security"] = json!({"system": "urn:eds-proxy:label:cpr", "code": "x"}))), invalid()),
+        case("preset device label, URN in upper case", s.create(&changed(base(), |r| r["meta"]["security"] = label("URN:EDS-PROXY:label:device-id"))), invalid().because("reserved_label")),
+        case("preset cpr label, NID in mixed case", s.create(&changed(base(), |r| r["meta"]["security"] = label("urn:EDS-Proxy:label:cpr"))), invalid().because("reserved_label")),
+        case("preset sor label with surrounding space", s.create(&changed(base(), |r| r["meta"]["security"] = label(" urn:eds-proxy:label:sor "))), invalid().because("reserved_label")),
+        case("preset label after a harmless one", s.create(&changed(base(), |r| r["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}, {"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid().because("reserved_label")),
+        case("meta.security as an object", s.create(&changed(base(), |r| r["meta"]["security"] = json!({"system": "urn:eds-proxy:label:cpr", "code": "x"}))), invalid().because("security_not_array")),
         // Shape.
-        case("no EDS profile", s.create(&changed(base(), |r| r["meta"] = json!({}))), invalid()),
-        case("look-alike profile", s.create(&changed(base(), |r| r["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatusX"]))), invalid()),
+        case("no EDS profile", s.create(&changed(base(), |r| r["meta"] = json!({}))), invalid().because("no_eds_profile")),
+        case("look-alike profile", s.create(&changed(base(), |r| r["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatusX"]))), invalid().because("no_eds_profile")),
         case("two ehmiPatient entities", s.create(&changed(base(), |r| {
             let mut p = r["entity"][0].clone();
             p["what"]["identifier"]["value"] = json!("0202020002");
             r["entity"].as_array_mut().unwrap().push(p);
-        })), invalid()),
-        case("resourceType Patient", s.create(&changed(base(), |r| r["resourceType"] = json!("Patient"))), invalid()),
-        case("resourceType Bundle (transaction)", s.create(&json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": base(), "request": {"method": "POST", "url": "AuditEvent"}}]})), invalid()),
-        case("a top-level array", s.create(&json!([base()])), invalid()),
-        case("JSON null", raw("null"), invalid()),
-        case("a JSON string", raw("\"AuditEvent\""), invalid()),
-        case("empty body", raw(""), invalid()),
-        case("duplicate resourceType (Patient first)", raw(&format!("{{\"resourceType\":\"Patient\",{}", &text[1..])), invalid()),
-        case("duplicate resourceType (Bundle last)", raw(&format!("{},\"resourceType\":\"Bundle\"}}", &text[..text.len() - 1])), invalid()),
-        case("duplicate nested key hiding a label", raw(&text.replacen("\"meta\":{", "\"meta\":{\"security\":[{\"system\":\"urn:eds-proxy:label:cpr\",\"code\":\"0202020002\"}],\"security\":[],", 1)), invalid()),
-        case("10 000 nested arrays", raw(&deep), invalid()),
-        case("10 000 nested arrays inside the resource", raw(&format!("{{\"extension\":{deep},{}", &text[1..])), invalid()),
-        case("trailing garbage", raw(&format!("{text}x")), invalid()),
-        case("a second JSON document", raw(&format!("{text}{text}")), invalid()),
-        case("UTF-8 byte order mark", raw(&format!("\u{feff}{text}")), invalid()),
-        case("invalid UTF-8", s.post("/AuditEvent", Some(FHIR_JSON), text.replacen("Aarhus", "Aar\u{0}hus", 1).into_bytes().into_iter().map(|b| if b == 0 { 0xff } else { b }).collect::<Vec<u8>>()), invalid()),
+        })), invalid().because("several_patients")),
+        case("resourceType Patient", s.create(&changed(base(), |r| r["resourceType"] = json!("Patient"))), invalid().because("not_an_audit_event")),
+        case("resourceType Bundle (transaction)", s.create(&json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": base(), "request": {"method": "POST", "url": "AuditEvent"}}]})), invalid().because("not_an_audit_event")),
+        case("a top-level array", s.create(&json!([base()])), invalid().because("not_an_audit_event")),
+        case("JSON null", raw("null"), invalid().because("not_an_audit_event")),
+        case("a JSON string", raw("\"AuditEvent\""), invalid().because("not_an_audit_event")),
+        case("empty body", raw(""), invalid().because("not_json")),
+        case("duplicate resourceType (Patient first)", raw(&format!("{{\"resourceType\":\"Patient\",{}", &text[1..])), invalid().because("not_json")),
+        case("duplicate resourceType (Bundle last)", raw(&format!("{},\"resourceType\":\"Bundle\"}}", &text[..text.len() - 1])), invalid().because("not_json")),
+        case("duplicate nested key hiding a label", raw(&text.replacen("\"meta\":{", "\"meta\":{\"security\":[{\"system\":\"urn:eds-proxy:label:cpr\",\"code\":\"0202020002\"}],\"security\":[],", 1)), invalid().because("not_json")),
+        case("10 000 nested arrays", raw(&deep), invalid().because("not_json")),
+        case("10 000 nested arrays inside the resource", raw(&format!("{{\"extension\":{deep},{}", &text[1..])), invalid().because("not_json")),
+        case("trailing garbage", raw(&format!("{text}x")), invalid().because("not_json")),
+        case("a second JSON document", raw(&format!("{text}{text}")), invalid().because("not_json")),
+        case("UTF-8 byte order mark", raw(&format!("\u{feff}{text}")), invalid().because("not_json")),
+        case("invalid UTF-8", s.post("/AuditEvent", Some(FHIR_JSON), text.replacen("Aarhus", "Aar\u{0}hus", 1).into_bytes().into_iter().map(|b| if b == 0 { 0xff } else { b }).collect::<Vec<u8>>()), invalid().because("not_json")),
         case("body over 64 KiB", s.create(&big), too_large_or_reset()),
         // Media types.
-        case("XML", s.post("/AuditEvent", Some("application/fhir+xml"), "<AuditEvent xmlns=\"http://hl7.org/fhir\"/>"), unsupported_media()),
-        case("text/plain", s.post("/AuditEvent", Some("text/plain"), text.clone()), unsupported_media()),
-        case("form", s.post("/AuditEvent", Some(FORM), "resourceType=AuditEvent"), unsupported_media()),
-        case("no content type", s.post("/AuditEvent", None, text.clone()), unsupported_media()),
-        case("JSON patch", s.post("/AuditEvent", Some("application/json-patch+json"), "[]"), unsupported_media()),
-        case("look-alike media type", s.post("/AuditEvent", Some("application/fhir+jsonx"), text.clone()), unsupported_media()),
-        case("multipart", s.post("/AuditEvent", Some("multipart/form-data; boundary=x"), "--x--"), unsupported_media()),
+        case("XML", s.post("/AuditEvent", Some("application/fhir+xml"), "<AuditEvent xmlns=\"http://hl7.org/fhir\"/>"), unsupported_media().because("registration_not_json")),
+        case("text/plain", s.post("/AuditEvent", Some("text/plain"), text.clone()), unsupported_media().because("registration_not_json")),
+        case("form", s.post("/AuditEvent", Some(FORM), "resourceType=AuditEvent"), unsupported_media().because("registration_not_json")),
+        case("no content type", s.post("/AuditEvent", None, text.clone()), unsupported_media().because("registration_not_json")),
+        case("JSON patch", s.post("/AuditEvent", Some("application/json-patch+json"), "[]"), unsupported_media().because("registration_not_json")),
+        case("look-alike media type", s.post("/AuditEvent", Some("application/fhir+jsonx"), text.clone()), unsupported_media().because("registration_not_json")),
+        case("multipart", s.post("/AuditEvent", Some("multipart/form-data; boundary=x"), "--x--"), unsupported_media().because("registration_not_json")),
         // Query and conditions on create.
-        case("create with _format=xml", s.post("/AuditEvent?_format=xml", Some(FHIR_JSON), text.clone()), invalid()),
-        case("create with a search parameter", s.post("/AuditEvent?_id=1", Some(FHIR_JSON), text.clone()), invalid()),
-        case("conditional create", s.create(&base()).header("If-None-Exist", "message-id=reg-msg"), forbidden()),
+        case("create with _format=xml", s.post("/AuditEvent?_format=xml", Some(FHIR_JSON), text.clone()), invalid().because("format")),
+        case("create with a search parameter", s.post("/AuditEvent?_id=1", Some(FHIR_JSON), text.clone()), invalid().because("interaction_parameter")),
+        case("conditional create", s.create(&base()).header("If-None-Exist", "message-id=reg-msg"), forbidden().because("conditional_create")),
         // Principals that may not create.
-        case("a citizen (even with a c scope)", citizen.create(&base()), forbidden()),
-        case("a supporter", supporter.create(&base()), forbidden()),
-        case("a station without SOR/GLN scopes", no_org.create(&base()), forbidden()),
-        case("a station without the c grant", read_search_only.create(&base()), forbidden()),
+        case("a citizen (even with a c scope)", citizen.create(&base()), forbidden().because("not_a_station")),
+        case("a supporter", supporter.create(&base()), forbidden().because("not_a_station")),
+        case("a station without SOR/GLN scopes", no_org.create(&base()), forbidden().because("no_org_context")),
+        case("a station without the c grant", read_search_only.create(&base()), forbidden().because("no_create_grant")),
     ];
     let upstream_base = format!("http://127.0.0.1:{}/fhir", h.upstream.port);
     let probe = "AuditEvent?_security=urn:eds-proxy:label:cpr|0101010000&_security=urn:eds-proxy:label:device-id|Other-Station";
@@ -2503,35 +2901,35 @@ async fn adversarial_registrations() {
         ));
     }
     inert.extend([
-        case("a reference that is an object", s.create(&with_reference(json!({"reference": "#Cura-EUA"}))), invalid()),
-        case("a probe in the contained Device", s.create(&changed(base(), |r| r["contained"][0]["owner"] = json!({"reference": probe}))), invalid()),
-        case("a probe in an extension's valueReference", s.create(&changed(base(), |r| r["agent"][0]["extension"][0]["valueReference"] = json!({"reference": probe}))), invalid()),
-        case("a probe in a primitive's extension", s.create(&changed(base(), |r| r["_id"] = json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/x", "valueReference": {"reference": probe}}]}))), invalid()),
-        case("a contained AuditEvent", s.create(&changed(base(), |r| r["contained"].as_array_mut().unwrap().push(json!({"resourceType": "AuditEvent", "id": "x"})))), invalid()),
-        case("contained inside contained", s.create(&changed(base(), |r| r["contained"][0]["contained"] = json!([{"resourceType": "Device", "id": "y"}]))), invalid()),
-        case("HAPI's externalized-binary extension", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hapifhir.io/fhir/StructureDefinition/externalized-binary-id", "valueString": "b1"}]))), invalid()),
-        case("an unknown modifierExtension", s.create(&changed(base(), |r| r["modifierExtension"] = json!([{"url": "https://example.org/ext", "valueBoolean": true}]))), invalid()),
-        case("a label system in an identifier", s.create(&changed(base(), |r| r["entity"][1]["what"]["identifier"]["system"] = json!("urn:eds-proxy:label:cpr"))), invalid()),
+        case("a reference that is an object", s.create(&with_reference(json!({"reference": "#Cura-EUA"}))), invalid().because("not_a_string")),
+        case("a probe in the contained Device", s.create(&changed(base(), |r| r["contained"][0]["owner"] = json!({"reference": probe}))), invalid().because("resolvable_reference")),
+        case("a probe in an extension's valueReference", s.create(&changed(base(), |r| r["agent"][0]["extension"][0]["valueReference"] = json!({"reference": probe}))), invalid().because("resolvable_reference")),
+        case("a probe in a primitive's extension", s.create(&changed(base(), |r| r["_id"] = json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/x", "valueReference": {"reference": probe}}]}))), invalid().because("resolvable_reference")),
+        case("a contained AuditEvent", s.create(&changed(base(), |r| r["contained"].as_array_mut().unwrap().push(json!({"resourceType": "AuditEvent", "id": "x"})))), invalid().because("contained_type")),
+        case("contained inside contained", s.create(&changed(base(), |r| r["contained"][0]["contained"] = json!([{"resourceType": "Device", "id": "y"}]))), invalid().because("nested_contained")),
+        case("HAPI's externalized-binary extension", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hapifhir.io/fhir/StructureDefinition/externalized-binary-id", "valueString": "b1"}]))), invalid().because("foreign_extension")),
+        case("an unknown modifierExtension", s.create(&changed(base(), |r| r["modifierExtension"] = json!([{"url": "https://example.org/ext", "valueBoolean": true}]))), invalid().because("foreign_extension")),
+        case("a label system in an identifier", s.create(&changed(base(), |r| r["entity"][1]["what"]["identifier"]["system"] = json!("urn:eds-proxy:label:cpr"))), invalid().because("reserved_label_system")),
         case("a local reference whose contained id is a match URL", s.create(&changed(base(), |r| {
             let evil = format!("x/{probe}");
             let mut device = r["contained"][0].clone();
             device["id"] = json!(evil);
             r["contained"].as_array_mut().unwrap().push(device);
             r["entity"].as_array_mut().unwrap().push(json!({"what": {"reference": format!("#{evil}")}}));
-        })), invalid()),
+        })), invalid().because("contained_id_malformed")),
         case("a contained id with a slash", s.create(&changed(base(), |r| {
             r["contained"][0]["id"] = json!("a/b");
             r["source"]["observer"]["reference"] = json!("#a/b");
-        })), invalid()),
-        case("meta.tag with a display (shared server state)", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:x-secret", "code": "0101010000", "display": "probe"}]))), invalid()),
-        case("a second, foreign profile", s.create(&changed(base(), |r| r["meta"]["profile"].as_array_mut().unwrap().push(json!("http://example.org/probe")))), invalid()),
-        case("a second patient behind an array-valued entity.type", s.create(&changed(base(), |r| r["entity"].as_array_mut().unwrap().push(json!({"what": {"identifier": {"value": "0303030303"}}, "type": [{"system": "http://medcomehmi.dk/ig/terminology/CodeSystem/ehmi-delivery-status-entity-type", "code": "ehmiPatient"}]})))), invalid()),
-        case("a second sender behind an array-valued agent.type", s.create(&changed(base(), |r| r["agent"].as_array_mut().unwrap().push(json!({"type": [{"coding": [{"code": "ehmiSender"}]}], "who": {"identifier": {"value": "VICTIM-SOR"}}})))), invalid()),
-        case("a numeric second Device identifier", s.create(&changed(base(), |r| r["contained"][0]["identifier"].as_array_mut().unwrap().push(json!({"value": 4242})))), invalid()),
-        case("a decimal that would not survive", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hl7.org/fhir/StructureDefinition/x", "valueDecimal": 1.5}]))), invalid()),
-        case("a profile version that is free text", s.create(&changed(base(), |r| r["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus|0101010000 ?x=y"]))), invalid()),
-        case("meta on the contained Device", s.create(&changed(base(), |r| r["contained"][0]["meta"] = json!({"tag": [{"system": "urn:x", "code": "y"}]}))), invalid()),
-        case("a label system in meta.tag", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:eds-proxy:label:device-id", "code": "adv-other-dev"}]))), invalid()),
+        })), invalid().because("contained_id_malformed")),
+        case("meta.tag with a display (shared server state)", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:x-secret", "code": "0101010000", "display": "probe"}]))), invalid().because("meta_tag")),
+        case("a second, foreign profile", s.create(&changed(base(), |r| r["meta"]["profile"].as_array_mut().unwrap().push(json!("http://example.org/probe")))), invalid().because("foreign_profile")),
+        case("a second patient behind an array-valued entity.type", s.create(&changed(base(), |r| r["entity"].as_array_mut().unwrap().push(json!({"what": {"identifier": {"value": "0303030303"}}, "type": [{"system": "http://medcomehmi.dk/ig/terminology/CodeSystem/ehmi-delivery-status-entity-type", "code": "ehmiPatient"}]})))), invalid().because("shape")),
+        case("a second sender behind an array-valued agent.type", s.create(&changed(base(), |r| r["agent"].as_array_mut().unwrap().push(json!({"type": [{"coding": [{"code": "ehmiSender"}]}], "who": {"identifier": {"value": "VICTIM-SOR"}}})))), invalid().because("shape")),
+        case("a numeric second Device identifier", s.create(&changed(base(), |r| r["contained"][0]["identifier"].as_array_mut().unwrap().push(json!({"value": 4242})))), invalid().because("shape")),
+        case("a decimal that would not survive", s.create(&changed(base(), |r| r["extension"] = json!([{"url": "http://hl7.org/fhir/StructureDefinition/x", "valueDecimal": 1.5}]))), invalid().because("decimal")),
+        case("a profile version that is free text", s.create(&changed(base(), |r| r["meta"]["profile"] = json!(["http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus|0101010000 ?x=y"]))), invalid().because("foreign_profile")),
+        case("meta on the contained Device", s.create(&changed(base(), |r| r["contained"][0]["meta"] = json!({"tag": [{"system": "urn:x", "code": "y"}]}))), invalid().because("contained_meta")),
+        case("a label system in meta.tag", s.create(&changed(base(), |r| r["meta"]["tag"] = json!([{"system": "urn:eds-proxy:label:device-id", "code": "adv-other-dev"}]))), invalid().because("reserved_label_system")),
     ]);
     let before = h.upstream.stored().len();
     let with_server_members = changed(base(), |r| {
@@ -2616,42 +3014,42 @@ async fn adversarial_response_isolation() {
         case(
             "a citizen reads another CPR's registration",
             stranger.get(&read(&r1)),
-            hidden(&read(&r1)),
+            hidden(&read(&r1)).because("not_found"),
         ),
         case(
             "a citizen vreads another CPR's registration",
             stranger.get(&vread(&r1)),
-            hidden(&vread(&r1)),
+            hidden(&vread(&r1)).because("not_found"),
         ),
         case(
             "a citizen reads a registration that does not exist",
             stranger.get("/AuditEvent/nope"),
-            hidden("/AuditEvent/nope"),
+            hidden("/AuditEvent/nope").because("not_found"),
         ),
         case(
             "the sender's supporter reads outside its SOR codes",
             sender_support.get(&read(&r2)),
-            hidden(&read(&r2)),
+            hidden(&read(&r2)).because("not_found"),
         ),
         case(
             "the receiver's supporter reads outside its SOR codes",
             receiver_support.get(&read(&r2)),
-            hidden(&read(&r2)),
+            hidden(&read(&r2)).because("not_found"),
         ),
         case(
             "a supporter vreads outside its SOR codes",
             receiver_support.get(&vread(&r2)),
-            hidden(&vread(&r2)),
+            hidden(&vread(&r2)).because("not_found"),
         ),
         case(
             "another station reads",
             s2.get(&read(&r1)),
-            hidden(&read(&r1)),
+            hidden(&read(&r1)).because("not_found"),
         ),
         case(
             "a station reads another station's",
             s.get(&read(&r2)),
-            hidden(&read(&r2)),
+            hidden(&read(&r2)).because("not_found"),
         ),
         case(
             "a citizen searches another CPR's message",
@@ -2877,7 +3275,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another station's record in the Bundle's envelope",
                 search_req(),
-                gateway("GET", &up_search),
+                gateway("GET", &up_search).because("outside_entries"),
             ),
         ),
         (
@@ -2885,7 +3283,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a searchset labelled text/html",
                 search_req(),
-                gateway("GET", &up_search),
+                gateway("GET", &up_search).because("foreign_resource"),
             ),
         ),
         (
@@ -2897,7 +3295,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a searchset labelled FHIR XML",
                 search_req(),
-                gateway("GET", &up_search),
+                gateway("GET", &up_search).because("foreign_resource"),
             ),
         ),
     ];
@@ -2926,7 +3324,9 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "control: another station's record is 404",
                 read_req("f1"),
-                upstream(404, "not-found", "GET", up_read("f1")).lacks(OTHER),
+                upstream(404, "not-found", "GET", up_read("f1"))
+                    .lacks(OTHER)
+                    .because("not_found"),
             ),
         ),
         (
@@ -2954,7 +3354,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another station's record inside a contained OperationOutcome",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -2970,7 +3370,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a contained Patient",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -2982,7 +3382,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a Patient answered for an AuditEvent read",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -2990,7 +3390,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another record than the one asked for",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -2998,7 +3398,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a read labelled FHIR XML",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3010,7 +3410,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "an OperationOutcome with another station's record for a read",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3024,7 +3424,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a vread with another station's contained",
                 s.get("/AuditEvent/own-1/_history/1"),
-                gateway("GET", "/fhir/AuditEvent/own-1/_history/1"),
+                gateway("GET", "/fhir/AuditEvent/own-1/_history/1").because("foreign_resource"),
             ),
         ),
     ];
@@ -3071,7 +3471,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "another station's record answered for a create",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3079,7 +3479,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a body that is not the resource at Location",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3087,12 +3487,16 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "an older record of the same station",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
             create_answer("", &stamped("n5")),
-            case("no Location", s.create(&body), gateway("POST", up_create)),
+            case(
+                "no Location",
+                s.create(&body),
+                gateway("POST", up_create).because("foreign_resource"),
+            ),
         ),
         (
             create_answer(
@@ -3102,7 +3506,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a Location elsewhere",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3110,7 +3514,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a Location that is not an AuditEvent",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3121,7 +3525,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "an OperationOutcome with another station's record",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3132,7 +3536,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "the created record with another station's contained",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("foreign_resource"),
             ),
         ),
         (
@@ -3146,7 +3550,9 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a conflict naming another station's record",
                 s.create(&body),
-                upstream(400, "invalid", "POST", up_create).lacks(OTHER),
+                upstream(400, "invalid", "POST", up_create)
+                    .lacks(OTHER)
+                    .because("upstream_conflict"),
             ),
         ),
         (
@@ -3160,7 +3566,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "a server error naming another station",
                 s.create(&body),
-                gateway("POST", up_create),
+                gateway("POST", up_create).because("upstream_status"),
             ),
         ),
     ];
@@ -3244,35 +3650,35 @@ async fn adversarial_http2_variants() {
     let cases = vec![
         case("control: search", get("message-id=h2"), station_search("message-id=h2").h2()),
         case("control: create", s.create(&reg), created().h2()),
-        case("_security", get("_security=urn:eds-proxy:label:device-id|other"), invalid().h2()),
-        case("%5Fsecurity", get("%5Fsecurity=x"), invalid().h2()),
-        case("_security:not", get("_security:not=x"), invalid().h2()),
-        case("form: _security in the body", s.form("/AuditEvent/_search", "_security=x"), invalid().h2()),
-        case("_count twice", get("_count=1&_count=2"), invalid().h2()),
-        case("_include:iterate", get("_include:iterate=*"), invalid().h2()),
-        case("_revinclude", get("_revinclude=*"), invalid().h2()),
-        case("chain", get("patient.identifier=x"), invalid().h2()),
-        case("_has", get("_has:AuditEvent:entity:_id=1"), invalid().h2()),
-        case("_format=xml", get("_format=xml"), invalid().h2()),
-        case("compartment", s.get("/Patient/1/AuditEvent"), forbidden().h2()),
-        case("$everything", s.get("/Patient/1/$everything"), forbidden().h2()),
-        case("_history", s.get("/AuditEvent/_history"), forbidden().h2()),
-        case("batch", s.post("", Some(FHIR_JSON), r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"AuditEvent"}}]}"#), forbidden().h2()),
-        case("conditional create", s.create(&reg).header("If-None-Exist", "message-id=h2-msg"), forbidden().h2()),
-        case("If-None-Match on read", s.get("/AuditEvent/1").header("If-None-Match", "*"), forbidden().h2()),
-        case("PUT", s.at("PUT", "/AuditEvent/1").header("Content-Type", FHIR_JSON).body(text.clone()), method_not_allowed().h2()),
-        case("DELETE", s.at("DELETE", "/AuditEvent/1"), method_not_allowed().h2()),
-        case("double slash", s.get("//AuditEvent"), invalid().h2()),
-        case(";jsessionid", s.get("/AuditEvent;jsessionid=1"), invalid().h2()),
-        case("lower-case type", s.get("/auditevent"), forbidden().h2()),
-        case("create XML", s.post("/AuditEvent", Some("application/fhir+xml"), "<AuditEvent/>"), unsupported_media().h2()),
-        case("create over 64 KiB", s.create(&big), too_large().h2()),
-        case("create with duplicate resourceType", s.post("/AuditEvent", Some(FHIR_JSON), format!("{{\"resourceType\":\"Patient\",{}", &text[1..])), invalid().h2()),
-        case("create with a preset label", s.create(&changed(reg.clone(), |r| r["meta"]["security"] = json!([{"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid().h2()),
-        case("a citizen creates", citizen.create(&reg), forbidden().h2()),
-        case("token bound to another certificate", other_cert.get(h.url("AuditEvent?message-id=h2")).bearer_auth(&s.token), bad_token().h2()),
-        case("alg none", s.client.get(h.url("AuditEvent")).bearer_auth(unsigned("none", &json!({"iss": ISSUER}), "")), bad_token().h2()),
-        case("two Authorization headers", s.client.get(h.url("AuditEvent")).header("Authorization", format!("Bearer {}", s.token)).header("Authorization", format!("Bearer {}", s.token)), bad_token().h2()),
+        case("_security", get("_security=urn:eds-proxy:label:device-id|other"), invalid().h2().because("refused_parameter")),
+        case("%5Fsecurity", get("%5Fsecurity=x"), invalid().h2().because("refused_parameter")),
+        case("_security:not", get("_security:not=x"), invalid().h2().because("refused_parameter")),
+        case("form: _security in the body", s.form("/AuditEvent/_search", "_security=x"), invalid().h2().because("refused_parameter")),
+        case("_count twice", get("_count=1&_count=2"), invalid().h2().because("repeated_parameter")),
+        case("_include:iterate", get("_include:iterate=*"), invalid().h2().because("refused_parameter")),
+        case("_revinclude", get("_revinclude=*"), invalid().h2().because("refused_parameter")),
+        case("chain", get("patient.identifier=x"), invalid().h2().because("chained")),
+        case("_has", get("_has:AuditEvent:entity:_id=1"), invalid().h2().because("reverse_chained")),
+        case("_format=xml", get("_format=xml"), invalid().h2().because("format")),
+        case("compartment", s.get("/Patient/1/AuditEvent"), forbidden().h2().because("compartment")),
+        case("$everything", s.get("/Patient/1/$everything"), forbidden().h2().because("operation")),
+        case("_history", s.get("/AuditEvent/_history"), forbidden().h2().because("history")),
+        case("batch", s.post("", Some(FHIR_JSON), r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"AuditEvent"}}]}"#), forbidden().h2().because("batch")),
+        case("conditional create", s.create(&reg).header("If-None-Exist", "message-id=h2-msg"), forbidden().h2().because("conditional_create")),
+        case("If-None-Match on read", s.get("/AuditEvent/1").header("If-None-Match", "*"), forbidden().h2().because("conditional")),
+        case("PUT", s.at("PUT", "/AuditEvent/1").header("Content-Type", FHIR_JSON).body(text.clone()), method_not_allowed().h2().because("write")),
+        case("DELETE", s.at("DELETE", "/AuditEvent/1"), method_not_allowed().h2().because("write")),
+        case("double slash", s.get("//AuditEvent"), invalid().h2().because("dot_segment")),
+        case(";jsessionid", s.get("/AuditEvent;jsessionid=1"), invalid().h2().because("path_characters")),
+        case("lower-case type", s.get("/auditevent"), forbidden().h2().because("resource_type")),
+        case("create XML", s.post("/AuditEvent", Some("application/fhir+xml"), "<AuditEvent/>"), unsupported_media().h2().because("registration_not_json")),
+        case("create over 64 KiB", s.create(&big), too_large().h2().because("too_large")),
+        case("create with duplicate resourceType", s.post("/AuditEvent", Some(FHIR_JSON), format!("{{\"resourceType\":\"Patient\",{}", &text[1..])), invalid().h2().because("not_json")),
+        case("create with a preset label", s.create(&changed(reg.clone(), |r| r["meta"]["security"] = json!([{"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid().h2().because("reserved_label")),
+        case("a citizen creates", citizen.create(&reg), forbidden().h2().because("not_a_station")),
+        case("token bound to another certificate", other_cert.get(h.url("AuditEvent?message-id=h2")).bearer_auth(&s.token), bad_token().h2().because("cnf_mismatch")),
+        case("alg none", s.client.get(h.url("AuditEvent")).bearer_auth(unsigned("none", &json!({"iss": ISSUER}), "")), bad_token().h2().because("algorithm")),
+        case("two Authorization headers", s.client.get(h.url("AuditEvent")).header("Authorization", format!("Bearer {}", s.token)).header("Authorization", format!("Bearer {}", s.token)), bad_token().h2().because("malformed")),
         case("spoofed forwarding headers", get("message-id=h2-fwd")
             .header("X-Forwarded-Host", "evil.example")
             .header("Forwarded", "host=evil.example")
@@ -3332,7 +3738,7 @@ async fn adversarial_overlong_requests() {
             s.client
                 .get(h.url("AuditEvent"))
                 .header("Authorization", format!("Bearer {long_value}")),
-            refused(431, "too-long"),
+            refused(431, "too-long").because("headers_too_large"),
         ),
         case(
             "100 KB _search form",
@@ -3343,7 +3749,7 @@ async fn adversarial_overlong_requests() {
         case(
             "10,000 form parameters that would be a 60 KB upstream URL",
             s.form("/AuditEvent/_search", "_id=1&".repeat(10_000)),
-            refused(414, "too-long"),
+            refused(414, "too-long").because("uri_too_long"),
         ),
         case(
             "a 5 KB URL and a 5 KB form, 10 KB together upstream",
@@ -3351,12 +3757,12 @@ async fn adversarial_overlong_requests() {
                 &format!("/AuditEvent/_search?message-id={}", "u".repeat(5_000)),
                 format!("message-id={}", "f".repeat(5_000)),
             ),
-            refused(414, "too-long"),
+            refused(414, "too-long").because("uri_too_long"),
         ),
         case(
             "101 short parameters",
             s.get(&format!("/AuditEvent?{}", vec!["_id=1"; 101].join("&"))),
-            invalid(),
+            invalid().because("too_many_parameters"),
         ),
         case(
             "60 KB query over HTTP/2",

@@ -291,6 +291,10 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
     ));
     assert!(has(r#""reason":"malformed_request""#));
     assert!(has(r#""reason":"uri_too_long""#));
+    // The access log names the rule that refused, not only the status: the search sent with
+    // both Content-Length and Transfer-Encoding, and the garbage token.
+    assert!(has(r#""reason":"length_and_chunked""#));
+    assert!(has(r#""reason":"malformed""#));
     for template in [
         r#""path":"/fhir/AuditEvent/{id}""#,
         r#""path":"/fhir/AuditEvent/{id}/_history/{vid}""#,

@@ -11,7 +11,7 @@
 use super::privileges;
 use super::scope::{self, Grants};
 use super::token::{EdsClaims, OrgContext};
-use crate::error::Refusal;
+use crate::error::{Forbidden, Refusal};
 
 /// What the principal rules are checked against (from configuration).
 #[derive(Debug, Clone)]
@@ -90,15 +90,13 @@ impl Principal {
 /// Longest identifier accepted in a claim; real ones are far shorter.
 const MAX_IDENTIFIER_LEN: usize = 128;
 
-fn identifier(name: &str, value: Option<&str>) -> Result<String, Refusal> {
+fn identifier(name: &'static str, value: Option<&str>) -> Result<String, Refusal> {
     let v = value.map(str::trim).unwrap_or_default();
     if v.is_empty() {
-        return Err(Refusal::forbidden(format!("the token has no {name} claim")));
+        return Err(Refusal::Forbidden(Forbidden::MissingClaim { claim: name }));
     }
     if v.len() > MAX_IDENTIFIER_LEN || v.chars().any(char::is_control) {
-        return Err(Refusal::forbidden(format!(
-            "the token's {name} claim is not a valid identifier"
-        )));
+        return Err(Refusal::Forbidden(Forbidden::InvalidClaim { claim: name }));
     }
     Ok(v.to_string())
 }
@@ -114,35 +112,25 @@ pub fn principal_from_claims(
 ) -> Result<Principal, Refusal> {
     let scopes = scope::parse(&claims.scope);
     if !scopes.eds {
-        return Err(Refusal::forbidden(
-            "the token is not issued for EDS (scope EDS missing)",
-        ));
+        return Err(Refusal::Forbidden(Forbidden::NotForEds));
     }
     match (scopes.system.any(), scopes.user.any()) {
-        (true, true) => Err(Refusal::forbidden(
-            "the token carries both system and user AuditEvent scopes",
-        )),
+        (true, true) => Err(Refusal::Forbidden(Forbidden::MixedScopes)),
         (true, false) => station(claims, &scopes),
         (false, true) => user(claims, scopes.user, policy),
-        (false, false) => Err(Refusal::forbidden(
-            "the token grants no EDS AuditEvent access (system/AuditEvent.crs or user/AuditEvent.rs)",
-        )),
+        (false, false) => Err(Refusal::Forbidden(Forbidden::NoAccessScope)),
     }
 }
 
 fn station(claims: &EdsClaims, scopes: &scope::Scopes) -> Result<Principal, Refusal> {
     let device_id = identifier("ehmi:eer:device_id", claims.device_id.as_deref())?;
     if scopes.sor.len() > 1 || scopes.gln.len() > 1 {
-        return Err(Refusal::forbidden(
-            "a station token is issued for one organisational context: at most one SOR: and one GLN: scope",
-        ));
+        return Err(Refusal::Forbidden(Forbidden::SeveralOrgScopes));
     }
     let org = match &claims.org_context {
         None => {
             if !scopes.sor.is_empty() || !scopes.gln.is_empty() {
-                return Err(Refusal::forbidden(
-                    "SOR:/GLN: scopes without an ehmi:org_context claim",
-                ));
+                return Err(Refusal::Forbidden(Forbidden::OrgScopesWithoutContext));
             }
             None
         }
@@ -152,9 +140,7 @@ fn station(claims: &EdsClaims, scopes: &scope::Scopes) -> Result<Principal, Refu
             let scoped_sor = scopes.sor.first().map(String::as_str);
             let scoped_gln = scopes.gln.first().map(String::as_str);
             if scoped_sor.is_some_and(|s| s != sor) || scoped_gln.is_some_and(|g| g != gln) {
-                return Err(Refusal::forbidden(
-                    "the token's SOR:/GLN: scopes do not match its ehmi:org_context",
-                ));
+                return Err(Refusal::Forbidden(Forbidden::OrgScopesMismatch));
             }
             // Registration needs both scopes present and equal to the org context.
             (scoped_sor.is_some() && scoped_gln.is_some()).then(|| OrgContext {
@@ -186,9 +172,7 @@ fn user(
         .as_deref()
         .is_some_and(|a| policy.accepted_acr.iter().any(|x| x == a));
     if !acr_ok {
-        return Err(Refusal::forbidden(
-            "user access to EDS requires NSIS assurance level Substantial or higher (acr)",
-        ));
+        return Err(Refusal::Forbidden(Forbidden::AssuranceTooLow));
     }
     if claims.cvr.is_some() {
         let cvr = identifier("cvr", claims.cvr.as_deref())?;
@@ -202,9 +186,7 @@ fn user(
             return Ok(Principal::Supporter { cvr, grants });
         }
         if claims.cpr.is_none() {
-            return Err(Refusal::forbidden(
-                "the token's priv claim does not grant the EDS supporter role for its cvr",
-            ));
+            return Err(Refusal::Forbidden(Forbidden::NoSupporterRole));
         }
     }
     let cpr = identifier("cpr", claims.cpr.as_deref())?;
@@ -267,38 +249,59 @@ mod tests {
 
     #[test]
     fn station_refusals() {
-        let cases: Vec<(&str, serde_json::Value)> = vec![
+        let cases: Vec<(&str, serde_json::Value, Forbidden)> = vec![
             (
                 "no EDS scope",
                 json!({"scope": "system/AuditEvent.crs SOR:111 GLN:222"}),
+                Forbidden::NotForEds,
             ),
-            ("no device id", json!({"ehmi:eer:device_id": null})),
-            ("empty device id", json!({"ehmi:eer:device_id": " "})),
+            (
+                "no device id",
+                json!({"ehmi:eer:device_id": null}),
+                Forbidden::MissingClaim {
+                    claim: "ehmi:eer:device_id",
+                },
+            ),
+            (
+                "empty device id",
+                json!({"ehmi:eer:device_id": " "}),
+                Forbidden::MissingClaim {
+                    claim: "ehmi:eer:device_id",
+                },
+            ),
             (
                 "SOR mismatch",
                 json!({"scope": "EDS system/AuditEvent.crs SOR:999 GLN:222"}),
+                Forbidden::OrgScopesMismatch,
             ),
             (
                 "GLN mismatch",
                 json!({"scope": "EDS system/AuditEvent.crs SOR:111 GLN:999"}),
+                Forbidden::OrgScopesMismatch,
             ),
             (
                 "two SOR scopes",
                 json!({"scope": "EDS system/AuditEvent.crs SOR:111 SOR:112 GLN:222"}),
+                Forbidden::SeveralOrgScopes,
             ),
             (
                 "system and user",
                 json!({"scope": "EDS system/AuditEvent.crs user/AuditEvent.rs SOR:111 GLN:222"}),
+                Forbidden::MixedScopes,
             ),
-            ("wildcard only", json!({"scope": "EDS system/*.crs"})),
+            (
+                "wildcard only",
+                json!({"scope": "EDS system/*.crs"}),
+                Forbidden::NoAccessScope,
+            ),
         ];
-        for (name, patch) in cases {
+        for (name, patch, why) in cases {
             let mut c = station_claims();
             for (k, v) in patch.as_object().unwrap() {
                 c[k] = v.clone();
             }
             let r = principal_from_claims(&claims(c), &policy());
-            assert!(matches!(r, Err(Refusal::Forbidden(_))), "{name}: {r:?}");
+            assert_eq!(r, Err(Refusal::Forbidden(why)), "{name}");
         }
     }
 
@@ -306,7 +309,10 @@ mod tests {
     fn org_scopes_without_org_context_are_refused() {
         let mut c = station_claims();
         c.as_object_mut().unwrap().remove("ehmi:org_context");
-        assert!(principal_from_claims(&claims(c), &policy()).is_err());
+        assert_eq!(
+            principal_from_claims(&claims(c), &policy()),
+            Err(Refusal::Forbidden(Forbidden::OrgScopesWithoutContext))
+        );
     }
 
     #[test]
@@ -332,7 +338,10 @@ mod tests {
         ] {
             let low =
                 claims(json!({"scope": "EDS user/AuditEvent.rs", "cpr": "0101701234", "acr": acr}));
-            assert!(principal_from_claims(&low, &policy()).is_err());
+            assert_eq!(
+                principal_from_claims(&low, &policy()),
+                Err(Refusal::Forbidden(Forbidden::AssuranceTooLow))
+            );
         }
     }
 
@@ -364,12 +373,18 @@ mod tests {
         let c = claims(
             json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL, "priv": priv_other}),
         );
-        assert!(principal_from_claims(&c, &policy()).is_err());
+        assert_eq!(
+            principal_from_claims(&c, &policy()),
+            Err(Refusal::Forbidden(Forbidden::NoSupporterRole))
+        );
 
         let c = claims(
             json!({"scope": "EDS user/AuditEvent.rs", "cvr": "12345678", "acr": NSIS_SUBSTANTIAL}),
         );
-        assert!(principal_from_claims(&c, &policy()).is_err());
+        assert_eq!(
+            principal_from_claims(&c, &policy()),
+            Err(Refusal::Forbidden(Forbidden::NoSupporterRole))
+        );
     }
 
     #[test]

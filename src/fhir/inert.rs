@@ -31,7 +31,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use crate::error::Refusal;
+use crate::error::{Invalid, Refusal};
 
 /// Extension URL prefixes a registration may use: the EDS IG's own and HL7's core extensions.
 /// Anything else may be an extension the FHIR server itself acts on.
@@ -60,7 +60,7 @@ pub fn is_fhir_id(s: &str) -> bool {
 /// JSON path (never its value, which may be personal data).
 pub fn check_inert(resource: &Value) -> Result<(), Refusal> {
     let Some(top) = resource.as_object() else {
-        return Err(Refusal::invalid("the body is not a JSON object"));
+        return Err(Refusal::Invalid(Invalid::NotAnObject));
     };
     let contained_ids = contained_ids(top)?;
     check_meta(top.get("meta"))?;
@@ -76,20 +76,16 @@ fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
     };
     let meta = meta
         .as_object()
-        .ok_or_else(|| Refusal::invalid("meta must be an object"))?;
+        .ok_or(Refusal::Invalid(Invalid::MetaNotObject))?;
     let non_empty = |name: &str| {
         meta.get(name)
             .is_some_and(|v| !v.as_array().is_some_and(Vec::is_empty))
     };
     if non_empty("tag") {
-        return Err(Refusal::invalid(
-            "meta.tag is not accepted: tags are shared server state, visible on other records",
-        ));
+        return Err(Refusal::Invalid(Invalid::MetaTag));
     }
     if non_empty("security") {
-        return Err(Refusal::invalid(
-            "meta.security is set by the proxy, not the client",
-        ));
+        return Err(Refusal::Invalid(Invalid::ClientSecurity));
     }
     let profiles_ok = meta.get("profile").is_none_or(|p| {
         p.as_array().is_some_and(|ps| {
@@ -106,9 +102,7 @@ fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
         })
     });
     if !profiles_ok {
-        return Err(Refusal::invalid(
-            "meta.profile may only name the EDS profiles",
-        ));
+        return Err(Refusal::Invalid(Invalid::ForeignProfile));
     }
     Ok(())
 }
@@ -142,30 +136,25 @@ fn contained_ids(top: &Map<String, Value>) -> Result<HashSet<&str>, Refusal> {
     };
     let items = contained
         .as_array()
-        .ok_or_else(|| Refusal::invalid("contained must be an array of resources"))?;
+        .ok_or(Refusal::Invalid(Invalid::ContainedNotArray))?;
     for item in items {
         let kind = item.get("resourceType").and_then(Value::as_str);
         if !kind.is_some_and(|k| ALLOWED_CONTAINED_TYPES.contains(&k)) {
-            return Err(Refusal::invalid(format!(
-                "contained resources may only be of type {}",
-                ALLOWED_CONTAINED_TYPES.join(", ")
-            )));
+            return Err(Refusal::Invalid(Invalid::ContainedType));
         }
         let id = item
             .get("id")
             .and_then(Value::as_str)
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| Refusal::invalid("every contained resource needs an id"))?;
+            .ok_or(Refusal::Invalid(Invalid::ContainedWithoutId))?;
         if !is_fhir_id(id) {
-            return Err(Refusal::invalid(
-                "a contained resource's id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)",
-            ));
+            return Err(Refusal::Invalid(Invalid::ContainedIdMalformed));
         }
         if item.get("meta").is_some() {
-            return Err(Refusal::invalid("contained resources may not carry meta"));
+            return Err(Refusal::Invalid(Invalid::ContainedMeta));
         }
         if !ids.insert(id) {
-            return Err(Refusal::invalid("two contained resources have the same id"));
+            return Err(Refusal::Invalid(Invalid::ContainedIdTwice));
         }
     }
     Ok(ids)
@@ -186,9 +175,9 @@ enum Place {
 
 fn walk(value: &Value, path: &str, ids: &HashSet<&str>, place: Place) -> Result<(), Refusal> {
     match value {
-        Value::Number(n) if n.is_f64() => Err(Refusal::invalid(format!(
-            "{path}: numbers in decimal or exponent form are not accepted: they would not reach the FHIR server exactly"
-        ))),
+        Value::Number(n) if n.is_f64() => Err(Refusal::Invalid(Invalid::Decimal {
+            path: path.to_string(),
+        })),
         Value::Array(items) => items
             .iter()
             .try_for_each(|item| walk(item, path, ids, place)),
@@ -202,9 +191,9 @@ fn walk(value: &Value, path: &str, ids: &HashSet<&str>, place: Place) -> Result<
                 match name.as_str() {
                     "reference" => check_reference(member, &here, ids)?,
                     "contained" if place != Place::Top => {
-                        return Err(Refusal::invalid(format!(
-                            "{here}: contained resources may only appear at the top level"
-                        )))
+                        return Err(Refusal::Invalid(Invalid::NestedContained {
+                            path: here.to_string(),
+                        }))
                     }
                     "contained" => walk(member, &here, ids, Place::Contained)?,
                     "extension" | "modifierExtension" => {
@@ -228,14 +217,15 @@ fn walk(value: &Value, path: &str, ids: &HashSet<&str>, place: Place) -> Result<
 
 fn check_reference(value: &Value, path: &str, ids: &HashSet<&str>) -> Result<(), Refusal> {
     let Some(reference) = value.as_str() else {
-        return Err(Refusal::invalid(format!("{path} must be a string")));
+        return Err(Refusal::Invalid(Invalid::NotAString {
+            path: path.to_string(),
+        }));
     };
     match reference.strip_prefix('#') {
         Some(id) if is_fhir_id(id) && ids.contains(id) => Ok(()),
-        _ => Err(Refusal::invalid(format!(
-            "{path}: only local references (#id) to a contained resource are accepted; \
-             the FHIR server would resolve any other reference outside the caller's access"
-        ))),
+        _ => Err(Refusal::Invalid(Invalid::ResolvableReference {
+            path: path.to_string(),
+        })),
     }
 }
 
@@ -243,7 +233,9 @@ fn check_reference(value: &Value, path: &str, ids: &HashSet<&str>) -> Result<(),
 /// the parts of a complex extension (inside another extension).
 fn check_extensions(value: &Value, path: &str, place: Place) -> Result<(), Refusal> {
     let Some(items) = value.as_array() else {
-        return Err(Refusal::invalid(format!("{path} must be an array")));
+        return Err(Refusal::Invalid(Invalid::NotAnArray {
+            path: path.to_string(),
+        }));
     };
     for item in items {
         let url = item.get("url").and_then(Value::as_str).unwrap_or_default();
@@ -252,9 +244,9 @@ fn check_extensions(value: &Value, path: &str, place: Place) -> Result<(), Refus
             .any(|p| url.len() > p.len() && url.starts_with(p))
             || (place == Place::Extension && is_part_name(url));
         if !allowed {
-            return Err(Refusal::invalid(format!(
-                "{path}: extensions other than the EDS IG's and HL7 core extensions are not accepted"
-            )));
+            return Err(Refusal::Invalid(Invalid::ForeignExtension {
+                path: path.to_string(),
+            }));
         }
     }
     Ok(())
@@ -291,7 +283,7 @@ mod tests {
 
     fn refused(v: &Value) -> String {
         match check_inert(v) {
-            Err(Refusal::Invalid(m)) => m,
+            Err(Refusal::Invalid(m)) => m.message(),
             other => panic!("expected Invalid, got {other:?} for {v}"),
         }
     }
@@ -425,7 +417,16 @@ mod tests {
             let mut v = example();
             v["contained"][0]["id"] = json!(id);
             v["source"]["observer"]["reference"] = json!(format!("#{id}"));
-            assert!(check_inert(&v).is_err(), "{id:?}");
+            assert_eq!(
+                check_inert(&v),
+                Err(Refusal::Invalid(if id.is_empty() {
+                    // An empty id is no id at all.
+                    Invalid::ContainedWithoutId
+                } else {
+                    Invalid::ContainedIdMalformed
+                })),
+                "{id:?}"
+            );
         }
         assert!(is_fhir_id("Cura-EUA.1") && is_fhir_id(&"x".repeat(64)));
     }

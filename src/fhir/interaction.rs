@@ -1,7 +1,7 @@
 //! Classify an HTTP request into the one FHIR interaction it is, or refuse it. Deny by
 //! default: only the forms listed in DESIGN §1.4 get through.
 
-use crate::error::Refusal;
+use crate::error::{Forbidden, Invalid, MethodNotAllowed, Refusal, UnsupportedMediaType};
 use crate::fhir::paging::{self, PageRequest};
 use crate::fhir::query::{self, SearchQuery};
 
@@ -74,15 +74,11 @@ pub fn classify(
     match segments.as_slice() {
         [] => {
             if method != "GET" {
-                return Err(Refusal::forbidden(
-                    "batch and transaction bundles are not allowed; paging links are GET only",
-                ));
+                return Err(Refusal::Forbidden(Forbidden::Batch));
             }
             let pairs = query::decode_pairs(raw_query);
             if !pairs.iter().any(|(n, _)| n == "_getpages") {
-                return Err(Refusal::forbidden(
-                    "system-level interactions are not allowed",
-                ));
+                return Err(Refusal::Forbidden(Forbidden::SystemInteraction));
             }
             refuse_conditional(req)?;
             Ok(Interaction::Page(paging::parse_page_request(
@@ -94,9 +90,7 @@ pub fn classify(
                 check_format_only(raw_query)?;
                 Ok(Interaction::Capabilities)
             }
-            _ => Err(Refusal::MethodNotAllowed(
-                "only GET is allowed on /metadata".into(),
-            )),
+            _ => Err(Refusal::MethodNotAllowed(MethodNotAllowed::Metadata)),
         },
         [RESOURCE] => match method {
             "GET" => {
@@ -108,20 +102,18 @@ pub fn classify(
             }
             "POST" => {
                 if req.conditional {
-                    return Err(Refusal::forbidden(
-                        "conditional create (If-None-Exist) is not allowed",
-                    ));
+                    return Err(Refusal::Forbidden(Forbidden::ConditionalCreate));
                 }
                 check_format_only(raw_query)?;
                 require_json(req.content_type)?;
                 Ok(Interaction::Create)
             }
             "PUT" | "PATCH" | "DELETE" => Err(Refusal::MethodNotAllowed(
-                "conditional update, patch and delete are not allowed".into(),
+                MethodNotAllowed::ConditionalWrite,
             )),
-            _ => Err(Refusal::MethodNotAllowed(format!(
-                "{method} is not allowed on AuditEvent"
-            ))),
+            _ => Err(Refusal::MethodNotAllowed(MethodNotAllowed::OnType {
+                method: method.to_string(),
+            })),
         },
         [RESOURCE, "_search"] => match method {
             "POST" => {
@@ -129,18 +121,16 @@ pub fn classify(
                 let form = req.content_type.map(media_type);
                 if form != Some("application/x-www-form-urlencoded") {
                     return Err(Refusal::UnsupportedMediaType(
-                        "POST _search needs an application/x-www-form-urlencoded body".into(),
+                        UnsupportedMediaType::SearchForm,
                     ));
                 }
                 let body = std::str::from_utf8(req.body)
-                    .map_err(|_| Refusal::invalid("the search form is not UTF-8"))?;
+                    .map_err(|_| Refusal::Invalid(Invalid::FormNotUtf8))?;
                 let mut pairs = query::decode_pairs(raw_query);
                 pairs.extend(query::decode_pairs(body));
                 Ok(Interaction::Search(query::parse_search(&pairs, max_count)?))
             }
-            _ => Err(Refusal::MethodNotAllowed(
-                "only POST is allowed on _search".into(),
-            )),
+            _ => Err(Refusal::MethodNotAllowed(MethodNotAllowed::Search)),
         },
         [RESOURCE, id] if !id.starts_with('$') && !id.starts_with('_') => match method {
             "GET" => {
@@ -151,12 +141,10 @@ pub fn classify(
                     version: None,
                 })
             }
-            "PUT" | "PATCH" | "DELETE" => Err(Refusal::MethodNotAllowed(
-                "update, patch and delete are not allowed".into(),
-            )),
-            _ => Err(Refusal::MethodNotAllowed(format!(
-                "{method} is not allowed here"
-            ))),
+            "PUT" | "PATCH" | "DELETE" => Err(Refusal::MethodNotAllowed(MethodNotAllowed::Write)),
+            _ => Err(Refusal::MethodNotAllowed(MethodNotAllowed::OnInstance {
+                method: method.to_string(),
+            })),
         },
         [RESOURCE, id, "_history", vid] if !id.starts_with('$') => match method {
             "GET" => {
@@ -167,23 +155,19 @@ pub fn classify(
                     version: Some(valid_id(vid)?),
                 })
             }
-            _ => Err(Refusal::MethodNotAllowed(format!(
-                "{method} is not allowed here"
-            ))),
+            _ => Err(Refusal::MethodNotAllowed(MethodNotAllowed::OnInstance {
+                method: method.to_string(),
+            })),
         },
         segs if segs.iter().any(|s| s.starts_with('$')) => {
-            Err(Refusal::forbidden("FHIR operations ($…) are not allowed"))
+            Err(Refusal::Forbidden(Forbidden::Operation))
         }
-        segs if segs.contains(&"_history") => {
-            Err(Refusal::forbidden("history interactions are not allowed"))
-        }
-        [RESOURCE, ..] => Err(Refusal::forbidden(
-            "this AuditEvent interaction is not allowed",
-        )),
+        segs if segs.contains(&"_history") => Err(Refusal::Forbidden(Forbidden::History)),
+        [RESOURCE, ..] => Err(Refusal::Forbidden(Forbidden::Interaction)),
         [_, _, ..] if segs_is_compartment(&segments) => {
-            Err(Refusal::forbidden("compartment searches are not allowed"))
+            Err(Refusal::Forbidden(Forbidden::Compartment))
         }
-        _ => Err(Refusal::forbidden("only AuditEvent is served here")),
+        _ => Err(Refusal::Forbidden(Forbidden::ResourceType)),
     }
 }
 
@@ -195,12 +179,12 @@ fn strip_base<'a>(path: &'a str, base_path: &str) -> Result<&'a str, Refusal> {
     let base = base_path.trim_end_matches('/');
     let rest = path
         .strip_prefix(base)
-        .ok_or_else(|| Refusal::forbidden("unknown path"))?;
+        .ok_or(Refusal::Forbidden(Forbidden::UnknownPath))?;
     if rest.is_empty() || rest == "/" {
         return Ok("");
     }
     rest.strip_prefix('/')
-        .ok_or_else(|| Refusal::forbidden("unknown path"))
+        .ok_or(Refusal::Forbidden(Forbidden::UnknownPath))
 }
 
 /// Refuse anything a path normaliser could read two ways: encodings, empty or dot segments,
@@ -213,14 +197,10 @@ fn split_segments(relative: &str) -> Result<Vec<&str>, Refusal> {
     let segments: Vec<&str> = relative.split('/').collect();
     for s in &segments {
         if s.is_empty() || *s == "." || *s == ".." {
-            return Err(Refusal::invalid(
-                "empty or dot segments are not allowed in the path",
-            ));
+            return Err(Refusal::Invalid(Invalid::DotSegment));
         }
         if s.contains(['%', '\\', ';']) || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(Refusal::invalid(
-                "encoded or special characters are not allowed in the path",
-            ));
+            return Err(Refusal::Invalid(Invalid::PathCharacters));
         }
     }
     Ok(segments)
@@ -236,13 +216,13 @@ fn valid_id(id: &str) -> Result<String, Refusal> {
     if ok {
         Ok(id.to_string())
     } else {
-        Err(Refusal::invalid("malformed resource id"))
+        Err(Refusal::Invalid(Invalid::MalformedId))
     }
 }
 
 fn refuse_conditional(req: &RequestParts<'_>) -> Result<(), Refusal> {
     if req.conditional {
-        return Err(Refusal::forbidden("conditional requests are not allowed"));
+        return Err(Refusal::Forbidden(Forbidden::Conditional));
     }
     Ok(())
 }
@@ -253,11 +233,7 @@ fn check_format_only(raw_query: &str) -> Result<(), Refusal> {
         match name.as_str() {
             "_format" => query::check_format(&value)?,
             "_pretty" => query::check_bool(&name, &value)?,
-            _ => {
-                return Err(Refusal::invalid(format!(
-                    "`{name}` is not allowed on this interaction"
-                )))
-            }
+            _ => return Err(Refusal::Invalid(Invalid::InteractionParameter { name })),
         }
     }
     Ok(())
@@ -278,7 +254,7 @@ fn require_json(content_type: Option<&str>) -> Result<(), Refusal> {
             Ok(())
         }
         _ => Err(Refusal::UnsupportedMediaType(
-            "registrations must be sent as application/fhir+json".into(),
+            UnsupportedMediaType::Registration,
         )),
     }
 }
@@ -346,47 +322,66 @@ mod tests {
     #[test]
     fn denied_forms() {
         let cases = [
-            req("POST", "/fhir", None),
-            req("POST", "/fhir/", None),
-            req("GET", "/fhir", None),
-            req("POST", "/fhir", Some("_getpages=abc&_eds_sig=x")),
-            req("GET", "/fhir/Patient", None),
-            req("GET", "/fhir/Patient/1/AuditEvent", None),
-            req("GET", "/fhir/Patient/1/$everything", None),
-            req("GET", "/fhir/AuditEvent/$meta", None),
-            req("POST", "/fhir/AuditEvent/$validate", None),
-            req("GET", "/fhir/AuditEvent/1/$meta", None),
-            req("GET", "/fhir/AuditEvent/_history", None),
-            req("GET", "/fhir/AuditEvent/1/_history", None),
-            req("GET", "/fhir/_history", None),
-            req("PUT", "/fhir/AuditEvent/1", None),
-            req("PATCH", "/fhir/AuditEvent/1", None),
-            req("DELETE", "/fhir/AuditEvent/1", None),
-            req("DELETE", "/fhir/AuditEvent", Some("_id=1")),
-            req("PUT", "/fhir/AuditEvent", Some("_id=1")),
-            req("HEAD", "/fhir/AuditEvent", None),
-            req("GET", "/fhir//AuditEvent", None),
-            req("GET", "/fhir/./AuditEvent", None),
-            req("GET", "/fhir/x/../AuditEvent", None),
-            req("GET", "/fhir/Audit%45vent", None),
-            req("GET", "/fhir/auditevent", None),
-            req("GET", "/fhir/AuditEvent;x=1", None),
-            req("GET", "/other/AuditEvent", None),
-            req("GET", "/fhirAuditEvent", None),
-            req("GET", "/fhir/AuditEvent/a_b", None),
-            req("GET", "/fhir/AuditEvent/1", Some("_include=x")),
-            req("GET", "/fhir/metadata", Some("mode=full")),
-            req("POST", "/fhir/AuditEvent", None),
-            req("GET", "/fhir/AuditEvent/_search", None),
+            (req("POST", "/fhir", None), "batch"),
+            (req("POST", "/fhir/", None), "batch"),
+            (req("GET", "/fhir", None), "system_interaction"),
+            (
+                req("POST", "/fhir", Some("_getpages=abc&_eds_sig=x")),
+                "batch",
+            ),
+            (req("GET", "/fhir/Patient", None), "resource_type"),
+            (
+                req("GET", "/fhir/Patient/1/AuditEvent", None),
+                "compartment",
+            ),
+            (req("GET", "/fhir/Patient/1/$everything", None), "operation"),
+            (req("GET", "/fhir/AuditEvent/$meta", None), "operation"),
+            (req("POST", "/fhir/AuditEvent/$validate", None), "operation"),
+            (req("GET", "/fhir/AuditEvent/1/$meta", None), "operation"),
+            (req("GET", "/fhir/AuditEvent/_history", None), "history"),
+            (req("GET", "/fhir/AuditEvent/1/_history", None), "history"),
+            (req("GET", "/fhir/_history", None), "history"),
+            (req("PUT", "/fhir/AuditEvent/1", None), "write"),
+            (req("PATCH", "/fhir/AuditEvent/1", None), "write"),
+            (req("DELETE", "/fhir/AuditEvent/1", None), "write"),
+            (
+                req("DELETE", "/fhir/AuditEvent", Some("_id=1")),
+                "conditional_write",
+            ),
+            (
+                req("PUT", "/fhir/AuditEvent", Some("_id=1")),
+                "conditional_write",
+            ),
+            (req("HEAD", "/fhir/AuditEvent", None), "method_on_type"),
+            (req("GET", "/fhir//AuditEvent", None), "dot_segment"),
+            (req("GET", "/fhir/./AuditEvent", None), "dot_segment"),
+            (req("GET", "/fhir/x/../AuditEvent", None), "dot_segment"),
+            (req("GET", "/fhir/Audit%45vent", None), "path_characters"),
+            (req("GET", "/fhir/auditevent", None), "resource_type"),
+            (req("GET", "/fhir/AuditEvent;x=1", None), "path_characters"),
+            (req("GET", "/other/AuditEvent", None), "unknown_path"),
+            (req("GET", "/fhirAuditEvent", None), "unknown_path"),
+            (req("GET", "/fhir/AuditEvent/a_b", None), "malformed_id"),
+            (
+                req("GET", "/fhir/AuditEvent/1", Some("_include=x")),
+                "interaction_parameter",
+            ),
+            (
+                req("GET", "/fhir/metadata", Some("mode=full")),
+                "interaction_parameter",
+            ),
+            (
+                req("POST", "/fhir/AuditEvent", None),
+                "registration_not_json",
+            ),
+            (
+                req("GET", "/fhir/AuditEvent/_search", None),
+                "search_post_only",
+            ),
         ];
-        for r in cases {
-            assert!(
-                classify_(r).is_err(),
-                "{} {} {:?} was allowed",
-                r.method,
-                r.path,
-                r.query
-            );
+        for (r, why) in cases {
+            let what = format!("{} {} {:?}", r.method, r.path, r.query);
+            assert_eq!(classify_(r).map_err(|e| e.reason()), Err(why), "{what}");
         }
     }
 
@@ -395,20 +390,28 @@ mod tests {
         let mut create = req("POST", "/fhir/AuditEvent", None);
         create.content_type = Some("application/fhir+json");
         create.conditional = true;
-        assert!(matches!(classify_(create), Err(Refusal::Forbidden(_))));
+        assert_eq!(
+            classify_(create),
+            Err(Refusal::Forbidden(Forbidden::ConditionalCreate))
+        );
         let mut read = req("GET", "/fhir/AuditEvent/1", None);
         read.conditional = true;
-        assert!(classify_(read).is_err());
+        assert_eq!(
+            classify_(read),
+            Err(Refusal::Forbidden(Forbidden::Conditional))
+        );
     }
 
     #[test]
     fn non_json_create_is_415() {
         let mut create = req("POST", "/fhir/AuditEvent", None);
         create.content_type = Some("application/fhir+xml");
-        assert!(matches!(
+        assert_eq!(
             classify_(create),
-            Err(Refusal::UnsupportedMediaType(_))
-        ));
+            Err(Refusal::UnsupportedMediaType(
+                UnsupportedMediaType::Registration
+            ))
+        );
     }
 
     #[test]
@@ -416,9 +419,17 @@ mod tests {
         let mut search = req("POST", "/fhir/AuditEvent/_search", None);
         search.content_type = Some("application/x-www-form-urlencoded");
         search.body = b"_security=urn:eds-proxy:label:cpr|1";
-        assert!(classify_(search).is_err());
+        assert_eq!(
+            classify_(search).map_err(|e| e.reason()),
+            Err("refused_parameter")
+        );
         search.body = b"_include=AuditEvent:patient";
-        assert!(classify_(search).is_err());
+        assert_eq!(
+            classify_(search),
+            Err(Refusal::Invalid(Invalid::RefusedParameter {
+                why: "_include is not allowed"
+            }))
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::auth::principal::Principal;
 use crate::cvr_directory::CvrDirectory;
-use crate::error::Refusal;
+use crate::error::{Forbidden, Refusal};
 use crate::fhir::response::{find_resources, Found};
 
 /// An access label: a `meta.security` Coding the proxy stamps on a registration and a
@@ -118,9 +118,7 @@ impl Constraint {
             Principal::Supporter { cvr, .. } => {
                 let sors = directory.sor_codes(cvr);
                 if sors.is_empty() {
-                    return Err(Refusal::forbidden(
-                        "no SOR codes are known for the token's cvr in the CVR directory",
-                    ));
+                    return Err(Refusal::Forbidden(Forbidden::UnknownCvr));
                 }
                 sors.iter().map(|s| systems.sor(s)).collect()
             }
@@ -268,7 +266,10 @@ mod tests {
             cvr: "99999999".into(),
             grants: Grants::default(),
         };
-        assert!(Constraint::for_principal(&unknown, &systems(), &dir).is_err());
+        assert_eq!(
+            Constraint::for_principal(&unknown, &systems(), &dir).map_err(|e| e.reason()),
+            Err("unknown_cvr")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::Refusal;
+use crate::error::{Forbidden, Invalid, Refusal};
 use crate::fhir::query;
 
 /// Query parameter carrying a page handle's signature next to `_getpages`.
@@ -61,7 +61,7 @@ impl PageSigner {
 
     /// Constant-time check of a handle's signature for this principal.
     pub fn verify(&self, principal_key: &str, page: &PageRequest) -> Result<(), Refusal> {
-        let refused = || Refusal::forbidden("this paging link was not issued to the caller");
+        let refused = || Refusal::Forbidden(Forbidden::PageNotIssued);
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&page.signature)
             .map_err(|_| refused())?;
@@ -81,7 +81,7 @@ pub fn parse_page_request(
     let mut count = None;
     let mut signature = None;
     for (name, value) in pairs {
-        let slot_taken = || Refusal::invalid(format!("{name} may appear only once"));
+        let slot_taken = || Refusal::Invalid(Invalid::RepeatedParameter { name: name.clone() });
         match name.as_str() {
             "_getpages" => {
                 if id.replace(value.clone()).is_some() {
@@ -91,7 +91,7 @@ pub fn parse_page_request(
             "_getpagesoffset" => {
                 let v = value
                     .parse::<u32>()
-                    .map_err(|_| Refusal::invalid("_getpagesoffset must be a number"))?;
+                    .map_err(|_| Refusal::Invalid(Invalid::PageOffset))?;
                 if offset.replace(v).is_some() {
                     return Err(slot_taken());
                 }
@@ -113,19 +113,18 @@ pub fn parse_page_request(
             "_format" => query::check_format(value)?,
             "_pretty" => query::check_bool(name, value)?,
             _ => {
-                return Err(Refusal::invalid(format!(
-                    "`{name}` is not allowed on a paging request"
-                )))
+                return Err(Refusal::Invalid(Invalid::PageParameter {
+                    name: name.clone(),
+                }))
             }
         }
     }
-    let id = id.ok_or_else(|| Refusal::invalid("_getpages is missing"))?;
+    let id = id.ok_or(Refusal::Invalid(Invalid::PageHandleMissing))?;
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(Refusal::invalid("malformed _getpages handle"));
+        return Err(Refusal::Invalid(Invalid::PageHandleMalformed));
     }
-    let signature = signature
-        .ok_or_else(|| Refusal::forbidden("paging links must carry the proxy's signature"))?;
+    let signature = signature.ok_or(Refusal::Forbidden(Forbidden::PageUnsigned))?;
     Ok(PageRequest {
         id,
         offset,
@@ -176,18 +175,26 @@ mod tests {
         assert!(s
             .verify("station\0dev-1", &request("abc-123", &sig))
             .is_ok());
-        assert!(s
-            .verify("station\0dev-2", &request("abc-123", &sig))
-            .is_err());
-        assert!(s
-            .verify("station\0dev-1", &request("abc-124", &sig))
-            .is_err());
-        assert!(s
-            .verify("station\0dev-1", &request("abc-123", "AAAA"))
-            .is_err());
-        assert!(s
-            .verify("station\0dev-1", &request("abc-123", "!!"))
-            .is_err());
+        assert!(
+            s.verify("station\0dev-2", &request("abc-123", &sig))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
+        assert!(
+            s.verify("station\0dev-1", &request("abc-124", &sig))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
+        assert!(
+            s.verify("station\0dev-1", &request("abc-123", "AAAA"))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
+        assert!(
+            s.verify("station\0dev-1", &request("abc-123", "!!"))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
     }
 
     #[test]
@@ -197,24 +204,31 @@ mod tests {
             .verify("citizen\u{0}0101701234", &request("p1", &sig))
             .is_ok());
         let other = PageSigner::new(b"another secret of thirty-two bytes!!".to_vec());
-        assert!(other
-            .verify("citizen\u{0}0101701234", &request("p1", &sig))
-            .is_err());
+        assert!(
+            other
+                .verify("citizen\u{0}0101701234", &request("p1", &sig))
+                .map_err(|e| e.reason())
+                == Err("page_not_issued")
+        );
     }
 
     #[test]
     fn paging_requests_are_strict() {
-        for q in [
-            "_getpages=a",
-            "_getpages=a&_eds_sig=x&_getpages=b",
-            "_getpages=a&_eds_sig=x&message-id=1",
-            "_getpages=a&_eds_sig=x&_security=x",
-            "_getpages=a/b&_eds_sig=x",
-            "_getpages=&_eds_sig=x",
-            "_getpages=a&_eds_sig=x&_bundletype=batch",
-            "_getpages=a&_eds_sig=x&_format=xml",
+        for (q, why) in [
+            ("_getpages=a", "page_unsigned"),
+            ("_getpages=a&_eds_sig=x&_getpages=b", "repeated_parameter"),
+            ("_getpages=a&_eds_sig=x&message-id=1", "page_parameter"),
+            ("_getpages=a&_eds_sig=x&_security=x", "page_parameter"),
+            ("_getpages=a/b&_eds_sig=x", "page_handle_malformed"),
+            ("_getpages=&_eds_sig=x", "page_handle_malformed"),
+            ("_getpages=a&_eds_sig=x&_bundletype=batch", "page_parameter"),
+            ("_getpages=a&_eds_sig=x&_format=xml", "format"),
         ] {
-            assert!(parse_page_request(&decode_pairs(q), 100).is_err(), "{q}");
+            assert_eq!(
+                parse_page_request(&decode_pairs(q), 100).map_err(|e| e.reason()),
+                Err(why),
+                "{q}"
+            );
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::error::Refusal;
+use crate::error::{Invalid, Refusal};
 
 /// AuditEvent search parameters a client may use: FHIR R4's own and the EDS IG's.
 pub const SEARCH_PARAMETERS: &[&str] = &[
@@ -131,7 +131,7 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
     for (raw_name, value) in pairs {
         let (name, modifier) = split_name(raw_name)?;
         if let Some((_, why)) = FORBIDDEN.iter().find(|(n, _)| *n == name) {
-            return Err(Refusal::invalid(*why));
+            return Err(Refusal::Invalid(Invalid::RefusedParameter { why }));
         }
         let control = matches!(
             name,
@@ -145,9 +145,9 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                 | "_pretty"
         );
         if control && modifier.is_some() {
-            return Err(Refusal::invalid(format!(
-                "modifiers are not allowed on {name}"
-            )));
+            return Err(Refusal::Invalid(Invalid::ModifierOn {
+                name: name.to_string(),
+            }));
         }
         match name {
             "_count" => set_once(&mut q.count, name, parse_count(value, max_count)?)?,
@@ -165,14 +165,16 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                 && name != "_profile"
                 && name != "_lastUpdated" =>
             {
-                return Err(Refusal::invalid(format!(
-                    "modifiers are not allowed on {name}"
-                )));
+                return Err(Refusal::Invalid(Invalid::ModifierOn {
+                    name: name.to_string(),
+                }));
             }
             _ if SEARCH_PARAMETERS.contains(&name) => {
                 if let Some(m) = modifier {
                     if !MODIFIERS.contains(&m) {
-                        return Err(Refusal::invalid(format!("modifier :{m} is not allowed")));
+                        return Err(Refusal::Invalid(Invalid::Modifier {
+                            modifier: m.to_string(),
+                        }));
                     }
                 }
                 q.params.push(Param {
@@ -182,9 +184,9 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                 });
             }
             _ => {
-                return Err(Refusal::invalid(format!(
-                    "unknown or unsupported search parameter `{name}`"
-                )))
+                return Err(Refusal::Invalid(Invalid::UnknownParameter {
+                    name: name.to_string(),
+                }))
             }
         }
     }
@@ -198,12 +200,10 @@ fn split_name(raw: &str) -> Result<(&str, Option<&str>), Refusal> {
         None => (raw, None),
     };
     if name.contains('.') || modifier.is_some_and(|m| m.contains('.')) {
-        return Err(Refusal::invalid(
-            "chained search parameters are not allowed",
-        ));
+        return Err(Refusal::Invalid(Invalid::Chained));
     }
     if name.starts_with("_has") {
-        return Err(Refusal::invalid("_has (reverse chaining) is not allowed"));
+        return Err(Refusal::Invalid(Invalid::ReverseChained));
     }
     let well_formed = |s: &str| {
         !s.is_empty()
@@ -211,10 +211,9 @@ fn split_name(raw: &str) -> Result<(&str, Option<&str>), Refusal> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if !well_formed(name) || modifier.is_some_and(|m| !well_formed(m)) {
-        return Err(Refusal::invalid(format!(
-            "malformed search parameter name `{}`",
-            printable(raw)
-        )));
+        return Err(Refusal::Invalid(Invalid::MalformedParameterName {
+            name: printable(raw),
+        }));
     }
     Ok((name, modifier))
 }
@@ -225,16 +224,20 @@ fn printable(s: &str) -> String {
 
 fn set_once<T>(slot: &mut Option<T>, name: &str, v: T) -> Result<(), Refusal> {
     if slot.is_some() {
-        return Err(Refusal::invalid(format!("{name} may appear only once")));
+        return Err(Refusal::Invalid(Invalid::RepeatedParameter {
+            name: name.to_string(),
+        }));
     }
     *slot = Some(v);
     Ok(())
 }
 
 fn parse_number(name: &str, value: &str) -> Result<u32, Refusal> {
-    value
-        .parse::<u32>()
-        .map_err(|_| Refusal::invalid(format!("{name} must be a non-negative integer")))
+    value.parse::<u32>().map_err(|_| {
+        Refusal::Invalid(Invalid::NotAnInteger {
+            name: name.to_string(),
+        })
+    })
 }
 
 /// `_count` above the limit is clamped, not refused: clients ask for "as many as you give".
@@ -246,10 +249,9 @@ fn parse_sort(value: &str) -> Result<String, Refusal> {
     for key in value.split(',') {
         let key = key.strip_prefix('-').unwrap_or(key);
         if !(SEARCH_PARAMETERS.contains(&key) || key == "_lastUpdated" || key == "_id") {
-            return Err(Refusal::invalid(format!(
-                "cannot sort by `{}`",
-                printable(key)
-            )));
+            return Err(Refusal::Invalid(Invalid::SortKey {
+                key: printable(key),
+            }));
         }
     }
     Ok(value.to_string())
@@ -258,9 +260,7 @@ fn parse_sort(value: &str) -> Result<String, Refusal> {
 fn parse_summary(value: &str) -> Result<String, Refusal> {
     match value {
         "true" | "false" | "data" | "count" | "text" => Ok(value.to_string()),
-        _ => Err(Refusal::invalid(
-            "_summary must be true, false, data, text or count",
-        )),
+        _ => Err(Refusal::Invalid(Invalid::Summary)),
     }
 }
 
@@ -272,10 +272,9 @@ fn parse_elements(value: &str) -> Result<String, Refusal> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '[' || c == ']')
         {
-            return Err(Refusal::invalid(format!(
-                "bad _elements entry `{}`",
-                printable(e)
-            )));
+            return Err(Refusal::Invalid(Invalid::ElementsEntry {
+                entry: printable(e),
+            }));
         }
         elements.push(e);
     }
@@ -288,9 +287,7 @@ fn parse_elements(value: &str) -> Result<String, Refusal> {
 fn parse_total(value: &str) -> Result<String, Refusal> {
     match value {
         "none" | "estimate" | "accurate" => Ok(value.to_string()),
-        _ => Err(Refusal::invalid(
-            "_total must be none, estimate or accurate",
-        )),
+        _ => Err(Refusal::Invalid(Invalid::Total)),
     }
 }
 
@@ -298,7 +295,7 @@ fn parse_total(value: &str) -> Result<String, Refusal> {
 pub fn check_format(value: &str) -> Result<(), Refusal> {
     match value {
         "json" | "application/json" | "application/fhir+json" => Ok(()),
-        _ => Err(Refusal::invalid("only JSON (_format=json) is supported")),
+        _ => Err(Refusal::Invalid(Invalid::Format)),
     }
 }
 
@@ -308,7 +305,9 @@ pub fn check_format(value: &str) -> Result<(), Refusal> {
 pub fn check_bool(name: &str, value: &str) -> Result<(), Refusal> {
     match value {
         "true" | "false" => Ok(()),
-        _ => Err(Refusal::invalid(format!("{name} must be true or false"))),
+        _ => Err(Refusal::Invalid(Invalid::NotABoolean {
+            name: name.to_string(),
+        })),
     }
 }
 
@@ -339,9 +338,9 @@ pub fn check_upstream_target(target: &str, max_bytes: usize) -> Result<(), Refus
         .split_once('?')
         .map_or(0, |(_, q)| q.split('&').filter(|p| !p.is_empty()).count());
     if params > MAX_FORWARDED_PARAMS {
-        return Err(Refusal::invalid(format!(
-            "a search may carry at most {MAX_FORWARDED_PARAMS} parameters"
-        )));
+        return Err(Refusal::Invalid(Invalid::TooManyParameters {
+            limit: MAX_FORWARDED_PARAMS,
+        }));
     }
     Ok(())
 }
@@ -419,51 +418,75 @@ mod tests {
     #[test]
     fn count_is_clamped_and_validated() {
         assert_eq!(parse("_count=5000").unwrap().count, Some(100));
-        assert!(parse("_count=-1").is_err());
-        assert!(parse("_count=abc").is_err());
-        assert!(parse("_count=1&_count=2").is_err());
+        let count = |name: &str| name.to_string();
+        assert_eq!(
+            parse("_count=-1"),
+            Err(Refusal::Invalid(Invalid::NotAnInteger {
+                name: count("_count")
+            }))
+        );
+        assert_eq!(
+            parse("_count=abc"),
+            Err(Refusal::Invalid(Invalid::NotAnInteger {
+                name: count("_count")
+            }))
+        );
+        assert_eq!(
+            parse("_count=1&_count=2"),
+            Err(Refusal::Invalid(Invalid::RepeatedParameter {
+                name: count("_count")
+            }))
+        );
     }
 
     #[test]
     fn forbidden_parameters_are_refused() {
-        for q in [
-            "_include=AuditEvent:patient",
-            "_include:iterate=AuditEvent:agent",
-            "_revinclude=*",
-            "_has:Provenance:target:agent=x",
-            "_filter=x eq 1",
-            "_query=everything",
-            "_list=1",
-            "_contained=true",
-            "_containedType=contained",
-            "_text=x",
-            "_content=x",
-            "_security=urn:x|y",
-            "_security:not=urn:x|y",
-            "_getpages=abc",
-            "patient.name=x",
-            "patient:Patient.name=x",
-            "agent.identifier=x",
-            "unknown=1",
-            "MESSAGE-ID=x",
-            "_format=xml",
-            "_pretty=yes",
-            "message-id:iterate=x",
-            "patient:Patient=1",
-            "type:in=http://vs",
-            "_id:exact%00=x",
-            "_sort=_security",
-            "_count:foo=10",
-            "_sort:x=date",
+        for (q, why) in [
+            ("_include=AuditEvent:patient", "refused_parameter"),
+            ("_include:iterate=AuditEvent:agent", "refused_parameter"),
+            ("_revinclude=*", "refused_parameter"),
+            ("_has:Provenance:target:agent=x", "reverse_chained"),
+            ("_filter=x eq 1", "refused_parameter"),
+            ("_query=everything", "refused_parameter"),
+            ("_list=1", "refused_parameter"),
+            ("_contained=true", "refused_parameter"),
+            ("_containedType=contained", "refused_parameter"),
+            ("_text=x", "refused_parameter"),
+            ("_content=x", "refused_parameter"),
+            ("_security=urn:x|y", "refused_parameter"),
+            ("_security:not=urn:x|y", "refused_parameter"),
+            ("_getpages=abc", "refused_parameter"),
+            ("patient.name=x", "chained"),
+            ("patient:Patient.name=x", "chained"),
+            ("agent.identifier=x", "chained"),
+            ("unknown=1", "unknown_parameter"),
+            ("MESSAGE-ID=x", "unknown_parameter"),
+            ("_format=xml", "format"),
+            ("_pretty=yes", "not_a_boolean"),
+            ("message-id:iterate=x", "modifier"),
+            ("patient:Patient=1", "modifier"),
+            ("type:in=http://vs", "modifier"),
+            ("_id:exact%00=x", "malformed_parameter_name"),
+            ("_sort=_security", "sort_key"),
+            ("_count:foo=10", "modifier_on"),
+            ("_sort:x=date", "modifier_on"),
         ] {
-            assert!(parse(q).is_err(), "{q} was accepted");
+            assert_eq!(parse(q).map_err(|e| e.reason()), Err(why), "{q}");
         }
     }
 
     #[test]
     fn percent_encoded_names_are_decoded_before_matching() {
-        assert!(parse("%5Finclude=AuditEvent:patient").is_err());
-        assert!(parse("_secur%69ty=x").is_err());
+        assert_eq!(
+            parse("%5Finclude=AuditEvent:patient"),
+            Err(Refusal::Invalid(Invalid::RefusedParameter {
+                why: "_include is not allowed"
+            }))
+        );
+        assert_eq!(
+            parse("_secur%69ty=x").map_err(|e| e.reason()),
+            Err("refused_parameter")
+        );
         assert!(parse("message%2Did=x").is_ok());
     }
 
@@ -511,10 +534,12 @@ mod tests {
         // Short parameters that fit the byte limit are counted.
         let many = |n: usize| format!("/fhir/AuditEvent?{}", vec!["_id=1"; n].join("&"));
         assert!(check_upstream_target(&many(MAX_FORWARDED_PARAMS), 8192).is_ok());
-        assert!(matches!(
+        assert_eq!(
             check_upstream_target(&many(MAX_FORWARDED_PARAMS + 1), 8192),
-            Err(Refusal::Invalid(_))
-        ));
+            Err(Refusal::Invalid(Invalid::TooManyParameters {
+                limit: MAX_FORWARDED_PARAMS
+            }))
+        );
         assert!(check_upstream_target("/fhir/AuditEvent/abc/_history/1", 8192).is_ok());
         assert!(check_upstream_target("/fhir?_getpages=x&_bundletype=searchset", 8192).is_ok());
     }

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::auth::principal::Station;
-use crate::error::Refusal;
+use crate::error::{Forbidden, Invalid, Refusal};
 use crate::fhir::inert;
 use crate::fhir::labels::{Label, LabelSystems};
 use crate::fhir::strict_json;
@@ -66,34 +66,34 @@ pub fn validate_and_label(
     systems: &LabelSystems,
 ) -> Result<Labelled, Refusal> {
     if !station.grants.create {
-        return Err(Refusal::forbidden(
-            "the token does not grant system/AuditEvent.c",
-        ));
+        return Err(Refusal::Forbidden(Forbidden::NoCreateGrant));
     }
-    let org = station.org.as_ref().ok_or_else(|| {
-        Refusal::forbidden(
-            "registrations need a token with ehmi:org_context and matching SOR:/GLN: scopes",
-        )
+    let org = station
+        .org
+        .as_ref()
+        .ok_or(Refusal::Forbidden(Forbidden::NoOrgContext))?;
+    let mut resource = strict_json::parse(body).map_err(|e| {
+        Refusal::Invalid(Invalid::NotJson {
+            error: e.to_string(),
+        })
     })?;
-    let mut resource = strict_json::parse(body)
-        .map_err(|e| Refusal::invalid(format!("the body is not valid JSON: {e}")))?;
     let reg = read_registration(&resource, systems)?;
     inert::check_inert(&resource)?;
     if reg.device_id != station.device_id {
-        return Err(Refusal::forbidden(
-            "the registration's observing device is not the token's ehmi:eer:device_id",
-        ));
+        return Err(Refusal::Forbidden(Forbidden::DeviceMismatch));
     }
     let is_party = |p: &Party| p.sor == org.sor && p.gln.as_deref() == Some(org.gln.as_str());
     if !is_party(&reg.sender) && !is_party(&reg.receiver) {
-        return Err(Refusal::forbidden(
-            "the token's organisational context (SOR and GLN) is neither the sender nor the receiver",
-        ));
+        return Err(Refusal::Forbidden(Forbidden::OrgNotParty));
     }
     inert::strip_server_assigned(&mut resource);
     let labels = labels_for(&reg, systems);
     stamp(&mut resource, &labels);
-    let body = serde_json::to_vec(&resource).map_err(|e| Refusal::invalid(e.to_string()))?;
+    let body = serde_json::to_vec(&resource).map_err(|e| {
+        Refusal::Invalid(Invalid::Unserialisable {
+            error: e.to_string(),
+        })
+    })?;
     Ok(Labelled { body, labels })
 }
 
@@ -232,7 +232,7 @@ fn check_shape(v: &Value, spec: &str) -> Result<(), String> {
 /// Read and check the parts of a registration the access rules depend on.
 pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registration, Refusal> {
     if r.get("resourceType").and_then(Value::as_str) != Some("AuditEvent") {
-        return Err(Refusal::invalid("the body is not an AuditEvent"));
+        return Err(Refusal::Invalid(Invalid::NotAnAuditEvent));
     }
     for spec in READ_SHAPES {
         check_shape(r, spec).map_err(|path| {
@@ -243,12 +243,15 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
             } else {
                 "an array"
             };
-            Refusal::invalid(format!("{path} must be {kind} (FHIR R4 JSON)"))
+            Refusal::Invalid(Invalid::Shape {
+                path: path.to_string(),
+                kind,
+            })
         })?;
     }
     let meta = r
         .get("meta")
-        .ok_or_else(|| Refusal::invalid("meta.profile must name an EDS profile"))?;
+        .ok_or(Refusal::Invalid(Invalid::NoEdsProfile))?;
     let profiles: Vec<&str> = meta
         .get("profile")
         .and_then(Value::as_array)
@@ -260,30 +263,28 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
             .any(|e| *p == *e || p.strip_prefix(e).is_some_and(|v| v.starts_with('|')))
     };
     if !profiles.iter().any(is_eds) {
-        return Err(Refusal::invalid("meta.profile must name an EDS profile"));
+        return Err(Refusal::Invalid(Invalid::NoEdsProfile));
     }
     if let Some(sec) = meta.get("security") {
         let arr = sec
             .as_array()
-            .ok_or_else(|| Refusal::invalid("meta.security must be an array"))?;
+            .ok_or(Refusal::Invalid(Invalid::SecurityNotArray))?;
         for coding in arr {
             // Only well-formed Codings: anything else could hide a label from this check.
             let system = match coding.as_object().map(|c| c.get("system")) {
                 Some(None) => continue,
                 Some(Some(Value::String(system))) => system,
-                _ => return Err(Refusal::invalid("meta.security may only hold Codings")),
+                _ => return Err(Refusal::Invalid(Invalid::SecurityNotCodings)),
             };
             if systems.is_reserved(system) {
-                return Err(Refusal::invalid(
-                    "access labels in meta.security are set by the proxy, not the client",
-                ));
+                return Err(Refusal::Invalid(Invalid::ReservedLabel));
             }
         }
     }
     if let Some(path) = reserved_system_anywhere(r, systems, "") {
-        return Err(Refusal::invalid(format!(
-            "{path}: the proxy's access label systems may not appear in a registration"
-        )));
+        return Err(Refusal::Invalid(Invalid::ReservedLabelSystem {
+            path: path.to_string(),
+        }));
     }
     let device_id = device_identity(r)?;
     let sender = party(r, "ehmiSender")?;
@@ -295,16 +296,14 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
         [] => None,
         [p] => Some(
             text_at(p, "/what/identifier/value")
-                .ok_or_else(|| Refusal::invalid("the ehmiPatient entity has no identifier value"))?
+                .ok_or(Refusal::Invalid(Invalid::PatientWithoutIdentifier))?
                 .to_string(),
         ),
-        _ => return Err(Refusal::invalid("more than one ehmiPatient entity")),
+        _ => return Err(Refusal::Invalid(Invalid::SeveralPatients)),
     };
     let patient_profile = profiles.iter().any(|p| p.starts_with(EDS_PATIENT_PROFILE));
     if patient_profile && cpr.is_none() {
-        return Err(Refusal::invalid(
-            "an EdsPatientDeliveryStatus needs an ehmiPatient entity",
-        ));
+        return Err(Refusal::Invalid(Invalid::PatientMissing));
     }
     Ok(Registration {
         device_id,
@@ -350,20 +349,18 @@ fn entities(r: &Value) -> impl Iterator<Item = &Value> {
 fn device_identity(r: &Value) -> Result<String, Refusal> {
     let observer = r
         .pointer("/source/observer")
-        .ok_or_else(|| Refusal::invalid("source.observer is required"))?;
+        .ok_or(Refusal::Invalid(Invalid::ObserverMissing))?;
     let mut identities: Vec<String> = Vec::new();
     if observer.get("identifier").is_some() {
         let v = text_at(observer, "/identifier/value")
-            .ok_or_else(|| Refusal::invalid("source.observer.identifier has no value"))?;
+            .ok_or(Refusal::Invalid(Invalid::ObserverIdentifierWithoutValue))?;
         identities.push(v.to_string());
     }
     if let Some(reference) = observer.get("reference") {
         let reference = reference.as_str().unwrap_or_default();
-        let local = reference.strip_prefix('#').ok_or_else(|| {
-            Refusal::invalid(
-                "source.observer must reference a contained Device (#id) or carry an identifier",
-            )
-        })?;
+        let local = reference
+            .strip_prefix('#')
+            .ok_or(Refusal::Invalid(Invalid::ObserverReference))?;
         let contained: Vec<&Value> = r
             .get("contained")
             .and_then(Value::as_array)
@@ -372,12 +369,10 @@ fn device_identity(r: &Value) -> Result<String, Refusal> {
             .filter(|c| c.get("id").and_then(Value::as_str) == Some(local))
             .collect();
         let [device] = contained.as_slice() else {
-            return Err(Refusal::invalid(
-                "source.observer references no single contained resource",
-            ));
+            return Err(Refusal::Invalid(Invalid::ObserverNotContained));
         };
         if device.get("resourceType").and_then(Value::as_str) != Some("Device") {
-            return Err(Refusal::invalid("source.observer must reference a Device"));
+            return Err(Refusal::Invalid(Invalid::ObserverNotDevice));
         }
         let values: Vec<&str> = device
             .get("identifier")
@@ -387,7 +382,7 @@ fn device_identity(r: &Value) -> Result<String, Refusal> {
             .filter_map(|i| text_at(i, "/value"))
             .collect();
         if values.is_empty() {
-            return Err(Refusal::invalid("the observing Device has no identifier"));
+            return Err(Refusal::Invalid(Invalid::DeviceWithoutIdentifier));
         }
         // Several identifiers must all name the same station: no smuggling a second one.
         identities.extend(values.into_iter().map(str::to_string));
@@ -395,11 +390,9 @@ fn device_identity(r: &Value) -> Result<String, Refusal> {
     let first = identities
         .first()
         .cloned()
-        .ok_or_else(|| Refusal::invalid("source.observer does not identify the station"))?;
+        .ok_or(Refusal::Invalid(Invalid::ObserverUnidentified))?;
     if identities.iter().any(|i| *i != first) {
-        return Err(Refusal::forbidden(
-            "source.observer's identifier and the contained Device's identifier disagree",
-        ));
+        return Err(Refusal::Forbidden(Forbidden::ObserverDisagrees));
     }
     Ok(first)
 }
@@ -417,15 +410,15 @@ fn party(r: &Value, role: &str) -> Result<Party, Refusal> {
         })
         .collect();
     let [agent] = agents.as_slice() else {
-        return Err(Refusal::invalid(format!(
-            "exactly one {role} agent is required"
-        )));
+        return Err(Refusal::Invalid(Invalid::AgentCount {
+            role: role.to_string(),
+        }));
     };
     let sor = text_at(agent, "/who/identifier/value")
         .ok_or_else(|| {
-            Refusal::invalid(format!(
-                "the {role} agent has no who.identifier.value (SOR)"
-            ))
+            Refusal::Invalid(Invalid::AgentWithoutSor {
+                role: role.to_string(),
+            })
         })?
         .to_string();
     let glns: Vec<&str> = agent
@@ -445,9 +438,9 @@ fn party(r: &Value, role: &str) -> Result<Party, Refusal> {
         [] => None,
         [g] => Some(g.to_string()),
         _ => {
-            return Err(Refusal::invalid(format!(
-                "the {role} agent has more than one GLN"
-            )))
+            return Err(Refusal::Invalid(Invalid::AgentGlns {
+                role: role.to_string(),
+            }))
         }
     };
     Ok(Party { sor, gln })
@@ -518,17 +511,26 @@ mod tests {
 
     #[test]
     fn wrong_device_or_org_is_forbidden() {
-        for st in [
-            station("MultiMed-AP", "937961000016000", "GLN-1234"),
-            station("Cura-EUA", "111", "GLN-1234"),
-            station("Cura-EUA", "937961000016000", "GLN-999"),
+        for (st, why) in [
+            (
+                station("MultiMed-AP", "937961000016000", "GLN-1234"),
+                Forbidden::DeviceMismatch,
+            ),
+            (
+                station("Cura-EUA", "111", "GLN-1234"),
+                Forbidden::OrgNotParty,
+            ),
+            (
+                station("Cura-EUA", "937961000016000", "GLN-999"),
+                Forbidden::OrgNotParty,
+            ),
             // sender's SOR with receiver's GLN: each party must match as a pair.
-            station("Cura-EUA", "937961000016000", "GLN-12345"),
+            (
+                station("Cura-EUA", "937961000016000", "GLN-12345"),
+                Forbidden::OrgNotParty,
+            ),
         ] {
-            assert!(
-                matches!(run(&example(), &st), Err(Refusal::Forbidden(_))),
-                "{st:?}"
-            );
+            assert_eq!(run(&example(), &st), Err(Refusal::Forbidden(why)), "{st:?}");
         }
     }
 
@@ -536,10 +538,16 @@ mod tests {
     fn station_without_create_grant_or_org_is_forbidden() {
         let mut st = sender_station();
         st.grants.create = false;
-        assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))));
+        assert_eq!(
+            run(&example(), &st),
+            Err(Refusal::Forbidden(Forbidden::NoCreateGrant))
+        );
         let mut st = sender_station();
         st.org = None;
-        assert!(matches!(run(&example(), &st), Err(Refusal::Forbidden(_))));
+        assert_eq!(
+            run(&example(), &st),
+            Err(Refusal::Forbidden(Forbidden::NoOrgContext))
+        );
     }
 
     #[test]
@@ -548,13 +556,16 @@ mod tests {
         body["source"]["observer"]["identifier"] = json!({"value": "Cura-EUA"});
         assert!(run(&body, &sender_station()).is_ok());
         body["source"]["observer"]["identifier"] = json!({"value": "Someone-Else"});
-        assert!(matches!(
+        assert_eq!(
             run(&body, &sender_station()),
-            Err(Refusal::Forbidden(_))
-        ));
+            Err(Refusal::Forbidden(Forbidden::ObserverDisagrees))
+        );
         let mut body = example();
         body["contained"][0]["identifier"] = json!([{"value": "Cura-EUA"}, {"value": "Other"}]);
-        assert!(run(&body, &sender_station()).is_err());
+        assert_eq!(
+            run(&body, &sender_station()),
+            Err(Refusal::Forbidden(Forbidden::ObserverDisagrees))
+        );
     }
 
     #[test]
@@ -568,6 +579,17 @@ mod tests {
     #[test]
     fn malformed_registrations_are_invalid() {
         let mut cases: Vec<Value> = Vec::new();
+        // The rule each case below breaks, in order.
+        let why = [
+            "not_an_audit_event",
+            "no_eds_profile",
+            "reserved_label",
+            "observer_reference",
+            "observer_not_contained",
+            "agent_count",
+            "agent_count",
+            "patient_missing",
+        ];
         let mut v = example();
         v["resourceType"] = json!("Patient");
         cases.push(v);
@@ -594,11 +616,11 @@ mod tests {
         let mut v = example();
         v["entity"].as_array_mut().unwrap().remove(0);
         cases.push(v);
-        for (i, body) in cases.iter().enumerate() {
-            assert!(
-                matches!(run(body, &sender_station()), Err(Refusal::Invalid(_))),
-                "case {i}"
-            );
+        assert_eq!(cases.len(), why.len());
+        for (i, (body, why)) in cases.iter().zip(why).enumerate() {
+            let refused = run(body, &sender_station()).unwrap_err();
+            assert!(matches!(refused, Refusal::Invalid(_)), "case {i}");
+            assert_eq!(refused.reason(), why, "case {i}");
         }
     }
 
@@ -612,8 +634,9 @@ mod tests {
         ] {
             let mut v = example();
             v["meta"]["security"] = security.clone();
-            assert!(
-                matches!(run(&v, &sender_station()), Err(Refusal::Invalid(_))),
+            assert_eq!(
+                run(&v, &sender_station()),
+                Err(Refusal::Invalid(Invalid::SecurityNotCodings)),
                 "{security}"
             );
         }
@@ -622,22 +645,23 @@ mod tests {
         v["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}, {"code": "x"}]);
         assert_eq!(
             run(&v, &sender_station()),
-            Err(Refusal::invalid(
-                "meta.security is set by the proxy, not the client"
-            ))
+            Err(Refusal::Invalid(Invalid::ClientSecurity))
         );
     }
 
     #[test]
     fn duplicate_keys_and_non_json_are_invalid() {
         let st = sender_station();
-        assert!(validate_and_label(
-            br#"{"resourceType":"AuditEvent","resourceType":"Patient"}"#,
-            &st,
-            &systems()
-        )
-        .is_err());
-        assert!(validate_and_label(b"<AuditEvent/>", &st, &systems()).is_err());
+        for body in [
+            &br#"{"resourceType":"AuditEvent","resourceType":"Patient"}"#[..],
+            b"<AuditEvent/>",
+        ] {
+            let refused = validate_and_label(body, &st, &systems()).unwrap_err();
+            assert!(
+                matches!(refused, Refusal::Invalid(Invalid::NotJson { .. })),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]
@@ -673,9 +697,9 @@ mod tests {
             }
             assert_eq!(
                 run(&v, &sender_station()),
-                Err(Refusal::invalid(format!(
-                    "{path}: the proxy's access label systems may not appear in a registration"
-                ))),
+                Err(Refusal::Invalid(Invalid::ReservedLabelSystem {
+                    path: path.to_string(),
+                })),
                 "{path}"
             );
         }
@@ -688,7 +712,7 @@ mod tests {
             "AuditEvent?_security=urn:eds-proxy:label:cpr|0101010000&_security=urn:eds-proxy:label:device-id|Other-Station"}}));
         assert!(matches!(
             run(&v, &sender_station()),
-            Err(Refusal::Invalid(m)) if m.starts_with("entity.what.reference: only local references")
+            Err(Refusal::Invalid(Invalid::ResolvableReference { path })) if path == "entity.what.reference"
         ));
     }
 
@@ -747,9 +771,10 @@ mod tests {
                     _ => v[k] = val.clone(),
                 }
             }
+            let refused = run(&v, &sender_station()).unwrap_err();
             assert_eq!(
-                run(&v, &sender_station()),
-                Err(Refusal::invalid(why)),
+                (refused.reason(), refused.to_string().as_str()),
+                ("shape", why),
                 "{extra}"
             );
         }
@@ -757,17 +782,19 @@ mod tests {
         v["contained"][0]["identifier"] = json!([{"value": "Cura-EUA"}, {"value": 4242}]);
         assert_eq!(
             run(&v, &sender_station()),
-            Err(Refusal::invalid(
-                "contained.identifier.value must be a string (FHIR R4 JSON)"
-            ))
+            Err(Refusal::Invalid(Invalid::Shape {
+                path: "contained.identifier.value".into(),
+                kind: "a string"
+            }))
         );
         let mut v = example();
         v["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!(1234);
         assert_eq!(
             run(&v, &sender_station()),
-            Err(Refusal::invalid(
-                "agent.extension.valueIdentifier.value must be a string (FHIR R4 JSON)"
-            ))
+            Err(Refusal::Invalid(Invalid::Shape {
+                path: "agent.extension.valueIdentifier.value".into(),
+                kind: "a string"
+            }))
         );
     }
 

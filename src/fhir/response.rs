@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::error::Refusal;
+use crate::error::{BadGateway, Refusal};
 use crate::fhir::labels::{Constraint, Label, LabelSystems};
 use crate::fhir::paging::{PageSigner, SIGNATURE_PARAM};
 use crate::fhir::query::{decode_pairs, encode};
@@ -57,9 +57,8 @@ const PAGE_PARAMS: &[&str] = &[
 /// `resource.meta.security`, `search.mode`); everything else is carried through as the server
 /// wrote it. Duplicate keys at the bundle level and in every field that is read are refused.
 pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<CheckedBundle, Refusal> {
-    let not_json =
-        || Refusal::BadGateway("the FHIR server answered with something that is not JSON".into());
-    let malformed = || Refusal::BadGateway("malformed searchset".into());
+    let not_json = || Refusal::BadGateway(BadGateway::NotJson);
+    let malformed = || Refusal::BadGateway(BadGateway::MalformedSearchset);
     let text = std::str::from_utf8(body).map_err(|_| not_json())?;
     let members = strict_json::object_members(text).map_err(|_| not_json())?;
     let member = |name: &str| {
@@ -72,9 +71,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     if as_string(member("resourceType")).as_deref() != Some("Bundle")
         || as_string(member("type")).as_deref() != Some("searchset")
     {
-        return Err(Refusal::BadGateway(
-            "the FHIR server did not answer a search with a searchset".into(),
-        ));
+        return Err(Refusal::BadGateway(BadGateway::NotASearchset));
     }
     // Resources outside the entries (a server's own extensions, R5 `issues`, anything in
     // `link` or `meta`) have no place in a searchset's envelope unless they pass on their own.
@@ -87,10 +84,9 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             .iter()
             .find_map(|f| judge_nested(f, ctx.constraint).err())
         {
-            return Err(Refusal::BadGateway(format!(
-                "the FHIR server's searchset holds {} outside its entries",
-                withheld_text(why)
-            )));
+            return Err(Refusal::BadGateway(BadGateway::OutsideEntries {
+                why: withheld_text(why),
+            }));
         }
     }
     let mut dropped = 0;
@@ -758,14 +754,12 @@ fn single_resource(body: &[u8]) -> Result<Found, Refusal> {
     let text = std::str::from_utf8(body).map_err(|_| not_json())?;
     match scan(text).map_err(|_| not_json())? {
         Scanned::Resource(f) => Ok(f),
-        Scanned::Other(_) => Err(Refusal::BadGateway(
-            "the FHIR server answered with something that is not a FHIR resource".into(),
-        )),
+        Scanned::Other(_) => Err(Refusal::BadGateway(BadGateway::NotAResource)),
     }
 }
 
 fn not_json() -> Refusal {
-    Refusal::BadGateway("the FHIR server answered with something that is not JSON".into())
+    Refusal::BadGateway(BadGateway::NotJson)
 }
 
 /// What a create answer is checked against: the record just sent.
@@ -1257,9 +1251,9 @@ mod tests {
             let r = with_ctx(|ctx| check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx));
             assert_eq!(
                 r.unwrap_err(),
-                Refusal::BadGateway(
-                    "the FHIR server's searchset holds another caller's AuditEvent nested inside outside its entries".into()
-                ),
+                Refusal::BadGateway(BadGateway::OutsideEntries {
+                    why: "another caller's AuditEvent nested inside"
+                }),
                 "{envelope}"
             );
         }

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::auth::principal::Principal;
 use crate::cvr_directory::CvrDirectory;
-use crate::error::{Refusal, TokenFailure};
+use crate::error::{BadGateway, Forbidden, Invalid, Refusal, TokenFailure};
 use crate::fhir::interaction::{self, Interaction, RequestParts};
 use crate::fhir::labels::{Constraint, LabelSystems};
 use crate::fhir::paging::PageSigner;
@@ -275,7 +275,7 @@ impl Gateway {
                     }
                 }
                 Ok(None) => return Ok(body),
-                Err(_) => return Err(Refusal::invalid("the request body could not be read")),
+                Err(_) => return Err(Refusal::Invalid(Invalid::BodyUnreadable)),
             }
         }
         let drain = async {
@@ -306,9 +306,7 @@ impl Gateway {
             Interaction::Capabilities => Ok(Answer::ok(200, self.capability.clone())),
             Interaction::Create => {
                 let Principal::Station(station) = principal else {
-                    return Err(Refusal::forbidden(
-                        "only stations (system clients) register delivery statuses",
-                    ));
+                    return Err(Refusal::Forbidden(Forbidden::NotAStation));
                 };
                 let labelled = registration::validate_and_label(&body, station, &self.labels)?;
                 let resp = self
@@ -320,14 +318,10 @@ impl Gateway {
             }
             Interaction::Search(query) => {
                 if !grants.search {
-                    return Err(Refusal::forbidden(
-                        "the token does not grant search (s) on AuditEvent",
-                    ));
+                    return Err(Refusal::Forbidden(Forbidden::NoSearchGrant));
                 }
                 if self.drop_totals && query.counts_only() {
-                    return Err(Refusal::invalid(
-                        "_summary=count is not offered: this server does not hand out counts",
-                    ));
+                    return Err(Refusal::Invalid(Invalid::CountsNotOffered));
                 }
                 let constraint =
                     Constraint::for_principal(principal, &self.labels, &self.directory)?;
@@ -339,9 +333,7 @@ impl Gateway {
             }
             Interaction::Page(page) => {
                 if !grants.search {
-                    return Err(Refusal::forbidden(
-                        "the token does not grant search (s) on AuditEvent",
-                    ));
+                    return Err(Refusal::Forbidden(Forbidden::NoSearchGrant));
                 }
                 self.signer.verify(&principal.binding_key(), &page)?;
                 let constraint =
@@ -359,9 +351,7 @@ impl Gateway {
             }
             Interaction::Read { id, version } => {
                 if !grants.read {
-                    return Err(Refusal::forbidden(
-                        "the token does not grant read (r) on AuditEvent",
-                    ));
+                    return Err(Refusal::Forbidden(Forbidden::NoReadGrant));
                 }
                 let constraint =
                     Constraint::for_principal(principal, &self.labels, &self.directory)?;
@@ -505,7 +495,7 @@ impl Gateway {
             "response check refused the FHIR server's answer to a {}: {why}",
             outcome.interaction
         );
-        Refusal::BadGateway(format!("the FHIR server answered with {why}"))
+        Refusal::BadGateway(BadGateway::ForeignResource { why })
     }
 
     /// The EHMI security page asks that citizens can see in MinLog when professionals read
@@ -569,7 +559,7 @@ impl Gateway {
 fn upstream_failure(resp: &UpstreamResponse) -> Refusal {
     match resp.status {
         404 | 410 => Refusal::NotFound,
-        409 | 412 => Refusal::invalid("the FHIR server refused the request as a conflict"),
+        409 | 412 => Refusal::Invalid(Invalid::UpstreamConflict),
         400 | 422 => {
             let diagnostics = crate::fhir::strict_json::parse(&resp.body)
                 .ok()
@@ -581,12 +571,11 @@ fn upstream_failure(resp: &UpstreamResponse) -> Refusal {
                         .and_then(|d| d.as_str())
                         .map(|d| d.chars().take(MAX_DIAGNOSTICS).collect::<String>())
                 });
-            Refusal::invalid(format!(
-                "the FHIR server rejected the request{}",
-                diagnostics.map(|d| format!(": {d}")).unwrap_or_default()
-            ))
+            Refusal::Invalid(Invalid::UpstreamRejected { diagnostics })
         }
-        _ => Refusal::BadGateway(format!("the FHIR server answered {}", resp.status)),
+        _ => Refusal::BadGateway(BadGateway::Status {
+            status: resp.status,
+        }),
     }
 }
 

@@ -11,7 +11,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use url::Url;
 
-use crate::error::Refusal;
+use crate::error::{BadGateway, Refusal};
 use crate::metrics;
 
 /// `X-Forwarded-*` values derived from the public base URL, so the FHIR server builds links
@@ -141,7 +141,7 @@ impl Upstream {
         // A pooled connection may have been closed by the server while idle; an idempotent
         // request is retried once on a fresh connection, a create never.
         let attempts = if method == "GET" { 2 } else { 1 };
-        let mut last_err = Refusal::BadGateway("the FHIR server is unavailable".into());
+        let mut last_err = Refusal::BadGateway(BadGateway::Unavailable);
         for _ in 0..attempts {
             match self.exchange(method, &path, body.clone(), request_id).await {
                 Ok(r) => return Ok(r),
@@ -189,10 +189,9 @@ impl Upstream {
         session.read_response_header().await.map_err(early)?;
         let late = |e: Box<pingora::Error>| (map_error(&e), false);
         let (status, content_type, location, etag, last_modified) = {
-            let resp = session.response_header().ok_or((
-                Refusal::BadGateway("the FHIR server sent no response".into()),
-                false,
-            ))?;
+            let resp = session
+                .response_header()
+                .ok_or((Refusal::BadGateway(BadGateway::NoResponse), false))?;
             let get = |name: &str| {
                 resp.headers
                     .get(name)
@@ -210,10 +209,7 @@ impl Upstream {
         let mut out = Vec::new();
         while let Some(chunk) = session.read_response_body().await.map_err(late)? {
             if out.len() + chunk.len() > self.max_response_bytes {
-                return Err((
-                    Refusal::BadGateway("the FHIR server's response is too large".into()),
-                    false,
-                ));
+                return Err((Refusal::BadGateway(BadGateway::ResponseTooLarge), false));
             }
             out.extend_from_slice(&chunk);
         }
@@ -238,7 +234,9 @@ impl Upstream {
         request_id: &str,
     ) -> Result<RequestHeader, Refusal> {
         let internal = |e: Box<pingora::Error>| {
-            Refusal::BadGateway(format!("cannot build upstream request: {e}"))
+            Refusal::BadGateway(BadGateway::Request {
+                error: e.to_string(),
+            })
         };
         let mut h = RequestHeader::build(method, path.as_bytes(), None).map_err(internal)?;
         let f = &self.forwarded;
@@ -273,6 +271,6 @@ fn map_error(e: &pingora::Error) -> Refusal {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             Refusal::GatewayTimeout
         }
-        _ => Refusal::BadGateway("the FHIR server is unavailable".into()),
+        _ => Refusal::BadGateway(BadGateway::Unavailable),
     }
 }
