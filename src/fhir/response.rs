@@ -53,9 +53,14 @@ const PAGE_PARAMS: &[&str] = &[
 
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
 ///
-/// Only what the decision needs is parsed (each entry's `fullUrl`, `resource.resourceType`,
-/// `resource.meta.security`, `search.mode`); everything else is carried through as the server
-/// wrote it. Duplicate keys at the bundle level and in every field that is read are refused.
+/// Every entry is scanned once for every resource anywhere in it ([`find_resources`]); the
+/// decision reads each resource's `resourceType`, `id` and `meta.security`, the entry's
+/// `search.mode` and `fullUrl`. What is kept is carried through as the server wrote it (only
+/// `fullUrl` and `link` are rewritten). Duplicate keys at the bundle level and in every member
+/// that is read are refused; a resource in the envelope that does not pass fails the answer.
+///
+/// Errors: [`Refusal::BadGateway`] for an answer that is not a searchset, not JSON, malformed
+/// where the check reads, or that holds a foreign resource outside its entries.
 pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<CheckedBundle, Refusal> {
     let not_json = || Refusal::BadGateway(BadGateway::NotJson);
     let malformed = || Refusal::BadGateway(BadGateway::MalformedSearchset);
