@@ -249,8 +249,21 @@ mod tests {
     #[test]
     fn every_metric_is_registered() {
         init();
+        // A labelled vector is gathered only once it has a series: give each one, rather than
+        // rely on other tests running first.
         REQUESTS.with_label_values(&["a", "b", "c", "d"]).inc();
         REQUEST_DURATION.with_label_values(&["a"]).observe(0.5);
+        UPSTREAM_DURATION.with_label_values(&["a"]).observe(0.5);
+        RESPONSE_FOREIGN.with_label_values(&["a", "b"]).inc();
+        RESPONSE_DROPS.with_label_values(&["a", "b"]).inc();
+        for vec in [
+            &TOKEN_FAILURES,
+            &JWKS_REFRESHES,
+            &TOKEN_CACHE,
+            &UPSTREAM_ERRORS,
+        ] {
+            vec.with_label_values(&["a"]).inc();
+        }
         JWKS_AGE.set(7);
         let names: Vec<String> = prometheus::gather()
             .iter()
