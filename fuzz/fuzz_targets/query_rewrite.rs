@@ -10,9 +10,13 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
+use eds_proxy::auth::principal::Principal;
 use eds_proxy::fhir::interaction::{classify, media_type, Interaction, RequestParts};
+use eds_proxy::fhir::plan::{plan, Plan, Policy};
 use eds_proxy::fhir::query::{decode_pairs, parse_search};
-use eds_proxy_fuzz::{assert_search_is_constrained, MAX_COUNT};
+use eds_proxy_fuzz::{
+    assert_search_is_constrained, constraint_for, directory, principals, signer, systems, MAX_COUNT,
+};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -109,6 +113,68 @@ fn only_format_params(query: Option<&str>) -> bool {
         .all(|(n, _)| n == "_format" || n == "_pretty")
 }
 
+/// The access plan of an accepted interaction, for each kind of principal: a search goes out
+/// with exactly the caller's constraint first, a read to exactly `AuditEvent/{id}`, nobody
+/// but a station creates (the fixture stations have no create grant, so nobody does), and an
+/// audit record is due for supporters only.
+fn check_plan(interaction: &Interaction, body: &[u8]) {
+    let labels = systems();
+    let dir = directory();
+    let pages = signer();
+    let policy = Policy {
+        labels: &labels,
+        directory: &dir,
+        signer: &pages,
+        drop_totals: false,
+    };
+    for p in principals() {
+        let Ok(plan) = plan(interaction.clone(), &p, body, &policy) else {
+            continue;
+        };
+        let Plan::Forward {
+            upstream, audit, ..
+        } = plan
+        else {
+            assert!(matches!(interaction, Interaction::Capabilities));
+            continue;
+        };
+        assert_eq!(audit.is_some(), matches!(p, Principal::Supporter { .. }));
+        assert_eq!(
+            upstream.method, "GET",
+            "{interaction:?} planned a {}",
+            upstream.method
+        );
+        match interaction {
+            Interaction::Search(_) => {
+                let first = upstream
+                    .target
+                    .strip_prefix("AuditEvent?")
+                    .and_then(|q| decode_pairs(q).into_iter().next())
+                    .unwrap_or_else(|| panic!("search target {}", upstream.target));
+                assert_eq!(
+                    first,
+                    ("_security".to_string(), constraint_for(&p).search_value()),
+                    "search target {}",
+                    upstream.target
+                );
+            }
+            Interaction::Read { id, version: None } => {
+                assert_eq!(upstream.target, format!("AuditEvent/{id}"))
+            }
+            Interaction::Read {
+                id,
+                version: Some(v),
+            } => {
+                assert_eq!(upstream.target, format!("AuditEvent/{id}/_history/{v}"))
+            }
+            Interaction::Page(_) => assert!(upstream.target.starts_with("?_getpages=")),
+            Interaction::Create | Interaction::Capabilities => {
+                panic!("{interaction:?} planned a forward for {p:?}")
+            }
+        }
+    }
+}
+
 fn check_classify(r: &Request) {
     let base = if r.root_base { "" } else { "/fhir" };
     let path = match &r.path {
@@ -135,6 +201,7 @@ fn check_classify(r: &Request) {
     let Ok(interaction) = classify(&parts, base, MAX_COUNT) else {
         return;
     };
+    check_plan(&interaction, &r.body);
     let method = parts.method;
     // The path relative to the base, as the proxy must have understood it.
     let relative = path

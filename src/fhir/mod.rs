@@ -6,6 +6,7 @@ pub mod inert;
 pub mod interaction;
 pub mod labels;
 pub mod paging;
+pub mod plan;
 pub mod query;
 pub mod registration;
 pub mod response;

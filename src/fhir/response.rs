@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::error::{BadGateway, Refusal};
+use crate::error::{BadGateway, Invalid, Refusal};
 use crate::fhir::labels::{Constraint, Label, LabelSystems};
 use crate::fhir::paging::{PageSigner, SIGNATURE_PARAM};
 use crate::fhir::query::{decode_pairs, encode};
@@ -861,6 +861,38 @@ pub fn is_fhir_json(content_type: Option<&str>) -> bool {
         .map(|m| m.trim().to_ascii_lowercase())
         .is_some_and(|m| m == "application/fhir+json" || m == "application/json")
 }
+
+/// Non-success answers from the FHIR server: "not there" stays 404 (410 too: a deleted
+/// record's existence is nobody's business); the server's own validation outcome (400, 422)
+/// for a caller's request is passed on, at most `MAX_DIAGNOSTICS` bytes of its first issue,
+/// since it speaks of the caller's own body or query; a conflict (409, 412) speaks of what
+/// else is stored and is answered without the server's words; anything else is the server's
+/// failure (502, fixed text).
+///
+/// `status` and `body` are the FHIR server's non-2xx answer.
+pub fn upstream_refusal(status: u16, body: &[u8]) -> Refusal {
+    match status {
+        404 | 410 => Refusal::NotFound,
+        409 | 412 => Refusal::Invalid(Invalid::UpstreamConflict),
+        400 | 422 => {
+            let diagnostics = strict_json::parse(body)
+                .ok()
+                .filter(|v| {
+                    v.get("resourceType").and_then(|t| t.as_str()) == Some("OperationOutcome")
+                })
+                .and_then(|v| {
+                    v.pointer("/issue/0/diagnostics")
+                        .and_then(|d| d.as_str())
+                        .map(|d| d.chars().take(MAX_DIAGNOSTICS).collect::<String>())
+                });
+            Refusal::Invalid(Invalid::UpstreamRejected { diagnostics })
+        }
+        _ => Refusal::BadGateway(BadGateway::Status { status }),
+    }
+}
+
+/// Longest piece of the FHIR server's own diagnostics passed on to a caller, in characters.
+const MAX_DIAGNOSTICS: usize = 500;
 
 /// Map a URL under the server's or the proxy's base onto the proxy's base. Anything else is
 /// not ours to hand out.

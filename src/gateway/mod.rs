@@ -23,11 +23,11 @@ use serde_json::json;
 
 use crate::auth::principal::Principal;
 use crate::cvr_directory::CvrDirectory;
-use crate::error::{BadGateway, Forbidden, Invalid, Refusal, TokenFailure};
+use crate::error::{BadGateway, Invalid, Refusal, TokenFailure};
 use crate::fhir::interaction::{self, Interaction, RequestParts};
 use crate::fhir::labels::{Constraint, LabelSystems};
 use crate::fhir::paging::PageSigner;
-use crate::fhir::registration;
+use crate::fhir::plan::{self, AnswerCheck, Plan};
 use crate::fhir::response::{self, ResourceCheck, ResponseContext};
 use crate::metrics;
 use authn::Authenticator;
@@ -172,16 +172,11 @@ impl Gateway {
                 uri.query().map(str::to_string),
             )
         };
-        if method == "GET"
-            && path
-                .trim_end_matches('/')
-                .strip_prefix(self.public_base_path.as_str())
-                == Some("/metadata")
-        {
+        if plan::is_metadata(&method, &path, &self.public_base_path) {
             outcome.interaction = "capabilities";
-            if query.is_none() {
-                return Ok(Answer::ok(200, self.capability.clone()));
-            }
+        }
+        if plan::token_free(&method, &path, query.as_deref(), &self.public_base_path) {
+            return Ok(Answer::ok(200, self.capability.clone()));
         }
         let cert = session
             .digest()
@@ -211,15 +206,9 @@ impl Gateway {
         outcome.principal = principal.kind();
 
         let body = self.read_body(session).await?;
-        let conditional = [
-            "if-none-exist",
-            "if-match",
-            "if-none-match",
-            "if-modified-since",
-            "if-unmodified-since",
-        ]
-        .iter()
-        .any(|h| session.get_header(*h).is_some());
+        let conditional = plan::CONDITIONAL_HEADERS
+            .iter()
+            .any(|h| session.get_header(*h).is_some());
         let parts = RequestParts {
             method: &method,
             path: &path,
@@ -230,13 +219,8 @@ impl Gateway {
         };
         let interaction = interaction::classify(&parts, &self.public_base_path, self.max_count)?;
         outcome.interaction = interaction.name();
-        let answer = self
-            .dispatch(interaction, &principal, body, request_id, outcome)
-            .await?;
-        if let Principal::Supporter { cvr, .. } = &principal {
-            self.supporter_audit(cvr, outcome.interaction, request_id, &answer);
-        }
-        Ok(answer)
+        self.dispatch(interaction, &principal, body, request_id, outcome)
+            .await
     }
 
     /// Overlong targets and header blocks are refused here rather than passed on to a FHIR
@@ -292,6 +276,8 @@ impl Gateway {
         Err(Refusal::TooLarge(self.max_body_bytes))
     }
 
+    /// Execute the request's access plan (`fhir::plan`): the proxy's own answer, or one
+    /// upstream request whose answer gets the plan's check.
     async fn dispatch(
         &self,
         interaction: Interaction,
@@ -300,89 +286,76 @@ impl Gateway {
         request_id: &str,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
-        let grants = principal.grants();
-        let step = outcome.interaction;
-        match interaction {
-            Interaction::Capabilities => Ok(Answer::ok(200, self.capability.clone())),
-            Interaction::Create => {
-                let Principal::Station(station) = principal else {
-                    return Err(Refusal::Forbidden(Forbidden::NotAStation));
-                };
-                let labelled = registration::validate_and_label(&body, station, &self.labels)?;
-                let resp = self
-                    .upstream_call(step, "POST", "AuditEvent", Some(labelled.body), request_id)
-                    .await?;
-                let constraint =
-                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
-                self.created(resp, &constraint, &labelled.labels, principal, outcome)
-            }
-            Interaction::Search(query) => {
-                if !grants.search {
-                    return Err(Refusal::Forbidden(Forbidden::NoSearchGrant));
-                }
-                if self.drop_totals && query.counts_only() {
-                    return Err(Refusal::Invalid(Invalid::CountsNotOffered));
-                }
-                let constraint =
-                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
-                let qs = query.to_query_string(&[("_security", constraint.search_value())]);
-                let resp = self
-                    .upstream_call(step, "GET", &format!("AuditEvent?{qs}"), None, request_id)
-                    .await?;
+        let policy = plan::Policy {
+            labels: &self.labels,
+            directory: &self.directory,
+            signer: &self.signer,
+            drop_totals: self.drop_totals,
+        };
+        let (upstream, check, audit) = match plan::plan(interaction, principal, &body, &policy)? {
+            Plan::Capabilities => return Ok(Answer::ok(200, self.capability.clone())),
+            Plan::Forward {
+                upstream,
+                check,
+                audit,
+            } => (upstream, check, audit),
+        };
+        let resp = self
+            .upstream_call(
+                outcome.interaction,
+                upstream.method,
+                &upstream.target,
+                upstream.body,
+                request_id,
+            )
+            .await?;
+        let answer = match check {
+            AnswerCheck::Searchset { constraint } => {
                 self.searchset(resp, &constraint, principal, outcome)
             }
-            Interaction::Page(page) => {
-                if !grants.search {
-                    return Err(Refusal::Forbidden(Forbidden::NoSearchGrant));
-                }
-                self.signer.verify(&principal.binding_key(), &page)?;
-                let constraint =
-                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
-                let resp = self
-                    .upstream_call(
-                        step,
-                        "GET",
-                        &format!("?{}", page.upstream_query()),
-                        None,
-                        request_id,
-                    )
-                    .await?;
-                self.searchset(resp, &constraint, principal, outcome)
+            AnswerCheck::Resource { constraint, id } => {
+                self.resource(resp, &constraint, &id, principal, outcome)
             }
-            Interaction::Read { id, version } => {
-                if !grants.read {
-                    return Err(Refusal::Forbidden(Forbidden::NoReadGrant));
-                }
-                let constraint =
-                    Constraint::for_principal(principal, &self.labels, &self.directory)?;
-                let rel = match &version {
-                    Some(v) => format!("AuditEvent/{id}/_history/{v}"),
-                    None => format!("AuditEvent/{id}"),
-                };
-                let resp = self
-                    .upstream_call(step, "GET", &rel, None, request_id)
-                    .await?;
-                if resp.status != 200 {
-                    return Err(upstream_failure(&resp));
-                }
-                self.require_fhir_json(&resp, principal, outcome)?;
-                match response::check_resource(&resp.body, &constraint, &id)? {
-                    ResourceCheck::Visible => {
-                        let mut a = Answer::ok(200, resp.body);
-                        a.headers.extend(resp.etag.map(|v| ("ETag", v)));
-                        a.headers
-                            .extend(resp.last_modified.map(|v| ("Last-Modified", v)));
-                        Ok(a)
-                    }
-                    ResourceCheck::Hidden => {
-                        metrics::RESPONSE_DROPS
-                            .with_label_values(&[step, principal.kind()])
-                            .inc();
-                        Err(Refusal::NotFound)
-                    }
-                    ResourceCheck::Foreign(why) => Err(self.foreign(why, principal, outcome)),
-                }
+            AnswerCheck::Created {
+                constraint,
+                stamped,
+            } => self.created(resp, &constraint, &stamped, principal, outcome),
+        }?;
+        if let Some(cvr) = audit {
+            self.supporter_audit(&cvr, outcome.interaction, request_id, &answer);
+        }
+        Ok(answer)
+    }
+
+    /// A read or vread answer: the caller's record (200), not the caller's (404), or something
+    /// foreign (502): see `response::check_resource`.
+    fn resource(
+        &self,
+        resp: UpstreamResponse,
+        constraint: &Constraint,
+        id: &str,
+        principal: &Principal,
+        outcome: &mut Outcome,
+    ) -> Result<Answer, Refusal> {
+        if resp.status != 200 {
+            return Err(response::upstream_refusal(resp.status, &resp.body));
+        }
+        self.require_fhir_json(&resp, principal, outcome)?;
+        match response::check_resource(&resp.body, constraint, id)? {
+            ResourceCheck::Visible => {
+                let mut a = Answer::ok(200, resp.body);
+                a.headers.extend(resp.etag.map(|v| ("ETag", v)));
+                a.headers
+                    .extend(resp.last_modified.map(|v| ("Last-Modified", v)));
+                Ok(a)
             }
+            ResourceCheck::Hidden => {
+                metrics::RESPONSE_DROPS
+                    .with_label_values(&[outcome.interaction, principal.kind()])
+                    .inc();
+                Err(Refusal::NotFound)
+            }
+            ResourceCheck::Foreign(why) => Err(self.foreign(why, principal, outcome)),
         }
     }
 
@@ -425,7 +398,7 @@ impl Gateway {
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
         if resp.status != 200 {
-            return Err(upstream_failure(&resp));
+            return Err(response::upstream_refusal(resp.status, &resp.body));
         }
         self.require_fhir_json(&resp, principal, outcome)?;
         let key = principal.binding_key();
@@ -451,7 +424,7 @@ impl Gateway {
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
         if !(200..300).contains(&resp.status) {
-            return Err(upstream_failure(&resp));
+            return Err(response::upstream_refusal(resp.status, &resp.body));
         }
         if !resp.body.iter().all(u8::is_ascii_whitespace) {
             self.require_fhir_json(&resp, principal, outcome)?;
@@ -549,35 +522,3 @@ impl Gateway {
         log::info!(target: "access", "{line}");
     }
 }
-
-/// Non-success answers from the FHIR server: "not there" stays 404 (410 too: a deleted
-/// record's existence is nobody's business); the server's own validation outcome (400, 422)
-/// for a caller's request is passed on, at most `MAX_DIAGNOSTICS` bytes of its first issue,
-/// since it speaks of the caller's own body or query; a conflict (409, 412) speaks of what
-/// else is stored and is answered without the server's words; anything else is the server's
-/// failure (502, fixed text).
-fn upstream_failure(resp: &UpstreamResponse) -> Refusal {
-    match resp.status {
-        404 | 410 => Refusal::NotFound,
-        409 | 412 => Refusal::Invalid(Invalid::UpstreamConflict),
-        400 | 422 => {
-            let diagnostics = crate::fhir::strict_json::parse(&resp.body)
-                .ok()
-                .filter(|v| {
-                    v.get("resourceType").and_then(|t| t.as_str()) == Some("OperationOutcome")
-                })
-                .and_then(|v| {
-                    v.pointer("/issue/0/diagnostics")
-                        .and_then(|d| d.as_str())
-                        .map(|d| d.chars().take(MAX_DIAGNOSTICS).collect::<String>())
-                });
-            Refusal::Invalid(Invalid::UpstreamRejected { diagnostics })
-        }
-        _ => Refusal::BadGateway(BadGateway::Status {
-            status: resp.status,
-        }),
-    }
-}
-
-/// Longest piece of the FHIR server's own diagnostics passed on to a caller, in characters.
-const MAX_DIAGNOSTICS: usize = 500;
