@@ -1030,16 +1030,24 @@ mod tests {
     #[test]
     fn non_searchset_or_non_json_fails_closed() {
         with_ctx(|ctx| {
-            assert!(check_searchset(b"<Bundle/>", ctx).is_err());
-            assert!(
-                check_searchset(br#"{"resourceType":"Bundle","type":"batch-response"}"#, ctx)
-                    .is_err()
+            let gateway = |b: BadGateway| Err(Refusal::BadGateway(b));
+            assert_eq!(
+                check_searchset(b"<Bundle/>", ctx).map(|c| c.dropped),
+                gateway(BadGateway::NotJson)
             );
-            assert!(check_searchset(
-                br#"{"resourceType":"Bundle","type":"searchset","entry":{}}"#,
-                ctx
-            )
-            .is_err());
+            assert_eq!(
+                check_searchset(br#"{"resourceType":"Bundle","type":"batch-response"}"#, ctx)
+                    .map(|c| c.dropped),
+                gateway(BadGateway::NotASearchset)
+            );
+            assert_eq!(
+                check_searchset(
+                    br#"{"resourceType":"Bundle","type":"searchset","entry":{}}"#,
+                    ctx
+                )
+                .map(|c| c.dropped),
+                gateway(BadGateway::MalformedSearchset)
+            );
         });
     }
 
@@ -1048,14 +1056,25 @@ mod tests {
         with_ctx(|ctx| {
             // Two `meta` keys: a client might read the other one.
             let dup_meta = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":[{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}]},"meta":{}}}]}"#;
-            assert!(check_searchset(dup_meta, ctx).is_err());
+            let malformed = Err(Refusal::BadGateway(BadGateway::MalformedSearchset));
+            assert_eq!(check_searchset(dup_meta, ctx).map(|c| c.dropped), malformed);
             let dup_resource = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent"},"resource":{}}]}"#;
-            assert!(check_searchset(dup_resource, ctx).is_err());
+            assert_eq!(
+                check_searchset(dup_resource, ctx).map(|c| c.dropped),
+                malformed
+            );
+            // A duplicate member of the bundle itself: not even a JSON object to the check.
             let dup_entry =
                 br#"{"resourceType":"Bundle","type":"searchset","entry":[],"entry":[]}"#;
-            assert!(check_searchset(dup_entry, ctx).is_err());
+            assert_eq!(
+                check_searchset(dup_entry, ctx).map(|c| c.dropped),
+                Err(Refusal::BadGateway(BadGateway::NotJson))
+            );
             let security_object = br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}}}}]}"#;
-            assert!(check_searchset(security_object, ctx).is_err());
+            assert_eq!(
+                check_searchset(security_object, ctx).map(|c| c.dropped),
+                malformed
+            );
         });
     }
 
@@ -1078,7 +1097,12 @@ mod tests {
                 br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":[[{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}]]}}]}"#,
                 br#"{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"AuditEvent","meta":{"security":[["urn:eds-proxy:label:device-id","dev-1"]]}}}]}"#,
             ] {
-                assert!(check_searchset(body, ctx).is_err(), "{}", String::from_utf8_lossy(body));
+                assert_eq!(
+                    check_searchset(body, ctx).map(|c| c.dropped),
+                    Err(Refusal::BadGateway(BadGateway::MalformedSearchset)),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
             }
         });
     }
@@ -1115,9 +1139,19 @@ mod tests {
             check_resource(br#"{"resourceType":"Patient","id":"a"}"#, &c, "a").unwrap(),
             ResourceCheck::Foreign("a resource type other than AuditEvent")
         );
-        assert!(check_resource(b"nope", &c, "a").is_err());
-        assert!(check_resource(br#"{"id":"a"}"#, &c, "a").is_err());
-        assert!(check_resource(br#"[{"resourceType":"AuditEvent"}]"#, &c, "a").is_err());
+        let gateway = |b: BadGateway| Err(Refusal::BadGateway(b));
+        assert_eq!(
+            check_resource(b"nope", &c, "a"),
+            gateway(BadGateway::NotJson)
+        );
+        assert_eq!(
+            check_resource(br#"{"id":"a"}"#, &c, "a"),
+            gateway(BadGateway::NotAResource)
+        );
+        assert_eq!(
+            check_resource(br#"[{"resourceType":"AuditEvent"}]"#, &c, "a"),
+            gateway(BadGateway::NotAResource)
+        );
     }
 
     fn mine_with(nested_at: &str, nested: Value) -> Value {
