@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use crate::error::{Invalid, Refusal};
+use crate::fhir::interaction::is_fhir_id;
 
 /// Extension URL prefixes a registration may use: the EDS IG's own and HL7's core extensions.
 /// Anything else may be an extension the FHIR server itself acts on.
@@ -45,13 +46,6 @@ pub const ALLOWED_CONTAINED_TYPES: &[&str] = &["Device"];
 
 /// Members the FHIR server assigns itself; removed from a registration before it is forwarded.
 const SERVER_ASSIGNED_META: &[&str] = &["versionId", "lastUpdated", "source"];
-
-/// FHIR `id` (<https://hl7.org/fhir/R4/datatypes.html#id>): 1–64 of `[A-Za-z0-9\-.]`.
-pub fn is_fhir_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
 
 /// Refuse a registration body that would make the FHIR server resolve or look up anything.
 ///
@@ -90,14 +84,9 @@ fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
     let profiles_ok = meta.get("profile").is_none_or(|p| {
         p.as_array().is_some_and(|ps| {
             ps.iter().all(|p| {
-                p.as_str().is_some_and(|p| {
-                    crate::fhir::registration::EDS_PROFILES.iter().any(|e| {
-                        p == *e
-                            || p.strip_prefix(e)
-                                .and_then(|v| v.strip_prefix('|'))
-                                .is_some_and(is_fhir_id)
-                    })
-                })
+                p.as_str()
+                    .and_then(crate::fhir::registration::eds_profile_version)
+                    .is_some_and(|version| version.is_none_or(is_fhir_id))
             })
         })
     });

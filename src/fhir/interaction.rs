@@ -206,14 +206,18 @@ fn split_segments(relative: &str) -> Result<Vec<&str>, Refusal> {
     Ok(segments)
 }
 
-/// FHIR logical ids: `[A-Za-z0-9\-\.]{1,64}`.
+/// FHIR `id` (<https://hl7.org/fhir/R4/datatypes.html#id>): 1–64 of `[A-Za-z0-9\-.]`. The
+/// one check for ids in paths, contained resources, `#id` references, `Location` headers and
+/// profile versions.
+pub fn is_fhir_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A logical id from a request path, or the refusal.
 fn valid_id(id: &str) -> Result<String, Refusal> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if ok {
+    if is_fhir_id(id) {
         Ok(id.to_string())
     } else {
         Err(Refusal::Invalid(Invalid::MalformedId))

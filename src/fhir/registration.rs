@@ -21,6 +21,17 @@ pub const EDS_BASIC_PROFILE: &str =
 /// The EDS profiles a registration may claim in `meta.profile`: the IG's two AuditEvent
 /// profiles (canonical base `http://medcomehmi.dk/ig/eds`); a version suffix `|x.y` is allowed.
 pub const EDS_PROFILES: &[&str] = &[EDS_PATIENT_PROFILE, EDS_BASIC_PROFILE];
+
+/// `Some(version)` if `profile` is one of the [`EDS_PROFILES`], exactly (`Some(None)`) or with
+/// a `|version` suffix (`Some(Some(version))`, FHIR canonical references); `None` otherwise.
+pub fn eds_profile_version(profile: &str) -> Option<Option<&str>> {
+    EDS_PROFILES
+        .iter()
+        .find_map(|e| match profile.strip_prefix(e)? {
+            "" => Some(None),
+            rest => rest.strip_prefix('|').map(Some),
+        })
+}
 const OTHER_ID_EXTENSION: &str = "http://medcomehmi.dk/ig/eds/StructureDefinition/eds-otherId";
 
 /// Facts read from a registration that pass its checks.
@@ -257,12 +268,7 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let is_eds = |p: &&str| {
-        EDS_PROFILES
-            .iter()
-            .any(|e| *p == *e || p.strip_prefix(e).is_some_and(|v| v.starts_with('|')))
-    };
-    if !profiles.iter().any(is_eds) {
+    if !profiles.iter().any(|p| eds_profile_version(p).is_some()) {
         return Err(Refusal::Invalid(Invalid::NoEdsProfile));
     }
     if let Some(sec) = meta.get("security") {

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{BadGateway, Invalid, Refusal};
+use crate::fhir::interaction::is_fhir_id;
 use crate::fhir::labels::{Constraint, Label, LabelSystems};
 use crate::fhir::paging::{PageSigner, SIGNATURE_PARAM};
 use crate::fhir::query::{decode_pairs, encode};
@@ -843,13 +844,6 @@ pub fn check_created(
         ));
     }
     Ok(location)
-}
-
-/// FHIR `id`: 1–64 of `[A-Za-z0-9\-\.]` (<https://hl7.org/fhir/R4/datatypes.html#id>).
-fn is_fhir_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// True for the media types a FHIR JSON answer may have: `application/fhir+json` and

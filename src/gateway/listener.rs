@@ -13,7 +13,6 @@
 //!    (`Authorization` and body included) at ERROR when a head is malformed, the request head
 //!    at TRACE and the response body at TRACE; this loop logs neither.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,10 +23,9 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{build_response, Answer, Gateway, DRAIN_LIMIT, DRAIN_TIME};
+use super::{access_line, build_response, Answer, Gateway, Outcome, DRAIN_LIMIT, DRAIN_TIME};
 use crate::error::{operation_outcome, Refusal};
 use crate::metrics;
 
@@ -141,28 +139,24 @@ impl FhirApp {
             log::debug!("a connection closed before a whole request head arrived");
             return;
         };
-        let request_id = format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            self.gateway.request_counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let request_id = self.gateway.next_request_id();
         metrics::REQUESTS
             .with_label_values(&["unknown", "none", "refused", reason])
             .inc();
-        let line = json!({
-            "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "request_id": request_id,
-            "client": http.client_addr().map(|a| a.to_string()),
-            "method": null,
-            "path": null,
-            "interaction": "unknown",
-            "principal": "none",
-            "status": status,
-            "reason": reason,
-            "dropped": 0,
-            "duration_ms": millis(started),
-        });
-        log::info!(target: "access", "{line}");
+        let outcome = Outcome {
+            interaction: "unknown",
+            principal: "none",
+            reason,
+            dropped: 0,
+        };
+        access_line(
+            &request_id,
+            http.client_addr().map(|a| a.to_string()),
+            None,
+            &outcome,
+            status,
+            started,
+        );
         let answer = Answer {
             status,
             body,

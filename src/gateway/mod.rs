@@ -57,6 +57,32 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 /// Longest wait for the rest of an oversized body before answering 413.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The one access-log line (log target `access`) of a request: `request` is its method and
+/// path template, `None` for a head that could not be read.
+fn access_line(
+    request_id: &str,
+    client: Option<String>,
+    request: Option<(&str, &str)>,
+    o: &Outcome,
+    status: u16,
+    started: Instant,
+) {
+    let line = json!({
+        "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "request_id": request_id,
+        "client": client,
+        "method": request.map(|(m, _)| m),
+        "path": request.map(|(_, p)| p),
+        "interaction": o.interaction,
+        "principal": o.principal,
+        "status": status,
+        "reason": if status < 400 { "ok" } else { o.reason },
+        "dropped": o.dropped,
+        "duration_ms": listener::millis(started),
+    });
+    log::info!(target: "access", "{line}");
+}
+
 /// A finished answer before it becomes an HTTP response.
 struct Answer {
     status: u16,
@@ -94,11 +120,7 @@ struct Outcome {
 impl ServeHttp for Gateway {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let started = Instant::now();
-        let request_id = format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            self.request_counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let request_id = self.next_request_id();
         let mut outcome = Outcome {
             interaction: "unknown",
             principal: "none",
@@ -337,10 +359,7 @@ impl Gateway {
         principal: &Principal,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
-        if resp.status != 200 {
-            return Err(response::upstream_refusal(resp.status, &resp.body));
-        }
-        self.require_fhir_json(&resp, principal, outcome)?;
+        self.require_ok_json(&resp, principal, outcome)?;
         match response::check_resource(&resp.body, constraint, id)? {
             ResourceCheck::Visible => {
                 let mut a = Answer::ok(200, resp.body);
@@ -397,10 +416,7 @@ impl Gateway {
         principal: &Principal,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
-        if resp.status != 200 {
-            return Err(response::upstream_refusal(resp.status, &resp.body));
-        }
-        self.require_fhir_json(&resp, principal, outcome)?;
+        self.require_ok_json(&resp, principal, outcome)?;
         let key = principal.binding_key();
         let checked =
             response::check_searchset(&resp.body, &self.response_context(constraint, &key))?;
@@ -442,6 +458,20 @@ impl Gateway {
         a.headers.push(("Location", location));
         a.headers.extend(resp.etag.map(|v| ("ETag", v)));
         Ok(a)
+    }
+
+    /// A read's or a search's answer: 200 with FHIR JSON, else the server's status mapped
+    /// (`response::upstream_refusal`) or the foreign-answer 502.
+    fn require_ok_json(
+        &self,
+        resp: &UpstreamResponse,
+        principal: &Principal,
+        outcome: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        if resp.status != 200 {
+            return Err(response::upstream_refusal(resp.status, &resp.body));
+        }
+        self.require_fhir_json(resp, principal, outcome)
     }
 
     /// Answers with any other media type than FHIR JSON are not checked but refused.
@@ -505,20 +535,25 @@ impl Gateway {
         status: u16,
         started: Instant,
     ) {
-        let line = json!({
-            "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "request_id": request_id,
-            "client": session.client_addr().map(|a| a.to_string()),
-            "method": session.req_header().method.as_str(),
-            // Never the client's path: ids (and CPRs sent as ids) stay out of the log.
-            "path": crate::redact::path_template(session.req_header().uri.path(), &self.public_base_path),
-            "interaction": o.interaction,
-            "principal": o.principal,
-            "status": status,
-            "reason": if status < 400 { "ok" } else { o.reason },
-            "dropped": o.dropped,
-            "duration_ms": listener::millis(started),
-        });
-        log::info!(target: "access", "{line}");
+        let req = session.req_header();
+        // Never the client's path: ids (and CPRs sent as ids) stay out of the log.
+        let path = crate::redact::path_template(req.uri.path(), &self.public_base_path);
+        access_line(
+            request_id,
+            session.client_addr().map(|a| a.to_string()),
+            Some((req.method.as_str(), path.as_str())),
+            o,
+            status,
+            started,
+        );
+    }
+
+    /// `pid-counter` (hex): unique within this process.
+    fn next_request_id(&self) -> String {
+        format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            self.request_counter.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
