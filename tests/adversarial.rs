@@ -21,11 +21,10 @@
 mod common;
 
 use base64::Engine;
-use common::upstream::{Recorded, Scripted};
+use common::upstream::Scripted;
 use common::*;
 use eds_proxy::dev::keys::SigningKey;
 use eds_proxy::dev::pki::CertifiedKey;
-use reqwest::{Client, Method, RequestBuilder, Version};
 use serde_json::{json, Value};
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
@@ -41,438 +40,19 @@ const DEV_SEC: &str = "_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cadv-dev";
 /// Supporter constraints for the harness's CVR directory.
 const SOR_SEC_29189846: &str = "_security=urn%3Aeds-proxy%3Alabel%3Asor%7C937961000016000";
 const SOR_SEC_11111111: &str = "_security=urn%3Aeds-proxy%3Alabel%3Asor%7C698141000016008%2Curn%3Aeds-proxy%3Alabel%3Asor%7C555555555";
-const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
-const FORM: &str = "application/x-www-form-urlencoded";
-const FHIR_JSON: &str = "application/fhir+json";
 
 fn cpr_sec(cpr: &str) -> String {
     format!("_security=urn%3Aeds-proxy%3Alabel%3Acpr%7C{cpr}")
 }
 
-// ---------------------------------------------------------------------------------------------
-// Expectations and the table runner
-// ---------------------------------------------------------------------------------------------
-
-/// An expectation on one header of the request the upstream received.
-#[derive(Debug, Clone)]
-enum Want {
-    Is(String),
-    Absent,
-    Not(String),
-}
-
-/// What the FHIR server must have seen for one case.
-#[derive(Debug, Clone)]
-enum Seen {
-    Nothing,
-    One {
-        method: &'static str,
-        target: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-struct Expect {
-    /// Exact status; 0 means "any 4xx, or the connection dropped without an answer".
-    status: u16,
-    /// Issue code of the OperationOutcome for errors, `resourceType` for successes; empty:
-    /// no body expected (HEAD) or not checked (status 0).
-    code: &'static str,
-    seen: Seen,
-    /// Required prefix of `WWW-Authenticate`.
-    www: Option<&'static str>,
-    upstream_headers: Vec<(&'static str, Want)>,
-    version: Option<Version>,
-    /// Number of Bundle entries in a successful answer.
-    entries: Option<usize>,
-    /// Strings the answer must not contain.
-    lacks: Vec<String>,
-    /// The connection may also be dropped instead of answering (see `too_large_or_reset`).
-    may_drop: bool,
-    /// The rule that refused (`Refusal::reason`), read from the admin listener's
-    /// `eds_proxy_requests_total{decision="refused",reason=…}`: the one channel that names
-    /// the rule without telling the caller more than the status does.
-    reason: Option<&'static str>,
-}
-
-impl Expect {
-    fn new(status: u16, code: &'static str, seen: Seen) -> Expect {
-        Expect {
-            status,
-            code,
-            seen,
-            www: None,
-            upstream_headers: Vec::new(),
-            version: None,
-            entries: None,
-            lacks: Vec::new(),
-            may_drop: false,
-            reason: None,
-        }
-    }
-    /// Refused by exactly this rule (`Refusal::reason`).
-    fn because(mut self, reason: &'static str) -> Expect {
-        self.reason = Some(reason);
-        self
-    }
-    fn www(mut self, prefix: &'static str) -> Expect {
-        self.www = Some(prefix);
-        self
-    }
-    fn upstream_header(mut self, name: &'static str, want: Want) -> Expect {
-        self.upstream_headers.push((name, want));
-        self
-    }
-    fn h2(mut self) -> Expect {
-        self.version = Some(Version::HTTP_2);
-        self
-    }
-    fn entries(mut self, n: usize) -> Expect {
-        self.entries = Some(n);
-        self
-    }
-    fn lacks(mut self, s: &str) -> Expect {
-        self.lacks.push(s.to_string());
-        self
-    }
-}
-
-fn refused(status: u16, code: &'static str) -> Expect {
-    Expect::new(status, code, Seen::Nothing)
-}
-fn invalid() -> Expect {
-    refused(400, "invalid")
-}
-fn forbidden() -> Expect {
-    refused(403, "forbidden")
-}
-fn method_not_allowed() -> Expect {
-    refused(405, "not-supported")
-}
-fn unsupported_media() -> Expect {
-    refused(415, "not-supported")
-}
-fn too_large() -> Expect {
-    refused(413, "too-costly")
-}
-/// 413 for a body over the limit sent on HTTP/1.1. The proxy answers as soon as it sees the
-/// Content-Length and Pingora then closes the connection without draining the body, so a
-/// client still writing it may see a reset (EPIPE/ECONNRESET) instead of the answer (about
-/// one run in three here). Either way nothing may reach the upstream. HTTP/2 is exact.
-fn too_large_or_reset() -> Expect {
-    let mut e = too_large();
-    e.may_drop = true;
-    e
-}
-fn bad_token() -> Expect {
-    refused(401, "login").www(INVALID_TOKEN)
-}
-/// A 401 whose `error_description` names exactly this reason.
-fn bad_token_because(f: eds_proxy::error::TokenFailure) -> Expect {
-    let www = format!("{INVALID_TOKEN}, error_description=\"{}\"", f.description());
-    refused(401, "login")
-        .www(Box::leak(www.into_boxed_str()))
-        .because(f.as_str())
-}
-fn no_token() -> Expect {
-    refused(401, "login").www("Bearer").because("missing")
-}
-/// A clean refusal: any 4xx, or the connection closed without an answer.
-fn refused_or_dropped() -> Expect {
-    refused(0, "")
-}
-fn upstream(
-    status: u16,
-    code: &'static str,
-    method: &'static str,
-    target: impl Into<String>,
-) -> Expect {
-    Expect::new(
-        status,
-        code,
-        Seen::One {
-            method,
-            target: target.into(),
-        },
-    )
-}
-/// A 200 searchset after exactly one upstream search with `constraint` first.
-fn search(constraint: &str, rest: &str) -> Expect {
-    let q = if rest.is_empty() {
-        constraint.to_string()
-    } else {
-        format!("{constraint}&{rest}")
-    };
-    upstream(200, "Bundle", "GET", format!("/fhir/AuditEvent?{q}"))
-}
+/// A 200 searchset of the station `DEV` after exactly one constrained upstream search.
 fn station_search(rest: &str) -> Expect {
     search(DEV_SEC, rest)
 }
-fn created() -> Expect {
-    upstream(201, "AuditEvent", "POST", "/fhir/AuditEvent")
-}
-
-struct Case {
-    name: String,
-    req: RequestBuilder,
-    expect: Expect,
-}
-
-fn case(name: impl Into<String>, req: RequestBuilder, expect: Expect) -> Case {
-    Case {
-        name: name.into(),
-        req,
-        expect,
-    }
-}
-
-fn describe(seen: &[Recorded]) -> Vec<String> {
-    seen.iter()
-        .map(|r| {
-            let t: String = r.target.chars().take(200).collect();
-            format!("{} {t}", r.method)
-        })
-        .collect()
-}
-
-/// How many requests the proxy has refused for `reason` (`eds_proxy_requests_total`, summed
-/// over its other labels), read from the admin listener. The registry is the process's, shared
-/// with the tests running in parallel: a rise proves this case's reason unless another test
-/// was refused for the very same rule at the same moment.
-async fn refusals(h: &Harness, reason: &str) -> f64 {
-    let text = Client::new()
-        .get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
-        .send()
-        .await
-        .expect("admin listener")
-        .text()
-        .await
-        .expect("metrics text");
-    let label = format!("reason=\"{reason}\"");
-    text.lines()
-        .filter(|l| l.starts_with("eds_proxy_requests_total{") && l.contains(&label))
-        .filter(|l| l.contains("decision=\"refused\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Send one request and compare everything the case expects; returns the problems found.
-async fn check(h: &Harness, req: RequestBuilder, e: &Expect) -> Vec<String> {
-    let before = h.upstream.request_count();
-    let refused_before = match e.reason {
-        Some(r) => refusals(h, r).await,
-        None => 0.0,
-    };
-    let sent = req.send().await;
-    let mut problems = Vec::new();
-    if let Some(r) = e.reason {
-        if refusals(h, r).await <= refused_before {
-            problems.push(format!("not refused for {r:?} (eds_proxy_requests_total)"));
-        }
-    }
-    match sent {
-        Err(err) => {
-            if e.status != 0 && !e.may_drop {
-                let err: String = err.to_string().chars().take(200).collect();
-                problems.push(format!("no answer: {err}"));
-            }
-        }
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let version = resp.version();
-            let www = resp
-                .headers()
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-            let text = String::from_utf8_lossy(&body).to_string();
-            let short: String = text.chars().take(300).collect();
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if e.status == 0 {
-                if !(400..500).contains(&status) {
-                    problems.push(format!(
-                        "status {status}, expected a 4xx refusal or a dropped connection: {short}"
-                    ));
-                }
-            } else if status != e.status {
-                problems.push(format!("status {status}, expected {}: {short}", e.status));
-            }
-            if !e.code.is_empty() {
-                let got = if e.status >= 400 {
-                    if v["resourceType"] != "OperationOutcome" {
-                        problems.push(format!("not an OperationOutcome: {short}"));
-                    }
-                    v["issue"][0]["code"].as_str()
-                } else {
-                    v["resourceType"].as_str()
-                };
-                if got != Some(e.code) {
-                    problems.push(format!("code {got:?}, expected {:?}", e.code));
-                }
-            }
-            if let Some(prefix) = e.www {
-                if !www.as_deref().is_some_and(|w| w.starts_with(prefix)) {
-                    problems.push(format!("WWW-Authenticate {www:?}, expected {prefix}…"));
-                }
-            }
-            if let Some(want) = e.version {
-                if version != want {
-                    problems.push(format!("HTTP version {version:?}, expected {want:?}"));
-                }
-            }
-            if let Some(n) = e.entries {
-                let got = v["entry"].as_array().map_or(0, Vec::len);
-                if got != n {
-                    problems.push(format!("{got} entries, expected {n}"));
-                }
-            }
-            for l in &e.lacks {
-                if text.contains(l.as_str()) {
-                    problems.push(format!("the answer mentions {l:?}: {short}"));
-                }
-            }
-        }
-    }
-    let seen: Vec<Recorded> = h.upstream.requests().into_iter().skip(before).collect();
-    match &e.seen {
-        Seen::Nothing => {
-            if !seen.is_empty() {
-                problems.push(format!(
-                    "the upstream saw {:?}, expected nothing",
-                    describe(&seen)
-                ));
-            }
-        }
-        Seen::One { method, target } => {
-            if seen.len() != 1 || seen[0].method != *method || seen[0].target != *target {
-                problems.push(format!(
-                    "the upstream saw {:?}, expected exactly [{method} {target}]",
-                    describe(&seen)
-                ));
-            } else {
-                for (name, want) in &e.upstream_headers {
-                    let got = seen[0].header(name);
-                    let ok = match want {
-                        Want::Is(v) => got == Some(v.as_str()),
-                        Want::Absent => got.is_none(),
-                        Want::Not(v) => got != Some(v.as_str()),
-                    };
-                    if !ok {
-                        problems.push(format!(
-                            "upstream header {name} was {got:?}, expected {want:?}"
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    problems
-}
-
-/// The result of one table.
-struct Table {
-    name: &'static str,
-    cases: usize,
-    failures: Vec<String>,
-}
-
-/// Fail with every failing case of every table listed.
-fn verdict(tables: &[Table]) {
-    let mut all = Vec::new();
-    for t in tables {
-        eprintln!("{}: {} cases, {} failed", t.name, t.cases, t.failures.len());
-        all.extend(t.failures.iter().map(|f| format!("{}: {f}", t.name)));
-    }
-    let total: usize = tables.iter().map(|t| t.cases).sum();
-    assert!(
-        all.is_empty(),
-        "{} of {total} cases failed:\n  {}",
-        all.len(),
-        all.join("\n  ")
-    );
-}
-
-/// Run a table case by case (never concurrently), collecting every failing case.
-async fn run_cases(h: &Harness, name: &'static str, cases: Vec<Case>) -> Table {
-    let n = cases.len();
-    let mut failures = Vec::new();
-    for c in cases {
-        let problems = check(h, c.req, &c.expect).await;
-        if !problems.is_empty() {
-            failures.push(format!("[{}] {}", c.name, problems.join("; ")));
-        }
-    }
-    Table {
-        name,
-        cases: n,
-        failures,
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
-// Callers, tokens and registrations
+// Tokens and registrations
 // ---------------------------------------------------------------------------------------------
-
-/// A client certificate with a token bound to it.
-struct Actor {
-    client: Client,
-    token: String,
-    base: String,
-    origin: String,
-}
-
-impl Actor {
-    fn with(h: &Harness, cert_name: &str, claims: Value, http1: bool) -> Actor {
-        let cert = h.pki.client(cert_name);
-        Actor {
-            client: h.client_with(&cert, http1),
-            token: h.token(&cert, claims),
-            base: h.base.clone(),
-            origin: format!("https://localhost:{}", h.port),
-        }
-    }
-    fn new(h: &Harness, cert_name: &str, claims: Value) -> Actor {
-        Actor::with(h, cert_name, claims, true)
-    }
-    fn station(h: &Harness, cert_name: &str, device: &str) -> Actor {
-        Actor::new(h, cert_name, station_claims(device, SOR, GLN))
-    }
-    /// An absolute URL.
-    fn url(&self, method: &str, url: &str) -> RequestBuilder {
-        let m = Method::from_bytes(method.as_bytes()).expect("method");
-        self.client.request(m, url).bearer_auth(&self.token)
-    }
-    /// `rel` appended to the FHIR base: `/AuditEvent?…`, `?_getpages=…`, `` or `/`.
-    fn at(&self, method: &str, rel: &str) -> RequestBuilder {
-        self.url(method, &format!("{}{rel}", self.base))
-    }
-    fn get(&self, rel: &str) -> RequestBuilder {
-        self.at("GET", rel)
-    }
-    /// A path outside the FHIR base, from the server root.
-    fn outside(&self, method: &str, path: &str) -> RequestBuilder {
-        self.url(method, &format!("{}{path}", self.origin))
-    }
-    fn form(&self, rel: &str, body: impl Into<reqwest::Body>) -> RequestBuilder {
-        self.at("POST", rel).header("Content-Type", FORM).body(body)
-    }
-    fn post(
-        &self,
-        rel: &str,
-        content_type: Option<&str>,
-        body: impl Into<reqwest::Body>,
-    ) -> RequestBuilder {
-        let mut r = self.at("POST", rel).body(body);
-        if let Some(ct) = content_type {
-            r = r.header("Content-Type", ct);
-        }
-        r
-    }
-    fn create(&self, body: &Value) -> RequestBuilder {
-        self.post("/AuditEvent", Some(FHIR_JSON), body.to_string())
-    }
-}
 
 /// `base` with the keys of `patch` set. A null is kept: `Harness::token` and `claims_for`
 /// remove null claims from the final token, registered claims included.
@@ -543,7 +123,7 @@ fn changed(mut r: Value, f: impl FnOnce(&mut Value)) -> Value {
     r
 }
 
-async fn create_id(actor: &Actor, body: &Value) -> String {
+async fn create_id(actor: &Caller, body: &Value) -> String {
     let resp = actor.create(body).send().await.unwrap();
     assert_eq!(resp.status(), 201, "setup: create failed");
     let v: Value = resp.json().await.unwrap();
@@ -557,7 +137,7 @@ async fn create_id(actor: &Actor, body: &Value) -> String {
 #[tokio::test]
 async fn adversarial_query_parameters() {
     let h = Harness::start("adv-query", Options::default());
-    let s = Actor::station(&h, "adv-query-station", DEV);
+    let s = h.station("adv-query-station", DEV);
     let get = |q: &str| s.get(&format!("/AuditEvent?{q}"));
     let form = |q: &str, body: &str| s.form(&format!("/AuditEvent/_search{q}"), body.to_string());
     let cases = vec![
@@ -1140,10 +720,10 @@ async fn adversarial_query_parameters() {
 #[tokio::test]
 async fn adversarial_interactions_and_paths() {
     let h = Harness::start("adv-paths", Options::default());
-    let s = Actor::station(&h, "adv-paths-station", DEV);
+    let s = h.station("adv-paths-station", DEV);
     let body = registration(DEV, "0101010001", "paths-msg").to_string();
     let json = |method: &str, rel: &str, b: &str| {
-        s.at(method, rel)
+        s.request(method, rel)
             .header("Content-Type", FHIR_JSON)
             .body(b.to_string())
     };
@@ -1164,7 +744,7 @@ async fn adversarial_interactions_and_paths() {
         case(
             "control: read is forwarded",
             s.get("/AuditEvent/1"),
-            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1"),
+            upstream(404, "not-found", "GET", "/fhir/AuditEvent/1").because("not_found"),
         ),
         case(
             "control: vread is forwarded",
@@ -1244,17 +824,17 @@ async fn adversarial_interactions_and_paths() {
         ),
         case(
             "$expunge on the system",
-            s.at("POST", "/$expunge"),
+            s.request("POST", "/$expunge"),
             forbidden().because("operation"),
         ),
         case(
             "$expunge on the type",
-            s.at("POST", "/AuditEvent/$expunge"),
+            s.request("POST", "/AuditEvent/$expunge"),
             forbidden().because("operation"),
         ),
         case(
             "$expunge on an instance",
-            s.at("POST", "/AuditEvent/1/$expunge"),
+            s.request("POST", "/AuditEvent/1/$expunge"),
             forbidden().because("operation"),
         ),
         case(
@@ -1295,7 +875,7 @@ async fn adversarial_interactions_and_paths() {
         ),
         case(
             "DELETE a version",
-            s.at("DELETE", "/AuditEvent/1/_history/1"),
+            s.request("DELETE", "/AuditEvent/1/_history/1"),
             method_not_allowed().because("method_on_instance"),
         ),
         // Batch, transaction, system level.
@@ -1336,7 +916,7 @@ async fn adversarial_interactions_and_paths() {
         ),
         case(
             "DELETE /fhir",
-            s.at("DELETE", "?_id=1"),
+            s.request("DELETE", "?_id=1"),
             forbidden().because("batch"),
         ),
         // Conditional anything.
@@ -1403,66 +983,66 @@ async fn adversarial_interactions_and_paths() {
         ),
         case(
             "PATCH an instance",
-            s.at("PATCH", "/AuditEvent/1")
+            s.request("PATCH", "/AuditEvent/1")
                 .header("Content-Type", "application/json-patch+json")
                 .body("[]"),
             method_not_allowed().because("write"),
         ),
         case(
             "PATCH conditional",
-            s.at("PATCH", "/AuditEvent?message-id=x")
+            s.request("PATCH", "/AuditEvent?message-id=x")
                 .header("Content-Type", "application/json-patch+json")
                 .body("[]"),
             method_not_allowed().because("conditional_write"),
         ),
         case(
             "DELETE an instance",
-            s.at("DELETE", "/AuditEvent/1"),
+            s.request("DELETE", "/AuditEvent/1"),
             method_not_allowed().because("write"),
         ),
         case(
             "DELETE conditional",
-            s.at("DELETE", "/AuditEvent?_id=1"),
+            s.request("DELETE", "/AuditEvent?_id=1"),
             method_not_allowed().because("conditional_write"),
         ),
         case(
             "HEAD on the type",
-            s.at("HEAD", "/AuditEvent"),
+            s.request("HEAD", "/AuditEvent"),
             refused(405, "").because("method_on_type"),
         ),
         case(
             "HEAD on an instance",
-            s.at("HEAD", "/AuditEvent/1"),
+            s.request("HEAD", "/AuditEvent/1"),
             refused(405, "").because("method_on_instance"),
         ),
         case(
             "OPTIONS on the type",
-            s.at("OPTIONS", "/AuditEvent"),
+            s.request("OPTIONS", "/AuditEvent"),
             method_not_allowed().because("method_on_type"),
         ),
         case(
             "OPTIONS on the base",
-            s.at("OPTIONS", ""),
+            s.request("OPTIONS", ""),
             forbidden().because("batch"),
         ),
         case(
             "TRACE on the type",
-            s.at("TRACE", "/AuditEvent"),
+            s.request("TRACE", "/AuditEvent"),
             method_not_allowed().because("method_on_type"),
         ),
         case(
             "TRACE on an instance",
-            s.at("TRACE", "/AuditEvent/1"),
+            s.request("TRACE", "/AuditEvent/1"),
             method_not_allowed().because("method_on_instance"),
         ),
         case(
             "PROPFIND on the type",
-            s.at("PROPFIND", "/AuditEvent"),
+            s.request("PROPFIND", "/AuditEvent"),
             method_not_allowed().because("method_on_type"),
         ),
         case(
             "POST /metadata",
-            s.at("POST", "/metadata"),
+            s.request("POST", "/metadata"),
             method_not_allowed().because("metadata_get_only"),
         ),
         case(
@@ -1620,7 +1200,7 @@ async fn adversarial_interactions_and_paths() {
 // ---------------------------------------------------------------------------------------------
 
 /// The signed `next` link of a search, and its (handle, signature).
-async fn next_link(actor: &Actor, rel: &str) -> (String, String, String) {
+async fn next_link(actor: &Caller, rel: &str) -> (String, String, String) {
     let v: Value = actor.get(rel).send().await.unwrap().json().await.unwrap();
     let link = v["link"]
         .as_array()
@@ -1642,7 +1222,7 @@ async fn next_link(actor: &Actor, rel: &str) -> (String, String, String) {
 #[tokio::test]
 async fn adversarial_paging_handles() {
     let h = Harness::start("adv-page", Options::default());
-    let s = Actor::station(&h, "adv-page-station", DEV);
+    let s = h.station("adv-page-station", DEV);
     for i in 0..3 {
         create_id(
             &s,
@@ -1672,17 +1252,16 @@ async fn adversarial_paging_handles() {
         c[0] = if c[0] == 'A' { 'B' } else { 'A' };
         c.into_iter().collect::<String>()
     };
-    let other = Actor::station(&h, "adv-page-other", "adv-other-dev");
-    let other_h2 = Actor::with(
-        &h,
-        "adv-page-other-h2",
-        station_claims("adv-other-dev", SOR, GLN),
-        false,
-    );
-    let citizen = Actor::new(&h, "adv-page-citizen", citizen_claims("0101010001"));
-    let supporter = Actor::new(&h, "adv-page-supporter", supporter_claims("29189846"));
-    let no_search = Actor::new(
-        &h,
+    let other = h.station("adv-page-other", "adv-other-dev");
+    let other_h2 = h
+        .caller(
+            "adv-page-other-h2",
+            station_claims("adv-other-dev", SOR, GLN),
+        )
+        .http2();
+    let citizen = h.caller("adv-page-citizen", citizen_claims("0101010001"));
+    let supporter = h.caller("adv-page-supporter", supporter_claims("29189846"));
+    let no_search = h.caller(
         "adv-page-nosearch",
         merge(
             station_claims(DEV, SOR, GLN),
@@ -1690,13 +1269,13 @@ async fn adversarial_paging_handles() {
         ),
     );
     let cases = vec![
-        case("control: the owner follows its link", s.url("GET", &link), page_ok(&id, 1, 1)),
+        case("control: the owner follows its link", s.get_url(&link), page_ok(&id, 1, 1)),
         case("control: the owner's second handle", s.get(&page(&id2, &sig2, "")), page_ok(&id2, 1, 1)),
-        case("replay by another station", other.url("GET", &link), forbidden().because("page_not_issued")),
-        case("replay by another station over HTTP/2", other_h2.url("GET", &link), forbidden().h2().because("page_not_issued")),
-        case("replay by the citizen of the records", citizen.url("GET", &link), forbidden().because("page_not_issued")),
-        case("replay by a supporter of the sender", supporter.url("GET", &link), forbidden().because("page_not_issued")),
-        case("the owner without the s grant", no_search.url("GET", &link), forbidden().because("no_search_grant")),
+        case("replay by another station", other.get_url(&link), forbidden().because("page_not_issued")),
+        case("replay by another station over HTTP/2", other_h2.get_url(&link), forbidden().h2().because("page_not_issued")),
+        case("replay by the citizen of the records", citizen.get_url(&link), forbidden().because("page_not_issued")),
+        case("replay by a supporter of the sender", supporter.get_url(&link), forbidden().because("page_not_issued")),
+        case("the owner without the s grant", no_search.get_url(&link), forbidden().because("no_search_grant")),
         case("tampered signature", s.get(&page(&id, &tampered, "")), forbidden().because("page_not_issued")),
         case("truncated signature", s.get(&page(&id, &sig[..sig.len() - 2], "")), forbidden().because("page_not_issued")),
         case("signature of another handle", s.get(&page(&id, &sig2, "")), forbidden().because("page_not_issued")),
@@ -1705,7 +1284,7 @@ async fn adversarial_paging_handles() {
         case("empty signature", s.get(&page(&id, "", "")), forbidden().because("page_not_issued")),
         case("signature not base64", s.get(&page(&id, "!!!!", "")), forbidden().because("page_not_issued")),
         case("signature twice", s.get(&page(&id, &sig, &format!("&_eds_sig={tampered}"))), invalid().because("repeated_parameter")),
-        case("POST to the base with _getpages", s.at("POST", &page(&id, &sig, "")), forbidden().because("batch")),
+        case("POST to the base with _getpages", s.request("POST", &page(&id, &sig, "")), forbidden().because("batch")),
         case("POST form with _getpages to the base", s.form("", format!("_getpages={id}&_eds_sig={sig}")), forbidden().because("batch")),
         case("_getpages on /AuditEvent", s.get(&format!("/AuditEvent{}", page(&id, &sig, ""))), invalid().because("refused_parameter")),
         case("_getpages in a _search body", s.form("/AuditEvent/_search", page(&id, &sig, "")[1..].to_string()), invalid().because("refused_parameter")),
@@ -1729,18 +1308,18 @@ async fn adversarial_paging_handles() {
     // the same principal's handle passes the signature check (its upstream does not know the
     // search: 404), another principal is refused before the upstream is asked.
     let b = Harness::start("adv-page-b", Options::default());
-    let same_on_b = Actor::station(&b, "adv-page-station-b", DEV);
-    let other_on_b = Actor::station(&b, "adv-page-other-b", "adv-other-dev");
+    let same_on_b = b.station("adv-page-station-b", DEV);
+    let other_on_b = b.station("adv-page-other-b", "adv-other-dev");
     let link_on_b = link.replacen(&h.base, &b.base, 1);
     let cases = vec![
         case(
             "replica: the same principal's handle is not refused",
-            same_on_b.url("GET", &link_on_b),
+            same_on_b.get_url(&link_on_b),
             upstream(404, "not-found", "GET", target(&id, 1)).because("not_found"),
         ),
         case(
             "replica: another principal is refused",
-            other_on_b.url("GET", &link_on_b),
+            other_on_b.get_url(&link_on_b),
             forbidden().because("page_not_issued"),
         ),
     ];
@@ -1754,7 +1333,7 @@ async fn adversarial_paging_handles() {
 #[tokio::test]
 async fn adversarial_forwarding_and_formats() {
     let h = Harness::start("adv-fwd", Options::default());
-    let s = Actor::station(&h, "adv-fwd-station", DEV);
+    let s = h.station("adv-fwd-station", DEV);
     let port = h.port.to_string();
     let q = |m: &str| s.get(&format!("/AuditEvent?message-id={m}"));
     let proxied = |m: &str| {
@@ -2701,42 +2280,38 @@ async fn adversarial_tokens() {
 #[tokio::test]
 async fn adversarial_registrations() {
     let h = Harness::start("adv-reg", Options::default());
-    let s = Actor::station(&h, "adv-reg-station", DEV);
+    let s = h.station("adv-reg-station", DEV);
     let base = || registration(DEV, "0101010001", "reg-msg");
     let text = base().to_string();
     let label = |system: &str| json!([{"system": system, "code": "0101010001"}]);
-    let receiver_station = Actor::new(
-        &h,
+    let receiver_station = h.caller(
         "adv-reg-receiver",
         station_claims(DEV, RECEIVER_SOR, RECEIVER_GLN),
     );
-    let mixed_station = Actor::new(&h, "adv-reg-mixed", station_claims(DEV, SOR, RECEIVER_GLN));
-    let other_device = Actor::station(&h, "adv-reg-other", "adv-other-dev");
-    let no_org = Actor::new(
-        &h,
+    let mixed_station = h.caller("adv-reg-mixed", station_claims(DEV, SOR, RECEIVER_GLN));
+    let other_device = h.station("adv-reg-other", "adv-other-dev");
+    let no_org = h.caller(
         "adv-reg-noorg",
         merge(
             station_claims(DEV, SOR, GLN),
             json!({"scope": "EDS system/AuditEvent.crs", "ehmi:org_context": null}),
         ),
     );
-    let read_search_only = Actor::new(
-        &h,
+    let read_search_only = h.caller(
         "adv-reg-rs",
         merge(
             station_claims(DEV, SOR, GLN),
             json!({"scope": format!("EDS system/AuditEvent.rs SOR:{SOR} GLN:{GLN}")}),
         ),
     );
-    let citizen = Actor::new(
-        &h,
+    let citizen = h.caller(
         "adv-reg-citizen",
         merge(
             citizen_claims("0101010001"),
             json!({"scope": "EDS user/AuditEvent.crs"}),
         ),
     );
-    let supporter = Actor::new(&h, "adv-reg-supporter", supporter_claims("29189846"));
+    let supporter = h.caller("adv-reg-supporter", supporter_claims("29189846"));
     let raw = |body: &str| s.post("/AuditEvent", Some(FHIR_JSON), body.to_string());
     let mut big = base();
     big["text"] = json!({"status": "generated", "div": "x".repeat(70_000)});
@@ -2897,7 +2472,7 @@ async fn adversarial_registrations() {
         inert.push(case(
             name,
             s.create(&with_reference(json!(reference))),
-            invalid(),
+            invalid().because("resolvable_reference"),
         ));
     }
     inert.extend([
@@ -2967,12 +2542,11 @@ async fn adversarial_registrations() {
 #[tokio::test]
 async fn adversarial_response_isolation() {
     let h = Harness::start("adv-resp", Options::default());
-    let s = Actor::station(&h, "adv-resp-station", DEV);
+    let s = h.station("adv-resp-station", DEV);
     // R1: sender 937961000016000 (CVR 29189846), receiver 698141000016008 (CVR 11111111).
     let r1 = create_id(&s, &registration(DEV, "0101010001", "resp-msg-1")).await;
     // R2: sender 1234567, receiver 7654321: neither CVR's.
-    let s2 = Actor::new(
-        &h,
+    let s2 = h.caller(
         "adv-resp-station-2",
         station_claims("adv-dev-2", "1234567", "GLN-7"),
     );
@@ -2981,10 +2555,10 @@ async fn adversarial_response_isolation() {
     body2["agent"][0]["extension"][0]["valueIdentifier"]["value"] = json!("GLN-7");
     body2["agent"][1]["who"]["identifier"]["value"] = json!("7654321");
     let r2 = create_id(&s2, &body2).await;
-    let owner = Actor::new(&h, "adv-resp-owner", citizen_claims("0101010001"));
-    let stranger = Actor::new(&h, "adv-resp-stranger", citizen_claims("0202020002"));
-    let sender_support = Actor::new(&h, "adv-resp-sup-1", supporter_claims("29189846"));
-    let receiver_support = Actor::new(&h, "adv-resp-sup-2", supporter_claims("11111111"));
+    let owner = h.caller("adv-resp-owner", citizen_claims("0101010001"));
+    let stranger = h.caller("adv-resp-stranger", citizen_claims("0202020002"));
+    let sender_support = h.caller("adv-resp-sup-1", supporter_claims("29189846"));
+    let receiver_support = h.caller("adv-resp-sup-2", supporter_claims("11111111"));
     let read = |id: &str| format!("/AuditEvent/{id}");
     let vread = |id: &str| format!("/AuditEvent/{id}/_history/1");
     let upstream_read = |rel: &str| format!("/fhir{rel}");
@@ -3124,36 +2698,10 @@ fn answer(
     }
 }
 
-/// Run cases one at a time, each with the FHIR server answering as its script says.
-async fn run_scripted(
-    h: &Harness,
-    name: &'static str,
-    cases: Vec<(Option<Scripted>, Case)>,
-) -> Table {
-    let n = cases.len();
-    let mut failures = Vec::new();
-    for (script, c) in cases {
-        h.upstream.clear_scripts();
-        if let Some(s) = script {
-            h.upstream.script(s);
-        }
-        let problems = check(h, c.req, &c.expect).await;
-        if !problems.is_empty() {
-            failures.push(format!("[{}] {}", c.name, problems.join("; ")));
-        }
-    }
-    h.upstream.clear_scripts();
-    Table {
-        name,
-        cases: n,
-        failures,
-    }
-}
-
 #[tokio::test]
 async fn adversarial_misbehaving_backend() {
     let h = Harness::start("adv-backend", Options::default());
-    let s = Actor::station(&h, "adv-backend-station", DEV);
+    let s = h.station("adv-backend-station", DEV);
     const OTHER: &str = "adv-other-dev";
     let foreign = stored_event("f1", OTHER);
     let own = stored_event("own-1", DEV);
@@ -3338,7 +2886,7 @@ async fn adversarial_misbehaving_backend() {
             case(
                 "the caller's record with another station's contained",
                 read_req("own-1"),
-                gateway("GET", &up_read("own-1")),
+                gateway("GET", &up_read("own-1")).because("foreign_resource"),
             ),
         ),
         (
@@ -3594,13 +3142,13 @@ async fn adversarial_misbehaving_backend() {
             ..Options::default()
         },
     );
-    let st = Actor::station(&strict, "adv-backend-totals-station", DEV);
+    let st = strict.station("adv-backend-totals-station", DEV);
     create_id(&st, &registration(DEV, "0101010001", "totals-msg")).await;
     let totals = vec![
         case(
             "_summary=count is refused",
             st.get("/AuditEvent?_summary=count"),
-            invalid(),
+            invalid().because("counts_not_offered"),
         ),
         case(
             "a search has no total",
@@ -3614,23 +3162,6 @@ async fn adversarial_misbehaving_backend() {
     verdict(&tables);
 }
 
-/// Sum of a counter's series on the admin listener.
-async fn metric_value(h: &Harness, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 // ---------------------------------------------------------------------------------------------
 // 8. HTTP/2 variants
 // ---------------------------------------------------------------------------------------------
@@ -3638,10 +3169,16 @@ async fn metric_value(h: &Harness, name: &str) -> f64 {
 #[tokio::test]
 async fn adversarial_http2_variants() {
     let h = Harness::start("adv-h2", Options::default());
-    let s = Actor::with(&h, "adv-h2-station", station_claims(DEV, SOR, GLN), false);
-    let citizen = Actor::with(&h, "adv-h2-citizen", citizen_claims("0101010001"), false);
-    let cert_b = h.pki.client("adv-h2-b");
-    let other_cert = h.client_with(&cert_b, false);
+    let s = h
+        .caller("adv-h2-station", station_claims(DEV, SOR, GLN))
+        .http2();
+    let citizen = h
+        .caller("adv-h2-citizen", citizen_claims("0101010001"))
+        .http2();
+    let token = s.token.clone().unwrap();
+    // Another certificate presenting the station's token.
+    let other_cert = h.anonymous("adv-h2-b").http2().with_token(token.clone());
+    let anonymous = s.clone().without_token();
     let get = |q: &str| s.get(&format!("/AuditEvent?{q}"));
     let reg = registration(DEV, "0101010001", "h2-msg");
     let text = reg.to_string();
@@ -3666,8 +3203,8 @@ async fn adversarial_http2_variants() {
         case("batch", s.post("", Some(FHIR_JSON), r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"AuditEvent"}}]}"#), forbidden().h2().because("batch")),
         case("conditional create", s.create(&reg).header("If-None-Exist", "message-id=h2-msg"), forbidden().h2().because("conditional_create")),
         case("If-None-Match on read", s.get("/AuditEvent/1").header("If-None-Match", "*"), forbidden().h2().because("conditional")),
-        case("PUT", s.at("PUT", "/AuditEvent/1").header("Content-Type", FHIR_JSON).body(text.clone()), method_not_allowed().h2().because("write")),
-        case("DELETE", s.at("DELETE", "/AuditEvent/1"), method_not_allowed().h2().because("write")),
+        case("PUT", s.request("PUT", "/AuditEvent/1").header("Content-Type", FHIR_JSON).body(text.clone()), method_not_allowed().h2().because("write")),
+        case("DELETE", s.request("DELETE", "/AuditEvent/1"), method_not_allowed().h2().because("write")),
         case("double slash", s.get("//AuditEvent"), invalid().h2().because("dot_segment")),
         case(";jsessionid", s.get("/AuditEvent;jsessionid=1"), invalid().h2().because("path_characters")),
         case("lower-case type", s.get("/auditevent"), forbidden().h2().because("resource_type")),
@@ -3676,9 +3213,9 @@ async fn adversarial_http2_variants() {
         case("create with duplicate resourceType", s.post("/AuditEvent", Some(FHIR_JSON), format!("{{\"resourceType\":\"Patient\",{}", &text[1..])), invalid().h2().because("not_json")),
         case("create with a preset label", s.create(&changed(reg.clone(), |r| r["meta"]["security"] = json!([{"system": "urn:eds-proxy:label:cpr", "code": "0202020002"}]))), invalid().h2().because("reserved_label")),
         case("a citizen creates", citizen.create(&reg), forbidden().h2().because("not_a_station")),
-        case("token bound to another certificate", other_cert.get(h.url("AuditEvent?message-id=h2")).bearer_auth(&s.token), bad_token().h2().because("cnf_mismatch")),
-        case("alg none", s.client.get(h.url("AuditEvent")).bearer_auth(unsigned("none", &json!({"iss": ISSUER}), "")), bad_token().h2().because("algorithm")),
-        case("two Authorization headers", s.client.get(h.url("AuditEvent")).header("Authorization", format!("Bearer {}", s.token)).header("Authorization", format!("Bearer {}", s.token)), bad_token().h2().because("malformed")),
+        case("token bound to another certificate", other_cert.get("/AuditEvent?message-id=h2"), bad_token().h2().because("cnf_mismatch")),
+        case("alg none", s.clone().with_token(unsigned("none", &json!({"iss": ISSUER}), "")).get("/AuditEvent"), bad_token().h2().because("algorithm")),
+        case("two Authorization headers", anonymous.get("/AuditEvent").header("Authorization", format!("Bearer {token}")).header("Authorization", format!("Bearer {token}")), bad_token().h2().because("malformed")),
         case("spoofed forwarding headers", get("message-id=h2-fwd")
             .header("X-Forwarded-Host", "evil.example")
             .header("Forwarded", "host=evil.example")
@@ -3702,8 +3239,10 @@ async fn adversarial_http2_variants() {
 #[tokio::test]
 async fn adversarial_overlong_requests() {
     let h = Harness::start("adv-long", Options::default());
-    let s = Actor::station(&h, "adv-long-station", DEV);
-    let s2 = Actor::with(&h, "adv-long-h2", station_claims(DEV, SOR, GLN), false);
+    let s = h.station("adv-long-station", DEV);
+    let s2 = h
+        .caller("adv-long-h2", station_claims(DEV, SOR, GLN))
+        .http2();
     let long_value = "a".repeat(100_000);
     // reqwest (http::Uri) cannot carry a URI over 64 KiB: the 100 KB URLs go over raw TLS below.
     let long_query = "a".repeat(60_000);
@@ -3718,25 +3257,26 @@ async fn adversarial_overlong_requests() {
         case(
             "60 KB query value",
             s.get(&format!("/AuditEvent?message-id={long_query}")),
-            refused_or_dropped(),
+            refused_or_dropped("uri_too_long"),
         ),
         case(
             "100 KB header",
             s.get("/AuditEvent?message-id=long-header")
                 .header("X-Padding", long_value.clone()),
-            refused_or_dropped(),
+            refused_or_dropped("headers_too_large"),
         ),
         case(
             "2 MB header",
             s.get("/AuditEvent?message-id=huge-header")
                 .header("X-Padding", "a".repeat(2_000_000)),
-            refused_or_dropped(),
+            refused_or_dropped("uri_too_long"),
         ),
-        case("300 headers", many_headers, refused_or_dropped()),
+        case("300 headers", many_headers, refused_or_dropped("malformed_request")),
         case(
             "100 KB Authorization",
-            s.client
-                .get(h.url("AuditEvent"))
+            s.clone()
+                .without_token()
+                .get("/AuditEvent")
                 .header("Authorization", format!("Bearer {long_value}")),
             refused(431, "too-long").because("headers_too_large"),
         ),
@@ -3767,13 +3307,15 @@ async fn adversarial_overlong_requests() {
         case(
             "60 KB query over HTTP/2",
             s2.get(&format!("/AuditEvent?message-id={long_query}")),
-            refused_or_dropped(),
+            refused_or_dropped("uri_too_long"),
         ),
         case(
             "100 KB header over HTTP/2",
             s2.get("/AuditEvent?message-id=long-header-h2")
                 .header("X-Padding", long_value.clone()),
-            refused_or_dropped(),
+            refused(431, "").no_reason(
+                "the HTTP/2 codec answers a header block over its limit with a bare 431 before a request exists",
+            ),
         ),
     ];
     let first = run_cases(&h, "overlong requests", cases).await;
@@ -3789,7 +3331,8 @@ async fn adversarial_overlong_requests() {
             get(&format!("/fhir/AuditEvent?message-id={long_value}")),
             &[0],
             vec![],
-        ),
+        )
+        .because("malformed_request"),
         raw(
             "100 KB of repeated parameters",
             get(&format!(
@@ -3798,13 +3341,15 @@ async fn adversarial_overlong_requests() {
             )),
             &[0],
             vec![],
-        ),
+        )
+        .because("malformed_request"),
         raw(
             "100 KB path",
             get(&format!("/fhir/AuditEvent/{long_value}")),
             &[0],
             vec![],
-        ),
+        )
+        .because("malformed_request"),
     ];
     verdict(&[
         first,
@@ -3865,6 +3410,16 @@ struct RawCase {
     statuses: Vec<u16>,
     /// Every request the upstream received, in order: (method, target).
     seen: Vec<(&'static str, String)>,
+    /// The rule that refused (`Refusal::reason`): required when a status is 400 or more.
+    reason: Option<&'static str>,
+}
+
+impl RawCase {
+    /// Refused by exactly this rule.
+    fn because(mut self, reason: &'static str) -> RawCase {
+        self.reason = Some(reason);
+        self
+    }
 }
 
 fn raw(
@@ -3878,6 +3433,7 @@ fn raw(
         bytes: bytes.into(),
         statuses: statuses.to_vec(),
         seen,
+        reason: None,
     }
 }
 
@@ -3892,7 +3448,9 @@ async fn run_raw(
     let mut failures = Vec::new();
     for c in cases {
         let before = h.upstream.request_count();
+        let refused_before = refusals(h.admin_port).await;
         let answer = raw_exchange(h, &connector, &c.bytes).await;
+        let counted = rose(&refused_before, &refusals(h.admin_port).await);
         let got = statuses(&answer);
         let seen: Vec<(String, String)> = h
             .upstream
@@ -3919,6 +3477,8 @@ async fn run_raw(
         if seen != want {
             problems.push(format!("the upstream saw {seen:?}, expected {want:?}"));
         }
+        let is_refusal = c.statuses == [0] || c.statuses.iter().any(|s| *s >= 400);
+        problems.extend(reason_problems(is_refusal, c.reason, None, &counted));
         if !problems.is_empty() {
             failures.push(format!("[{}] {}", c.name, problems.join("; ")));
         }
@@ -3970,76 +3530,76 @@ async fn adversarial_raw_paths_and_smuggling() {
     let cases = vec![
         raw("control: search", get("/fhir/AuditEvent?message-id=raw"), &[200], constrained("message-id=raw")),
         // Paths a client library would have normalised.
-        raw("dot-dot segment", get("/fhir/x/../AuditEvent"), &[400], vec![]),
-        raw("dot-dot out of the type", get("/fhir/AuditEvent/../Patient"), &[400], vec![]),
-        raw("encoded dot-dot", get("/fhir/%2e%2e/fhir/AuditEvent"), &[400], vec![]),
-        raw("encoded upper-case dot-dot", get("/fhir/AuditEvent/%2E%2E/%2E%2E/admin"), &[400], vec![]),
-        raw("dot segment", get("/fhir/./AuditEvent"), &[400], vec![]),
-        raw("trailing dot segment", get("/fhir/AuditEvent/."), &[400], vec![]),
-        raw("double slash", get("/fhir//AuditEvent"), &[400], vec![]),
-        raw("encoded slash with dot-dot", get("/fhir/AuditEvent%2F..%2FPatient"), &[400], vec![]),
-        raw("backslash after the base", get("/fhir\\AuditEvent"), &[403], vec![]),
-        raw("backslash in a read", get("/fhir/AuditEvent\\1"), &[400], vec![]),
-        raw("backslash dot-dot", get("/fhir/AuditEvent/1\\..\\..\\Patient"), &[400], vec![]),
-        raw(";jsessionid", get("/fhir/AuditEvent;jsessionid=1"), &[400], vec![]),
-        raw("a space in the path", get("/fhir/Audit Event"), &[400], vec![]),
-        raw("non-ASCII in the path", get("/fhir/AuditEvent/\u{e9}"), &[400], vec![]),
-        raw("relative target", get("fhir/AuditEvent"), &[403], vec![]),
-        raw("asterisk target", get("*"), &[403], vec![]),
-        raw("absolute-form target for another host", get("https://evil.example/fhir/AuditEvent?message-id=abs"), &[400], vec![]),
+        raw("dot-dot segment", get("/fhir/x/../AuditEvent"), &[400], vec![]).because("dot_segment"),
+        raw("dot-dot out of the type", get("/fhir/AuditEvent/../Patient"), &[400], vec![]).because("dot_segment"),
+        raw("encoded dot-dot", get("/fhir/%2e%2e/fhir/AuditEvent"), &[400], vec![]).because("path_characters"),
+        raw("encoded upper-case dot-dot", get("/fhir/AuditEvent/%2E%2E/%2E%2E/admin"), &[400], vec![]).because("path_characters"),
+        raw("dot segment", get("/fhir/./AuditEvent"), &[400], vec![]).because("dot_segment"),
+        raw("trailing dot segment", get("/fhir/AuditEvent/."), &[400], vec![]).because("dot_segment"),
+        raw("double slash", get("/fhir//AuditEvent"), &[400], vec![]).because("dot_segment"),
+        raw("encoded slash with dot-dot", get("/fhir/AuditEvent%2F..%2FPatient"), &[400], vec![]).because("path_characters"),
+        raw("backslash after the base", get("/fhir\\AuditEvent"), &[403], vec![]).because("unknown_path"),
+        raw("backslash in a read", get("/fhir/AuditEvent\\1"), &[400], vec![]).because("path_characters"),
+        raw("backslash dot-dot", get("/fhir/AuditEvent/1\\..\\..\\Patient"), &[400], vec![]).because("path_characters"),
+        raw(";jsessionid", get("/fhir/AuditEvent;jsessionid=1"), &[400], vec![]).because("path_characters"),
+        raw("a space in the path", get("/fhir/Audit Event"), &[400], vec![]).because("path_characters"),
+        raw("non-ASCII in the path", get("/fhir/AuditEvent/\u{e9}"), &[400], vec![]).because("malformed_id"),
+        raw("relative target", get("fhir/AuditEvent"), &[403], vec![]).because("unknown_path"),
+        raw("asterisk target", get("*"), &[403], vec![]).because("unknown_path"),
+        raw("absolute-form target for another host", get("https://evil.example/fhir/AuditEvent?message-id=abs"), &[400], vec![]).because("malformed_request"),
         raw("backslash in the query", get("/fhir/AuditEvent?message-id=a\\,b"), &[200], constrained("message-id=a%5C%2Cb")),
         // Request smuggling.
         raw("CL.TE: refused, the hidden request is never served",
             format!("{}0\r\n\r\n{}", search_head("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), smuggled("smuggled-clte")),
-            &[400], vec![]),
+            &[400], vec![]).because("length_and_chunked"),
         raw("TE.CL: refused, the hidden request is never served",
             format!("{}10\r\nmessage-id=te-cl\r\n0\r\n\r\n{}", search_head("Transfer-Encoding: chunked\r\nContent-Length: 4\r\n"), smuggled("smuggled-tecl")),
-            &[400], vec![]),
+            &[400], vec![]).because("length_and_chunked"),
         raw("two different Content-Length headers",
             format!("{}message-id=cl{}", search_head("Content-Length: 13\r\nContent-Length: 200\r\n"), smuggled("smuggled-cl2")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("a Content-Length list with different values",
             format!("{}message-id=cl{}", search_head("Content-Length: 13, 200\r\n"), smuggled("smuggled-cllist")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("Content-Length negative",
             format!("{}message-id=cl", search_head("Content-Length: -13\r\n")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("Transfer-Encoding chunked, identity",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: chunked, identity\r\n"), smuggled("smuggled-te-identity")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("Transfer-Encoding xchunked",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n"), smuggled("smuggled-xchunked")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("two Transfer-Encoding headers, chunked first",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n"), smuggled("smuggled-te2")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("space before the colon of Transfer-Encoding",
             format!("{}0\r\n\r\n{}", search_head("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n"), smuggled("smuggled-te-space")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("Transfer-Encoding on HTTP/1.0",
             format!("POST /fhir/AuditEvent/_search HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: {FORM}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}", smuggled("smuggled-http10")),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("a NUL in a header value",
             format!("GET /fhir/AuditEvent?message-id=nul HTTP/1.1\r\nHost: localhost\r\n{auth}X-A: a\u{0}b\r\nConnection: close\r\n\r\n"),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
         raw("a request hidden in a create body",
             format!("POST /fhir/AuditEvent HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {FHIR_JSON}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reg}{}", reg.len() + smuggled("smuggled-body").len(), smuggled("smuggled-body")),
-            &[400], vec![]),
+            &[400], vec![]).because("not_json"),
         raw("a request hidden in the body of an unauthenticated request",
             format!("POST /fhir/AuditEvent/_search HTTP/1.1\r\nHost: localhost\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{hidden_401}", hidden_401.len()),
-            &[401], vec![]),
+            &[401], vec![]).because("missing"),
         raw("a request hidden in an oversized body",
             format!("{}{}", search_head("Content-Length: 70000\r\n"), smuggled("smuggled-413")),
-            &[413], vec![]),
+            &[413], vec![]).because("too_large"),
         raw("a chunked create over 64 KiB",
             format!("POST /fhir/AuditEvent HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: {FHIR_JSON}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len()),
-            &[413], vec![]),
+            &[413], vec![]).because("too_large"),
         raw("a malformed chunk size",
             format!("{}zz\r\nmessage-id=x\r\n0\r\n\r\n", search_head("Transfer-Encoding: chunked\r\nConnection: close\r\n")),
-            &[400], vec![]),
+            &[400], vec![]).because("body_unreadable"),
         raw("an overflowing chunk size",
             format!("{}ffffffffffffffffffff\r\nmessage-id=x\r\n0\r\n\r\n", search_head("Transfer-Encoding: chunked\r\nConnection: close\r\n")),
-            &[400], vec![]),
+            &[400], vec![]).because("body_unreadable"),
         // Pingora 0.9.1's HttpServer drops bytes pipelined behind a complete request: the second
         // search is never answered. Should that change, it must still arrive constrained.
         raw("a pipelined second search is not served",
@@ -4050,7 +3610,7 @@ async fn adversarial_raw_paths_and_smuggling() {
             &[200], constrained("message-id=lf")),
         raw("two Host headers",
             format!("GET /fhir/AuditEvent?message-id=hosts HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n{auth}Connection: close\r\n\r\n"),
-            &[400], vec![]),
+            &[400], vec![]).because("malformed_request"),
     ];
     verdict(&[run_raw(&h, &cert, "raw HTTP/1.1", cases).await]);
 }
@@ -4079,8 +3639,15 @@ async fn adversarial_transport_framing() {
         format!("GET /fhir/AuditEvent?message-id=first {version}\r\nHost: localhost\r\n{auth}{fields}\r\n")
     };
     let cl = format!("Content-Length: {}\r\n", form.len());
-    // (name, first request, its status, issue code of a refusal, connection kept open)
-    let cases: Vec<(&str, String, u16, Option<&str>, bool)> = vec![
+    // (name, first request, its status, (issue code, reason) of a refusal, connection kept open)
+    type Framing = (
+        &'static str,
+        String,
+        u16,
+        Option<(&'static str, &'static str)>,
+        bool,
+    );
+    let cases: Vec<Framing> = vec![
         (
             "control: HTTP/1.1 keep-alive",
             get("HTTP/1.1", ""),
@@ -4107,7 +3674,7 @@ async fn adversarial_transport_framing() {
             "Content-Length and Transfer-Encoding",
             search(&format!("{cl}Transfer-Encoding: chunked\r\n"), &chunked),
             400,
-            Some("invalid"),
+            Some(("invalid", "length_and_chunked")),
             false,
         ),
         (
@@ -4117,14 +3684,14 @@ async fn adversarial_transport_framing() {
                 &chunked,
             ),
             400,
-            Some("invalid"),
+            Some(("invalid", "length_and_chunked")),
             false,
         ),
         (
             "Transfer-Encoding gzip, chunked",
             search("Transfer-Encoding: gzip, chunked\r\n", &chunked),
             400,
-            Some("invalid"),
+            Some(("invalid", "transfer_encoding")),
             false,
         ),
         (
@@ -4134,42 +3701,42 @@ async fn adversarial_transport_framing() {
                 &chunked,
             ),
             400,
-            Some("invalid"),
+            Some(("invalid", "transfer_encoding")),
             false,
         ),
         (
             "Transfer-Encoding identity",
             search("Transfer-Encoding: identity\r\n", form),
             400,
-            Some("invalid"),
+            Some(("invalid", "malformed_request")),
             false,
         ),
         (
             "Transfer-Encoding on HTTP/1.0",
             search("Transfer-Encoding: chunked\r\n", &chunked).replacen("HTTP/1.1", "HTTP/1.0", 1),
             400,
-            Some("invalid"),
+            Some(("invalid", "malformed_request")),
             false,
         ),
         (
             "the same Content-Length twice",
             search(&format!("{cl}{cl}"), form),
             400,
-            Some("invalid"),
+            Some(("invalid", "content_length")),
             false,
         ),
         (
             "two different Content-Lengths",
             search(&format!("{cl}Content-Length: 3\r\n"), form),
             400,
-            Some("invalid"),
+            Some(("invalid", "malformed_request")),
             false,
         ),
         (
             "a GET with a body",
             format!("{}{form}", get("HTTP/1.1", &cl)),
             400,
-            Some("invalid"),
+            Some(("invalid", "body_not_allowed")),
             false,
         ),
         (
@@ -4179,34 +3746,35 @@ async fn adversarial_transport_framing() {
                 get("HTTP/1.1", "Transfer-Encoding: chunked\r\n")
             ),
             400,
-            Some("invalid"),
+            Some(("invalid", "body_not_allowed")),
             false,
         ),
         (
             "obs-fold",
             get("HTTP/1.1", "X-Folded: a\r\n b\r\n"),
             400,
-            Some("invalid"),
+            Some(("invalid", "malformed_request")),
             false,
         ),
         (
             "a header line without a colon",
             get("HTTP/1.1", "NoColon\r\n"),
             400,
-            Some("invalid"),
+            Some(("invalid", "malformed_request")),
             false,
         ),
         (
             "a request line over Pingora's 1 MiB head limit",
             get("HTTP/1.1", "").replacen("first", &"a".repeat(1_100_000), 1),
             414,
-            Some("too-long"),
+            Some(("too-long", "uri_too_long")),
             false,
         ),
     ];
     let mut failures = Vec::new();
-    for (name, first, status, code, keep) in &cases {
+    for (name, first, status, refusal, keep) in &cases {
         let before = h.upstream.request_count();
+        let refused_before = refusals(h.admin_port).await;
         let mut tls = common::raw::connect(h.port, &connector).await;
         let _ = tls.write_all(first.as_bytes()).await;
         let _ = tls.flush().await;
@@ -4220,13 +3788,19 @@ async fn adversarial_transport_framing() {
         if statuses(&answer) != [*status] {
             problems.push(format!("answered {:?}", head.lines().next()));
         }
-        if let Some(code) = code {
+        if let Some((code, _)) = refusal {
             let outcome: Value = serde_json::from_str(body).unwrap_or(Value::Null);
             if outcome["resourceType"] != "OperationOutcome" || outcome["issue"][0]["code"] != *code
             {
                 problems.push(format!("not an OperationOutcome with {code}: {body:.200}"));
             }
         }
+        problems.extend(reason_problems(
+            *status >= 400,
+            refusal.map(|(_, reason)| reason),
+            None,
+            &rose(&refused_before, &refusals(h.admin_port).await),
+        ));
         let says_close = head.to_ascii_lowercase().contains("\r\nconnection: close");
         let second_served = !statuses(&after).is_empty();
         if *keep {

@@ -1,11 +1,45 @@
 //! Test harness: a real eds-proxy (real Pingora server, real mTLS with certificates made here)
-//! in front of an in-process recording FHIR upstream, and HTTPS clients that present client
-//! certificates.
+//! in front of an in-process recording FHIR upstream ([`upstream`]), one caller helper
+//! ([`caller::Caller`]: a client certificate, its HTTPS client and the token bound to it) and
+//! one way to state an outcome ([`expect`]: status, issue code, the reason that refused, and
+//! what the FHIR server saw). Raw bytes over mTLS live in [`raw`].
+//!
+//! # Writing a case (migration note for files written against the old helpers)
+//!
+//! ```ignore
+//! let h = Harness::start("my-concern", Options::default());   // a proxy of the file's own
+//! let s = h.caller("my-station", station_claims("dev-1", SOR, GLN));  // or h.station(cert, device)
+//! let c = h.caller("my-citizen", citizen_claims("0101010101")).http2();
+//! // One request, asserted at once (panics with every problem), its answer returned:
+//! s.get("/AuditEvent/1").expect(&h, not_found()).await;
+//! s.search("_include=*").expect(&h, invalid().because("refused_parameter")).await;
+//! let a = s.create(&body).expect(&h, created()).await;        // a.json, a.header("location")
+//! // Or a table, every failing case reported at once:
+//! verdict(&[run_cases(&h, "my table", vec![
+//!     case("control: search", s.search("message-id=a"), search(CONSTRAINT, "message-id=a")),
+//!     case("a citizen creates", c.create(&body), forbidden().because("not_a_station")),
+//! ]).await]);
+//! ```
+//!
+//! Old → new: `h.client(&cert).get(h.url(rel)).bearer_auth(&token)` → `h.caller(name,
+//! claims).get(rel)` (or `h.caller_for(cert, Some(token))` for a token minted elsewhere,
+//! `.with_token(t)` / `.without_token()` for forged or missing ones, `Pki::caller(port, …)` for
+//! a proxy started as a process); `outcome_code(resp)` + `assert_eq!(status, …)` →
+//! `.expect(&h, refused(status, code).because(reason))`. Every refusal (status 400 or more)
+//! names its reason (`Refusal::reason`, README's reason table) or the case fails; a refusal
+//! below the proxy (the HTTP/2 codec) says so with `Expect::no_reason(why)`. On a proxy shared
+//! by tests running at once, state what the upstream saw with `Expect::marked(marker, …)`
+//! instead of `Seen::Nothing`/`Seen::One`.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+pub mod caller;
+pub mod expect;
 pub mod raw;
 pub mod upstream;
+
+pub use caller::Caller;
+pub use expect::*;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -23,6 +57,10 @@ pub const AUDIENCE: &str = "eds";
 pub const NSIS_SUBSTANTIAL: &str = "https://data.gov.dk/concept/core/nsis/loa/Substantial";
 pub const SUPPORTER_ROLE: &str = "urn:dk:healthcare:ehmi:eds:role:supporter";
 pub const PAGE_SECRET: &str = "test page secret that is long enough to use";
+/// The start of every 401 `WWW-Authenticate` for a token that is there but not good.
+pub const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+pub const FORM: &str = "application/x-www-form-urlencoded";
+pub const FHIR_JSON: &str = "application/fhir+json";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -219,22 +257,10 @@ impl Harness {
         }
     }
 
-    /// An HTTPS client presenting `cert` (HTTP/1.1 only if `http1`).
+    /// An HTTPS client presenting `cert` (HTTP/1.1 only if `http1`); a building block of
+    /// [`Caller`], for certificates the harness did not issue.
     pub fn client_with(&self, cert: &CertifiedKey, http1: bool) -> reqwest::Client {
-        let identity =
-            reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
-                .unwrap();
-        let root = reqwest::Certificate::from_pem(self.pki.ca.cert.cert_pem.as_bytes()).unwrap();
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(root)
-            .identity(identity)
-            .timeout(Duration::from_secs(20));
-        if http1 {
-            b = b.http1_only();
-        }
-        b.build().unwrap()
+        caller::build_client(&self.pki.ca.cert.cert_pem, cert, http1)
     }
 
     pub fn client(&self, cert: &CertifiedKey) -> reqwest::Client {
@@ -314,7 +340,8 @@ impl pingora::server::ShutdownSignalWatch for NeverShutdown {
     }
 }
 
-/// Parse a response as an OperationOutcome and return its first issue code.
+/// Parse a response as an OperationOutcome and return its first issue code. For files not yet
+/// moved to [`Check::expect`], which also asserts the reason.
 pub async fn outcome_code(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
