@@ -25,6 +25,7 @@ use common::upstream::Scripted;
 use common::*;
 use eds_proxy::dev::keys::SigningKey;
 use eds_proxy::dev::pki::CertifiedKey;
+use eds_proxy::error::TokenFailure as F;
 use serde_json::{json, Value};
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
@@ -1461,609 +1462,806 @@ async fn adversarial_forwarding_and_formats() {
 // 5. Tokens and principals
 // ---------------------------------------------------------------------------------------------
 
+/// Every token case searches `/AuditEvent?message-id=tok`.
+const TOK: &str = "message-id=tok";
+const CVR_URN: &str = "urn:dk:gov:saml:cvrNumberIdentifier:29189846";
+
+/// A proxy of its own, certificates A and B (no token), the issuer's key and an attacker's
+/// with the same `kid`, and the tokens the token tables build from: the station `DEV` bound
+/// to A, and its variants.
+struct Tokens {
+    h: Harness,
+    /// Certificate A, no token: `with(token)` presents a token on it.
+    a: Caller,
+    /// Certificate B, no token.
+    b: Caller,
+    attacker: SigningKey,
+    now: i64,
+    /// The station's claims bound to A, as signed.
+    full: Value,
+    /// The station's token bound to A.
+    good: String,
+    /// `good` with another device in its payload, the signature kept.
+    tampered: String,
+    /// The signature of `good`.
+    real_signature: String,
+    /// A's thumbprint in hex and in standard (not URL-safe) base64.
+    hex: String,
+    standard_b64: String,
+    /// OIO-BPP XML granting the supporter role for CVR 29189846, base64.
+    xml_priv: String,
+    /// The issuer's public key set and key as text (HMAC key confusion).
+    jwks_text: String,
+    jwk_text: String,
+}
+
+impl Tokens {
+    fn start(tag: &str) -> Tokens {
+        let h = Harness::start(tag, Options::default());
+        let a = h.anonymous(&format!("{tag}-a"));
+        let b = h.anonymous(&format!("{tag}-b"));
+        let key = &h.pki.issuer_key;
+        let station = station_claims(DEV, SOR, GLN);
+        let full = claims_for(&a.cert, station.clone());
+        let good = h.token(&a.cert, station);
+        let tampered = {
+            let parts: Vec<&str> = good.split('.').collect();
+            let forged = merge(full.clone(), json!({"ehmi:eer:device_id": "adv-other-dev"}));
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(forged.to_string().as_bytes()),
+                parts[2]
+            )
+        };
+        let digest = sha2::Sha256::digest(&a.cert.cert_der);
+        Tokens {
+            attacker: SigningKey::generate("test-key-1").unwrap(),
+            now: now(),
+            real_signature: good.rsplit('.').next().unwrap().to_string(),
+            hex: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            standard_b64: base64::engine::general_purpose::STANDARD.encode(digest),
+            xml_priv: bpp(CVR_URN, SUPPORTER_ROLE)["priv"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            jwks_text: key.jwks().to_string(),
+            jwk_text: key.jwk().to_string(),
+            tampered,
+            full,
+            good,
+            a,
+            b,
+            h,
+        }
+    }
+    /// The token search, `token` presented on certificate A.
+    fn with(&self, token: &str) -> reqwest::RequestBuilder {
+        self.a.clone().with_token(token).search(TOK)
+    }
+    /// The station's token bound to A with `patch` on its claims (a null removes a claim).
+    fn st(&self, patch: Value) -> String {
+        self.h
+            .token(&self.a.cert, merge(station_claims(DEV, SOR, GLN), patch))
+    }
+    /// The station's claims with exactly `header`, signed by the issuer's key.
+    fn es(&self, header: Value) -> String {
+        forge(&header, &self.full, &self.h.pki.issuer_key)
+    }
+    /// The station's claims with exactly `header`, signed by the attacker's key.
+    fn by_attacker(&self, header: Value) -> String {
+        forge(&header, &self.full, &self.attacker)
+    }
+    /// A citizen's token (CPR 0101010001) bound to A, with `patch`.
+    fn citizen(&self, patch: Value) -> String {
+        self.h
+            .token(&self.a.cert, merge(citizen_claims("0101010001"), patch))
+    }
+    /// A supporter's token for `cvr` bound to A, with `patch`.
+    fn supporter(&self, cvr: &str, patch: Value) -> String {
+        self.h
+            .token(&self.a.cert, merge(supporter_claims(cvr), patch))
+    }
+    /// Run `cases` after a control (the station's own token) and fail with every failing case.
+    async fn run(&self, name: &'static str, mut cases: Vec<Case>) {
+        cases.insert(
+            0,
+            case("control: station token", self.with(&self.good), ok()),
+        );
+        verdict(&[run_cases(&self.h, name, cases).await]);
+    }
+}
+
+/// The station's token search, answered.
+fn ok() -> Expect {
+    station_search(TOK)
+}
+/// The citizen's token search, answered.
+fn citizen_ok() -> Expect {
+    search(&cpr_sec("0101010001"), TOK)
+}
+/// The token search of a supporter for CVR 29189846, answered.
+fn supporter_29() -> Expect {
+    search(SOR_SEC_29189846, TOK)
+}
+/// OIO-BPP XML granting `privilege` (raw XML) with `scope` as Scope, as a `priv` claim.
+fn bpp(scope: &str, privilege: &str) -> Value {
+    json!({"priv": base64::engine::general_purpose::STANDARD.encode(format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="{scope}"><Privilege>{privilege}</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
+    ))})
+}
+
+/// The token travels as one `Authorization: Bearer` credential, and its signature covers exactly
+/// what was signed (RFC 6750 §2.1, RFC 7515 §5.2).
 #[tokio::test]
-async fn adversarial_tokens() {
-    let h = Harness::start("adv-token", Options::default());
-    let cert = h.pki.client("adv-token-a");
-    let cert_b = h.pki.client("adv-token-b");
-    let client = h.client(&cert);
-    let client_b = h.client(&cert_b);
-    let key = &h.pki.issuer_key;
-    let attacker = SigningKey::generate("test-key-1").unwrap();
-    let now = now();
-    let url = h.url("AuditEvent?message-id=tok");
-    let with = |token: &str| client.get(&url).bearer_auth(token);
-    let station = station_claims(DEV, SOR, GLN);
-    let st = |patch: Value| h.token(&cert, merge(station.clone(), patch));
-    let full = claims_for(&cert, station.clone());
-    let good = h.token(&cert, station.clone());
-    let ok = station_search("message-id=tok");
-    let es = |header: Value| forge(&header, &full, key);
-    let by_attacker = |header: Value| forge(&header, &full, &attacker);
-    let citizen = |patch: Value| h.token(&cert, merge(citizen_claims("0101010001"), patch));
-    let supporter = |cvr: &str, patch: Value| h.token(&cert, merge(supporter_claims(cvr), patch));
-    let citizen_ok = search(&cpr_sec("0101010001"), "message-id=tok");
-    let standard_b64 =
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&cert.cert_der));
-    let hex: String = sha2::Sha256::digest(&cert.cert_der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let tampered = {
-        let parts: Vec<&str> = good.split('.').collect();
-        let forged = merge(full.clone(), json!({"ehmi:eer:device_id": "adv-other-dev"}));
-        format!(
-            "{}.{}.{}",
-            parts[0],
-            b64(forged.to_string().as_bytes()),
-            parts[2]
-        )
-    };
-    let real_signature = good.rsplit('.').next().unwrap().to_string();
-    let xml_priv = base64::engine::general_purpose::STANDARD.encode(format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="urn:dk:gov:saml:cvrNumberIdentifier:29189846"><Privilege>{SUPPORTER_ROLE}</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
-    ));
-    let jwks_text = key.jwks().to_string();
-    let jwk_text = key.jwk().to_string();
-    // OIO-BPP XML granting `privilege` (raw XML) for CVR 29189846, with `scope` as Scope.
-    let bpp = |scope: &str, privilege: &str| {
-        json!({"priv": base64::engine::general_purpose::STANDARD.encode(format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="{scope}"><Privilege>{privilege}</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
-        ))})
-    };
-    let cvr_urn = "urn:dk:gov:saml:cvrNumberIdentifier:29189846";
-    let supporter_29 = search(SOR_SEC_29189846, "message-id=tok");
-    use eds_proxy::error::TokenFailure as F;
-    let cases = vec![
-        case("control: station token", with(&good), ok.clone()),
-        // Transport of the token.
-        case(
-            "no Authorization",
-            client.get(&url),
-            no_token().because("missing"),
-        ),
-        case(
-            "Basic scheme",
-            client.get(&url).header("Authorization", "Basic YTpi"),
-            no_token().because("missing"),
-        ),
-        case(
-            "Bearer without a token",
-            client.get(&url).header("Authorization", "Bearer"),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "two Authorization headers",
-            client
-                .get(&url)
-                .header("Authorization", format!("Bearer {good}"))
-                .header("Authorization", format!("Bearer {good}")),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "bound to A, presented with B",
-            client_b.get(&url).bearer_auth(&good),
-            bad_token().because("cnf_mismatch"),
-        ),
-        case(
-            "a quote in the token",
-            with("a\"b.c.d"),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "a 20 KB token",
-            with(&format!("{}.b.c", "a".repeat(20_000))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "four parts",
-            with(&format!("{good}.x")),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "signature stripped",
-            with(&format!("{}.", good.rsplit_once('.').unwrap().0)),
-            bad_token().because("signature"),
-        ),
-        case(
-            "tampered payload",
-            with(&tampered),
-            bad_token().because("signature"),
-        ),
-        // Algorithms.
+async fn adversarial_tokens_transport() {
+    let t = Tokens::start("adv-tok-transport");
+    t.run(
+        "token transport",
+        vec![
+            // Transport of the token.
+            case(
+                "no Authorization",
+                t.a.search(TOK),
+                no_token().because("missing"),
+            ),
+            case(
+                "Basic scheme",
+                t.a.search(TOK).header("Authorization", "Basic YTpi"),
+                no_token().because("missing"),
+            ),
+            case(
+                "Bearer without a token",
+                t.a.search(TOK).header("Authorization", "Bearer"),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "two Authorization headers",
+                t.a.search(TOK)
+                    .header("Authorization", format!("Bearer {}", t.good))
+                    .header("Authorization", format!("Bearer {}", t.good)),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "bound to A, presented with B",
+                t.b.clone().with_token(t.good.clone()).search(TOK),
+                bad_token().because("cnf_mismatch"),
+            ),
+            case(
+                "a quote in the token",
+                t.with("a\"b.c.d"),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "a 20 KB token",
+                t.with(&format!("{}.b.c", "a".repeat(20_000))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "four parts",
+                t.with(&format!("{}.x", t.good)),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "signature stripped",
+                t.with(&format!("{}.", t.good.rsplit_once('.').unwrap().0)),
+                bad_token().because("signature"),
+            ),
+            case(
+                "t.tampered payload",
+                t.with(&t.tampered),
+                bad_token().because("signature"),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Only ES256 from the issuer's own key set: no `none`, no HMAC with public key material, no other
+/// algorithm, no key named or carried by the token (`kid` looked up exactly; `jku`, `x5u`, `jwk`
+/// ignored) (RFC 8725 §2.1, §3.1).
+#[tokio::test]
+async fn adversarial_tokens_algorithms_and_keys() {
+    let t = Tokens::start("adv-tok-algorithms-and-keys");
+    t.run(
+        "token algorithms and keys",
+        vec![
+// Algorithms.
         case(
             "alg none",
-            with(&unsigned("none", &full, "")),
+            t.with(&unsigned("none", &t.full, "")),
             bad_token().because("algorithm"),
         ),
         case(
             "alg nOnE",
-            with(&unsigned("nOnE", &full, "")),
+            t.with(&unsigned("nOnE", &t.full, "")),
             bad_token().because("algorithm"),
         ),
         case(
             "alg none with a real signature",
-            with(&unsigned("none", &full, &real_signature)),
+            t.with(&unsigned("none", &t.full, &t.real_signature)),
             bad_token().because("algorithm"),
         ),
         case(
             "HS256 keyed with the JWKS text",
-            with(&hs256(&full, jwks_text.as_bytes())),
+            t.with(&hs256(&t.full, t.jwks_text.as_bytes())),
             bad_token().because("algorithm"),
         ),
         case(
             "HS256 keyed with the JWK text",
-            with(&hs256(&full, jwk_text.as_bytes())),
+            t.with(&hs256(&t.full, t.jwk_text.as_bytes())),
             bad_token().because("algorithm"),
         ),
         case(
             "RS256 header on an ES256 signature",
-            with(&es(json!({"alg": "RS256", "kid": "test-key-1"}))),
+            t.with(&t.es(json!({"alg": "RS256", "kid": "test-key-1"}))),
             bad_token().because("algorithm"),
         ),
         case(
             "PS256 header on an ES256 signature",
-            with(&es(json!({"alg": "PS256", "kid": "test-key-1"}))),
+            t.with(&t.es(json!({"alg": "PS256", "kid": "test-key-1"}))),
             bad_token().because("algorithm"),
         ),
         case(
             "ES384 header on an ES256 signature",
-            with(&es(json!({"alg": "ES384", "kid": "test-key-1"}))),
+            t.with(&t.es(json!({"alg": "ES384", "kid": "test-key-1"}))),
             bad_token().because("algorithm"),
         ),
         // Keys.
         case(
             "unknown kid",
-            with(&es(json!({"alg": "ES256", "kid": "other-key"}))),
+            t.with(&t.es(json!({"alg": "ES256", "kid": "other-key"}))),
             bad_token().because("unknown_key"),
         ),
         case(
             "no kid",
-            with(&es(json!({"alg": "ES256"}))),
+            t.with(&t.es(json!({"alg": "ES256"}))),
             bad_token().because("unknown_key"),
         ),
         case(
             "kid path traversal",
-            with(&es(
+            t.with(&t.es(
                 json!({"alg": "ES256", "kid": "../../../../../../etc/passwd"}),
             )),
             bad_token().because("unknown_key"),
         ),
         case(
             "kid SQL injection",
-            with(&es(json!({"alg": "ES256", "kid": "' OR '1'='1' --"}))),
+            t.with(&t.es(json!({"alg": "ES256", "kid": "' OR '1'='1' --"}))),
             bad_token().because("unknown_key"),
         ),
         case(
             "kid with a NUL",
-            with(&es(json!({"alg": "ES256", "kid": "test-key-1\u{0}"}))),
+            t.with(&t.es(json!({"alg": "ES256", "kid": "test-key-1\u{0}"}))),
             bad_token().because("unknown_key"),
         ),
         case(
             "kid in another case",
-            with(&es(json!({"alg": "ES256", "kid": "TEST-KEY-1"}))),
+            t.with(&t.es(json!({"alg": "ES256", "kid": "TEST-KEY-1"}))),
             bad_token().because("unknown_key"),
         ),
         case(
             "kid as a number",
-            with(&es(json!({"alg": "ES256", "kid": 1}))),
+            t.with(&t.es(json!({"alg": "ES256", "kid": 1}))),
             bad_token().because("algorithm"),
         ),
         case(
-            "jku to an attacker's JWKS",
-            with(&by_attacker(
+            "jku to an t.attacker's JWKS",
+            t.with(&t.by_attacker(
                 json!({"alg": "ES256", "kid": "test-key-1", "jku": "https://evil.example/jwks.json"}),
             )),
             bad_token().because("signature"),
         ),
         case(
-            "jku with an attacker's kid",
-            with(&by_attacker(
+            "jku with an t.attacker's kid",
+            t.with(&t.by_attacker(
                 json!({"alg": "ES256", "kid": "evil-1", "jku": "https://evil.example/jwks.json"}),
             )),
             bad_token().because("unknown_key"),
         ),
         case(
-            "x5u to an attacker's certificate",
-            with(&by_attacker(
+            "x5u to an t.attacker's certificate",
+            t.with(&t.by_attacker(
                 json!({"alg": "ES256", "kid": "test-key-1", "x5u": "https://evil.example/cert.pem"}),
             )),
             bad_token().because("signature"),
         ),
         case(
-            "embedded jwk of the attacker",
-            with(&by_attacker(
-                json!({"alg": "ES256", "kid": "test-key-1", "jwk": attacker.jwk()}),
+            "embedded jwk of the t.attacker",
+            t.with(&t.by_attacker(
+                json!({"alg": "ES256", "kid": "test-key-1", "jwk": t.attacker.jwk()}),
             )),
             bad_token().because("signature"),
         ),
         case(
             "embedded jwk without kid",
-            with(&by_attacker(json!({"alg": "ES256", "jwk": attacker.jwk()}))),
+            t.with(&t.by_attacker(json!({"alg": "ES256", "jwk": t.attacker.jwk()}))),
             bad_token().because("unknown_key"),
         ),
-        // Header parameters that change how the token must be processed (RFC 7515 §4.1.11).
+                ],
+    )
+    .await;
+}
+
+/// Header parameters that change how the token must be processed are refused: `crit`, `b64`, a
+/// `typ` of another kind of JWT (RFC 7515 §4.1.11, RFC 7797, RFC 8725 §3.11).
+#[tokio::test]
+async fn adversarial_tokens_header_parameters() {
+    let t = Tokens::start("adv-tok-header-parameters");
+    t.run(
+        "token header parameters",
+        vec![
+// Header parameters that change how the token must be processed (RFC 7515 §4.1.11).
         case(
             "crit naming an extension, signed by the issuer",
-            with(&es(
+            t.with(&t.es(
                 json!({"alg": "ES256", "kid": "test-key-1", "typ": "JWT", "crit": ["x-ext"], "x-ext": true}),
             )),
             bad_token_because(F::CriticalHeader),
         ),
         case(
             "crit naming b64 with b64 false",
-            with(&es(
+            t.with(&t.es(
                 json!({"alg": "ES256", "kid": "test-key-1", "crit": ["b64"], "b64": false}),
             )),
             bad_token_because(F::CriticalHeader),
         ),
         case(
             "crit naming a registered parameter",
-            with(&es(
+            t.with(&t.es(
                 json!({"alg": "ES256", "kid": "test-key-1", "crit": ["kid"]}),
             )),
             bad_token_because(F::Malformed),
         ),
         case(
             "b64 false without crit",
-            with(&es(
+            t.with(&t.es(
                 json!({"alg": "ES256", "kid": "test-key-1", "b64": false}),
             )),
             bad_token_because(F::CriticalHeader),
         ),
         case(
             "typ of another kind of JWT",
-            with(&es(
+            t.with(&t.es(
                 json!({"alg": "ES256", "kid": "test-key-1", "typ": "logout+jwt"}),
             )),
             bad_token_because(F::TokenType),
         ),
         case(
             "typ at+jwt (accepted)",
-            with(&es(
+            t.with(&t.es(
                 json!({"alg": "ES256", "kid": "test-key-1", "typ": "at+jwt"}),
             )),
-            ok.clone(),
+            ok(),
         ),
         case(
             "no typ (accepted)",
-            with(&es(json!({"alg": "ES256", "kid": "test-key-1"}))),
-            ok.clone(),
+            t.with(&t.es(json!({"alg": "ES256", "kid": "test-key-1"}))),
+            ok(),
         ),
-        // Lifetime (token.max_lifetime_seconds, 3600 by default).
-        case(
-            "valid for ten years",
-            with(&st(json!({"exp": now + 10 * 365 * 86_400}))),
-            bad_token_because(F::LifetimeTooLong),
-        ),
-        case(
-            "valid for two hours, no iat",
-            with(&st(json!({"exp": now + 7200, "iat": null}))),
-            bad_token_because(F::LifetimeTooLong),
-        ),
-        case(
-            "issued long ago, expiring soon",
-            with(&st(
-                json!({"iat": now - 7000, "nbf": now - 7000, "exp": now + 300}),
-            )),
-            bad_token_because(F::LifetimeTooLong),
-        ),
-        case(
-            "valid for exactly the maximum (accepted)",
-            with(&st(json!({"iat": now, "exp": now + 3600}))),
-            ok.clone(),
-        ),
-        // Registered claims.
-        case(
-            "expired",
-            with(&st(json!({"exp": now - 3600}))),
-            bad_token().because("expired"),
-        ),
-        case(
-            "nbf in the future",
-            with(&st(json!({"nbf": now + 3600}))),
-            bad_token().because("not_yet_valid"),
-        ),
-        case(
-            "iat in the future",
-            with(&st(json!({"iat": now + 3600}))),
-            bad_token().because("issued_in_future"),
-        ),
-        case(
-            "no exp",
-            with(&st(json!({"exp": null}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "exp as a string",
-            with(&st(json!({"exp": (now + 600).to_string()}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "wrong aud",
-            with(&st(json!({"aud": "other"}))),
-            bad_token().because("audience"),
-        ),
-        case(
-            "aud list without ours",
-            with(&st(json!({"aud": ["other", "eds2"]}))),
-            bad_token().because("audience"),
-        ),
-        case(
-            "aud list with ours (accepted)",
-            with(&st(json!({"aud": ["other", AUDIENCE]}))),
-            ok.clone(),
-        ),
-        case(
-            "wrong iss",
-            with(&st(json!({"iss": "https://evil.test"}))),
-            bad_token().because("issuer"),
-        ),
-        case(
-            "iss with a trailing slash",
-            with(&st(json!({"iss": format!("{ISSUER}/")}))),
-            bad_token().because("issuer"),
-        ),
-        case(
-            "no iss",
-            with(&st(json!({"iss": null}))),
-            bad_token().because("malformed"),
-        ),
-        // Certificate binding.
-        case(
-            "no cnf",
-            with(&st(json!({"cnf": null}))),
-            bad_token().because("missing_cnf"),
-        ),
-        case(
-            "cnf with x5t only",
-            with(&st(json!({"cnf": {"x5t": cert.thumbprint()}}))),
-            bad_token().because("missing_cnf"),
-        ),
-        case(
-            "cnf as a string",
-            with(&st(json!({"cnf": cert.thumbprint()}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "cnf of another certificate",
-            with(&st(json!({"cnf": {"x5t#S256": cert_b.thumbprint()}}))),
-            bad_token().because("cnf_mismatch"),
-        ),
-        case(
-            "cnf empty",
-            with(&st(json!({"cnf": {"x5t#S256": ""}}))),
-            bad_token().because("cnf_mismatch"),
-        ),
-        case(
-            "cnf in hex",
-            with(&st(json!({"cnf": {"x5t#S256": hex}}))),
-            bad_token().because("cnf_mismatch"),
-        ),
-        case(
-            "cnf in standard base64 (accepted)",
-            with(&st(json!({"cnf": {"x5t#S256": standard_b64}}))),
-            ok.clone(),
-        ),
-        // Scopes.
+                ],
+    )
+    .await;
+}
+
+/// Time: `exp` required and in the future, `nbf` and `iat` not in the future, and a lifetime no
+/// longer than `token.max_lifetime_seconds` (RFC 7519 §4.1.4-6).
+#[tokio::test]
+async fn adversarial_tokens_time_claims() {
+    let t = Tokens::start("adv-tok-time-claims");
+    t.run(
+        "token time claims",
+        vec![
+            // Lifetime (token.max_lifetime_seconds, 3600 by default).
+            case(
+                "valid for ten years",
+                t.with(&t.st(json!({"exp": t.now + 10 * 365 * 86_400}))),
+                bad_token_because(F::LifetimeTooLong),
+            ),
+            case(
+                "valid for two hours, no iat",
+                t.with(&t.st(json!({"exp": t.now + 7200, "iat": null}))),
+                bad_token_because(F::LifetimeTooLong),
+            ),
+            case(
+                "issued long ago, expiring soon",
+                t.with(
+                    &t.st(json!({"iat": t.now - 7000, "nbf": t.now - 7000, "exp": t.now + 300})),
+                ),
+                bad_token_because(F::LifetimeTooLong),
+            ),
+            case(
+                "valid for exactly the maximum (accepted)",
+                t.with(&t.st(json!({"iat": t.now, "exp": t.now + 3600}))),
+                ok(),
+            ),
+            // Validity period.
+            case(
+                "expired",
+                t.with(&t.st(json!({"exp": t.now - 3600}))),
+                bad_token().because("expired"),
+            ),
+            case(
+                "nbf in the future",
+                t.with(&t.st(json!({"nbf": t.now + 3600}))),
+                bad_token().because("not_yet_valid"),
+            ),
+            case(
+                "iat in the future",
+                t.with(&t.st(json!({"iat": t.now + 3600}))),
+                bad_token().because("issued_in_future"),
+            ),
+            case(
+                "no exp",
+                t.with(&t.st(json!({"exp": null}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "exp as a string",
+                t.with(&t.st(json!({"exp": (t.now + 600).to_string()}))),
+                bad_token().because("malformed"),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Audience and issuer: `aud` (a string or a list) names this service, `iss` is exactly the
+/// configured issuer (RFC 7519 §4.1.1, §4.1.3; RFC 8725 §3.8, §3.9).
+#[tokio::test]
+async fn adversarial_tokens_audience_and_issuer() {
+    let t = Tokens::start("adv-tok-aud-iss");
+    t.run(
+        "token audience and issuer",
+        vec![
+            case(
+                "wrong aud",
+                t.with(&t.st(json!({"aud": "other"}))),
+                bad_token().because("audience"),
+            ),
+            case(
+                "aud list without ours",
+                t.with(&t.st(json!({"aud": ["other", "eds2"]}))),
+                bad_token().because("audience"),
+            ),
+            case(
+                "aud list with ours (accepted)",
+                t.with(&t.st(json!({"aud": ["other", AUDIENCE]}))),
+                ok(),
+            ),
+            case(
+                "wrong iss",
+                t.with(&t.st(json!({"iss": "https://evil.test"}))),
+                bad_token().because("issuer"),
+            ),
+            case(
+                "iss with a trailing slash",
+                t.with(&t.st(json!({"iss": format!("{ISSUER}/")}))),
+                bad_token().because("issuer"),
+            ),
+            case(
+                "no iss",
+                t.with(&t.st(json!({"iss": null}))),
+                bad_token().because("malformed"),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Certificate binding: `cnf.x5t#S256` must be the SHA-256 thumbprint of the client certificate
+/// presented on this connection (RFC 8705 §3.1).
+#[tokio::test]
+async fn adversarial_tokens_binding() {
+    let t = Tokens::start("adv-tok-binding");
+    t.run(
+        "token binding",
+        vec![
+            // Certificate binding.
+            case(
+                "no cnf",
+                t.with(&t.st(json!({"cnf": null}))),
+                bad_token().because("missing_cnf"),
+            ),
+            case(
+                "cnf with x5t only",
+                t.with(&t.st(json!({"cnf": {"x5t": t.a.cert.thumbprint()}}))),
+                bad_token().because("missing_cnf"),
+            ),
+            case(
+                "cnf as a string",
+                t.with(&t.st(json!({"cnf": t.a.cert.thumbprint()}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "cnf of another certificate",
+                t.with(&t.st(json!({"cnf": {"x5t#S256": t.b.cert.thumbprint()}}))),
+                bad_token().because("cnf_mismatch"),
+            ),
+            case(
+                "cnf empty",
+                t.with(&t.st(json!({"cnf": {"x5t#S256": ""}}))),
+                bad_token().because("cnf_mismatch"),
+            ),
+            case(
+                "cnf in t.hex",
+                t.with(&t.st(json!({"cnf": {"x5t#S256": t.hex}}))),
+                bad_token().because("cnf_mismatch"),
+            ),
+            case(
+                "cnf in standard base64 (accepted)",
+                t.with(&t.st(json!({"cnf": {"x5t#S256": t.standard_b64}}))),
+                ok(),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// EDS scopes: `EDS` present, exactly one SMART v2 `AuditEvent` access scope kind (system or user),
+/// no wildcards or v1 forms, and the grant letter the interaction needs (IG security, SMART v2
+/// scopes).
+#[tokio::test]
+async fn adversarial_tokens_scopes() {
+    let t = Tokens::start("adv-tok-scopes");
+    t.run(
+        "token scopes",
+        vec![
+// Scopes.
         case(
             "scope without EDS",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("system/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("not_for_eds"),
         ),
         case(
             "scope eds in lower case",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("eds system/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("not_for_eds"),
         ),
         case(
             "system/*.*",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/*.* SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_access_scope"),
         ),
         case(
             "system/*.crs",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/*.crs SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_access_scope"),
         ),
         case(
             "system/AuditEvent.*",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.* SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_access_scope"),
         ),
         case(
             "system/AuditEvent.read (SMART v1)",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.read SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_access_scope"),
         ),
         case(
             "system/AuditEvent.crs?category=x",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.crs?category=x SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_access_scope"),
         ),
         case(
             "System/AuditEvent.crs",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS System/AuditEvent.crs SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_access_scope"),
         ),
         case(
             "user/*.rs",
-            with(&citizen(json!({"scope": "EDS user/*.rs"}))),
+            t.with(&t.citizen(json!({"scope": "EDS user/*.rs"}))),
             forbidden().because("no_access_scope"),
         ),
         case(
             "patient/AuditEvent.rs",
-            with(&citizen(json!({"scope": "EDS patient/AuditEvent.rs"}))),
+            t.with(&t.citizen(json!({"scope": "EDS patient/AuditEvent.rs"}))),
             forbidden().because("no_access_scope"),
         ),
         case(
             "system and user scopes",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.crs user/AuditEvent.rs SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("mixed_scopes"),
         ),
         case(
             "create-only scope cannot search",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.c SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_search_grant"),
         ),
         case(
             "read-only scope cannot search",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.r SOR:{SOR} GLN:{GLN}")}),
             )),
             forbidden().because("no_search_grant"),
         ),
         case(
             "scope as an array (accepted)",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": ["EDS", "system/AuditEvent.crs", format!("SOR:{SOR}"), format!("GLN:{GLN}")]}),
             )),
-            ok.clone(),
+            ok(),
         ),
         case(
             "station without SOR/GLN scopes may search",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": "EDS system/AuditEvent.rs", "ehmi:org_context": null}),
             )),
-            ok.clone(),
+            ok(),
         ),
-        // Organisational context.
+                ],
+    )
+    .await;
+}
+
+/// A station's organisational context: the SOR/GLN scopes agree with `ehmi:org_context`, at most
+/// one of each; its `ehmi:eer:device_id` is present and a plain identifier (IG security, EER).
+#[tokio::test]
+async fn adversarial_tokens_stations() {
+    let t = Tokens::start("adv-tok-stations");
+    t.run(
+        "token stations",
+        vec![
+// Organisational context.
         case(
             "SOR scope differs from ehmi:org_context",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:111 GLN:{GLN}")}),
             )),
             forbidden().because("org_scopes_mismatch"),
         ),
         case(
             "GLN scope differs from ehmi:org_context",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} GLN:GLN-999")}),
             )),
             forbidden().because("org_scopes_mismatch"),
         ),
         case(
             "two SOR scopes",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} SOR:111 GLN:{GLN}")}),
             )),
             forbidden().because("several_org_scopes"),
         ),
         case(
             "two GLN scopes",
-            with(&st(
+            t.with(&t.st(
                 json!({"scope": format!("EDS system/AuditEvent.crs SOR:{SOR} GLN:{GLN} GLN:GLN-999")}),
             )),
             forbidden().because("several_org_scopes"),
         ),
         case(
             "SOR/GLN scopes without ehmi:org_context",
-            with(&st(json!({"ehmi:org_context": null}))),
+            t.with(&t.st(json!({"ehmi:org_context": null}))),
             forbidden().because("org_scopes_without_context"),
         ),
         // Device identity.
         case(
             "no device_id",
-            with(&st(json!({"ehmi:eer:device_id": null}))),
+            t.with(&t.st(json!({"ehmi:eer:device_id": null}))),
             forbidden().because("missing_claim"),
         ),
         case(
             "blank device_id",
-            with(&st(json!({"ehmi:eer:device_id": "  "}))),
+            t.with(&t.st(json!({"ehmi:eer:device_id": "  "}))),
             forbidden().because("missing_claim"),
         ),
         case(
             "device_id with a control character",
-            with(&st(json!({"ehmi:eer:device_id": "adv-dev\u{7}"}))),
+            t.with(&t.st(json!({"ehmi:eer:device_id": "adv-dev\u{7}"}))),
             forbidden().because("invalid_claim"),
         ),
         case(
             "device_id of 200 characters",
-            with(&st(json!({"ehmi:eer:device_id": "d".repeat(200)}))),
+            t.with(&t.st(json!({"ehmi:eer:device_id": "d".repeat(200)}))),
             forbidden().because("invalid_claim"),
         ),
         case(
             "device_id with FHIR separators is escaped",
-            with(&st(json!({"ehmi:eer:device_id": "adv,dev|x"}))),
+            t.with(&t.st(json!({"ehmi:eer:device_id": "adv,dev|x"}))),
             search(
                 "_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cadv%5C%2Cdev%5C%7Cx",
                 "message-id=tok",
             ),
         ),
-        // Citizens.
-        case(
-            "control: citizen",
-            with(&citizen(json!({}))),
-            citizen_ok.clone(),
-        ),
-        case(
-            "citizen with acr Low",
-            with(&citizen(
-                json!({"acr": "https://data.gov.dk/concept/core/nsis/loa/Low"}),
-            )),
-            forbidden().because("assurance_too_low"),
-        ),
-        case(
-            "citizen without acr",
-            with(&citizen(json!({"acr": null}))),
-            forbidden().because("assurance_too_low"),
-        ),
-        case(
-            "citizen with acr \"substantial\"",
-            with(&citizen(json!({"acr": "substantial"}))),
-            forbidden().because("assurance_too_low"),
-        ),
-        case(
-            "citizen with acr High (accepted)",
-            with(&citizen(
-                json!({"acr": "https://data.gov.dk/concept/core/nsis/loa/High"}),
-            )),
-            citizen_ok.clone(),
-        ),
-        case(
-            "citizen with a blank cpr",
-            with(&citizen(json!({"cpr": " "}))),
-            forbidden().because("missing_claim"),
-        ),
-        case(
-            "user token with neither cpr nor cvr",
-            with(&citizen(json!({"cpr": null}))),
-            forbidden().because("missing_claim"),
-        ),
-        // Supporters.
+                ],
+    )
+    .await;
+}
+
+/// A citizen: a `cpr` and NSIS assurance Substantial or High (`acr`).
+#[tokio::test]
+async fn adversarial_tokens_citizens() {
+    let t = Tokens::start("adv-tok-citizens");
+    t.run(
+        "token citizens",
+        vec![
+            // Citizens.
+            case(
+                "control: citizen",
+                t.with(&t.citizen(json!({}))),
+                citizen_ok(),
+            ),
+            case(
+                "citizen with acr Low",
+                t.with(&t.citizen(json!({"acr": "https://data.gov.dk/concept/core/nsis/loa/Low"}))),
+                forbidden().because("assurance_too_low"),
+            ),
+            case(
+                "citizen without acr",
+                t.with(&t.citizen(json!({"acr": null}))),
+                forbidden().because("assurance_too_low"),
+            ),
+            case(
+                "citizen with acr \"substantial\"",
+                t.with(&t.citizen(json!({"acr": "substantial"}))),
+                forbidden().because("assurance_too_low"),
+            ),
+            case(
+                "citizen with acr High (accepted)",
+                t.with(
+                    &t.citizen(json!({"acr": "https://data.gov.dk/concept/core/nsis/loa/High"})),
+                ),
+                citizen_ok(),
+            ),
+            case(
+                "citizen with a blank cpr",
+                t.with(&t.citizen(json!({"cpr": " "}))),
+                forbidden().because("missing_claim"),
+            ),
+            case(
+                "user token with neither cpr nor cvr",
+                t.with(&t.citizen(json!({"cpr": null}))),
+                forbidden().because("missing_claim"),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// A supporter: the supporter role for its own CVR in `priv` (JSON or OIO-BPP XML read as XML), a
+/// CVR the directory knows, and NSIS assurance Substantial or High; the role wins over a `cpr`.
+#[tokio::test]
+async fn adversarial_tokens_supporters() {
+    let t = Tokens::start("adv-tok-supporters");
+    t.run(
+        "token supporters",
+        vec![
+// Supporters.
         case(
             "control: supporter",
-            with(&supporter("11111111", json!({}))),
+            t.with(&t.supporter("11111111", json!({}))),
             search(SOR_SEC_11111111, "message-id=tok"),
         ),
         case(
             "supporter without priv",
-            with(&supporter("11111111", json!({"priv": null}))),
+            t.with(&t.supporter("11111111", json!({"priv": null}))),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter with the role for another CVR",
-            with(&supporter(
+            t.with(&t.supporter(
                 "11111111",
                 json!({"priv": [{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:29189846", "privileges": [SUPPORTER_ROLE]}]}),
             )),
@@ -2071,7 +2269,7 @@ async fn adversarial_tokens() {
         ),
         case(
             "supporter with another role",
-            with(&supporter(
+            t.with(&t.supporter(
                 "11111111",
                 json!({"priv": [{"scope": "urn:dk:gov:saml:cvrNumberIdentifier:11111111", "privileges": ["urn:dk:other:role"]}]}),
             )),
@@ -2079,79 +2277,79 @@ async fn adversarial_tokens() {
         ),
         case(
             "supporter with a CVR unknown to the directory",
-            with(&supporter("99999999", json!({}))),
+            t.with(&t.supporter("99999999", json!({}))),
             forbidden().because("unknown_cvr"),
         ),
         case(
             "supporter with a garbage priv",
-            with(&supporter("11111111", json!({"priv": "not base64 !!"}))),
+            t.with(&t.supporter("11111111", json!({"priv": "not base64 !!"}))),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter without acr",
-            with(&supporter("11111111", json!({"acr": null}))),
+            t.with(&t.supporter("11111111", json!({"acr": null}))),
             forbidden().because("assurance_too_low"),
         ),
         case(
             "supporter with OIO-BPP XML priv (accepted)",
-            with(&supporter("29189846", json!({"priv": xml_priv}))),
+            t.with(&t.supporter("29189846", json!({"priv": t.xml_priv}))),
             search(SOR_SEC_29189846, "message-id=tok"),
         ),
         // OIO-BPP XML read as XML: a value is the whole text, comments and PIs left out.
         case(
             "XML priv: role, comment, suffix",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<!---->-suspended")),
+                bpp(CVR_URN, &format!("{SUPPORTER_ROLE}<!---->-suspended")),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role, PI, suffix",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<?x?>-suspended")),
+                bpp(CVR_URN, &format!("{SUPPORTER_ROLE}<?x?>-suspended")),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role, CDATA suffix",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}<![CDATA[-suspended]]>")),
+                bpp(CVR_URN, &format!("{SUPPORTER_ROLE}<![CDATA[-suspended]]>")),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role, character-reference suffix",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(cvr_urn, &format!("{SUPPORTER_ROLE}&#x2D;suspended")),
+                bpp(CVR_URN, &format!("{SUPPORTER_ROLE}&#x2D;suspended")),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role inside a nested element",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(cvr_urn, &format!("<b>{SUPPORTER_ROLE}</b>")),
+                bpp(CVR_URN, &format!("<b>{SUPPORTER_ROLE}</b>")),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: a bpp:Scope beside Scope",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(&format!("{cvr_urn}\" bpp:Scope=\"x"), SUPPORTER_ROLE),
+                bpp(&format!("{CVR_URN}\" bpp:Scope=\"x"), SUPPORTER_ROLE),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: duplicate Scope",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
                 bpp(
-                    &format!("urn:dk:gov:saml:cvrNumberIdentifier:1\" Scope=\"{cvr_urn}"),
+                    &format!("urn:dk:gov:saml:cvrNumberIdentifier:1\" Scope=\"{CVR_URN}"),
                     SUPPORTER_ROLE,
                 ),
             )),
@@ -2159,118 +2357,132 @@ async fn adversarial_tokens() {
         ),
         case(
             "XML priv: a DTD entity expanding to the role",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
                 json!({"priv": base64::engine::general_purpose::STANDARD.encode(format!(
-                    r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY r "{SUPPORTER_ROLE}">]><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="{cvr_urn}"><Privilege>&r;</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
+                    r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY r "{SUPPORTER_ROLE}">]><bpp:PrivilegeList xmlns:bpp="http://itst.dk/oiosaml/basic_privilege_profile"><PrivilegeGroup Scope="{CVR_URN}"><Privilege>&r;</Privilege></PrivilegeGroup></bpp:PrivilegeList>"#
                 ))}),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "XML priv: role split by a comment (accepted)",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
                 bpp(
-                    cvr_urn,
+                    CVR_URN,
                     &SUPPORTER_ROLE.replacen(":role", "<!-- c -->:role", 1),
                 ),
             )),
-            supporter_29.clone(),
+            supporter_29(),
         ),
         case(
             "XML priv: CDATA role with whitespace (accepted)",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(cvr_urn, &format!("\n  <![CDATA[{SUPPORTER_ROLE}]]>\n")),
+                bpp(CVR_URN, &format!("\n  <![CDATA[{SUPPORTER_ROLE}]]>\n")),
             )),
-            supporter_29.clone(),
+            supporter_29(),
         ),
         case(
             "XML priv: Scope URN in upper-case scheme and NID (accepted)",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                bpp(&cvr_urn.replacen("urn:dk", "URN:DK", 1), SUPPORTER_ROLE),
+                bpp(&CVR_URN.replacen("urn:dk", "URN:DK", 1), SUPPORTER_ROLE),
             )),
-            supporter_29.clone(),
+            supporter_29(),
         ),
         case(
             "JSON priv: role with upper-case scheme and NID (accepted)",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                json!({"priv": [{"scope": cvr_urn, "privileges": [SUPPORTER_ROLE.replacen("urn:dk", "URN:DK", 1)]}]}),
+                json!({"priv": [{"scope": CVR_URN, "privileges": [SUPPORTER_ROLE.replacen("urn:dk", "URN:DK", 1)]}]}),
             )),
-            supporter_29.clone(),
+            supporter_29(),
         ),
         case(
             "JSON priv: role with a fragment",
-            with(&supporter(
+            t.with(&t.supporter(
                 "29189846",
-                json!({"priv": [{"scope": cvr_urn, "privileges": [format!("{SUPPORTER_ROLE}#x")]}]}),
+                json!({"priv": [{"scope": CVR_URN, "privileges": [format!("{SUPPORTER_ROLE}#x")]}]}),
             )),
             forbidden().because("no_supporter_role"),
         ),
         case(
             "supporter role wins over cpr",
-            with(&supporter("11111111", json!({"cpr": "0101010001"}))),
+            t.with(&t.supporter("11111111", json!({"cpr": "0101010001"}))),
             search(SOR_SEC_11111111, "message-id=tok"),
         ),
         case(
             "cvr without the role but with cpr is a citizen",
-            with(&supporter(
+            t.with(&t.supporter(
                 "11111111",
                 json!({"priv": null, "cpr": "0101010001"}),
             )),
-            citizen_ok.clone(),
+            citizen_ok(),
         ),
-        // Claims of the wrong JSON type.
-        case(
-            "cpr as a number",
-            with(&citizen(json!({"cpr": 101010001}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "device_id as a number",
-            with(&st(json!({"ehmi:eer:device_id": 42}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "org_context as an array of objects",
-            with(&st(
-                json!({"ehmi:org_context": [{"name": "Org", "sor": SOR, "gln": GLN}]}),
-            )),
-            bad_token().because("malformed"),
-        ),
-        // serde's derived struct visitor also accepts a sequence: ["name", "sor", "gln"] would
-        // be read as an org context, against "a claim of the wrong JSON type makes the token
-        // malformed" (src/auth/token.rs).
-        case(
-            "org_context as a positional array",
-            with(&st(json!({"ehmi:org_context": ["Org", SOR, GLN]}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "acr as an array",
-            with(&citizen(json!({"acr": [NSIS_SUBSTANTIAL]}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "cvr as a number",
-            with(&supporter("11111111", json!({"cvr": 11111111}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "scope as a number",
-            with(&st(json!({"scope": 1}))),
-            bad_token().because("malformed"),
-        ),
-        case(
-            "priv as a number",
-            with(&supporter("11111111", json!({"priv": 1}))),
-            forbidden().because("no_supporter_role"),
-        ),
-    ];
-    verdict(&[run_cases(&h, "tokens", cases).await]);
+                ],
+    )
+    .await;
+}
+
+/// A claim of the wrong JSON type makes the token malformed (src/auth/token.rs), `priv` excepted
+/// (no role).
+#[tokio::test]
+async fn adversarial_tokens_claim_types() {
+    let t = Tokens::start("adv-tok-claim-types");
+    t.run(
+        "token claim types",
+        vec![
+            // Claims of the wrong JSON type.
+            case(
+                "cpr as a number",
+                t.with(&t.citizen(json!({"cpr": 101010001}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "device_id as a number",
+                t.with(&t.st(json!({"ehmi:eer:device_id": 42}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "org_context as an array of objects",
+                t.with(
+                    &t.st(json!({"ehmi:org_context": [{"name": "Org", "sor": SOR, "gln": GLN}]})),
+                ),
+                bad_token().because("malformed"),
+            ),
+            // serde's derived struct visitor also accepts a sequence: ["name", "sor", "gln"] would
+            // be read as an org context, against "a claim of the wrong JSON type makes the token
+            // malformed" (src/auth/token.rs).
+            case(
+                "org_context as a positional array",
+                t.with(&t.st(json!({"ehmi:org_context": ["Org", SOR, GLN]}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "acr as an array",
+                t.with(&t.citizen(json!({"acr": [NSIS_SUBSTANTIAL]}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "cvr as a number",
+                t.with(&t.supporter("11111111", json!({"cvr": 11111111}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "scope as a number",
+                t.with(&t.st(json!({"scope": 1}))),
+                bad_token().because("malformed"),
+            ),
+            case(
+                "priv as a number",
+                t.with(&t.supporter("11111111", json!({"priv": 1}))),
+                forbidden().because("no_supporter_role"),
+            ),
+        ],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
