@@ -35,62 +35,60 @@ fn registration(device: &str, sor: &str, gln: &str, cpr: &str, message_id: &str)
     r
 }
 
-struct Station {
-    client: reqwest::Client,
-    token: String,
+/// A station (device `device`, organisation `sor`/`gln`) with a certificate of its own.
+fn station(h: &Harness, device: &str, sor: &str, gln: &str) -> Caller {
+    h.caller(device, station_claims(device, sor, gln))
 }
 
-fn station(h: &Harness, device: &str, sor: &str, gln: &str) -> Station {
-    let cert = h.pki.client(device);
-    Station {
-        client: h.client(&cert),
-        token: h.token(&cert, station_claims(device, sor, gln)),
-    }
+/// Exactly one upstream request (of those carrying the case's marker).
+fn one(method: &'static str, target: &str) -> Vec<(&'static str, String)> {
+    vec![(method, target.to_string())]
 }
 
-async fn create(s: &Station, h: &Harness, body: &Value) -> reqwest::Response {
-    s.client
-        .post(h.url("AuditEvent"))
-        .bearer_auth(&s.token)
-        .header("Content-Type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
+/// A 200 `resourceType` answer after exactly one upstream request carrying `marker`.
+fn answered(code: &'static str, marker: &str, method: &'static str, target: &str) -> Expect {
+    Expect::new(200, code, Seen::Nothing).marked(marker, one(method, target))
+}
+
+/// Refused with `status`/`code` for `reason`, and no request carrying `marker` reached the
+/// upstream.
+fn refused_marked(status: u16, code: &'static str, reason: &'static str, marker: &str) -> Expect {
+    refused(status, code).because(reason).marked(marker, vec![])
 }
 
 #[tokio::test]
 async fn station_registers_and_the_upstream_gets_labels_and_no_client_headers() {
     let h = harness();
     let s = station(h, "reg-dev-1", "1001", "GLN-1001");
-    let resp = s
-        .client
-        .post(h.url("AuditEvent"))
-        .bearer_auth(&s.token)
-        .header("Content-Type", "application/fhir+json")
+    let answer = s
+        .create(&registration(
+            "reg-dev-1",
+            "1001",
+            "GLN-1001",
+            "0101011001",
+            "reg-msg-1",
+        ))
         .header("X-Forwarded-Host", "evil.example")
         .header("Forwarded", "for=1.2.3.4")
         .header("Prefer", "handling=lenient")
         .header("Cookie", "a=b")
-        .body(registration("reg-dev-1", "1001", "GLN-1001", "0101011001", "reg-msg-1").to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let location = resp.headers()["location"].to_str().unwrap().to_string();
+        .expect(
+            h,
+            created()
+                .marked("reg-msg-1", one("POST", "/fhir/AuditEvent"))
+                .upstream_header("x-forwarded-host", Want::Is("localhost".into()))
+                .upstream_header("x-forwarded-proto", Want::Is("https".into()))
+                .upstream_header("x-forwarded-prefix", Want::Is("/fhir".into()))
+                .upstream_header("authorization", Want::Absent)
+                .upstream_header("forwarded", Want::Absent)
+                .upstream_header("prefer", Want::Absent)
+                .upstream_header("cookie", Want::Absent),
+        )
+        .await;
+    let location = answer.header("location").unwrap();
     assert!(location.starts_with(&h.base), "{location}");
     let seen = h.upstream.requests_matching("reg-msg-1");
-    assert_eq!(seen.len(), 1);
-    let r = &seen[0];
-    assert_eq!(r.method, "POST");
-    assert_eq!(r.target, "/fhir/AuditEvent");
-    assert_eq!(r.header("x-forwarded-host"), Some("localhost"));
-    assert_eq!(r.header("x-forwarded-proto"), Some("https"));
-    assert_eq!(r.header("x-forwarded-prefix"), Some("/fhir"));
-    for absent in ["authorization", "forwarded", "prefer", "cookie"] {
-        assert!(r.header(absent).is_none(), "{absent} was forwarded");
-    }
-    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
     let labels: Vec<(String, String)> = body["meta"]["security"]
         .as_array()
         .unwrap()
@@ -112,62 +110,50 @@ async fn station_registers_and_the_upstream_gets_labels_and_no_client_headers() 
 async fn each_principal_search_reaches_upstream_with_exactly_its_constraint() {
     let h = harness();
     let s = station(h, "search-dev-1", "2001", "GLN-2001");
-    let resp = s
-        .client
-        .get(h.url("AuditEvent?message-id=search-msg-1&_count=500"))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let seen = h.upstream.requests_matching("search-msg-1");
-    assert_eq!(
-        seen[0].target,
-        "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Csearch-dev-1&message-id=search-msg-1&_count=50"
-    );
-
-    let cert = h.pki.client("citizen-search");
-    let citizen = h.client(&cert);
-    let token = h.token(&cert, citizen_claims("0202022002"));
-    let resp = citizen
-        .get(h.url("AuditEvent?message-id=search-msg-2"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        h.upstream.requests_matching("search-msg-2")[0].target,
-        "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Acpr%7C0202022002&message-id=search-msg-2"
-    );
-
-    let cert = h.pki.client("supporter-search");
-    let supporter = h.client(&cert);
-    let token = h.token(&cert, supporter_claims("11111111"));
-    let resp = supporter
-        .post(h.url("AuditEvent/_search"))
-        .bearer_auth(&token)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("message-id=search-msg-3")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let seen = h.upstream.requests_matching("search-msg-3");
-    assert_eq!(seen[0].method, "GET");
-    assert_eq!(
-        seen[0].target,
-        "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Asor%7C698141000016008%2Curn%3Aeds-proxy%3Alabel%3Asor%7C555555555&message-id=search-msg-3"
-    );
+    s.search("message-id=search-msg-1&_count=500")
+        .expect(
+            h,
+            answered(
+                "Bundle",
+                "search-msg-1",
+                "GET",
+                "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Csearch-dev-1&message-id=search-msg-1&_count=50",
+            ),
+        )
+        .await;
+    let citizen = h.caller("citizen-search", citizen_claims("0202022002"));
+    citizen
+        .search("message-id=search-msg-2")
+        .expect(
+            h,
+            answered(
+                "Bundle",
+                "search-msg-2",
+                "GET",
+                "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Acpr%7C0202022002&message-id=search-msg-2",
+            ),
+        )
+        .await;
+    let supporter = h.caller("supporter-search", supporter_claims("11111111"));
+    supporter
+        .form("/AuditEvent/_search", "message-id=search-msg-3")
+        .expect(
+            h,
+            answered(
+                "Bundle",
+                "search-msg-3",
+                "GET",
+                "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Asor%7C698141000016008%2Curn%3Aeds-proxy%3Alabel%3Asor%7C555555555&message-id=search-msg-3",
+            ),
+        )
+        .await;
 }
 
 #[tokio::test]
 async fn token_failures_are_401_with_invalid_token() {
     let h = harness();
-    let cert_a = h.pki.client("tok-a");
-    let cert_b = h.pki.client("tok-b");
-    let client_b = h.client(&cert_b);
-    let client_a = h.client(&cert_a);
+    let a = h.anonymous("tok-a");
+    let b = h.anonymous("tok-b");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let base = station_claims("tok-dev", "3001", "GLN-3001");
     let with = |patch: Value| {
@@ -175,20 +161,13 @@ async fn token_failures_are_401_with_invalid_token() {
         for (k, v) in patch.as_object().unwrap() {
             c[k] = v.clone();
         }
-        c
+        h.token(&a.cert, c)
     };
     let b64 = |v: &Value| {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     };
-    let claims_for_a = {
-        let mut c = base.clone();
-        c["iss"] = json!(ISSUER);
-        c["aud"] = json!(AUDIENCE);
-        c["exp"] = json!(now + 600);
-        c["cnf"] = json!({"x5t#S256": cert_a.thumbprint()});
-        c
-    };
+    let claims_for_a = claims_for(&a.cert, base.clone());
     let hs256 = jsonwebtoken::encode(
         &jsonwebtoken::Header {
             alg: jsonwebtoken::Algorithm::HS256,
@@ -204,112 +183,117 @@ async fn token_failures_are_401_with_invalid_token() {
         b64(&json!({"alg": "none", "kid": "test-key-1"})),
         b64(&claims_for_a)
     );
-    let cases: Vec<(&str, &reqwest::Client, Option<String>)> = vec![
-        ("no token", &client_a, None),
-        (
+    let on_a = |token: String| a.clone().with_token(token);
+    let q = "message-id=tok-msg";
+    let refused = |reason: &'static str| bad_token().because(reason).marked("tok-msg", vec![]);
+    let cases = vec![
+        case(
+            "no token",
+            a.search(q),
+            no_token().marked("tok-msg", vec![]),
+        ),
+        case(
             "bound to A, presented with B",
-            &client_b,
-            Some(h.token(&cert_a, base.clone())),
+            b.clone()
+                .with_token(h.token(&a.cert, base.clone()))
+                .search(q),
+            refused("cnf_mismatch"),
         ),
-        (
+        case(
             "expired",
-            &client_a,
-            Some(h.token(&cert_a, with(json!({"exp": now - 3600})))),
+            on_a(with(json!({"exp": now - 3600}))).search(q),
+            refused("expired"),
         ),
-        (
+        case(
             "wrong aud",
-            &client_a,
-            Some(h.token(&cert_a, with(json!({"aud": "other"})))),
+            on_a(with(json!({"aud": "other"}))).search(q),
+            refused("audience"),
         ),
-        (
+        case(
             "wrong iss",
-            &client_a,
-            Some(h.token(&cert_a, with(json!({"iss": "https://evil.test"})))),
+            on_a(with(json!({"iss": "https://evil.test"}))).search(q),
+            refused("issuer"),
         ),
-        (
+        case(
             "no cnf",
-            &client_a,
-            Some(h.token(&cert_a, with(json!({"cnf": null})))),
+            on_a(with(json!({"cnf": null}))).search(q),
+            refused("missing_cnf"),
         ),
-        ("alg none", &client_a, Some(none)),
-        ("HS256 with the public key", &client_a, Some(hs256)),
-        ("garbage", &client_a, Some("abc.def.ghi".into())),
+        case("alg none", on_a(none).search(q), refused("algorithm")),
+        case(
+            "HS256 with the public key",
+            on_a(hs256).search(q),
+            refused("algorithm"),
+        ),
+        case(
+            "garbage",
+            on_a("abc.def.ghi".into()).search(q),
+            refused("malformed"),
+        ),
     ];
-    for (name, client, token) in cases {
-        let mut req = client.get(h.url("AuditEvent?message-id=tok-msg"));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let www = resp
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap().to_string());
-        let (status, code) = outcome_code(resp).await;
-        assert_eq!((status, code.as_str()), (401, "login"), "{name}");
-        let www = www.unwrap_or_else(|| panic!("{name}: no WWW-Authenticate"));
-        if name != "no token" {
-            assert!(
-                www.starts_with("Bearer error=\"invalid_token\""),
-                "{name}: {www}"
-            );
-        }
-    }
-    assert!(h.upstream.requests_matching("tok-msg").is_empty());
+    verdict(&[run_cases(h, "token failures", cases).await]);
 }
 
 #[tokio::test]
 async fn registration_with_foreign_identity_is_403_and_never_reaches_upstream() {
     let h = harness();
     let s = station(h, "own-dev", "4001", "GLN-4001");
-    let cases = [
-        (
+    let mut preset = registration("own-dev", "4001", "GLN-4001", "0404044001", "forge-msg-4");
+    preset["meta"]["security"] =
+        json!([{"system": "urn:eds-proxy:label:cpr", "code": "0000000000"}]);
+    let citizen = h.caller("citizen-create", citizen_claims("0404044001"));
+    let cases = vec![
+        case(
             "other device",
-            registration(
+            s.create(&registration(
                 "someone-else",
                 "4001",
                 "GLN-4001",
                 "0404044001",
                 "forge-msg-1",
-            ),
+            )),
+            refused_marked(403, "forbidden", "device_mismatch", "forge-msg"),
         ),
-        (
+        case(
             "other SOR",
-            registration("own-dev", "4999", "GLN-4001", "0404044001", "forge-msg-2"),
+            s.create(&registration(
+                "own-dev",
+                "4999",
+                "GLN-4001",
+                "0404044001",
+                "forge-msg-2",
+            )),
+            refused_marked(403, "forbidden", "org_not_party", "forge-msg"),
         ),
-        (
+        case(
             "other GLN",
-            registration("own-dev", "4001", "GLN-4999", "0404044001", "forge-msg-3"),
+            s.create(&registration(
+                "own-dev",
+                "4001",
+                "GLN-4999",
+                "0404044001",
+                "forge-msg-3",
+            )),
+            refused_marked(403, "forbidden", "org_not_party", "forge-msg"),
+        ),
+        case(
+            "a preset label",
+            s.create(&preset),
+            refused_marked(400, "invalid", "reserved_label", "forge-msg"),
+        ),
+        case(
+            "a citizen",
+            citizen.create(&registration(
+                "own-dev",
+                "4001",
+                "GLN-4001",
+                "0404044001",
+                "forge-msg-5",
+            )),
+            refused_marked(403, "forbidden", "not_a_station", "forge-msg"),
         ),
     ];
-    for (name, body) in cases {
-        let (status, code) = outcome_code(create(&s, h, &body).await).await;
-        assert_eq!((status, code.as_str()), (403, "forbidden"), "{name}");
-    }
-    let mut preset = registration("own-dev", "4001", "GLN-4001", "0404044001", "forge-msg-4");
-    preset["meta"]["security"] =
-        json!([{"system": "urn:eds-proxy:label:cpr", "code": "0000000000"}]);
-    let (status, _) = outcome_code(create(&s, h, &preset).await).await;
-    assert_eq!(status, 400);
-    let citizen_cert = h.pki.client("citizen-create");
-    let citizen = Station {
-        client: h.client(&citizen_cert),
-        token: h.token(&citizen_cert, citizen_claims("0404044001")),
-    };
-    let (status, _) = outcome_code(
-        create(
-            &citizen,
-            h,
-            &registration("own-dev", "4001", "GLN-4001", "0404044001", "forge-msg-5"),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 403);
-    assert!(
-        h.upstream.requests_matching("forge-msg").is_empty(),
-        "a refused registration reached the upstream"
-    );
+    verdict(&[run_cases(h, "foreign identity", cases).await]);
 }
 
 #[tokio::test]
@@ -318,103 +302,162 @@ async fn forbidden_interactions_are_refused_with_operation_outcome() {
     let own = Harness::start("deny", Options::default());
     let h = &own;
     let s = station(h, "deny-dev", "5001", "GLN-5001");
-    let get = |path: &str| s.client.get(h.url(path)).bearer_auth(&s.token);
-    let requests = vec![
-        ("_include", get("AuditEvent?_include=AuditEvent:patient"), 400),
-        ("_revinclude", get("AuditEvent?_revinclude=Provenance:target"), 400),
-        ("_include:iterate", get("AuditEvent?_include:iterate=*"), 400),
-        ("chain", get("AuditEvent?patient.identifier=x"), 400),
-        ("_has", get("AuditEvent?_has:Provenance:target:agent=x"), 400),
-        ("_filter", get("AuditEvent?_filter=id%20eq%201"), 400),
-        ("_security", get("AuditEvent?_security=urn:eds-proxy:label:cpr|1"), 400),
-        ("compartment", get("Patient/1/AuditEvent"), 403),
-        ("other type", get("Patient"), 403),
-        ("$everything", get("Patient/1/$everything"), 403),
-        ("history", get("AuditEvent/_history"), 403),
-        ("batch", s.client.post(h.base.clone()).bearer_auth(&s.token).header("Content-Type", "application/fhir+json").body(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"AuditEvent"}}]}"#), 403),
-        ("transaction", s.client.post(format!("{}/", h.base)).bearer_auth(&s.token).header("Content-Type", "application/fhir+json").body(r#"{"resourceType":"Bundle","type":"transaction"}"#), 403),
-        ("PUT", s.client.put(h.url("AuditEvent/1")).bearer_auth(&s.token).header("Content-Type", "application/fhir+json").body("{}"), 405),
-        ("PATCH", s.client.patch(h.url("AuditEvent/1")).bearer_auth(&s.token).body("[]"), 405),
-        ("DELETE", s.client.delete(h.url("AuditEvent/1")).bearer_auth(&s.token), 405),
-        ("conditional create", s.client.post(h.url("AuditEvent")).bearer_auth(&s.token).header("Content-Type", "application/fhir+json").header("If-None-Exist", "message-id=x").body("{}"), 403),
-        ("xml create", s.client.post(h.url("AuditEvent")).bearer_auth(&s.token).header("Content-Type", "application/fhir+xml").body("<AuditEvent/>"), 415),
-        ("double slash", get("/AuditEvent"), 400),
+    let batch = json!({"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"AuditEvent"}}]});
+    let cases = vec![
+        case(
+            "_include",
+            s.search("_include=AuditEvent:patient"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_revinclude",
+            s.search("_revinclude=Provenance:target"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_include:iterate",
+            s.search("_include:iterate=*"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "chain",
+            s.search("patient.identifier=x"),
+            invalid().because("chained"),
+        ),
+        case(
+            "_has",
+            s.search("_has:Provenance:target:agent=x"),
+            invalid().because("reverse_chained"),
+        ),
+        case(
+            "_filter",
+            s.search("_filter=id%20eq%201"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "_security",
+            s.search("_security=urn:eds-proxy:label:cpr|1"),
+            invalid().because("refused_parameter"),
+        ),
+        case(
+            "compartment",
+            s.get("Patient/1/AuditEvent"),
+            forbidden().because("compartment"),
+        ),
+        case(
+            "other type",
+            s.get("Patient"),
+            forbidden().because("resource_type"),
+        ),
+        case(
+            "$everything",
+            s.get("Patient/1/$everything"),
+            forbidden().because("operation"),
+        ),
+        case(
+            "history",
+            s.get("AuditEvent/_history"),
+            forbidden().because("history"),
+        ),
+        case(
+            "batch",
+            s.post_json("", &batch),
+            forbidden().because("batch"),
+        ),
+        case(
+            "transaction",
+            s.post_json("/", &json!({"resourceType":"Bundle","type":"transaction"})),
+            forbidden().because("batch"),
+        ),
+        case(
+            "PUT",
+            s.request("PUT", "AuditEvent/1")
+                .header("Content-Type", FHIR_JSON)
+                .body("{}"),
+            method_not_allowed().because("write"),
+        ),
+        case(
+            "PATCH",
+            s.request("PATCH", "AuditEvent/1").body("[]"),
+            method_not_allowed().because("write"),
+        ),
+        case(
+            "DELETE",
+            s.request("DELETE", "AuditEvent/1"),
+            method_not_allowed().because("write"),
+        ),
+        case(
+            "conditional create",
+            s.post_json("AuditEvent", &json!({}))
+                .header("If-None-Exist", "message-id=x"),
+            forbidden().because("conditional_create"),
+        ),
+        case(
+            "xml create",
+            s.post("AuditEvent", Some("application/fhir+xml"), "<AuditEvent/>"),
+            unsupported_media().because("registration_not_json"),
+        ),
+        case(
+            "double slash",
+            s.get("//AuditEvent"),
+            invalid().because("dot_segment"),
+        ),
     ];
-    for (name, req, expected) in requests {
-        let (status, _) = outcome_code(req.send().await.unwrap()).await;
-        assert_eq!(status, expected, "{name}");
-    }
-    assert_eq!(
-        h.upstream.request_count(),
-        0,
-        "a refused request reached the upstream"
-    );
+    verdict(&[run_cases(h, "forbidden interactions", cases).await]);
 }
 
 #[tokio::test]
 async fn reading_someone_elses_registration_is_404() {
     let h = harness();
     let s = station(h, "read-dev", "6001", "GLN-6001");
-    let resp = create(
-        &s,
-        h,
-        &registration("read-dev", "6001", "GLN-6001", "0606066001", "read-msg-1"),
-    )
-    .await;
-    assert_eq!(resp.status(), 201);
-    let created: Value = resp.json().await.unwrap();
-    let id = created["id"].as_str().unwrap();
-
-    let own_cert = h.pki.client("citizen-own");
-    let own = h.client(&own_cert);
-    let resp = own
-        .get(h.url(&format!("AuditEvent/{id}")))
-        .bearer_auth(h.token(&own_cert, citizen_claims("0606066001")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-
-    let other_cert = h.pki.client("citizen-other");
-    let other = h.client(&other_cert);
-    let token = h.token(&other_cert, citizen_claims("0707077001"));
-    for path in [
-        format!("AuditEvent/{id}"),
-        format!("AuditEvent/{id}/_history/1"),
-    ] {
-        let (status, code) = outcome_code(
-            other
-                .get(h.url(&path))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap(),
+    let created = s
+        .create(&registration(
+            "read-dev",
+            "6001",
+            "GLN-6001",
+            "0606066001",
+            "read-msg-1",
+        ))
+        .expect(
+            h,
+            created().marked("read-msg-1", one("POST", "/fhir/AuditEvent")),
         )
         .await;
-        assert_eq!((status, code.as_str()), (404, "not-found"));
-    }
-    let (status, _) = outcome_code(
-        other
-            .get(h.url("AuditEvent/does-not-exist"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 404);
+    let id = created.json["id"].as_str().unwrap();
+    let read = format!("AuditEvent/{id}");
+    let vread = format!("AuditEvent/{id}/_history/1");
+    let own = h.caller("citizen-own", citizen_claims("0606066001"));
+    let other = h.caller("citizen-other", citizen_claims("0707077001"));
     let other_station = station(h, "read-dev-2", "6002", "GLN-6002");
-    let (status, _) = outcome_code(
-        other_station
-            .client
-            .get(h.url(&format!("AuditEvent/{id}")))
-            .bearer_auth(&other_station.token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 404);
+    let up = |rel: &str| one("GET", &format!("/fhir/{rel}"));
+    let cases = vec![
+        case(
+            "control: the owner reads",
+            own.get(&read),
+            Expect::new(200, "AuditEvent", Seen::Nothing).marked(id, up(&read)),
+        ),
+        case(
+            "another citizen reads",
+            other.get(&read),
+            not_found().marked(id, up(&read)),
+        ),
+        case(
+            "another citizen vreads",
+            other.get(&vread),
+            not_found().marked(id, up(&vread)),
+        ),
+        case(
+            "a citizen reads what does not exist",
+            other.get("AuditEvent/does-not-exist"),
+            not_found().marked("does-not-exist", up("AuditEvent/does-not-exist")),
+        ),
+        case(
+            "another station reads",
+            other_station.get(&read),
+            not_found().marked(id, up(&read)),
+        ),
+    ];
+    verdict(&[run_cases(h, "reading someone else's", cases).await]);
 }
 
 #[tokio::test]
@@ -422,40 +465,29 @@ async fn paging_links_are_signed_for_the_caller_only() {
     let h = harness();
     let s = station(h, "page-dev", "7001", "GLN-7001");
     for i in 0..5 {
-        let r = create(
-            &s,
+        s.create(&registration(
+            "page-dev",
+            "7001",
+            "GLN-7001",
+            "0808088001",
+            &format!("page-msg-{i}"),
+        ))
+        .expect(
             h,
-            &registration(
-                "page-dev",
-                "7001",
-                "GLN-7001",
-                "0808088001",
-                &format!("page-msg-{i}"),
-            ),
+            created().marked(&format!("page-msg-{i}"), one("POST", "/fhir/AuditEvent")),
         )
         .await;
-        assert_eq!(r.status(), 201);
     }
-    let first: Value = s
-        .client
-        .get(h.url("AuditEvent?_count=2"))
-        .bearer_auth(&s.token)
+    let first = s
+        .search("_count=2")
         .send()
         .await
         .unwrap()
-        .json()
+        .json::<Value>()
         .await
         .unwrap();
     assert_eq!(first["entry"].as_array().unwrap().len(), 2);
-    let next = first["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let next = next_link(&first).unwrap();
     assert!(
         next.starts_with(&format!("{}?_getpages=", h.base)),
         "{next}"
@@ -464,87 +496,81 @@ async fn paging_links_are_signed_for_the_caller_only() {
     let mut seen = 2;
     let mut url = Some(next.clone());
     while let Some(u) = url {
-        let page: Value = s
-            .client
-            .get(&u)
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = s.get_url(&u).send().await.unwrap().json().await.unwrap();
         seen += page["entry"].as_array().map_or(0, Vec::len);
-        url = page["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
+        url = next_link(&page);
     }
     assert_eq!(seen, 5);
 
+    let handle = url::Url::parse(&next)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "_getpages")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
     let thief = station(h, "page-thief", "7002", "GLN-7002");
-    let (status, _) = outcome_code(
-        thief
-            .client
-            .get(&next)
-            .bearer_auth(&thief.token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 403);
     let unsigned = next.split("&_eds_sig=").next().unwrap().to_string();
-    let (status, _) = outcome_code(
-        s.client
-            .get(&unsigned)
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 403);
+    let cases = vec![
+        case(
+            "another station replays the link",
+            thief.get_url(&next),
+            refused_marked(403, "forbidden", "page_not_issued", &handle),
+        ),
+        case(
+            "the owner without the signature",
+            s.get_url(&unsigned),
+            refused_marked(403, "forbidden", "page_unsigned", &handle),
+        ),
+    ];
+    verdict(&[run_cases(h, "paging links", cases).await]);
+}
+
+/// The `next` link of a searchset, if any.
+fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string)
 }
 
 #[tokio::test]
 async fn http2_works_like_http1() {
     let h = harness();
-    let cert = h.pki.client("h2-dev");
-    let client = h.client_with(&cert, false);
-    let token = h.token(&cert, station_claims("h2-dev", "8001", "GLN-8001"));
-    let resp = client
-        .get(h.url("AuditEvent?message-id=h2-msg"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-    assert_eq!(resp.status(), 200);
-    let resp = client
-        .get(h.url("AuditEvent?_include=x"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    let s = station(h, "h2-dev", "8001", "GLN-8001").http2();
+    s.search("message-id=h2-msg")
+        .expect(
+            h,
+            answered(
+                "Bundle",
+                "h2-msg",
+                "GET",
+                "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Ch2-dev&message-id=h2-msg",
+            )
+            .h2(),
+        )
+        .await;
+    s.search("_include=x&message-id=h2-refused")
+        .expect(
+            h,
+            refused_marked(400, "invalid", "refused_parameter", "h2-refused").h2(),
+        )
+        .await;
 }
 
 #[tokio::test]
 async fn metadata_advertises_only_what_is_allowed() {
     let h = harness();
-    let client = h.client(&h.pki.client("meta"));
-    let v: Value = client
-        .get(h.url("metadata"))
-        .send()
+    let v = h
+        .anonymous("meta")
+        .get("metadata")
+        .expect(
+            h,
+            Expect::new(200, "CapabilityStatement", Seen::Nothing).marked("metadata", vec![]),
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["resourceType"], "CapabilityStatement");
+        .json;
     assert_eq!(v["rest"][0]["resource"].as_array().unwrap().len(), 1);
 }
 
@@ -552,9 +578,13 @@ async fn metadata_advertises_only_what_is_allowed() {
 async fn a_certificate_from_another_ca_fails_the_handshake() {
     let h = harness();
     let rogue_ca = eds_proxy::dev::pki::CertificateAuthority::new("rogue CA").unwrap();
-    let rogue = rogue_ca.client("rogue", "evil").unwrap();
-    let client = h.client(&rogue);
-    assert!(client.get(h.url("metadata")).send().await.is_err());
+    let rogue = Caller::new(
+        &h.pki,
+        h.port,
+        rogue_ca.client("rogue", "evil").unwrap(),
+        None,
+    );
+    assert!(rogue.get("metadata").send().await.is_err());
     // And no client certificate at all.
     let root = reqwest::Certificate::from_pem(h.pki.ca.cert.cert_pem.as_bytes()).unwrap();
     let anonymous = reqwest::Client::builder()
@@ -572,19 +602,18 @@ async fn oversized_registration_is_413() {
     let s = station(h, "big-dev", "9001", "GLN-9001");
     let mut body = registration("big-dev", "9001", "GLN-9001", "0909099001", "big-msg");
     body["text"] = json!({"div": "x".repeat(100_000)});
-    let (status, code) = outcome_code(create(&s, h, &body).await).await;
-    assert_eq!((status, code.as_str()), (413, "too-costly"));
-    assert!(h.upstream.requests_matching("big-msg").is_empty());
+    s.create(&body)
+        .expect(h, too_large_or_reset().marked("big-msg", vec![]))
+        .await;
 }
 
 #[tokio::test]
 async fn admin_listener_serves_metrics_and_health() {
     let h = harness();
-    let tls = h.client(&h.pki.client("metrics"));
-    assert_eq!(
-        tls.get(h.url("AuditEvent")).send().await.unwrap().status(),
-        401
-    );
+    h.anonymous("metrics")
+        .search("message-id=admin-msg")
+        .expect(h, no_token().marked("admin-msg", vec![]))
+        .await;
     let plain = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", h.admin_port);
     assert_eq!(

@@ -38,8 +38,9 @@ pub enum Seen {
         /// Its target (path and query).
         target: String,
     },
-    /// On a proxy shared by tests running at once: the requests whose target or body contains
-    /// `marker` (over the whole run), exactly these (method, target), in order.
+    /// On a proxy shared by tests running at once: of the requests that reached the upstream
+    /// while the case ran, those whose target or body contains `marker` are exactly these
+    /// (method, target), in order.
     Marked {
         /// A string only this case's requests carry (a message id).
         marker: String,
@@ -460,7 +461,14 @@ pub async fn check(h: &Harness, req: RequestBuilder, e: &Expect) -> (Vec<String>
             }
         }
         Seen::Marked { marker, requests } => {
-            let seen = h.upstream.requests_matching(marker);
+            let seen: Vec<Recorded> = seen
+                .iter()
+                .filter(|r| {
+                    r.target.contains(marker.as_str())
+                        || String::from_utf8_lossy(&r.body).contains(marker.as_str())
+                })
+                .cloned()
+                .collect();
             let got: Vec<(String, String)> = seen
                 .iter()
                 .map(|r| (r.method.clone(), r.target.clone()))
