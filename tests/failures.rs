@@ -37,18 +37,20 @@ async fn a_backend_that_ignores_the_constraint_leaks_nothing() {
     let mine = h.upstream.seed(labelled("leak-dev-1", "0101010101"));
     h.upstream.seed(labelled("leak-dev-2", "0202020202"));
     h.upstream.seed(example_registration());
-    let cert = h.pki.client("leak-dev-1");
-    let client = h.client(&cert);
-    let token = h.token(&cert, station_claims("leak-dev-1", "1", "2"));
-    let bundle: Value = client
-        .get(h.url("AuditEvent"))
-        .bearer_auth(&token)
-        .send()
+    let bundle = h
+        .caller("leak-dev-1", station_claims("leak-dev-1", "1", "2"))
+        .get("AuditEvent")
+        .expect(
+            &h,
+            upstream(
+                200,
+                "Bundle",
+                "GET",
+                "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cleak-dev-1",
+            ),
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json;
     let ids: Vec<&str> = bundle["entry"]
         .as_array()
         .unwrap()
@@ -80,16 +82,13 @@ async fn upstream_down_is_502() {
             ..Options::default()
         },
     );
-    let cert = h.pki.client("down-dev");
-    let resp = h
-        .client(&cert)
-        .get(h.url("AuditEvent"))
-        .bearer_auth(h.token(&cert, station_claims("down-dev", "1", "2")))
-        .send()
-        .await
-        .unwrap();
-    let (status, code) = outcome_code(resp).await;
-    assert_eq!((status, code.as_str()), (502, "transient"));
+    h.caller("down-dev", station_claims("down-dev", "1", "2"))
+        .get("AuditEvent")
+        .expect(
+            &h,
+            refused(502, "transient").because("upstream_unavailable"),
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -102,14 +101,17 @@ async fn upstream_timeout_is_504() {
             ..Options::default()
         },
     );
-    let cert = h.pki.client("slow-dev");
-    let resp = h
-        .client(&cert)
-        .get(h.url("AuditEvent"))
-        .bearer_auth(h.token(&cert, station_claims("slow-dev", "1", "2")))
-        .send()
-        .await
-        .unwrap();
-    let (status, code) = outcome_code(resp).await;
-    assert_eq!((status, code.as_str()), (504, "timeout"));
+    h.caller("slow-dev", station_claims("slow-dev", "1", "2"))
+        .get("AuditEvent")
+        .expect(
+            &h,
+            upstream(
+                504,
+                "timeout",
+                "GET",
+                "/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cslow-dev",
+            )
+            .because("gateway_timeout"),
+        )
+        .await;
 }

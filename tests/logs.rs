@@ -88,65 +88,35 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
         "",
     );
     let proxy = Proxy::start(&dir, config, port);
-    let base = format!("https://localhost:{port}/fhir");
 
-    let client_for = |cert: &eds_proxy::dev::pki::CertifiedKey| {
-        let identity =
-            reqwest::Identity::from_pem(format!("{}{}", cert.cert_pem, cert.key_pem).as_bytes())
-                .unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(pki.ca.cert.cert_pem.as_bytes()).unwrap(),
-            )
-            .identity(identity)
-            .http1_only()
-            .build()
-            .unwrap()
-    };
-    let sign = |cert: &eds_proxy::dev::pki::CertifiedKey, extra| {
-        pki.issuer_key.sign(&claims_for(cert, extra)).unwrap()
-    };
-    let station_cert = pki.client("logs-station");
-    let station = client_for(&station_cert);
-    let station_token = sign(&station_cert, station_claims(DEVICE, SOR, GLN));
-    let citizen_cert = pki.client("logs-citizen");
-    let citizen = client_for(&citizen_cert);
-    let citizen_token = sign(&citizen_cert, citizen_claims(CPR));
-    let supporter_cert = pki.client("logs-supporter");
-    let supporter = client_for(&supporter_cert);
-    let supporter_token = sign(&supporter_cert, supporter_claims("29189846"));
+    let station = pki.caller(port, "logs-station", station_claims(DEVICE, SOR, GLN));
+    let citizen = pki.caller(port, "logs-citizen", citizen_claims(CPR));
+    let supporter = pki.caller(port, "logs-supporter", supporter_claims("29189846"));
+    let station_token = station.token.clone().unwrap();
+    let citizen_token = citizen.token.clone().unwrap();
+    let supporter_token = supporter.token.clone().unwrap();
+    let station_cert = station.cert.clone();
 
     // Well-formed requests: create, search (URL and form), read and vread with the CPR and an
-    // id marker in the path, a garbage token, and a supporter search (the audit record).
+    // id marker in the path, a garbage token, and a supporter search (the audit record). The
+    // refusals' reasons are asserted on the access log below.
     let mut registration = example_registration();
     registration["contained"][0]["identifier"] = json!([{ "value": DEVICE }]);
     registration["entity"][0]["what"]["identifier"]["value"] = json!(CPR);
     registration["entity"][1]["what"]["identifier"]["value"] = json!(format!("{BODY}-1"));
-    let resp = station
-        .post(format!("{base}/AuditEvent"))
-        .bearer_auth(&station_token)
-        .header("Content-Type", "application/fhir+json")
-        .body(registration.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = station.create(&registration).send().await.unwrap();
     assert_eq!(resp.status(), 201);
     let resp = station
-        .get(format!(
-            "{base}/AuditEvent?message-id={BODY}-1&patient={CPR}&cpr={CPR_DASH}"
-        ))
-        .bearer_auth(&station_token)
+        .search(&format!("message-id={BODY}-1&patient={CPR}&cpr={CPR_DASH}"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let resp = station
-        .post(format!("{base}/AuditEvent/_search?cpr={CPR}"))
-        .bearer_auth(&station_token)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(format!("message-id={BODY}-2&cpr={CPR_DASH}"))
+        .form(
+            &format!("/AuditEvent/_search?cpr={CPR}"),
+            format!("message-id={BODY}-2&cpr={CPR_DASH}"),
+        )
         .send()
         .await
         .unwrap();
@@ -155,24 +125,19 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
         format!("AuditEvent/{CPR}"),
         format!("AuditEvent/{ID}/_history/{CPR_DASH}"),
     ] {
-        let resp = citizen
-            .get(format!("{base}/{path}"))
-            .bearer_auth(&citizen_token)
-            .send()
-            .await
-            .unwrap();
+        let resp = citizen.get(&path).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{path}");
     }
     let resp = citizen
-        .get(format!("{base}/AuditEvent/{ID}?cpr={CPR}"))
-        .header("Authorization", format!("Bearer {GARBAGE_TOKEN}"))
+        .clone()
+        .with_token(GARBAGE_TOKEN)
+        .get(&format!("AuditEvent/{ID}?cpr={CPR}"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
     let resp = supporter
-        .get(format!("{base}/AuditEvent?message-id={BODY}-1"))
-        .bearer_auth(&supporter_token)
+        .search(&format!("message-id={BODY}-1"))
         .send()
         .await
         .unwrap();
@@ -295,6 +260,15 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
     // both Content-Length and Transfer-Encoding, and the garbage token.
     assert!(has(r#""reason":"length_and_chunked""#));
     assert!(has(r#""reason":"malformed""#));
+    // The two reads of records that are not there (the CPR and the id marker in the path).
+    assert!(
+        output
+            .lines()
+            .filter(|l| l.contains(r#""status":404"#) && l.contains(r#""reason":"not_found""#))
+            .count()
+            >= 2,
+        "the 404 reads' access log lines do not name not_found"
+    );
     for template in [
         r#""path":"/fhir/AuditEvent/{id}""#,
         r#""path":"/fhir/AuditEvent/{id}/_history/{vid}""#,
