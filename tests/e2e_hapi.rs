@@ -113,56 +113,12 @@ fn start_issuer(h: &Harness) -> String {
     format!("https://localhost:{port}/token")
 }
 
-struct Caller {
-    client: reqwest::Client,
-    token: String,
-}
-
-async fn station(
-    h: &Harness,
-    token_url: &str,
-    certs: &mut BTreeMap<String, CertifiedKey>,
-    device: &str,
-    org: (&str, &str, &str),
-) -> Caller {
-    let cert = certs
-        .entry(device.to_string())
-        .or_insert_with(|| h.pki.client(device))
-        .clone();
-    let client = h.client(&cert);
-    let scope = format!("EDS system/AuditEvent.crs SOR:{} GLN:{}", org.1, org.2);
-    let resp = client
-        .post(token_url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &device.to_lowercase()),
-            ("scope", &scope),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "token for {device}");
-    let body: Value = resp.json().await.unwrap();
-    Caller {
-        client,
-        token: body["access_token"].as_str().unwrap().to_string(),
-    }
-}
-
-fn user(h: &Harness, name: &str, claims: Value) -> Caller {
-    let cert = h.pki.client(name);
-    Caller {
-        client: h.client(&cert),
-        token: h.token(&cert, claims),
-    }
-}
-
-/// Every id a search returns, following signed `next` links; asserts each page is constrained.
+/// Every id a search returns, following signed `next` links; each page must be a 200.
 async fn search_all(c: &Caller, url: &str, pages: &mut usize) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     let mut next = Some(url.to_string());
     while let Some(u) = next {
-        let resp = c.client.get(&u).bearer_auth(&c.token).send().await.unwrap();
+        let resp = c.get_url(&u).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{u}");
         let bundle: Value = resp.json().await.unwrap();
         *pages += 1;
@@ -196,38 +152,128 @@ fn fixture(file: &str) -> Value {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hapi_end_to_end() {
-    let hapi = Hapi::start();
-    let h = Harness::start(
-        "e2e",
-        Options {
-            upstream_base: Some(hapi.base.clone()),
-            read_timeout_ms: 30_000,
-            ..Options::default()
-        },
-    );
-    let token_url = start_issuer(&h);
-    let mut certs = BTreeMap::new();
+/// HAPI behind the proxy, the dev issuer, and what the steps registered and learnt. The
+/// harness's recording upstream stays idle here (the proxy forwards to HAPI): what reached the
+/// FHIR server is checked by counting HAPI's records (`hapi_count`).
+struct World {
+    hapi: Hapi,
+    h: Harness,
+    token_url: String,
+    /// One certificate per station (the issuer enrols each by its subject).
+    certs: BTreeMap<String, CertifiedKey>,
+    by_station: BTreeMap<String, BTreeSet<String>>,
+    by_cpr: BTreeMap<String, BTreeSet<String>>,
+    by_fixture: BTreeMap<String, String>,
+    all: BTreeSet<String>,
+    /// The registration of `Other-EUA` for CPR 0303030303 (an organisation of no supporter's
+    /// but 11111111's).
+    other_id: String,
+    /// Search pages checked so far.
+    pages: usize,
+}
 
-    // Every IG example, registered by the station that would send it.
+impl World {
+    async fn start() -> World {
+        let hapi = Hapi::start();
+        let h = Harness::start(
+            "e2e",
+            Options {
+                upstream_base: Some(hapi.base.clone()),
+                read_timeout_ms: 30_000,
+                ..Options::default()
+            },
+        );
+        let token_url = start_issuer(&h);
+        World {
+            hapi,
+            h,
+            token_url,
+            certs: BTreeMap::new(),
+            by_station: BTreeMap::new(),
+            by_cpr: BTreeMap::new(),
+            by_fixture: BTreeMap::new(),
+            all: BTreeSet::new(),
+            other_id: String::new(),
+            pages: 0,
+        }
+    }
+
+    /// Station `device` of `org`, with a token from the dev issuer's `client_credentials`
+    /// endpoint (mTLS client authentication, RFC 8705 §2).
+    async fn station(&mut self, device: &str, org: (&str, &str, &str)) -> Caller {
+        let h = &self.h;
+        let cert = self
+            .certs
+            .entry(device.to_string())
+            .or_insert_with(|| h.pki.client(device))
+            .clone();
+        let scope = format!("EDS system/AuditEvent.crs SOR:{} GLN:{}", org.1, org.2);
+        let resp = h
+            .client(&cert)
+            .post(&self.token_url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &device.to_lowercase()),
+                ("scope", &scope),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "token for {device}");
+        let body: Value = resp.json().await.unwrap();
+        let token = body["access_token"].as_str().unwrap().to_string();
+        h.caller_for(cert, Some(token))
+    }
+
+    /// `c` registers `body`: 201, and the new record's id.
+    async fn create(&self, c: &Caller, body: &Value, what: &str) -> String {
+        let answer = c.create(body).send().await.unwrap();
+        let status = answer.status();
+        let created: Value = answer.json().await.unwrap();
+        assert_eq!(status, 201, "{what}: {created}");
+        created["id"].as_str().unwrap().to_string()
+    }
+
+    fn register(&mut self, device: &str, cpr: Option<&str>, fixture_id: &str, id: String) {
+        self.by_station
+            .entry(device.to_string())
+            .or_default()
+            .insert(id.clone());
+        if let Some(c) = cpr {
+            self.by_cpr
+                .entry(c.to_string())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.by_fixture.insert(fixture_id.to_string(), id.clone());
+        self.all.insert(id);
+    }
+
+    /// Every id `c`'s search `rel` returns, over all its pages.
+    async fn search_all(&mut self, c: &Caller, rel: &str) -> BTreeSet<String> {
+        search_all(c, &self.h.url(rel), &mut self.pages).await
+    }
+
+    /// The ids of the registrations made from these fixtures.
+    fn fixtures(&self, ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|f| self.by_fixture[*f].clone()).collect()
+    }
+}
+
+/// A 200 `resourceType` answer (HAPI's, checked by the proxy).
+fn ok(code: &'static str) -> Expect {
+    Expect::new(200, code, Seen::Nothing)
+}
+
+/// Registration: every IG example is accepted from the station that would send it (the device
+/// of its contained Device, its organisation), labelled and stored; plus one more patient of
+/// Cura-EUA and a registration of an organisation of our own (Other-EUA).
+async fn every_ig_example_is_registered_by_its_station(w: &mut World) {
     let manifest: Vec<Value> = serde_json::from_str(
         &std::fs::read_to_string(repo().join("tests/fixtures/ig/manifest.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(manifest.len(), 34);
-    let mut by_station: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut by_cpr: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut by_fixture: BTreeMap<String, String> = BTreeMap::new();
-    let mut all = BTreeSet::new();
-    let mut register = |device: String, cpr: Option<String>, fixture_id: String, id: String| {
-        by_station.entry(device).or_default().insert(id.clone());
-        if let Some(c) = cpr {
-            by_cpr.entry(c).or_default().insert(id.clone());
-        }
-        by_fixture.insert(fixture_id, id.clone());
-        all.insert(id);
-    };
     for entry in &manifest {
         let device = entry["device_id"].as_str().unwrap();
         let org = STATIONS
@@ -235,49 +281,18 @@ async fn hapi_end_to_end() {
             .find(|(d, _)| *d == device)
             .unwrap_or_else(|| panic!("no station {device}"))
             .1;
-        let s = station(&h, &token_url, &mut certs, device, org).await;
+        let s = w.station(device, org).await;
         let body = fixture(entry["file"].as_str().unwrap());
-        let resp = s
-            .client
-            .post(h.url("AuditEvent"))
-            .bearer_auth(&s.token)
-            .header("Content-Type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let created: Value = resp.json().await.unwrap();
-        assert_eq!(status, 201, "{}: {created}", entry["id"]);
-        register(
-            device.into(),
-            entry["cpr"].as_str().map(str::to_string),
-            entry["id"].as_str().unwrap().into(),
-            created["id"].as_str().unwrap().into(),
-        );
+        let what = entry["id"].as_str().unwrap();
+        let id = w.create(&s, &body, what).await;
+        w.register(device, entry["cpr"].as_str(), what, id);
     }
-    // More patients and an organisation of our own, in the same HAPI.
     let mut extra = fixture("EDS-PDS-01.1.json");
     extra["entity"][0]["what"]["identifier"]["value"] = json!("0404040404");
     extra["entity"][1]["what"]["identifier"]["value"] = json!("EXTRA-MSG-1");
-    let cura = station(&h, &token_url, &mut certs, "Cura-EUA", AARHUS).await;
-    let resp = cura
-        .client
-        .post(h.url("AuditEvent"))
-        .bearer_auth(&cura.token)
-        .header("Content-Type", "application/fhir+json")
-        .body(extra.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let id: Value = resp.json().await.unwrap();
-    register(
-        "Cura-EUA".into(),
-        Some("0404040404".into()),
-        "extra-cura".into(),
-        id["id"].as_str().unwrap().into(),
-    );
+    let cura = w.station("Cura-EUA", AARHUS).await;
+    let id = w.create(&cura, &extra, "extra-cura").await;
+    w.register("Cura-EUA", Some("0404040404"), "extra-cura", id);
 
     let mut other = fixture("EDS-PDS-01.1.json");
     other["contained"][0]["id"] = json!("Other-EUA");
@@ -288,168 +303,129 @@ async fn hapi_end_to_end() {
     other["agent"][1]["who"]["identifier"]["value"] = json!("999999999");
     other["entity"][0]["what"]["identifier"]["value"] = json!("0303030303");
     other["entity"][1]["what"]["identifier"]["value"] = json!("OTHER-MSG-1");
-    let other_station = station(&h, &token_url, &mut certs, "Other-EUA", OTHER_ORG).await;
-    let resp = other_station
-        .client
-        .post(h.url("AuditEvent"))
-        .bearer_auth(&other_station.token)
-        .header("Content-Type", "application/fhir+json")
-        .body(other.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let other_id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    register(
-        "Other-EUA".into(),
-        Some("0303030303".into()),
-        "other".into(),
-        other_id.clone(),
-    );
-    assert_eq!(hapi_count(&hapi.base).await, 36);
+    let other_station = w.station("Other-EUA", OTHER_ORG).await;
+    let other_id = w.create(&other_station, &other, "other").await;
+    w.register("Other-EUA", Some("0303030303"), "other", other_id.clone());
+    w.other_id = other_id;
+    assert_eq!(hapi_count(&w.hapi.base).await, 36);
+}
 
-    // Each station sees exactly its own registrations.
-    let mut pages = 0;
+/// Search constraint, stations: each station's searches return exactly its own registrations
+/// (`device-id` label), over every page.
+async fn each_station_sees_exactly_its_own(w: &mut World) {
     for (device, org) in STATIONS {
-        let s = station(&h, &token_url, &mut certs, device, *org).await;
-        let seen = search_all(&s, &h.url("AuditEvent?_count=50"), &mut pages).await;
-        assert_eq!(seen, by_station[*device], "station {device}");
+        let s = w.station(device, *org).await;
+        let seen = w.search_all(&s, "AuditEvent?_count=50").await;
+        assert_eq!(seen, w.by_station[*device], "station {device}");
     }
-    // Each citizen exactly theirs.
-    for (cpr, expected) in &by_cpr {
-        let c = user(&h, &format!("citizen-{cpr}"), citizen_claims(cpr));
+}
+
+/// Search constraint, citizens: each citizen's searches return exactly the registrations about
+/// their CPR (`cpr` label).
+async fn each_citizen_sees_exactly_theirs(w: &mut World) {
+    for (cpr, expected) in w.by_cpr.clone() {
+        let c = w.h.caller(&format!("citizen-{cpr}"), citizen_claims(&cpr));
         assert_eq!(
-            &search_all(&c, &h.url("AuditEvent"), &mut pages).await,
+            w.search_all(&c, "AuditEvent").await,
             expected,
             "citizen {cpr}"
         );
     }
-    // Supporters exactly their organisations' (CVR directory of the harness: 29189846 = Aarhus;
-    // 11111111 = Stjernepladsen + 555555555).
-    let aarhus_supporter = user(&h, "support-aarhus", supporter_claims("29189846"));
-    let mut expected_aarhus = all.clone();
-    expected_aarhus.remove(&other_id);
+}
+
+/// Search constraint, supporters: a supporter's searches return exactly the registrations in
+/// which an organisation of its CVR (the harness's directory: 29189846 = Aarhus; 11111111 =
+/// Stjernepladsen + 555555555) is sender or receiver, paged by signed links.
+async fn supporters_see_exactly_their_organisations(w: &mut World) {
+    let aarhus = w.h.caller("support-aarhus", supporter_claims("29189846"));
+    let mut expected = w.all.clone();
+    expected.remove(&w.other_id);
     let mut paged = 0;
-    let seen = search_all(
-        &aarhus_supporter,
-        &h.url("AuditEvent?_count=10"),
-        &mut paged,
-    )
-    .await;
-    assert_eq!(seen, expected_aarhus, "supporter of Aarhus");
+    let seen = search_all(&aarhus, &w.h.url("AuditEvent?_count=10"), &mut paged).await;
+    assert_eq!(seen, expected, "supporter of Aarhus");
     assert!(paged >= 3, "only {paged} pages");
-    let other_supporter = user(&h, "support-other", supporter_claims("11111111"));
+    let other = w.h.caller("support-other", supporter_claims("11111111"));
     assert_eq!(
-        search_all(&other_supporter, &h.url("AuditEvent?_count=7"), &mut pages).await,
-        all,
+        w.search_all(&other, "AuditEvent?_count=7").await,
+        w.all,
         "supporter of 11111111"
     );
+}
 
-    // The IG's search parameters work through the proxy, inside the caller's constraint.
-    let cura = station(&h, &token_url, &mut certs, "Cura-EUA", AARHUS).await;
-    let ids = search_all(
-        &cura,
-        &h.url("AuditEvent?message-id=MSG1234567890"),
-        &mut pages,
-    )
-    .await;
-    assert_eq!(
-        ids,
-        [&by_fixture["EDS-PDS-01.1"], &by_fixture["EDS-PDS-01.2"]]
-            .into_iter()
-            .cloned()
-            .collect()
-    );
-    let mm = station(&h, &token_url, &mut certs, "MultiMed-AP", STJERNEPLADSEN).await;
-    let ids = search_all(&mm, &h.url("AuditEvent?cpr=PAT1234567890"), &mut pages).await;
-    assert_eq!(
-        ids,
-        [&by_fixture["EDS-PDS-04.1"], &by_fixture["EDS-PDS-04.2"]]
-            .into_iter()
-            .cloned()
-            .collect()
-    );
-    let citizen = user(&h, "citizen-sender-sor", citizen_claims("0303030303"));
-    let ids = search_all(
-        &citizen,
-        &h.url("AuditEvent?sender-sor=555555555"),
-        &mut pages,
-    )
-    .await;
-    assert_eq!(ids, BTreeSet::from([other_id.clone()]));
-    assert!(search_all(
-        &citizen,
-        &h.url("AuditEvent?sender-sor=937961000016000"),
-        &mut pages
-    )
-    .await
-    .is_empty());
+/// The IG's search parameters (`message-id`, `cpr`, `sender-sor`) work through the proxy,
+/// always inside the caller's constraint.
+async fn ig_search_parameters_work_inside_the_constraint(w: &mut World) {
+    let cura = w.station("Cura-EUA", AARHUS).await;
+    let ids = w
+        .search_all(&cura, "AuditEvent?message-id=MSG1234567890")
+        .await;
+    assert_eq!(ids, w.fixtures(&["EDS-PDS-01.1", "EDS-PDS-01.2"]));
+    let mm = w.station("MultiMed-AP", STJERNEPLADSEN).await;
+    let ids = w.search_all(&mm, "AuditEvent?cpr=PAT1234567890").await;
+    assert_eq!(ids, w.fixtures(&["EDS-PDS-04.1", "EDS-PDS-04.2"]));
+    let citizen =
+        w.h.caller("citizen-sender-sor", citizen_claims("0303030303"));
+    let ids = w
+        .search_all(&citizen, "AuditEvent?sender-sor=555555555")
+        .await;
+    assert_eq!(ids, BTreeSet::from([w.other_id.clone()]));
+    assert!(w
+        .search_all(&citizen, "AuditEvent?sender-sor=937961000016000")
+        .await
+        .is_empty());
+}
 
-    // Response shaping cannot hide the labels from the check (HAPI keeps meta with _elements
-    // and _summary), and still returns exactly the caller's records.
-    let cura_own = &by_station["Cura-EUA"];
+/// Response shaping (`_elements`, `_summary`, `_sort`, `_total`) cannot hide the labels from
+/// the response check (HAPI keeps `meta` with `_elements` and `_summary`), and still returns
+/// exactly the caller's records; `_summary=count` counts only them.
+async fn response_shaping_cannot_hide_the_labels(w: &mut World) {
+    let cura = w.station("Cura-EUA", AARHUS).await;
+    let own = w.by_station["Cura-EUA"].clone();
     for shaping in [
         "_elements=id,type",
         "_summary=true",
         "_summary=data",
         "_sort=-date&_total=accurate",
     ] {
-        let ids = search_all(&cura, &h.url(&format!("AuditEvent?{shaping}")), &mut pages).await;
-        assert_eq!(&ids, cura_own, "{shaping}");
+        let ids = w.search_all(&cura, &format!("AuditEvent?{shaping}")).await;
+        assert_eq!(ids, own, "{shaping}");
     }
-    let counted: Value = cura
-        .client
-        .get(h.url("AuditEvent?_summary=count"))
-        .bearer_auth(&cura.token)
-        .send()
+    let counted = cura
+        .search("_summary=count")
+        .expect(&w.h, ok("Bundle"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(counted["total"].as_u64(), Some(cura_own.len() as u64));
+        .json;
+    assert_eq!(counted["total"].as_u64(), Some(own.len() as u64));
+}
 
-    // Reading someone else's registration: 404; one's own: 200.
-    let pat_id = &by_fixture["EDS-PDS-01.1"];
-    let resp = citizen
-        .client
-        .get(h.url(&format!("AuditEvent/{pat_id}")))
-        .bearer_auth(&citizen.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let resp = citizen
-        .client
-        .get(h.url(&format!("AuditEvent/{other_id}")))
-        .bearer_auth(&citizen.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let resp = mm
-        .client
-        .get(h.url(&format!("AuditEvent/{pat_id}/_history/1")))
-        .bearer_auth(&mm.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+/// Read isolation: a read or vread of someone else's registration is 404 (as if it did not
+/// exist), one's own is 200.
+async fn reading_someone_elses_registration_is_404(w: &mut World) {
+    let citizen =
+        w.h.caller("citizen-sender-sor", citizen_claims("0303030303"));
+    let mm = w.station("MultiMed-AP", STJERNEPLADSEN).await;
+    let pat_id = w.by_fixture["EDS-PDS-01.1"].clone();
+    citizen
+        .get(&format!("AuditEvent/{pat_id}"))
+        .expect(&w.h, not_found())
+        .await;
+    citizen
+        .get(&format!("AuditEvent/{}", w.other_id))
+        .expect(&w.h, ok("AuditEvent"))
+        .await;
+    mm.get(&format!("AuditEvent/{pat_id}/_history/1"))
+        .expect(&w.h, not_found())
+        .await;
+}
 
-    // A paging handle of one caller is refused for another.
-    let first: Value = aarhus_supporter
-        .client
-        .get(h.url("AuditEvent?_count=5"))
-        .bearer_auth(&aarhus_supporter.token)
-        .send()
+/// Paging handles: a signed `next` link of one caller is refused for another.
+async fn a_paging_handle_is_refused_for_another_caller(w: &mut World) {
+    let aarhus = w.h.caller("support-aarhus", supporter_claims("29189846"));
+    let first = aarhus
+        .search("_count=5")
+        .expect(&w.h, ok("Bundle"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json;
     let next = first["link"]
         .as_array()
         .unwrap()
@@ -459,53 +435,43 @@ async fn hapi_end_to_end() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(next.starts_with(&h.base), "{next}");
-    let resp = citizen
-        .client
-        .get(&next)
-        .bearer_auth(&citizen.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
+    assert!(next.starts_with(&w.h.base), "{next}");
+    let citizen =
+        w.h.caller("citizen-sender-sor", citizen_claims("0303030303"));
+    citizen
+        .get_url(&next)
+        .expect(&w.h, forbidden().because("page_not_issued"))
+        .await;
+}
 
-    // A refused registration leaves HAPI unchanged.
-    let before = hapi_count(&hapi.base).await;
-    let forged = fixture("EDS-PDS-04.1.json"); // MultiMed-AP's registration, sent by Cura-EUA
-    let resp = cura
-        .client
-        .post(h.url("AuditEvent"))
-        .bearer_auth(&cura.token)
-        .header("Content-Type", "application/fhir+json")
-        .body(forged.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    assert_eq!(hapi_count(&hapi.base).await, before);
+/// Registration identity: a registration of another station (MultiMed-AP's, sent by Cura-EUA)
+/// is refused and leaves HAPI unchanged.
+async fn a_refused_registration_leaves_hapi_unchanged(w: &mut World) {
+    let cura = w.station("Cura-EUA", AARHUS).await;
+    let before = hapi_count(&w.hapi.base).await;
+    cura.create(&fixture("EDS-PDS-04.1.json"))
+        .expect(&w.h, forbidden().because("device_mismatch"))
+        .await;
+    assert_eq!(hapi_count(&w.hapi.base).await, before);
     println!(
-        "e2e: {} registrations, {pages} pages of searches checked",
-        all.len()
+        "e2e: {} registrations, {} pages of searches checked",
+        w.all.len(),
+        w.pages
     );
+}
 
-    fhir_server_refuses_write_time_lookups(&hapi, &other_id).await;
-
-    // The same probe through the proxy: refused as invalid before HAPI sees it (first layer).
-    let probe = conditional_probe(&hapi, &other_id).await;
-    let before = hapi_count(&hapi.base).await;
-    let resp = cura
-        .client
-        .post(h.url("AuditEvent"))
-        .bearer_auth(&cura.token)
-        .header("Content-Type", "application/fhir+json")
-        .body(registration_referring_to(&probe).to_string())
-        .send()
+/// First layer of "no reference resolved at write time": the proxy itself refuses a
+/// conditional reference (a probe that would tell whether a record exists) before HAPI sees
+/// it, and also one hidden behind a local reference whose contained id is a match URL.
+async fn conditional_references_are_refused_by_the_proxy_first(w: &mut World) {
+    let cura = w.station("Cura-EUA", AARHUS).await;
+    let probe = conditional_probe(&w.hapi, &w.other_id).await;
+    let before = hapi_count(&w.hapi.base).await;
+    let outcome = cura
+        .create(&registration_referring_to(&probe))
+        .expect(&w.h, invalid().because("resolvable_reference"))
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let outcome: Value = resp.json().await.unwrap();
-    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
-    assert_eq!(outcome["issue"][0]["code"], "invalid", "{outcome}");
+        .json;
     // Refused by the proxy itself, not HAPI's refusal passed on (that is the second layer).
     let diagnostics = outcome["issue"][0]["diagnostics"]
         .as_str()
@@ -515,32 +481,42 @@ async fn hapi_end_to_end() {
             && !diagnostics.contains("HAPI-"),
         "{diagnostics}"
     );
-    assert_eq!(hapi_count(&hapi.base).await, before);
+    assert_eq!(hapi_count(&w.hapi.base).await, before);
 
-    // The same probe behind a local reference: HAPI reads any reference holding `?` as a
-    // match URL, `#x/AuditEvent?…` too, when a contained resource has that id.
+    // HAPI reads any reference holding `?` as a match URL, `#x/AuditEvent?…` too, when a
+    // contained resource has that id.
     let evil = format!("x/{probe}");
     let mut body = registration_referring_to(&format!("#{evil}"));
     let mut device = body["contained"][0].clone();
     device["id"] = json!(evil);
     body["contained"].as_array_mut().unwrap().push(device);
-    let resp = cura
-        .client
-        .post(h.url("AuditEvent"))
-        .bearer_auth(&cura.token)
-        .header("Content-Type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
+    let outcome = cura
+        .create(&body)
+        .expect(&w.h, invalid().because("contained_id_malformed"))
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let outcome: Value = resp.json().await.unwrap();
-    assert_eq!(outcome["issue"][0]["code"], "invalid", "{outcome}");
+        .json;
     assert_eq!(
         outcome["issue"][0]["diagnostics"],
         "a contained resource's id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
     );
-    assert_eq!(hapi_count(&hapi.base).await, before);
+    assert_eq!(hapi_count(&w.hapi.base).await, before);
+}
+
+/// One HAPI, one proxy, the steps in order (each needs what the earlier ones registered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hapi_end_to_end() {
+    let mut w = World::start().await;
+    every_ig_example_is_registered_by_its_station(&mut w).await;
+    each_station_sees_exactly_its_own(&mut w).await;
+    each_citizen_sees_exactly_theirs(&mut w).await;
+    supporters_see_exactly_their_organisations(&mut w).await;
+    ig_search_parameters_work_inside_the_constraint(&mut w).await;
+    response_shaping_cannot_hide_the_labels(&mut w).await;
+    reading_someone_elses_registration_is_404(&mut w).await;
+    a_paging_handle_is_refused_for_another_caller(&mut w).await;
+    a_refused_registration_leaves_hapi_unchanged(&mut w).await;
+    fhir_server_refuses_write_time_lookups(&w.hapi, &w.other_id).await;
+    conditional_references_are_refused_by_the_proxy_first(&mut w).await;
 }
 
 /// A conditional reference that, on stock HAPI, matches exactly the registration `target`
