@@ -43,9 +43,9 @@ use crate::urn;
 pub const CVR_SCOPE_PREFIX: &str = "urn:dk:gov:saml:cvrNumberIdentifier:";
 
 /// OIO-BPP 1.0/1.1 namespace of `PrivilegeList`.
-pub const BPP_NAMESPACE: &str = "http://itst.dk/oiosaml/basic_privilege_profile";
+pub(crate) const BPP_NAMESPACE: &str = "http://itst.dk/oiosaml/basic_privilege_profile";
 /// OIO-BPP 1.2 namespace of `PrivilegeList`.
-pub const BPP_NAMESPACE_1_2: &str = "http://digst.dk/oiosaml/basic_privilege_profile";
+pub(crate) const BPP_NAMESPACE_1_2: &str = "http://digst.dk/oiosaml/basic_privilege_profile";
 
 /// One privilege group: the privileges a user holds within one scope (an organisation).
 ///
@@ -99,7 +99,7 @@ fn trim_xml_space(s: &str) -> &str {
 }
 
 /// Parse OIO-BPP XML by the rules of the module documentation.
-pub fn parse_xml(xml: &[u8]) -> Result<Vec<PrivilegeGroup>, String> {
+pub(crate) fn parse_xml(xml: &[u8]) -> Result<Vec<PrivilegeGroup>, String> {
     let text = std::str::from_utf8(xml).map_err(|_| "priv XML is not UTF-8".to_string())?;
     if declared_encoding(text).is_some_and(|e| !e.eq_ignore_ascii_case("UTF-8")) {
         return Err("priv XML declares an encoding other than UTF-8".to_string());

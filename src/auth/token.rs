@@ -248,7 +248,9 @@ const REGISTERED_HEADER_PARAMETERS: &[&str] = &[
 ];
 
 /// The header rules of the module documentation, over the decoded header members.
-pub fn check_header_members(header: &serde_json::Map<String, Value>) -> Result<(), TokenFailure> {
+pub(crate) fn check_header_members(
+    header: &serde_json::Map<String, Value>,
+) -> Result<(), TokenFailure> {
     if let Some(crit) = header.get("crit") {
         let names = crit
             .as_array()
@@ -300,7 +302,7 @@ fn is_media_type(value: &str, subtype: &str) -> bool {
 /// see; the leeway absorbs the issuer's clock running ahead of ours). With `iat ≤ now +
 /// leeway` (checked before) the second bound follows from the first, so both together never
 /// refuse a token the first accepts. Arithmetic saturates: absurd values are refused.
-pub fn check_lifetime(
+pub(crate) fn check_lifetime(
     exp: i64,
     iat: Option<i64>,
     now: i64,
@@ -324,7 +326,7 @@ pub fn check_lifetime(
 /// does), and `iss` must be a single string (RFC 7519 §4.1.1: a StringOrURI, never an array).
 ///
 /// Errors: [`TokenFailure::Malformed`].
-pub fn check_payload_members(token: &str) -> Result<(), TokenFailure> {
+pub(crate) fn check_payload_members(token: &str) -> Result<(), TokenFailure> {
     let payload = token
         .split('.')
         .nth(1)
@@ -421,7 +423,7 @@ pub fn verify(
 
 /// RFC 8705 says base64url without padding; a spec example uses standard base64, so both
 /// alphabets, padded or not, are decoded and compared as bytes.
-pub fn thumbprint_matches(claimed: &str, cert_sha256: &[u8]) -> bool {
+pub(crate) fn thumbprint_matches(claimed: &str, cert_sha256: &[u8]) -> bool {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     if cert_sha256.len() != 32 {
         return false;

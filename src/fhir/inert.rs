@@ -36,13 +36,13 @@ use crate::fhir::interaction::is_fhir_id;
 
 /// Extension URL prefixes a registration may use: the EDS IG's own and HL7's core extensions.
 /// Anything else may be an extension the FHIR server itself acts on.
-pub const ALLOWED_EXTENSION_PREFIXES: &[&str] = &[
+pub(crate) const ALLOWED_EXTENSION_PREFIXES: &[&str] = &[
     "http://medcomehmi.dk/ig/eds/StructureDefinition/",
     "http://hl7.org/fhir/StructureDefinition/",
 ];
 
 /// Resource types a registration may contain (the IG's examples contain the observing Device).
-pub const ALLOWED_CONTAINED_TYPES: &[&str] = &["Device"];
+pub(crate) const ALLOWED_CONTAINED_TYPES: &[&str] = &["Device"];
 
 /// Members the FHIR server assigns itself; removed from a registration before it is forwarded.
 const SERVER_ASSIGNED_META: &[&str] = &["versionId", "lastUpdated", "source"];
@@ -52,7 +52,7 @@ const SERVER_ASSIGNED_META: &[&str] = &["versionId", "lastUpdated", "source"];
 /// `resource` is the parsed registration (an AuditEvent). Walks every element, `contained`
 /// resources included. Errors: [`Refusal::Invalid`] naming the first offending element by its
 /// JSON path (never its value, which may be personal data).
-pub fn check_inert(resource: &Value) -> Result<(), Refusal> {
+pub(crate) fn check_inert(resource: &Value) -> Result<(), Refusal> {
     let Some(top) = resource.as_object() else {
         return Err(Refusal::Invalid(Invalid::NotAnObject));
     };
@@ -99,7 +99,7 @@ fn check_meta(meta: Option<&Value>) -> Result<(), Refusal> {
 /// Remove the members a server assigns (`id`, `meta.versionId`, `meta.lastUpdated`,
 /// `meta.source`) from a registration, so no server can honour client-chosen values, and the
 /// narrative (`text`, also of contained resources), which readers render.
-pub fn strip_server_assigned(resource: &mut Value) {
+pub(crate) fn strip_server_assigned(resource: &mut Value) {
     if let Some(contained) = resource.get_mut("contained").and_then(Value::as_array_mut) {
         for item in contained.iter_mut().filter_map(Value::as_object_mut) {
             item.remove("text");

@@ -209,7 +209,7 @@ fn split_segments(relative: &str) -> Result<Vec<&str>, Refusal> {
 /// FHIR `id` (<https://hl7.org/fhir/R4/datatypes.html#id>): 1–64 of `[A-Za-z0-9\-.]`. The
 /// one check for ids in paths, contained resources, `#id` references, `Location` headers and
 /// profile versions.
-pub fn is_fhir_id(s: &str) -> bool {
+pub(crate) fn is_fhir_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')

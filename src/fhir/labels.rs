@@ -202,7 +202,7 @@ pub fn released_records(body: &[u8], cpr_system: &str) -> Vec<(String, Vec<Strin
 }
 
 /// FHIR search escaping (`\`, `,`, `|`, `$`) for values the proxy injects.
-pub fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
         if matches!(c, '\\' | ',' | '|' | '$') {

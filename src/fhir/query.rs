@@ -241,7 +241,7 @@ fn parse_number(name: &str, value: &str) -> Result<u32, Refusal> {
 }
 
 /// `_count` above the limit is clamped, not refused: clients ask for "as many as you give".
-pub fn parse_count(value: &str, max_count: u32) -> Result<u32, Refusal> {
+pub(crate) fn parse_count(value: &str, max_count: u32) -> Result<u32, Refusal> {
     Ok(parse_number("_count", value)?.min(max_count))
 }
 
@@ -292,7 +292,7 @@ fn parse_total(value: &str) -> Result<String, Refusal> {
 }
 
 /// Responses are checked as JSON, so only JSON may be asked for.
-pub fn check_format(value: &str) -> Result<(), Refusal> {
+pub(crate) fn check_format(value: &str) -> Result<(), Refusal> {
     match value {
         "json" | "application/json" | "application/fhir+json" => Ok(()),
         _ => Err(Refusal::Invalid(Invalid::Format)),
@@ -302,7 +302,7 @@ pub fn check_format(value: &str) -> Result<(), Refusal> {
 /// A FHIR boolean parameter value: exactly `true` or `false`.
 ///
 /// Errors: 400 (`Refusal::Invalid`) naming the parameter.
-pub fn check_bool(name: &str, value: &str) -> Result<(), Refusal> {
+pub(crate) fn check_bool(name: &str, value: &str) -> Result<(), Refusal> {
     match value {
         "true" | "false" => Ok(()),
         _ => Err(Refusal::Invalid(Invalid::NotABoolean {

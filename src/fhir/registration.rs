@@ -13,18 +13,18 @@ use crate::fhir::strict_json;
 
 /// Canonical URL of the IG's `EdsPatientDeliveryStatus` profile (an AuditEvent about a
 /// citizen: it needs an `ehmiPatient` entity).
-pub const EDS_PATIENT_PROFILE: &str =
+pub(crate) const EDS_PATIENT_PROFILE: &str =
     "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsPatientDeliveryStatus";
 /// Canonical URL of the IG's `EdsBasicDeliveryStatus` profile (no citizen).
-pub const EDS_BASIC_PROFILE: &str =
+pub(crate) const EDS_BASIC_PROFILE: &str =
     "http://medcomehmi.dk/ig/eds/StructureDefinition/EdsBasicDeliveryStatus";
 /// The EDS profiles a registration may claim in `meta.profile`: the IG's two AuditEvent
 /// profiles (canonical base `http://medcomehmi.dk/ig/eds`); a version suffix `|x.y` is allowed.
-pub const EDS_PROFILES: &[&str] = &[EDS_PATIENT_PROFILE, EDS_BASIC_PROFILE];
+pub(crate) const EDS_PROFILES: &[&str] = &[EDS_PATIENT_PROFILE, EDS_BASIC_PROFILE];
 
 /// `Some(version)` if `profile` is one of the [`EDS_PROFILES`], exactly (`Some(None)`) or with
 /// a `|version` suffix (`Some(Some(version))`, FHIR canonical references); `None` otherwise.
-pub fn eds_profile_version(profile: &str) -> Option<Option<&str>> {
+pub(crate) fn eds_profile_version(profile: &str) -> Option<Option<&str>> {
     EDS_PROFILES
         .iter()
         .find_map(|e| match profile.strip_prefix(e)? {

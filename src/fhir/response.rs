@@ -304,7 +304,7 @@ fn entry_visible(entry: &EntryScan, constraint: &Constraint) -> Result<(), Withh
 }
 
 /// Words for a log line or a 502's diagnostics.
-pub fn withheld_text(w: Withheld) -> &'static str {
+pub(crate) fn withheld_text(w: Withheld) -> &'static str {
     match w {
         Withheld::NotCallers => "an AuditEvent without the caller's label",
         Withheld::Foreign(why) => why,
@@ -336,7 +336,7 @@ fn replace_member(object: &str, name: &str, value: Option<&str>) -> Result<Strin
 /// A resource found somewhere in an answer, with what the check decides on. Every JSON object
 /// with a `resourceType` member is a resource (FHIR JSON gives no other object that member).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     /// `resourceType`.
     pub resource_type: String,
     /// `id`, if present.
@@ -379,7 +379,7 @@ fn scan(text: &str) -> Result<Scanned, String> {
 ///
 /// Errors: the text is not JSON, or a member the check decides on is duplicated or of the
 /// wrong shape.
-pub fn find_resources(text: &str) -> Result<Vec<Found>, String> {
+pub(crate) fn find_resources(text: &str) -> Result<Vec<Found>, String> {
     scan(text).map(Scanned::into_found)
 }
 
@@ -675,7 +675,7 @@ const ENVELOPES: &[&str] = &["Bundle", "OperationOutcome", "Parameters"];
 
 /// An AuditEvent in record position (a searchset entry, a read): it must carry one of the
 /// caller's labels, and everything inside it must be a part of that record.
-pub fn judge_record(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
+pub(crate) fn judge_record(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
     if f.resource_type != "AuditEvent" {
         return Err(Withheld::Foreign("a resource type other than AuditEvent"));
     }
@@ -701,7 +701,7 @@ fn judge_part(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
 /// A resource anywhere outside record position (inside an OperationOutcome, a Parameters, a
 /// nested Bundle, a Bundle's envelope): an AuditEvent must carry the caller's label, envelopes
 /// are looked into, anything else is foreign.
-pub fn judge_nested(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
+pub(crate) fn judge_nested(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
     match f.resource_type.as_str() {
         "AuditEvent" => judge_record(f, constraint).map_err(|e| match e {
             Withheld::NotCallers => Withheld::Foreign("another caller's AuditEvent nested inside"),
@@ -890,7 +890,7 @@ const MAX_DIAGNOSTICS: usize = 500;
 
 /// Map a URL under the server's or the proxy's base onto the proxy's base. Anything else is
 /// not ours to hand out.
-pub fn rebase(url: &str, public_base: &str, upstream_base: &str) -> Option<String> {
+pub(crate) fn rebase(url: &str, public_base: &str, upstream_base: &str) -> Option<String> {
     let rest = [public_base, upstream_base].iter().find_map(|base| {
         url.strip_prefix(base)
             .filter(|r| r.is_empty() || r.starts_with(['/', '?']))
@@ -900,7 +900,7 @@ pub fn rebase(url: &str, public_base: &str, upstream_base: &str) -> Option<Strin
 
 /// Rewrite a Bundle link: paging links are rebuilt from their known parameters and signed;
 /// other links lose the proxy's own constraint parameter.
-pub fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<String> {
+pub(crate) fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<String> {
     let rebased = rebase(url, ctx.public_base, ctx.upstream_base)?;
     let (path, query) = match rebased.split_once('?') {
         Some((p, q)) => (p, q),

@@ -20,7 +20,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
 }
 
 /// The members of a JSON object in order, values left unparsed; duplicate keys refused.
-pub fn object_members(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
+pub(crate) fn object_members(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
     struct Members;
     impl<'de> Visitor<'de> for Members {
         type Value = Vec<(String, &'de RawValue)>;
@@ -50,7 +50,7 @@ pub fn object_members(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
 /// `flatten`), read at startup or off the request path (JWKS, enrolment, directories).
 ///
 /// Errors: the text is not JSON, a key is duplicated, or the value does not fit `T`.
-pub fn parse_into<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub(crate) fn parse_into<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_value(parse(bytes)?).map_err(|e| e.to_string())
 }
 

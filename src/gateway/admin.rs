@@ -12,7 +12,7 @@ use prometheus::{Encoder, TextEncoder};
 use crate::auth::jwks::KeyStore;
 use crate::metrics;
 
-pub struct AdminApp {
+pub(crate) struct AdminApp {
     pub keys: Arc<KeyStore>,
 }
 

@@ -18,7 +18,7 @@ struct Cached {
     exp: i64,
 }
 
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     keys: Arc<KeyStore>,
     token_policy: TokenPolicy,
     principal_policy: PrincipalPolicy,
@@ -36,7 +36,7 @@ fn now() -> i64 {
 }
 
 /// The token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750).
-pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, TokenFailure> {
+pub(crate) fn bearer_token(header: Option<&[u8]>) -> Result<&str, TokenFailure> {
     let value = header.ok_or(TokenFailure::Missing)?;
     let value = std::str::from_utf8(value).map_err(|_| TokenFailure::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(TokenFailure::Malformed)?;
@@ -57,7 +57,7 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, TokenFailure> {
 }
 
 impl Authenticator {
-    pub fn new(
+    pub(crate) fn new(
         keys: Arc<KeyStore>,
         token_policy: TokenPolicy,
         principal_policy: PrincipalPolicy,
@@ -74,7 +74,7 @@ impl Authenticator {
         }
     }
 
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         cert_sha256: &[u8],

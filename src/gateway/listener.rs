@@ -34,7 +34,7 @@ const KEEPALIVE_SECONDS: u64 = 60;
 
 /// Pingora 0.9.1's fixed limit on a request head (`MAX_HEADER_SIZE` in
 /// `protocols/http/v1/common.rs`); not configurable.
-pub const PINGORA_MAX_HEAD_BYTES: usize = 1_048_575;
+pub(crate) const PINGORA_MAX_HEAD_BYTES: usize = 1_048_575;
 
 /// The start of the context Pingora gives the error for a head above its limit
 /// (`protocols/http/v1/server.rs`, `read_request`). Pinned by
@@ -42,12 +42,12 @@ pub const PINGORA_MAX_HEAD_BYTES: usize = 1_048_575;
 const HEAD_TOO_LARGE: &str = "Request header larger than";
 
 /// The FHIR listener's app: the gateway behind the loop described above.
-pub struct FhirApp {
+pub(crate) struct FhirApp {
     gateway: Gateway,
 }
 
 impl FhirApp {
-    pub fn new(gateway: Gateway) -> FhirApp {
+    pub(crate) fn new(gateway: Gateway) -> FhirApp {
         FhirApp { gateway }
     }
 }
@@ -97,7 +97,7 @@ impl HttpServerApp for FhirApp {
 /// The answer to a request head Pingora could not read: `None` when there is nobody to answer
 /// (the connection broke or timed out), else the status, reason label and OperationOutcome.
 /// The text never repeats the client's bytes.
-pub fn unreadable_answer(
+pub(crate) fn unreadable_answer(
     etype: &ErrorType,
     context: Option<&str>,
 ) -> Option<(u16, &'static str, Vec<u8>)> {

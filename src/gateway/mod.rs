@@ -6,10 +6,10 @@
 //! it implements Pingora's `ServeHttp` and talks to the FHIR server through Pingora's pooled
 //! upstream connector. All decisions are made by the pure modules in `auth` and `fhir`.
 
-pub mod admin;
-pub mod authn;
-pub mod listener;
-pub mod upstream;
+pub(crate) mod admin;
+pub(crate) mod authn;
+pub(crate) mod listener;
+pub(crate) mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use crate::metrics;
 use authn::Authenticator;
 use upstream::{Upstream, UpstreamResponse};
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub authenticator: Arc<Authenticator>,
     pub upstream: Upstream,
     pub labels: LabelSystems,

@@ -17,7 +17,7 @@ use crate::metrics;
 /// `X-Forwarded-*` values derived from the public base URL, so the FHIR server builds links
 /// that point at the proxy.
 #[derive(Debug, Clone)]
-pub struct Forwarded {
+pub(crate) struct Forwarded {
     pub host: String,
     pub proto: String,
     pub port: String,
@@ -25,7 +25,7 @@ pub struct Forwarded {
 }
 
 impl Forwarded {
-    pub fn from_public_base(public: &Url) -> Forwarded {
+    pub(crate) fn from_public_base(public: &Url) -> Forwarded {
         Forwarded {
             host: public.host_str().unwrap_or_default().to_string(),
             proto: public.scheme().to_string(),
@@ -38,7 +38,7 @@ impl Forwarded {
     }
 }
 
-pub struct UpstreamResponse {
+pub(crate) struct UpstreamResponse {
     pub status: u16,
     pub content_type: Option<String>,
     pub location: Option<String>,
@@ -47,7 +47,7 @@ pub struct UpstreamResponse {
     pub body: Vec<u8>,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     connector: Connector,
     peer: HttpPeer,
     host_header: String,
@@ -59,7 +59,7 @@ pub struct Upstream {
     max_target_bytes: usize,
 }
 
-pub struct UpstreamSettings {
+pub(crate) struct UpstreamSettings {
     pub base: Url,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -72,7 +72,7 @@ pub struct UpstreamSettings {
 
 impl Upstream {
     /// Resolves the FHIR server's address once, at start-up.
-    pub fn new(s: UpstreamSettings, forwarded: Forwarded) -> Result<Upstream, String> {
+    pub(crate) fn new(s: UpstreamSettings, forwarded: Forwarded) -> Result<Upstream, String> {
         let host = s
             .base
             .host_str()
@@ -115,7 +115,7 @@ impl Upstream {
 
     /// Send one request. `relative` is the path and query under the FHIR base, e.g.
     /// `AuditEvent?_security=…` or `?_getpages=…`.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         relative: &str,
