@@ -336,7 +336,7 @@ fn replace_member(object: &str, name: &str, value: Option<&str>) -> Result<Strin
 /// A resource found somewhere in an answer, with what the check decides on. Every JSON object
 /// with a `resourceType` member is a resource (FHIR JSON gives no other object that member).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Found {
+pub struct Found {
     /// `resourceType`.
     pub resource_type: String,
     /// `id`, if present.
@@ -379,7 +379,7 @@ fn scan(text: &str) -> Result<Scanned, String> {
 ///
 /// Errors: the text is not JSON, or a member the check decides on is duplicated or of the
 /// wrong shape.
-pub(crate) fn find_resources(text: &str) -> Result<Vec<Found>, String> {
+pub fn find_resources(text: &str) -> Result<Vec<Found>, String> {
     scan(text).map(Scanned::into_found)
 }
 

@@ -20,7 +20,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
 }
 
 /// The members of a JSON object in order, values left unparsed; duplicate keys refused.
-pub(crate) fn object_members(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
+pub fn object_members(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
     struct Members;
     impl<'de> Visitor<'de> for Members {
         type Value = Vec<(String, &'de RawValue)>;
