@@ -13,7 +13,7 @@
 //! redacts them everywhere.
 
 use hmac::{Hmac, Mac};
-use serde_json::json;
+use serde::Serialize;
 use sha2::Sha256;
 
 /// The record's `type`, versioned: a change of the format gets a new version.
@@ -83,39 +83,66 @@ pub fn record(
     viewer: &Viewer<'_>,
     shown: &[(String, Vec<String>)],
 ) -> Option<Vec<u8>> {
-    let registrations: Vec<serde_json::Value> = shown
+    let registrations: Vec<Shown<'_>> = shown
         .iter()
         .filter(|(_, cprs)| !cprs.is_empty())
-        .map(|(id, cprs)| json!({"id": id, "cpr": cprs}))
+        .map(|(id, cpr)| Shown { id, cpr })
         .collect();
     if registrations.is_empty() {
         return None;
     }
-    let mut cprs: Vec<&str> = shown
+    let mut cpr: Vec<&str> = shown
         .iter()
         .flat_map(|(_, c)| c.iter().map(String::as_str))
         .collect();
-    cprs.sort_unstable();
-    cprs.dedup();
-    let line = json!({
-        "type": RECORD_TYPE,
-        "time": time,
-        "request_id": request_id,
-        "interaction": interaction,
-        "principal": {
-            "kind": viewer.kind,
-            "id": viewer.pseudonym,
-            "organisation": viewer.organisation,
+    cpr.sort_unstable();
+    cpr.dedup();
+    // A struct, not `json!`: the fields keep this order whatever serde_json's features, so
+    // every record starts with its `type`.
+    let line = Record {
+        r#type: RECORD_TYPE,
+        time,
+        request_id,
+        interaction,
+        principal: Principal {
+            kind: viewer.kind,
+            id: viewer.pseudonym,
+            organisation: viewer.organisation,
         },
-        "registrations": registrations,
-        "cpr": cprs,
-    });
+        registrations,
+        cpr,
+    };
     serde_json::to_vec(&line).ok()
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    r#type: &'a str,
+    time: &'a str,
+    request_id: &'a str,
+    interaction: &'a str,
+    principal: Principal<'a>,
+    registrations: Vec<Shown<'a>>,
+    cpr: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Principal<'a> {
+    kind: &'a str,
+    id: &'a str,
+    organisation: &'a str,
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    id: &'a str,
+    cpr: &'a [String],
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn pseudonyms_are_stable_keyed_and_letters_only() {
@@ -165,6 +192,7 @@ mod tests {
             })
         );
         assert!(!line.contains(&b'\n'));
+        assert!(line.starts_with(br#"{"type":"eds-proxy.audit.v1","time":"#));
         // Nothing about a citizen shown: no record.
         assert_eq!(
             record("t", "rid", "read", &viewer, &[("r2".into(), vec![])]),

@@ -7,8 +7,8 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
 use prometheus::core::{AtomicF64, GenericGauge};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
 
 /// Histogram buckets for durations, in seconds (1 ms to 10 s).
 const LATENCY_BUCKETS: &[f64] = &[

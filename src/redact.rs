@@ -466,7 +466,12 @@ mod tests {
         let secret = format!("Authorization: Bearer {JWT_SAMPLE}\ncpr 0101019999");
         // No log line names a CPR, the `audit` target's included (records have their own sink).
         assert_eq!(
-            sanitize(Source::of("audit", Some("eds_proxy::gateway")), false, "x", &secret),
+            sanitize(
+                Source::of("audit", Some("eds_proxy::gateway")),
+                false,
+                "x",
+                &secret
+            ),
             "Authorization: [redacted]\ncpr [cpr]"
         );
         let own = sanitize(Source::Own, false, "x", &secret);
