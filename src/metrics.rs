@@ -309,7 +309,8 @@ pub static RESPONSE_DROPS: LazyLock<CounterVec<2>> = LazyLock::new(|| {
     )
 });
 
-/// FHIR server failures by kind (the `reason` of the `Refusal` it became).
+/// FHIR server failures by kind: the `reason` of every 502/504 answer (transport errors, 5xx
+/// statuses, answers the response check refused whole).
 pub static UPSTREAM_ERRORS: LazyLock<CounterVec<1>> = LazyLock::new(|| {
     CounterVec::new(
         "eds_proxy_upstream_errors_total",

@@ -166,6 +166,12 @@ impl ServeHttp for Gateway {
             Ok(a) => a,
             Err(r) => {
                 outcome.reason = r.reason();
+                // Every 502/504, counted in one place, whichever step found it: the transport
+                // (unreachable, timeout), the server's status (a 5xx) or its answer (not
+                // FHIR JSON, foreign data): what the `upstream errors` alert watches.
+                if matches!(r, Refusal::BadGateway(_) | Refusal::GatewayTimeout) {
+                    metrics::UPSTREAM_ERRORS.with_label_values(&[r.reason()]).inc();
+                }
                 Answer::refusal(&r)
             }
         };
