@@ -170,7 +170,9 @@ impl ServeHttp for Gateway {
                 // (unreachable, timeout), the server's status (a 5xx) or its answer (not
                 // FHIR JSON, foreign data): what the `upstream errors` alert watches.
                 if matches!(r, Refusal::BadGateway(_) | Refusal::GatewayTimeout) {
-                    metrics::UPSTREAM_ERRORS.with_label_values(&[r.reason()]).inc();
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[r.reason()])
+                        .inc();
                 }
                 Answer::refusal(&r)
             }
