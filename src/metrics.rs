@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(JWKS_AGE.0.as_ref().unwrap().get(), 7.0);
     }
 
-    /// The Grafana dashboard may only use metrics the proxy exports.
+    /// The Grafana dashboard and the alert rules may only use metrics the proxy exports.
     #[test]
     fn dashboard_uses_only_exported_metrics() {
         init();
@@ -422,7 +422,11 @@ mod tests {
             .iter()
             .map(|f| f.name().to_string())
             .collect();
-        let dashboard = include_str!("../dashboards/eds-proxy.json");
+        // The dashboard and the alert rules.
+        let dashboard = concat!(
+            include_str!("../dashboards/eds-proxy.json"),
+            include_str!("../dashboards/alerts.yml")
+        );
         let mut used: Vec<&str> = dashboard
             .match_indices("eds_proxy_")
             .filter_map(|(i, _)| dashboard.get(i..))

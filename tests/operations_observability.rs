@@ -321,3 +321,49 @@ async fn request_ids_are_uuid_v7_and_reach_the_upstream() {
     assert!(is_uuid_v7(id), "{id}");
     assert!(!seen.contains(id));
 }
+
+/// Before the issuer's keys are first loaded (here: the JWKS URL does not answer), `/readyz`
+/// names `keys`, and `eds_proxy_jwks_age_seconds` is NaN, never a 0 that reads "just loaded".
+#[tokio::test]
+async fn before_the_first_key_load_readiness_names_keys_and_the_jwks_age_is_nan() {
+    let dir = tmp_dir("no-keys");
+    let _pki = Pki::new(&dir);
+    let upstream = RecordingUpstream::start(UpstreamMode::Honest);
+    let (port, admin_port) = (free_port(), free_port());
+    let config = proxy_config(
+        port,
+        admin_port,
+        &format!("http://127.0.0.1:{}/fhir", upstream.port),
+        5_000,
+        "",
+    )
+    .replace(
+        "jwks_file = \"jwks.json\"",
+        &format!("jwks_url = \"https://127.0.0.1:{}/jwks\"", free_port()),
+    );
+    assert!(config.contains("jwks_url"));
+    std::fs::write(dir.join("eds-proxy.toml"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eds-proxy"))
+        .arg("--config")
+        .arg(dir.join("eds-proxy.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(admin_port);
+    let resp = reqwest::get(format!("http://127.0.0.1:{admin_port}/readyz"))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    let age = metric(admin_port, "eds_proxy_jwks_age_seconds").await;
+    let ready = metric(admin_port, r#"eds_proxy_ready{check="keys"}"#).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "keys: issuer keys not loaded\nupstream: ok\n")
+    );
+    assert!(age.is_some_and(f64::is_nan), "{age:?}");
+    assert_eq!(ready, Some(0.0));
+}

@@ -264,7 +264,7 @@ async fn prometheus_evaluates_every_dashboard_expression_and_alert_rule() {
             .as_str()
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
-        if scrapes >= 3.0 && scrapes < 4.0 {
+        if (3.0..4.0).contains(&scrapes) {
             traffic(&h).await;
         }
         if scrapes >= 5.0 {
