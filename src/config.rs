@@ -771,6 +771,34 @@ secret_file = "/nonexistent/secret"
     }
 
     #[test]
+    fn audit_path_and_probe_interval_are_checked() {
+        let base = "[listen]\naddress = \"127.0.0.1:1\"\nserver_cert = \"c\"\nserver_key = \"k\"\nclient_ca = \"a\"\n[upstream]\nbase_url = \"http://x\"\n[public]\nbase_url = \"https://p\"\n[token]\nissuer = \"i\"\naudience = [\"a\"]\njwks_url = \"https://i/j\"\n[paging]\nsecret_file = \"s\"\n";
+        let keys = |extra: &str| -> Vec<String> {
+            parse(&format!("{base}{extra}"), Path::new("/nonexistent"))
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        for ok in [
+            "",
+            "[audit]\npath = \"stdout\"\n",
+            "[audit]\npath = \"stderr\"\n",
+        ] {
+            let k = keys(ok);
+            assert!(!k.iter().any(|k| k.starts_with("audit")), "{ok}: {k:?}");
+        }
+        // Relative to the config's folder, which does not exist here; a folder is no file.
+        assert!(keys("[audit]\npath = \"audit.jsonl\"\n").contains(&"audit.path".to_string()));
+        assert!(keys("[audit]\npath = \"/\"\n").contains(&"audit.path".to_string()));
+        let tmp = std::env::temp_dir().join("audit-check.jsonl");
+        let k = keys(&format!("[audit]\npath = \"{}\"\n", tmp.display()));
+        assert!(!k.contains(&"audit.path".to_string()), "{k:?}");
+        assert!(keys("[admin]\nupstream_probe_interval_ms = 0\n")
+            .contains(&"admin.upstream_probe_interval_ms".to_string()));
+    }
+
+    #[test]
     fn type_errors_name_the_key() {
         let text = "[listen]\naddress = 5\n";
         let problems = parse(text, Path::new("/")).unwrap_err();
