@@ -52,6 +52,9 @@ jwks_ca = "pki/ca.crt"
 cvr_directory = "$ROOT/config/cvr-directory.example.toml"
 [paging]
 secret_file = "pki/page-secret"
+[audit]
+# MinLog audit records (docs/audit-record.md): one JSON line per supporter answer about citizens.
+path = "audit.jsonl"
 TOML
 cat > "$RUN/dev-issuer.toml" <<TOML
 listen = "127.0.0.1:9443"
@@ -97,7 +100,9 @@ if (( KEEP )); then
   cat <<MSG
 
 The stack keeps running: HAPI http://127.0.0.1:$HAPI_PORT/fhir, issuer https://localhost:9443,
-proxy https://localhost:8443/fhir, metrics http://127.0.0.1:9100/metrics. Try, for example:
+proxy https://localhost:8443/fhir, metrics http://127.0.0.1:9100/metrics, readiness
+http://127.0.0.1:9100/readyz, MinLog audit records in demo-run/audit.jsonl, the log (access log
+included) in demo-run/proxy.log. Try, for example:
   TOKEN=\$(curl -s --cacert demo-run/pki/ca.crt --cert demo-run/pki/cura-eua.crt --key demo-run/pki/cura-eua.key \\
     -d grant_type=client_credentials -d client_id=cura-eua \\
     --data-urlencode 'scope=EDS system/AuditEvent.crs SOR:937961000016000 GLN:GLN-1234' \\

@@ -13,6 +13,8 @@ command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v openssl >/dev/null || missing+=(openssl)
+# prometheus + promtool: tests/prometheus.rs runs the dashboard and alert rules against them.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 if (( ${#missing[@]} )); then
   echo "== installing ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
@@ -65,6 +67,9 @@ if [[ -d "$IG_FSH" ]]; then
 else
   echo "skipping fixture check: $IG_FSH not found (set IG_FSH)"
 fi
+
+echo "== alert rules and Prometheus configuration (promtool; tests/prometheus.rs runs them live)"
+bash scripts/prometheus-check.sh --config-only
 
 echo "== cargo test (unit, integration, adversarial, end-to-end with HAPI)"
 cargo test --no-fail-fast 2>&1 | tee target/cargo-test.log

@@ -61,6 +61,43 @@ pub struct Config {
     /// `[server]`: the server process.
     #[serde(default)]
     pub server: ServerConfig,
+    /// `[audit]`: the MinLog audit stream.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: where the MinLog audit records go (`crate::audit`, `docs/audit-record.md`).
+/// The stream is not the log: the log level does not govern it, and an answer whose record
+/// cannot be written is refused (503).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditConfig {
+    /// `stdout` (default: the log goes to stderr, so stdout carries only audit records),
+    /// `stderr`, or a file the records are appended to (opened for each record, so a rotated
+    /// file is picked up; written and `fsync`ed before the answer is sent).
+    #[serde(default = "default_audit_path")]
+    pub path: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: default_audit_path(),
+        }
+    }
+}
+
+fn default_audit_path() -> String {
+    "stdout".into()
+}
+
+impl AuditConfig {
+    /// The file the records go to; `None` for `stdout`/`stderr`.
+    pub fn file(&self) -> Option<&Path> {
+        match self.path.as_str() {
+            "stdout" | "stderr" => None,
+            p => Some(Path::new(p)),
+        }
+    }
 }
 
 /// How answers are shaped beyond the access check.
@@ -99,14 +136,23 @@ pub struct AdminConfig {
     /// `host:port`; default `127.0.0.1:9100`.
     #[serde(default = "default_admin_address")]
     pub address: String,
+    /// Milliseconds between two reachability probes of the FHIR server (`/readyz`); default
+    /// 5000. One background task probes; a scrape of `/readyz` reads the last result.
+    #[serde(default = "default_probe_interval_ms")]
+    pub upstream_probe_interval_ms: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: default_admin_address(),
+            upstream_probe_interval_ms: default_probe_interval_ms(),
         }
     }
+}
+
+fn default_probe_interval_ms() -> u64 {
+    5_000
 }
 
 /// `[upstream]`: the FHIR server the proxy forwards to.
@@ -447,6 +493,11 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(p) = c.access.cvr_directory.as_mut() {
         fix(p);
     }
+    if let Some(p) = c.audit.file() {
+        if p.is_relative() {
+            c.audit.path = base.join(p).to_string_lossy().into_owned();
+        }
+    }
 }
 
 fn validate(c: &Config) -> Vec<ConfigProblem> {
@@ -482,6 +533,10 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
         ("upstream.connect_timeout_ms", c.upstream.connect_timeout_ms),
         ("upstream.read_timeout_ms", c.upstream.read_timeout_ms),
         ("upstream.idle_timeout_ms", c.upstream.idle_timeout_ms),
+        (
+            "admin.upstream_probe_interval_ms",
+            c.admin.upstream_probe_interval_ms,
+        ),
     ] {
         if v == 0 {
             out.push(problem(key, "must be greater than 0"));
@@ -591,6 +646,20 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.server.threads == 0 {
         out.push(problem("server.threads", "must be greater than 0"));
     }
+    if let Some(file) = c.audit.file() {
+        // Not created here (check-config has no side effects): the folder must exist, and an
+        // existing file must be a file.
+        match file.parent().map(|d| d.is_dir()) {
+            Some(true) if !file.is_dir() => {}
+            _ => out.push(problem(
+                "audit.path",
+                format!(
+                    "`{}` is not stdout, stderr or a file in an existing folder",
+                    file.display()
+                ),
+            )),
+        }
+    }
     out
 }
 
@@ -699,6 +768,34 @@ secret_file = "/nonexistent/secret"
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn audit_path_and_probe_interval_are_checked() {
+        let base = "[listen]\naddress = \"127.0.0.1:1\"\nserver_cert = \"c\"\nserver_key = \"k\"\nclient_ca = \"a\"\n[upstream]\nbase_url = \"http://x\"\n[public]\nbase_url = \"https://p\"\n[token]\nissuer = \"i\"\naudience = [\"a\"]\njwks_url = \"https://i/j\"\n[paging]\nsecret_file = \"s\"\n";
+        let keys = |extra: &str| -> Vec<String> {
+            parse(&format!("{base}{extra}"), Path::new("/nonexistent"))
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        for ok in [
+            "",
+            "[audit]\npath = \"stdout\"\n",
+            "[audit]\npath = \"stderr\"\n",
+        ] {
+            let k = keys(ok);
+            assert!(!k.iter().any(|k| k.starts_with("audit")), "{ok}: {k:?}");
+        }
+        // Relative to the config's folder, which does not exist here; a folder is no file.
+        assert!(keys("[audit]\npath = \"audit.jsonl\"\n").contains(&"audit.path".to_string()));
+        assert!(keys("[audit]\npath = \"/\"\n").contains(&"audit.path".to_string()));
+        let tmp = std::env::temp_dir().join("audit-check.jsonl");
+        let k = keys(&format!("[audit]\npath = \"{}\"\n", tmp.display()));
+        assert!(!k.contains(&"audit.path".to_string()), "{k:?}");
+        assert!(keys("[admin]\nupstream_probe_interval_ms = 0\n")
+            .contains(&"admin.upstream_probe_interval_ms".to_string()));
     }
 
     #[test]

@@ -939,6 +939,10 @@ pub enum Refusal {
     BadGateway(BadGateway),
     /// 504: the FHIR server did not answer in time.
     GatewayTimeout,
+    /// 503: the answer shows a supporter citizens' registrations, and its MinLog audit record
+    /// could not be written to the audit sink (`audit.path`), so it is not sent (fail closed:
+    /// no release without its record; `audit`).
+    AuditUnavailable,
 }
 
 impl Refusal {
@@ -956,6 +960,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) => 415,
             Refusal::BadGateway(_) => 502,
             Refusal::GatewayTimeout => 504,
+            Refusal::AuditUnavailable => 503,
         }
     }
 
@@ -972,6 +977,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) => "not-supported",
             Refusal::BadGateway(_) => "transient",
             Refusal::GatewayTimeout => "timeout",
+            Refusal::AuditUnavailable => "transient",
         }
     }
 
@@ -991,6 +997,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(u) => u.as_str(),
             Refusal::BadGateway(b) => b.as_str(),
             Refusal::GatewayTimeout => "gateway_timeout",
+            Refusal::AuditUnavailable => "audit_write_failed",
         }
     }
 
@@ -1009,6 +1016,9 @@ impl Refusal {
             Refusal::UriTooLong(limit) => format!("request URL exceeds {limit} bytes"),
             Refusal::HeadersTooLarge(limit) => format!("request headers exceed {limit} bytes"),
             Refusal::GatewayTimeout => "the FHIR server did not answer in time".to_string(),
+            Refusal::AuditUnavailable => {
+                "the answer cannot be released: its audit record could not be written".to_string()
+            }
         }
     }
 
@@ -1088,6 +1098,7 @@ mod tests {
             ),
             (Refusal::BadGateway(BadGateway::NotJson), 502, "transient"),
             (Refusal::GatewayTimeout, 504, "timeout"),
+            (Refusal::AuditUnavailable, 503, "transient"),
         ];
         for (r, status, code) in cases {
             assert_eq!(r.status(), status);
@@ -1237,6 +1248,7 @@ mod tests {
             Refusal::UriTooLong(1),
             Refusal::HeadersTooLarge(1),
             Refusal::GatewayTimeout,
+            Refusal::AuditUnavailable,
         ];
         all.extend(
             [

@@ -11,6 +11,7 @@
 // (clippy.toml `disallowed-methods`).
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod cvr_directory;

@@ -2,8 +2,9 @@
 //! unchanged) behind a `log::Log` that passes every record through
 //! [`crate::redact::sanitize`] first. Every log line the process writes goes through here —
 //! this crate's, Pingora's and every other dependency's — so no token, body, certificate, CPR
-//! number or id from a path reaches a log, whatever level an operator sets. The one exception
-//! is the supporter audit record (target `audit`), which names CPRs on purpose (MinLog).
+//! number or id from a path reaches a log, whatever level an operator sets. No target is
+//! exempt: the MinLog audit records, which name CPRs on purpose, go to their own sink
+//! (`audit.path`, `gateway::audit`), not through the logger.
 
 use log::{Log, Metadata, Record};
 
@@ -23,10 +24,6 @@ impl Log for RedactingLogger {
             return;
         }
         let source = Source::of(record.target(), record.module_path());
-        if source == Source::Audit {
-            self.inner.log(record);
-            return;
-        }
         let fixed = record.args().as_str();
         let formatted;
         let message = match fixed {

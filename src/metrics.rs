@@ -7,7 +7,8 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts};
+use prometheus::core::{AtomicF64, GenericGauge};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
 
 /// Histogram buckets for durations, in seconds (1 ms to 10 s).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -109,25 +110,54 @@ impl Timing {
     }
 }
 
-/// An integer gauge without labels.
-pub struct Gauge(Option<IntGauge>);
+/// A float gauge with `N` labels (`prometheus::GaugeVec`).
+pub struct FloatGaugeVec<const N: usize>(Option<prometheus::GaugeVec>);
 
-impl Gauge {
-    fn new(name: &str, help: &str) -> Self {
-        match IntGauge::new(name, help) {
-            Ok(g) => {
-                register(name, &g);
-                Gauge(Some(g))
+impl<const N: usize> FloatGaugeVec<N> {
+    fn new(name: &str, help: &str, labels: [&str; N]) -> Self {
+        match prometheus::GaugeVec::new(Opts::new(name, help), &labels) {
+            Ok(vec) => {
+                register(name, &vec);
+                FloatGaugeVec(Some(vec))
             }
             Err(e) => {
                 log::error!("metric {name} is not exported: {e}");
-                Gauge(None)
+                FloatGaugeVec(None)
+            }
+        }
+    }
+
+    /// Set the series with these label values.
+    pub fn set(&self, values: &[&str; N], value: f64) {
+        if let Some(g) = self
+            .0
+            .as_ref()
+            .and_then(|v| v.get_metric_with_label_values(values).ok())
+        {
+            g.set(value);
+        }
+    }
+}
+
+/// A float gauge without labels.
+pub struct FloatGauge(Option<GenericGauge<AtomicF64>>);
+
+impl FloatGauge {
+    fn new(name: &str, help: &str) -> Self {
+        match prometheus::Gauge::new(name, help) {
+            Ok(g) => {
+                register(name, &g);
+                FloatGauge(Some(g))
+            }
+            Err(e) => {
+                log::error!("metric {name} is not exported: {e}");
+                FloatGauge(None)
             }
         }
     }
 
     /// Set the value.
-    pub fn set(&self, value: i64) {
+    pub fn set(&self, value: f64) {
         if let Some(g) = &self.0 {
             g.set(value);
         }
@@ -190,11 +220,73 @@ pub static JWKS_REFRESHES: LazyLock<CounterVec<1>> = LazyLock::new(|| {
     )
 });
 
-/// Seconds since the JWKS was last loaded; set on each scrape.
-pub static JWKS_AGE: LazyLock<Gauge> = LazyLock::new(|| {
-    Gauge::new(
+/// Seconds since the JWKS was last loaded; set on each scrape. NaN until the first load (a
+/// 0 would read as "just loaded"); `eds_proxy_ready{check="keys"}` says the same as 0/1.
+pub static JWKS_AGE: LazyLock<FloatGauge> = LazyLock::new(|| {
+    let g = FloatGauge::new(
         "eds_proxy_jwks_age_seconds",
-        "Seconds since the JWKS was last loaded",
+        "Seconds since the JWKS was last loaded (NaN before the first load)",
+    );
+    g.set(f64::NAN);
+    g
+});
+
+/// Reads (and vreads) answered 404 because the record is not the caller's: normal (a caller
+/// asked for an id that is not theirs), unlike `eds_proxy_response_foreign_total` and
+/// `eds_proxy_response_check_drops_total`, which mean the FHIR server returned something the
+/// constraint excludes.
+pub static READ_HIDDEN: LazyLock<CounterVec<2>> = LazyLock::new(|| {
+    CounterVec::new(
+        "eds_proxy_read_hidden_total",
+        "Reads answered 404 because the record is not the caller's (normal)",
+        ["interaction", "principal"],
+    )
+});
+
+/// MinLog audit records written to the audit sink.
+pub static AUDIT_RECORDS: LazyLock<CounterVec<0>> = LazyLock::new(|| {
+    CounterVec::new(
+        "eds_proxy_audit_records_total",
+        "MinLog audit records written",
+        [],
+    )
+});
+
+/// MinLog audit records that could not be written; each refused its answer (503): an alarm.
+pub static AUDIT_WRITE_FAILURES: LazyLock<CounterVec<0>> = LazyLock::new(|| {
+    CounterVec::new(
+        "eds_proxy_audit_write_failures_total",
+        "MinLog audit records that could not be written (the answer was refused)",
+        [],
+    )
+});
+
+/// 1 with the version label: which build runs where.
+pub static BUILD_INFO: LazyLock<FloatGaugeVec<1>> = LazyLock::new(|| {
+    FloatGaugeVec::new(
+        "eds_proxy_build_info",
+        "Always 1; the version of the running eds-proxy",
+        ["version"],
+    )
+});
+
+/// 1 if the readiness check `check` passes, else 0 (`/readyz`, `gateway::admin`); set on each
+/// scrape of `/metrics` and `/readyz`.
+pub static READY: LazyLock<FloatGaugeVec<1>> = LazyLock::new(|| {
+    FloatGaugeVec::new(
+        "eds_proxy_ready",
+        "1 if the readiness check passes, else 0",
+        ["check"],
+    )
+});
+
+/// The notAfter of a certificate the proxy relies on, in Unix seconds: `server` (the listener's
+/// certificate, its first in the chain) and `client_ca` (the earliest of the client CA bundle).
+pub static CERT_EXPIRY: LazyLock<FloatGaugeVec<1>> = LazyLock::new(|| {
+    FloatGaugeVec::new(
+        "eds_proxy_certificate_expiry_timestamp_seconds",
+        "notAfter of the server certificate and of the earliest-expiring client CA, Unix seconds",
+        ["certificate"],
     )
 });
 
@@ -217,7 +309,8 @@ pub static RESPONSE_DROPS: LazyLock<CounterVec<2>> = LazyLock::new(|| {
     )
 });
 
-/// FHIR server failures by kind (the `reason` of the `Refusal` it became).
+/// FHIR server failures by kind: the `reason` of every 502/504 answer (transport errors, 5xx
+/// statuses, answers the response check refused whole).
 pub static UPSTREAM_ERRORS: LazyLock<CounterVec<1>> = LazyLock::new(|| {
     CounterVec::new(
         "eds_proxy_upstream_errors_total",
@@ -238,6 +331,13 @@ pub fn init() {
     LazyLock::force(&RESPONSE_DROPS);
     LazyLock::force(&RESPONSE_FOREIGN);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&READ_HIDDEN);
+    // Unlabelled counters: their one series exists (at 0) from the start.
+    AUDIT_RECORDS.with_label_values(&[]).inc_by(0);
+    AUDIT_WRITE_FAILURES.with_label_values(&[]).inc_by(0);
+    BUILD_INFO.set(&[env!("CARGO_PKG_VERSION")], 1.0);
+    LazyLock::force(&READY);
+    LazyLock::force(&CERT_EXPIRY);
 }
 
 #[cfg(test)]
@@ -264,7 +364,10 @@ mod tests {
         ] {
             vec.with_label_values(&["a"]).inc();
         }
-        JWKS_AGE.set(7);
+        JWKS_AGE.set(7.0);
+        READ_HIDDEN.with_label_values(&["a", "b"]).inc();
+        READY.set(&["a"], 1.0);
+        CERT_EXPIRY.set(&["a"], 1.0);
         let names: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_string())
@@ -281,15 +384,21 @@ mod tests {
             "eds_proxy_token_cache_total",
             "eds_proxy_response_check_drops_total",
             "eds_proxy_upstream_errors_total",
+            "eds_proxy_read_hidden_total",
+            "eds_proxy_audit_records_total",
+            "eds_proxy_audit_write_failures_total",
+            "eds_proxy_build_info",
+            "eds_proxy_ready",
+            "eds_proxy_certificate_expiry_timestamp_seconds",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} is not registered");
         }
         let requests = REQUESTS.0.as_ref().unwrap();
         assert!(requests.with_label_values(&["a", "b", "c", "d"]).get() >= 1);
-        assert_eq!(JWKS_AGE.0.as_ref().unwrap().get(), 7);
+        assert_eq!(JWKS_AGE.0.as_ref().unwrap().get(), 7.0);
     }
 
-    /// The Grafana dashboard may only use metrics the proxy exports.
+    /// The Grafana dashboard and the alert rules may only use metrics the proxy exports.
     #[test]
     fn dashboard_uses_only_exported_metrics() {
         init();
@@ -304,13 +413,20 @@ mod tests {
         }
         RESPONSE_DROPS.with_label_values(&["x", "x"]).inc();
         RESPONSE_FOREIGN.with_label_values(&["x", "x"]).inc();
+        READ_HIDDEN.with_label_values(&["x", "x"]).inc();
+        READY.set(&["x"], 1.0);
+        CERT_EXPIRY.set(&["x"], 1.0);
         REQUEST_DURATION.with_label_values(&["x"]).observe(0.1);
         UPSTREAM_DURATION.with_label_values(&["x"]).observe(0.1);
         let exported: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_string())
             .collect();
-        let dashboard = include_str!("../dashboards/eds-proxy.json");
+        // The dashboard and the alert rules.
+        let dashboard = concat!(
+            include_str!("../dashboards/eds-proxy.json"),
+            include_str!("../dashboards/alerts.yml")
+        );
         let mut used: Vec<&str> = dashboard
             .match_indices("eds_proxy_")
             .filter_map(|(i, _)| dashboard.get(i..))

@@ -1,8 +1,8 @@
 //! What may reach a log line. Two pure decisions the logger (`crate::logging`) and the access
 //! log rely on:
 //!
-//! - [`redact`]: the last line of defence, run over every formatted log line except the
-//!   supporter audit record. It replaces whatever *looks like* a secret or a person number,
+//! - [`redact`]: the last line of defence, run over every formatted log line (the MinLog
+//!   audit records are not log lines: they go to their own sink, `audit.path`). It replaces whatever *looks like* a secret or a person number,
 //!   whoever wrote the line (this crate, Pingora, rustls, …): JWTs, `Bearer` tokens, the values
 //!   of `Authorization`/`Cookie`-like fields, PEM blocks and CPR-like numbers.
 //! - [`path_template`]: the request path as the access log shows it, with every id and every
@@ -57,12 +57,21 @@ const SECRET_FIELDS: &[&str] = &[
 /// - **CPR-like numbers**: exactly ten digits, or six digits, `-`, four digits, not part of a
 ///   longer digit run → `[cpr]`. No date check: a ten-digit epoch second lost from a log line
 ///   is a small price for never printing a replacement CPR (day + 60) or a typo'd one.
+///
+/// A hyphenated UUID (8-4-4-4-12 hex digits, not inside a longer word) is kept whole: the
+/// request ids (UUID v7) of the access log would otherwise lose one in forty to the CPR rule
+/// (ten decimal digits in a row in their last group), and a UUID never holds a CPR number
+/// this crate wrote.
 pub fn redact(line: &str) -> Cow<'_, str> {
     let b = line.as_bytes();
     let mut out: Option<String> = None;
     let mut copied = 0;
     let mut i = 0;
     while i < b.len() {
+        if let Some(len) = uuid_at(b, i) {
+            i += len;
+            continue;
+        }
         match secret_at(b, i) {
             Some((start, end, placeholder)) => {
                 // Every start and end is next to an ASCII byte, so both are char boundaries.
@@ -193,6 +202,33 @@ fn cpr_at(b: &[u8], i: usize) -> Option<(usize, usize, &'static str)> {
     None
 }
 
+/// The length of the hyphenated UUID starting at `i` (36), if there is one that is a word of
+/// its own (no letter, digit, `-` or `_` right before or after).
+fn uuid_at(b: &[u8], i: usize) -> Option<usize> {
+    const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+    if i > 0 && b.get(i - 1).is_some_and(|c| word(*c)) {
+        return None;
+    }
+    let mut j = i;
+    for (n, len) in GROUPS.iter().enumerate() {
+        if n > 0 {
+            if b.get(j) != Some(&b'-') {
+                return None;
+            }
+            j += 1;
+        }
+        if run(b, j, |c| c.is_ascii_hexdigit()) < *len {
+            return None;
+        }
+        j += len;
+    }
+    if b.get(j).is_some_and(|c| word(*c)) {
+        return None;
+    }
+    Some(j - i)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -246,35 +282,32 @@ fn template_suffix(path: &str, base: &str) -> Option<&'static str> {
     })
 }
 
-/// Where a log record comes from, as far as the redaction policy cares.
+/// Where a log record comes from, as far as the redaction policy cares. No source is exempt:
+/// the MinLog audit records, which name CPR numbers on purpose, are written to their own sink
+/// (`audit.path`), never to the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// The supporter audit record (target `audit`, written by this crate): the one sink that
-    /// names CPR numbers, on purpose (MinLog). Passed through untouched.
-    Audit,
-    /// Any other record this crate writes.
+    /// Any record this crate writes.
     Own,
     /// A dependency (Pingora, rustls, h2, reqwest, …).
     Dependency,
 }
 
 impl Source {
-    /// `target` and `module_path` of a `log::Record`. The audit exemption needs both the
-    /// target and this crate as the writer, so a dependency logging to a target named `audit`
-    /// is still redacted.
-    pub fn of(target: &str, module_path: Option<&str>) -> Source {
+    /// `module_path` of a `log::Record` (the target plays no part: a record on any target,
+    /// `audit` included, is redacted).
+    pub fn of(_target: &str, module_path: Option<&str>) -> Source {
         let own = module_path.is_some_and(|m| m == "eds_proxy" || m.starts_with("eds_proxy::"));
-        match (own, target) {
-            (true, "audit") => Source::Audit,
-            (true, _) => Source::Own,
-            (false, _) => Source::Dependency,
+        if own {
+            Source::Own
+        } else {
+            Source::Dependency
         }
     }
 }
 
 /// The text a log record may be written with.
 ///
-/// - `Source::Audit`: unchanged.
 /// - `static_text`: a message without runtime values (`format_args!` with no arguments) is
 ///   code, not data, and passes (redacted all the same).
 /// - A dependency's record **with runtime values, at any level**, is withheld: Pingora prints
@@ -291,7 +324,6 @@ pub fn sanitize<'a>(
     message: &'a str,
 ) -> Cow<'a, str> {
     match source {
-        Source::Audit => Cow::Borrowed(message),
         Source::Dependency if !static_text => Cow::Owned(format!(
             "[message withheld: may carry request data; {location}]"
         )),
@@ -432,8 +464,16 @@ mod tests {
     #[test]
     fn the_policy_per_source() {
         let secret = format!("Authorization: Bearer {JWT_SAMPLE}\ncpr 0101019999");
-        // The audit record is the one sink that names CPRs.
-        assert_eq!(sanitize(Source::Audit, false, "x", &secret), secret);
+        // No log line names a CPR, the `audit` target's included (records have their own sink).
+        assert_eq!(
+            sanitize(
+                Source::of("audit", Some("eds_proxy::gateway")),
+                false,
+                "x",
+                &secret
+            ),
+            "Authorization: [redacted]\ncpr [cpr]"
+        );
         let own = sanitize(Source::Own, false, "x", &secret);
         assert_eq!(own, "Authorization: [redacted]\ncpr [cpr]");
         // A dependency's record with values is withheld at every level, its fixed texts pass.
@@ -452,9 +492,18 @@ mod tests {
             sanitize(Source::Dependency, true, "x", "HTTP response written."),
             "HTTP response written."
         );
+        // A request id (UUID v7) stays whole even where its last group has ten digits in a
+        // row; the same digits elsewhere are still a CPR.
+        let id = "0193a1b2-7c3d-7e4f-8a5b-a0123456789b";
+        let line = format!(r#"{{"request_id":"{id}","x":"0123456789"}}"#);
         assert_eq!(
-            Source::of("audit", Some("eds_proxy::gateway")),
-            Source::Audit
+            redact(&line),
+            format!(r#"{{"request_id":"{id}","x":"[cpr]"}}"#)
+        );
+        // Not a UUID of its own: redacted as before.
+        assert_eq!(
+            redact("x0193a1b2-7c3d-7e4f-8a5b-a0123456789b"),
+            "x0193a1b2-7c3d-7e4f-8a5b-a[cpr]b"
         );
         assert_eq!(
             Source::of("audit", Some("pingora_core::x")),

@@ -1,7 +1,6 @@
 //! Assemble the Pingora server from a checked configuration: the mTLS FHIR listener with
 //! the gateway, and the admin listener.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,8 @@ use crate::cvr_directory::CvrDirectory;
 use crate::fhir::capability::capability_statement;
 use crate::fhir::labels::LabelSystems;
 use crate::fhir::paging::PageSigner;
-use crate::gateway::admin::AdminApp;
+use crate::gateway::admin::{AdminApp, KeysLoaded, ProbeTask, UpstreamProbe, UpstreamReachable};
+use crate::gateway::audit::AuditSink;
 use crate::gateway::authn::Authenticator;
 use crate::gateway::listener::FhirApp;
 use crate::gateway::upstream::{Forwarded, Upstream, UpstreamSettings};
@@ -116,7 +116,9 @@ pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), Stri
             reserved_prefix: c.access.reserved_label_prefix.clone(),
         },
         directory,
+        pseudonym_key: crate::audit::pseudonym_key(&secret),
         signer: PageSigner::new(secret),
+        audit: AuditSink::from_config(&c.audit),
         capability: capability_statement(&public_base),
         public_base_path: public.path().trim_end_matches('/').to_string(),
         public_base,
@@ -126,7 +128,6 @@ pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), Stri
         max_header_bytes: c.limits.max_header_bytes,
         max_count: c.limits.max_count,
         drop_totals: c.response.drop_totals,
-        request_counter: AtomicU64::new(0),
     };
     Ok((gateway, keys))
 }
@@ -170,11 +171,50 @@ pub fn build_server(c: &Config) -> Result<Server, String> {
     fhir.add_tls_with_settings(&c.listen.address, None, tls_settings(c)?);
     server.add_service(fhir);
 
+    let upstream_url = Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?;
+    let probe = Arc::new(UpstreamProbe {
+        host: upstream_url.host_str().unwrap_or_default().to_string(),
+        port: upstream_url.port_or_known_default().unwrap_or(80),
+        connect_timeout: c.upstream_connect_timeout(),
+        interval: Duration::from_millis(c.admin.upstream_probe_interval_ms),
+        state: Default::default(),
+    });
+    server.add_service(pingora::services::background::background_service(
+        "upstream probe",
+        ProbeTask(probe.clone()),
+    ));
+    export_certificate_expiry(c);
+
+    // `/readyz`'s checks (gateway::admin): one line each.
+    let checks: Vec<Box<dyn crate::gateway::admin::ReadinessCheck>> = vec![
+        Box::new(KeysLoaded(keys.clone())),
+        Box::new(UpstreamReachable(probe)),
+    ];
     let mut admin = Service::new(
         "eds-proxy admin".to_string(),
-        HttpServer::new_app(AdminApp { keys }),
+        HttpServer::new_app(AdminApp { keys, checks }),
     );
     admin.add_tcp(&c.admin.address);
     server.add_service(admin);
     Ok(server)
+}
+
+/// `eds_proxy_certificate_expiry_timestamp_seconds` for the server certificate (the first of
+/// its chain) and the client CA bundle (its earliest notAfter). A file that does not parse here
+/// was refused by the configuration check already; it is then left out, not exported as 0.
+pub(crate) fn export_certificate_expiry(c: &Config) {
+    let not_after = |path: &std::path::Path| -> Vec<f64> {
+        read_certs(path)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+            .map(|(_, cert)| cert.validity().not_after.timestamp() as f64)
+            .collect()
+    };
+    if let Some(first) = not_after(&c.listen.server_cert).first() {
+        crate::metrics::CERT_EXPIRY.set(&["server"], *first);
+    }
+    if let Some(earliest) = not_after(&c.listen.client_ca).into_iter().reduce(f64::min) {
+        crate::metrics::CERT_EXPIRY.set(&["client_ca"], earliest);
+    }
 }

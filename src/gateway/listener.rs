@@ -147,7 +147,7 @@ impl FhirApp {
             interaction: "unknown",
             principal: "none",
             reason,
-            dropped: 0,
+            ..Outcome::default()
         };
         access_line(
             &request_id,
@@ -156,6 +156,7 @@ impl FhirApp {
             &outcome,
             status,
             started,
+            body.len(),
         );
         let answer = Answer {
             status,

@@ -7,11 +7,11 @@
 //! upstream connector. All decisions are made by the pure modules in `auth` and `fhir`.
 
 pub(crate) mod admin;
+pub(crate) mod audit;
 pub(crate) mod authn;
 pub(crate) mod listener;
 pub(crate) mod upstream;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,7 +49,10 @@ pub(crate) struct Gateway {
     /// `response.drop_totals`: no `total` in searchsets, `_summary=count` refused.
     pub drop_totals: bool,
     pub capability: Vec<u8>,
-    pub request_counter: AtomicU64,
+    /// Where MinLog audit records go (`audit.path`).
+    pub audit: audit::AuditSink,
+    /// Key of the pseudonymous principal ids (`crate::audit::pseudonym_key`).
+    pub pseudonym_key: Vec<u8>,
 }
 
 /// Most request body bytes read (and discarded) before a 413 is answered.
@@ -58,7 +61,11 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The one access-log line (log target `access`) of a request: `request` is its method and
-/// path template, `None` for a head that could not be read.
+/// path template, `None` for a head that could not be read; `bytes_out` the answer body's
+/// length. Fields: `ts`, `request_id`, `client`, `method`, `path` (ids and values replaced:
+/// `redact::path_template`), `interaction`, `principal` (kind), `principal_id` (pseudonym,
+/// `crate::audit::pseudonym`), `decision`, `reason`, `status`, `dropped`, `duration_ms`,
+/// `upstream_ms` (time waiting for the FHIR server), `bytes_in`, `bytes_out`.
 fn access_line(
     request_id: &str,
     client: Option<String>,
@@ -66,21 +73,44 @@ fn access_line(
     o: &Outcome,
     status: u16,
     started: Instant,
+    bytes_out: usize,
 ) {
     let line = json!({
-        "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "ts": now_rfc3339(),
         "request_id": request_id,
         "client": client,
         "method": request.map(|(m, _)| m),
         "path": request.map(|(_, p)| p),
         "interaction": o.interaction,
         "principal": o.principal,
+        "principal_id": o.pseudonym,
+        "decision": decision(status),
         "status": status,
         "reason": if status < 400 { "ok" } else { o.reason },
         "dropped": o.dropped,
         "duration_ms": listener::millis(started),
+        "upstream_ms": o.upstream_ms,
+        "bytes_in": o.bytes_in,
+        "bytes_out": bytes_out,
     });
     log::info!(target: "access", "{line}");
+}
+
+/// `allowed` for an answer below 400, else `refused`: the access log's `decision` and the
+/// `decision` label of `eds_proxy_requests_total`.
+fn decision(status: u16) -> &'static str {
+    if status < 400 {
+        "allowed"
+    } else {
+        "refused"
+    }
+}
+
+/// The time now, RFC 3339 UTC (access log and audit records).
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// A finished answer before it becomes an HTTP response.
@@ -114,6 +144,12 @@ struct Outcome {
     principal: &'static str,
     reason: &'static str,
     dropped: usize,
+    /// The caller's pseudonymous id, once authenticated.
+    pseudonym: Option<String>,
+    /// Milliseconds spent waiting for the FHIR server.
+    upstream_ms: f64,
+    /// Request body bytes read.
+    bytes_in: usize,
 }
 
 #[async_trait]
@@ -130,14 +166,18 @@ impl ServeHttp for Gateway {
             Ok(a) => a,
             Err(r) => {
                 outcome.reason = r.reason();
+                // Every 502/504, counted in one place, whichever step found it: the transport
+                // (unreachable, timeout), the server's status (a 5xx) or its answer (not
+                // FHIR JSON, foreign data): what the `upstream errors` alert watches.
+                if matches!(r, Refusal::BadGateway(_) | Refusal::GatewayTimeout) {
+                    metrics::UPSTREAM_ERRORS
+                        .with_label_values(&[r.reason()])
+                        .inc();
+                }
                 Answer::refusal(&r)
             }
         };
-        let decision = if answer.status < 400 {
-            "allowed"
-        } else {
-            "refused"
-        };
+        let decision = decision(answer.status);
         let reason = if answer.status < 400 {
             "ok"
         } else {
@@ -149,7 +189,14 @@ impl ServeHttp for Gateway {
         metrics::REQUEST_DURATION
             .with_label_values(&[outcome.interaction])
             .observe(started.elapsed().as_secs_f64());
-        self.access_log(session, &request_id, &outcome, answer.status, started);
+        self.access_log(
+            session,
+            &request_id,
+            &outcome,
+            answer.status,
+            started,
+            answer.body.len(),
+        );
         build_response(answer, &request_id)
     }
 }
@@ -226,8 +273,13 @@ impl Gateway {
             .authenticate(authorization.as_deref(), &cert)
             .await?;
         outcome.principal = principal.kind();
+        outcome.pseudonym = Some(crate::audit::pseudonym(
+            &self.pseudonym_key,
+            &principal.binding_key(),
+        ));
 
         let body = self.read_body(session).await?;
+        outcome.bytes_in = body.len();
         let conditional = plan::CONDITIONAL_HEADERS
             .iter()
             .any(|h| session.get_header(*h).is_some());
@@ -322,6 +374,7 @@ impl Gateway {
                 audit,
             } => (upstream, check, audit),
         };
+        let waited = Instant::now();
         let resp = self
             .upstream_call(
                 outcome.interaction,
@@ -330,7 +383,9 @@ impl Gateway {
                 upstream.body,
                 request_id,
             )
-            .await?;
+            .await;
+        outcome.upstream_ms = listener::millis(waited);
+        let resp = resp?;
         let answer = match check {
             AnswerCheck::Searchset { constraint } => {
                 self.searchset(resp, &constraint, principal, outcome)
@@ -344,7 +399,7 @@ impl Gateway {
             } => self.created(resp, &constraint, &stamped, principal, outcome),
         }?;
         if let Some(cvr) = audit {
-            self.supporter_audit(&cvr, outcome.interaction, request_id, &answer);
+            self.supporter_audit(&cvr, outcome, request_id, &answer)?;
         }
         Ok(answer)
     }
@@ -369,7 +424,8 @@ impl Gateway {
                 Ok(a)
             }
             ResourceCheck::Hidden => {
-                metrics::RESPONSE_DROPS
+                // Normal: a caller asked for an id that is not theirs (not a backend fault).
+                metrics::READ_HIDDEN
                     .with_label_values(&[outcome.interaction, principal.kind()])
                     .inc();
                 Err(Refusal::NotFound)
@@ -502,29 +558,49 @@ impl Gateway {
     }
 
     /// The EHMI security page asks that citizens can see in MinLog when professionals read
-    /// their data: one audit record per supporter answer, naming each citizen shown.
-    fn supporter_audit(&self, cvr: &str, interaction: &str, request_id: &str, answer: &Answer) {
+    /// their data: the answer's audit record (`crate::audit::record`) is written to the audit
+    /// sink before the answer is released; if it cannot be, the answer is refused (503) and
+    /// `eds_proxy_audit_write_failures_total` counts it.
+    fn supporter_audit(
+        &self,
+        cvr: &str,
+        outcome: &Outcome,
+        request_id: &str,
+        answer: &Answer,
+    ) -> Result<(), Refusal> {
         if answer.status != 200 {
-            return;
+            return Ok(());
         }
-        let released = crate::fhir::labels::released_records(&answer.body, &self.labels.cpr);
-        if released.iter().all(|(_, cprs)| cprs.is_empty()) {
-            return;
+        let shown = crate::fhir::labels::released_records(&answer.body, &self.labels.cpr);
+        let viewer = crate::audit::Viewer {
+            kind: outcome.principal,
+            pseudonym: outcome.pseudonym.as_deref().unwrap_or_default(),
+            organisation: cvr,
+        };
+        let Some(record) = crate::audit::record(
+            &now_rfc3339(),
+            request_id,
+            outcome.interaction,
+            &viewer,
+            &shown,
+        ) else {
+            return Ok(());
+        };
+        match self.audit.write(&record) {
+            Ok(()) => {
+                metrics::AUDIT_RECORDS.with_label_values(&[]).inc();
+                Ok(())
+            }
+            Err(e) => {
+                metrics::AUDIT_WRITE_FAILURES.with_label_values(&[]).inc();
+                // The I/O error's kind only: its text could name the path, never data.
+                log::error!(
+                    "audit record not written ({:?}); the answer is refused",
+                    e.kind()
+                );
+                Err(Refusal::AuditUnavailable)
+            }
         }
-        let records: Vec<serde_json::Value> = released
-            .iter()
-            .filter(|(_, cprs)| !cprs.is_empty())
-            .map(|(id, cprs)| json!({"auditevent": id, "cpr": cprs}))
-            .collect();
-        let line = json!({
-            "ts": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "request_id": request_id,
-            "event": "supporter-read",
-            "cvr": cvr,
-            "interaction": interaction,
-            "records": records,
-        });
-        log::info!(target: "audit", "{line}");
     }
 
     fn access_log(
@@ -534,6 +610,7 @@ impl Gateway {
         o: &Outcome,
         status: u16,
         started: Instant,
+        bytes_out: usize,
     ) {
         let req = session.req_header();
         // Never the client's path: ids (and CPRs sent as ids) stay out of the log.
@@ -545,15 +622,15 @@ impl Gateway {
             o,
             status,
             started,
+            bytes_out,
         );
     }
 
-    /// `pid-counter` (hex): unique within this process.
+    /// A UUID v7 (RFC 9562 §5.7: 48-bit Unix milliseconds, then random bits), in its
+    /// hyphenated form: unique across replicas and restarts without coordination, and sorted
+    /// by time. Sent to the client and to the FHIR server as `X-Request-ID`, and named in the
+    /// access log and the audit record.
     fn next_request_id(&self) -> String {
-        format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            self.request_counter.fetch_add(1, Ordering::Relaxed)
-        )
+        uuid::Uuid::now_v7().hyphenated().to_string()
     }
 }

@@ -12,7 +12,6 @@ use pingora::ErrorType;
 use url::Url;
 
 use crate::error::{BadGateway, Refusal};
-use crate::metrics;
 
 /// `X-Forwarded-*` values derived from the public base URL, so the FHIR server builds links
 /// that point at the proxy.
@@ -153,9 +152,7 @@ impl Upstream {
                 }
             }
         }
-        metrics::UPSTREAM_ERRORS
-            .with_label_values(&[last_err.reason()])
-            .inc();
+        // Counted in `eds_proxy_upstream_errors_total` by the gateway, with every other 502/504.
         Err(last_err)
     }
 

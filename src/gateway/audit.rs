@@ -1,0 +1,60 @@
+//! The audit sink (`audit.path`): where MinLog audit records (`crate::audit`) are written, one
+//! JSON line each, before the answer they describe is sent. Not the logger: the log level and
+//! the log redaction do not apply, and a failed write is reported to the caller, which then
+//! refuses the answer (fail closed).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Where records go.
+pub enum AuditSink {
+    /// Standard output (the log goes to standard error).
+    Stdout,
+    /// Standard error, between log lines.
+    Stderr,
+    /// A file, opened for appending for each record (so a file renamed by log rotation is
+    /// followed by a new one), written and `fsync`ed before the write counts as done. The lock
+    /// keeps two records from interleaving.
+    File(PathBuf, Mutex<()>),
+}
+
+impl AuditSink {
+    /// The sink `audit.path` names: `stdout`, `stderr` or a file.
+    pub fn from_config(c: &crate::config::AuditConfig) -> AuditSink {
+        match (c.path.as_str(), c.file()) {
+            ("stderr", _) => AuditSink::Stderr,
+            (_, Some(file)) => AuditSink::File(file.to_path_buf(), Mutex::new(())),
+            _ => AuditSink::Stdout,
+        }
+    }
+
+    /// Write one record and a newline, durably for a file. Blocking, but short: records are
+    /// due only for supporters' answers, a small share of the traffic.
+    pub fn write(&self, record: &[u8]) -> std::io::Result<()> {
+        let mut line = Vec::with_capacity(record.len() + 1);
+        line.extend_from_slice(record);
+        line.push(b'\n');
+        match self {
+            AuditSink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&line)?;
+                out.flush()
+            }
+            AuditSink::Stderr => {
+                let mut out = std::io::stderr().lock();
+                out.write_all(&line)?;
+                out.flush()
+            }
+            AuditSink::File(path, lock) => {
+                let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                file.write_all(&line)?;
+                file.sync_data()
+            }
+        }
+    }
+}
