@@ -13,7 +13,8 @@ use crate::auth::jwks::KeyStore;
 use crate::metrics;
 
 pub struct AdminApp {
-    pub keys: Arc<KeyStore>,
+    /// The live issuer keys (a reload may replace them).
+    pub keys: Arc<arc_swap::ArcSwap<KeyStore>>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -28,9 +29,11 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let keys = self.keys.load_full();
         match session.req_header().uri.path() {
             "/metrics" => {
-                if let Some(age) = self.keys.age_seconds() {
+                metrics::CONFIG_AGE.set(crate::lifecycle::config_age_seconds());
+                if let Some(age) = keys.age_seconds() {
                     metrics::JWKS_AGE.set(age as i64);
                 }
                 let mut out = Vec::new();
@@ -39,11 +42,11 @@ impl ServeHttp for AdminApp {
             }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.keys.age_seconds().is_some() {
+                if keys.age_seconds().is_some() {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {
-                    self.keys.refresh_if_allowed().await;
-                    if self.keys.age_seconds().is_some() {
+                    keys.refresh_if_allowed().await;
+                    if keys.age_seconds().is_some() {
                         reply(200, "text/plain", b"ready\n".to_vec())
                     } else {
                         reply(503, "text/plain", b"issuer keys not loaded\n".to_vec())
