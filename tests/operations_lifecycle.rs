@@ -460,7 +460,16 @@ async fn sigterm_lets_a_slow_request_finish_then_exits() {
     let url = p.url("AuditEvent?message-id=drain-slow");
     let slow = tokio::spawn(async move {
         let r = c.get(url).bearer_auth(token).send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap(), Instant::now())
+        let connection = r
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            r.status().as_u16(),
+            connection,
+            r.text().await.unwrap(),
+            Instant::now(),
+        )
     });
     // In flight: the FHIR server has it (and answers in 3 s).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -479,8 +488,10 @@ async fn sigterm_lets_a_slow_request_finish_then_exits() {
         try_handshake(&p, &s.pki, &cert).await.is_err(),
         "a new connection was served during the drain"
     );
-    let (status, body, answered) = slow.await.unwrap();
+    let (status, connection, body, answered) = slow.await.unwrap();
     assert_eq!(status, 200, "{body}");
+    // The drain began while it ran: the connection is not offered for another request.
+    assert_eq!(connection.as_deref(), Some("close"));
     assert!(body.contains("\"searchset\""), "{body}");
     let status = p.wait_exit(Duration::from_secs(5)).expect("still running");
     let exited = Instant::now();

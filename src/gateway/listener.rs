@@ -84,6 +84,10 @@ impl HttpServerApp for FhirApp {
         // One snapshot per request: a reload meanwhile does not change this request's rules.
         let gateway = self.live.gateway.load_full();
         let (parts, body) = gateway.response(&mut http).await.into_parts();
+        // A drain that began while the request ran: this answer is the connection's last.
+        if *shutdown.borrow() {
+            http.set_keepalive(None);
+        }
         let header: ResponseHeader = parts.into();
         if http.write_response_header(Box::new(header)).await.is_err() {
             log::debug!("the client went away before the response header was written");
