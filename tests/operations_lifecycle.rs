@@ -743,3 +743,46 @@ fn check_config_refuses_what_would_not_start_or_reload() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_changed_cvr_directory() {
+    let s = setup("cvr", UpstreamMode::Honest);
+    let mut p = s.start(&s.config("", 30, ""));
+    let cert = s.pki.client("cvr-client");
+    let token = s
+        .pki
+        .issuer_key
+        .sign(&claims_for(&cert, supporter_claims("22334455")))
+        .unwrap();
+    let search = || async {
+        client(&s.pki.ca, &cert)
+            .get(p.url("AuditEvent?message-id=cvr-reload"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+    };
+    // Not in the directory: refused before anything reaches the FHIR server.
+    assert_eq!(
+        outcome_code(search().await).await,
+        (403, "forbidden".into())
+    );
+    assert!(s.upstream.requests_matching("cvr-reload").is_empty());
+    std::fs::write(
+        s.dir.join("cvr.toml"),
+        "[cvr]\n\"22334455\" = [\"937961000016000\"]\n",
+    )
+    .unwrap();
+    p.signal("HUP");
+    p.wait_for_log("SIGHUP: configuration reloaded", 1);
+    let resp = search().await;
+    assert_eq!(resp.status(), 200);
+    let seen = s.upstream.requests_matching("cvr-reload");
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].target.contains("937961000016000"),
+        "{}",
+        seen[0].target
+    );
+    assert!(p.alive());
+}
