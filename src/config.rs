@@ -127,6 +127,13 @@ pub struct ListenConfig {
     /// Offer HTTP/2 (ALPN `h2`) besides HTTP/1.1; default `true`.
     #[serde(default = "yes")]
     pub http2: bool,
+    /// Certificate revocation lists (PEM `X509 CRL` blocks or one DER CRL per file) checked
+    /// at every handshake (RFC 5280 §6.3); default none. With CRLs configured, every
+    /// certificate of the client's chain must have a CRL from its issuer here, else the
+    /// handshake fails (fail closed); a CRL past its `nextUpdate` is still used. Re-read on
+    /// SIGHUP (README, "Operating eds-proxy").
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// `[admin]`: plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`. Keep it off the
@@ -170,6 +177,26 @@ pub struct UpstreamConfig {
     /// the server has closed it (only idempotent requests could be retried safely).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Seconds a resolved address of the `base_url` host is reused for new connections;
+    /// default 5, 0 resolves for every new request. A container's address changes when it
+    /// restarts; if resolving fails the last address is kept.
+    #[serde(default = "default_resolve_ttl_seconds")]
+    pub resolve_ttl_seconds: u64,
+    /// `https` only: PEM CA bundle the FHIR server's certificate must chain to; default the
+    /// system roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// `https` only: PEM certificate chain the proxy presents to the FHIR server (mTLS);
+    /// set together with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// `https` only: PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// `https` only: the name sent as SNI and checked against the FHIR server's certificate;
+    /// default the `base_url` host.
+    #[serde(default)]
+    pub sni: Option<String>,
 }
 
 /// `[public]`: how clients address the proxy.
@@ -339,6 +366,9 @@ fn default_read_timeout_ms() -> u64 {
 fn default_idle_timeout_ms() -> u64 {
     5_000
 }
+fn default_resolve_ttl_seconds() -> u64 {
+    5
+}
 fn default_algorithms() -> Vec<String> {
     vec!["PS256".into(), "ES256".into(), "EdDSA".into()]
 }
@@ -484,6 +514,19 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     fix(&mut c.listen.server_key);
     fix(&mut c.listen.client_ca);
     fix(&mut c.paging.secret_file);
+    for p in c.listen.client_crls.iter_mut() {
+        fix(p);
+    }
+    for p in [
+        &mut c.upstream.ca,
+        &mut c.upstream.client_cert,
+        &mut c.upstream.client_key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        fix(p);
+    }
     if let Some(p) = c.token.jwks_file.as_mut() {
         fix(p);
     }
@@ -522,12 +565,24 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
         &c.listen.client_ca,
         PemKind::Certificates,
     );
+    for (i, crl) in c.listen.client_crls.iter().enumerate() {
+        if let Err(e) = std::fs::read(crl)
+            .map_err(|e| e.to_string())
+            .and_then(|b| crl_ders(&b).map(|_| ()))
+        {
+            out.push(problem(
+                &format!("listen.client_crls[{i}]"),
+                format!("{}: {e}", crl.display()),
+            ));
+        }
+    }
     check_url(
         &mut out,
         "upstream.base_url",
         &c.upstream.base_url,
         &["http", "https"],
     );
+    check_upstream_tls(&mut out, &c.upstream);
     check_url(&mut out, "public.base_url", &c.public.base_url, &["https"]);
     for (key, v) in [
         ("upstream.connect_timeout_ms", c.upstream.connect_timeout_ms),
@@ -661,6 +716,68 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
         }
     }
     out
+}
+
+/// `[upstream]` TLS keys: only with an `https` base URL, certificate and key together, an SNI
+/// that is a DNS name or IP address (an empty one would turn verification off in Pingora).
+fn check_upstream_tls(out: &mut Vec<ConfigProblem>, u: &UpstreamConfig) {
+    let https = Url::parse(&u.base_url).is_ok_and(|url| url.scheme() == "https");
+    for (key, set) in [
+        ("upstream.ca", u.ca.is_some()),
+        ("upstream.client_cert", u.client_cert.is_some()),
+        ("upstream.client_key", u.client_key.is_some()),
+        ("upstream.sni", u.sni.is_some()),
+    ] {
+        if set && !https {
+            out.push(problem(key, "only for an https upstream.base_url"));
+        }
+    }
+    if u.client_cert.is_some() != u.client_key.is_some() {
+        out.push(problem(
+            "upstream.client_cert",
+            "set client_cert and client_key together",
+        ));
+    }
+    if let Some(ca) = &u.ca {
+        check_pem(out, "upstream.ca", ca, PemKind::Certificates);
+    }
+    if let Some(cert) = &u.client_cert {
+        check_pem(out, "upstream.client_cert", cert, PemKind::Certificates);
+    }
+    if let Some(key) = &u.client_key {
+        check_pem(out, "upstream.client_key", key, PemKind::PrivateKey);
+    }
+    if let Some(sni) = &u.sni {
+        if rustls_pki_types::ServerName::try_from(sni.as_str()).is_err() {
+            out.push(problem(
+                "upstream.sni",
+                format!("`{sni}` is not a DNS name or IP address"),
+            ));
+        }
+    }
+}
+
+/// The CRLs of one `listen.client_crls` file: every `X509 CRL` block of a PEM file, or the
+/// file itself when it is DER (RFC 5280 §5; a DER CRL starts with a SEQUENCE tag, 0x30).
+/// Only the framing is checked here; the proxy parses each CRL when it builds the client
+/// verifier (at start, `check-config` and reload).
+///
+/// Errors: a PEM file without a CRL block or with a broken one, or bytes that are neither.
+pub fn crl_ders(
+    bytes: &[u8],
+) -> Result<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateRevocationListDer;
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes.to_vec())]);
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM CRL: {e}"))?;
+    if crls.is_empty() {
+        return Err("no X509 CRL block (PEM) and not a DER CRL".into());
+    }
+    Ok(crls)
 }
 
 /// Secrets are read from files that often end in a newline; it is not part of the secret.
@@ -804,6 +921,52 @@ secret_file = "/nonexistent/secret"
         let problems = parse(text, Path::new("/")).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "listen.address");
+    }
+
+    #[test]
+    fn crl_files_are_pem_blocks_or_der() {
+        assert_eq!(crl_ders(&[0x30, 0x03, 1, 2, 3]).unwrap().len(), 1);
+        let pem = "-----BEGIN X509 CRL-----\nMAMBAgM=\n-----END X509 CRL-----\n";
+        assert_eq!(crl_ders(format!("{pem}{pem}").as_bytes()).unwrap().len(), 2);
+        assert!(crl_ders(b"").is_err());
+        assert!(
+            crl_ders(b"-----BEGIN CERTIFICATE-----\nMAMBAgM=\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
+        assert!(crl_ders(b"garbage").is_err());
+    }
+
+    #[test]
+    fn upstream_tls_keys_need_https_and_pairs() {
+        let u = |base: &str, sni: Option<&str>, cert: bool| UpstreamConfig {
+            base_url: base.into(),
+            connect_timeout_ms: 1,
+            read_timeout_ms: 1,
+            idle_timeout_ms: 1,
+            resolve_ttl_seconds: 5,
+            ca: None,
+            client_cert: cert.then(|| PathBuf::from("/nonexistent/c.pem")),
+            client_key: None,
+            sni: sni.map(str::to_string),
+        };
+        let keys = |u: &UpstreamConfig| {
+            let mut out = Vec::new();
+            check_upstream_tls(&mut out, u);
+            out.into_iter().map(|p| p.key).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(&u("http://h/fhir", Some("h"), false)),
+            ["upstream.sni"]
+        );
+        assert!(keys(&u("https://h/fhir", Some("fhir.example"), false)).is_empty());
+        assert_eq!(
+            keys(&u("https://h/fhir", Some(""), false)),
+            ["upstream.sni"]
+        );
+        assert_eq!(
+            keys(&u("https://h/fhir", None, true)),
+            ["upstream.client_cert", "upstream.client_cert"]
+        );
     }
 
     #[test]

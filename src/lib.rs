@@ -24,10 +24,14 @@ pub mod framing;
 #[cfg(feature = "server")]
 pub(crate) mod gateway;
 #[cfg(feature = "server")]
+pub(crate) mod lifecycle;
+#[cfg(feature = "server")]
 pub mod logging;
 #[cfg(feature = "server")]
 pub(crate) mod metrics;
 pub mod redact;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod tls;
 pub mod urn;

@@ -61,8 +61,16 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match config::load(file) {
-        Ok(_) => {
+    // The checks of `server::preflight` too: a file that passes also starts (and reloads).
+    match config::load(file).and_then(|c| {
+        server::preflight(&c).map_err(|e| {
+            vec![config::ConfigProblem {
+                key: "<file>".into(),
+                reason: e,
+            }]
+        })
+    }) {
+        Ok(()) => {
             println!("{}: OK", file.display());
             ExitCode::SUCCESS
         }
@@ -86,16 +94,15 @@ fn run(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::build_server(&config) {
-        Ok(s) => {
-            log::info!(
-                "eds-proxy listening on {} (FHIR, mTLS) and {} (admin), forwarding to {}",
-                config.listen.address,
-                config.admin.address,
-                config.upstream.base_url
-            );
-            s.run_forever()
-        }
+    log::info!(
+        "eds-proxy listening on {} (FHIR, mTLS) and {} (admin), forwarding to {}; SIGHUP reloads {}",
+        config.listen.address,
+        config.admin.address,
+        config.upstream.base_url,
+        file.display()
+    );
+    match server::run(file, &config) {
+        Ok(never) => match never {},
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

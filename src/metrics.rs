@@ -319,6 +319,34 @@ pub static UPSTREAM_ERRORS: LazyLock<CounterVec<1>> = LazyLock::new(|| {
     )
 });
 
+/// Configuration reloads (SIGHUP) by result (`ok`, `refused`).
+pub static CONFIG_RELOADS: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
+        "eds_proxy_config_reloads_total",
+        "Configuration reloads by result",
+        ["result"],
+    )
+});
+
+/// Seconds since the configuration in use was loaded (at start or by the last successful
+/// reload); set on each scrape.
+pub static CONFIG_AGE: LazyLock<FloatGauge> = LazyLock::new(|| {
+    FloatGauge::new(
+        "eds_proxy_config_age_seconds",
+        "Seconds since the configuration in use was loaded",
+    )
+});
+
+/// Client certificates refused at the TLS handshake, by reason (`tls::rejection_reason`:
+/// `revoked`, `expired`, `unknown_issuer`, …).
+pub static TLS_HANDSHAKE_FAILURES: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
+        "eds_proxy_tls_handshake_failures_total",
+        "Client certificates refused at the TLS handshake, by reason",
+        ["reason"],
+    )
+});
+
 /// Touch every metric so the series exist (at zero) from the first scrape on.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -338,6 +366,11 @@ pub fn init() {
     BUILD_INFO.set(&[env!("CARGO_PKG_VERSION")], 1.0);
     LazyLock::force(&READY);
     LazyLock::force(&CERT_EXPIRY);
+    LazyLock::force(&CONFIG_AGE);
+    for result in ["ok", "refused"] {
+        CONFIG_RELOADS.with_label_values(&[result]).inc_by(0);
+    }
+    LazyLock::force(&TLS_HANDSHAKE_FAILURES);
 }
 
 #[cfg(test)]
@@ -361,6 +394,8 @@ mod tests {
             &JWKS_REFRESHES,
             &TOKEN_CACHE,
             &UPSTREAM_ERRORS,
+            &CONFIG_RELOADS,
+            &TLS_HANDSHAKE_FAILURES,
         ] {
             vec.with_label_values(&["a"]).inc();
         }
@@ -390,6 +425,9 @@ mod tests {
             "eds_proxy_build_info",
             "eds_proxy_ready",
             "eds_proxy_certificate_expiry_timestamp_seconds",
+            "eds_proxy_config_reloads_total",
+            "eds_proxy_config_age_seconds",
+            "eds_proxy_tls_handshake_failures_total",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} is not registered");
         }

@@ -1,17 +1,16 @@
 //! Assemble the Pingora server from a checked configuration: the mTLS FHIR listener with
-//! the gateway, and the admin listener.
+//! the gateway, and the admin listener; `run` adds reload on SIGHUP and the fast drain on
+//! SIGTERM (`crate::lifecycle`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
-use pingora::tls::{RootCertStore, WebPkiClientVerifier};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use url::Url;
 
 use crate::auth::jwks::{JwksSource, KeyStore};
@@ -28,13 +27,8 @@ use crate::gateway::authn::Authenticator;
 use crate::gateway::listener::FhirApp;
 use crate::gateway::upstream::{Forwarded, Upstream, UpstreamSettings};
 use crate::gateway::Gateway;
-
-fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
+use crate::lifecycle::{self, Live};
+use crate::tls::{read_certs, CurrentCert, CurrentClientVerifier, SharedTls};
 
 fn jwks_client(c: &Config) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
@@ -49,8 +43,25 @@ fn jwks_client(c: &Config) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-/// Build the gateway (everything but the listeners) from a configuration.
-pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), String> {
+/// The issuer key store of a configuration (not loaded yet).
+pub(crate) fn build_keys(c: &Config) -> Result<Arc<KeyStore>, String> {
+    let source = match (&c.token.jwks_url, &c.token.jwks_file) {
+        (Some(url), _) => JwksSource::Url {
+            url: url.clone(),
+            client: jwks_client(c)?,
+        },
+        (None, Some(file)) => JwksSource::File(file.clone()),
+        (None, None) => return Err("token: no JWKS source".into()),
+    };
+    Ok(KeyStore::new(
+        source,
+        Duration::from_secs(c.token.jwks_refresh_floor_seconds),
+        Duration::from_secs(c.token.jwks_max_age_seconds),
+    ))
+}
+
+/// Build the gateway (everything but the listeners) from a configuration and its keys.
+pub(crate) fn build_gateway(c: &Config, keys: Arc<KeyStore>) -> Result<Gateway, String> {
     let secret =
         std::fs::read(&c.paging.secret_file).map_err(|e| format!("paging.secret_file: {e}"))?;
     let secret = config::trim_secret(&secret).to_vec();
@@ -60,19 +71,6 @@ pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), Stri
     };
     let public = Url::parse(&c.public.base_url).map_err(|e| e.to_string())?;
     let upstream_url = Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?;
-    let source = match (&c.token.jwks_url, &c.token.jwks_file) {
-        (Some(url), _) => JwksSource::Url {
-            url: url.clone(),
-            client: jwks_client(c)?,
-        },
-        (None, Some(file)) => JwksSource::File(file.clone()),
-        (None, None) => return Err("token: no JWKS source".into()),
-    };
-    let keys = KeyStore::new(
-        source,
-        Duration::from_secs(c.token.jwks_refresh_floor_seconds),
-        Duration::from_secs(c.token.jwks_max_age_seconds),
-    );
     let algorithms = c
         .token
         .algorithms
@@ -80,7 +78,7 @@ pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), Stri
         .map(|a| parse_algorithm(a).ok_or_else(|| format!("token.algorithms: {a} not allowed")))
         .collect::<Result<Vec<_>, _>>()?;
     let authenticator = Authenticator::new(
-        keys.clone(),
+        keys,
         TokenPolicy {
             issuer: c.token.issuer.clone(),
             audiences: c.token.audience.clone(),
@@ -102,6 +100,14 @@ pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), Stri
             idle_timeout: c.upstream_idle_timeout(),
             max_response_bytes: c.limits.max_response_bytes,
             max_target_bytes: c.limits.max_uri_bytes,
+            resolve_ttl: Duration::from_secs(c.upstream.resolve_ttl_seconds),
+            ca: c.upstream.ca.clone(),
+            client_cert_key: c
+                .upstream
+                .client_cert
+                .clone()
+                .zip(c.upstream.client_key.clone()),
+            sni: c.upstream.sni.clone(),
         },
         Forwarded::from_public_base(&public),
     )?;
@@ -129,52 +135,59 @@ pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), Stri
         max_count: c.limits.max_count,
         drop_totals: c.response.drop_totals,
     };
-    Ok((gateway, keys))
+    Ok(gateway)
 }
 
-fn tls_settings(c: &Config) -> Result<TlsSettings, String> {
-    pingora::tls::install_default_crypto_provider();
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(&c.listen.client_ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("listen.client_ca: {e}"))?;
-    }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .map_err(|e| format!("listen.client_ca: {e}"))?;
-    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let mut tls =
-        TlsSettings::intermediate(&path(&c.listen.server_cert), &path(&c.listen.server_key))
-            .map_err(|e| e.to_string())?;
-    tls.set_client_cert_verifier(verifier);
+/// The FHIR listener's TLS: certificate and client verifier read from the live snapshot at
+/// each handshake (`crate::tls`), so a reload applies to the next handshake.
+fn tls_settings(c: &Config, live: &SharedTls) -> Result<TlsSettings, String> {
+    // With a resolver set, Pingora ignores the file names given here.
+    let mut tls = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
+    tls.set_cert_resolver(Arc::new(CurrentCert(live.clone())));
+    tls.set_client_cert_verifier(Arc::new(CurrentClientVerifier(live.clone())));
     if c.listen.http2 {
         tls.enable_h2();
     }
     Ok(tls)
 }
 
-/// The Pingora server with both listeners, ready to `run`.
-pub fn build_server(c: &Config) -> Result<Server, String> {
+/// Everything `check-config` can build without listening: the listener's TLS material
+/// (certificate and key that belong together, CA, each CRL parsed) and the gateway.
+///
+/// Errors: the first part that does not load.
+pub fn preflight(c: &Config) -> Result<(), String> {
+    crate::tls::load(&c.listen, None)?;
+    build_gateway(c, build_keys(c)?).map(|_| ())
+}
+
+/// The Pingora server with both listeners, ready to `run`, and its live settings.
+pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
     crate::metrics::init();
-    let (gateway, keys) = build_gateway(c)?;
+    let keys = build_keys(c)?;
+    let gateway = build_gateway(c, keys.clone())?;
+    let tls: SharedTls = Arc::new(ArcSwap::from_pointee(crate::tls::load(&c.listen, None)?));
+    let live = Arc::new(Live::new(c.clone(), gateway, keys, tls));
     let conf = ServerConf {
         threads: c.server.threads,
+        // The upper bound of a drain; `lifecycle::exit_when_drained` exits sooner.
         grace_period_seconds: Some(c.server.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(c.server.grace_period_seconds.min(10)),
+        // After the grace period Pingora ends its runtimes; tasks still running are dropped
+        // at once, only blocking work would be waited for.
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut fhir = Service::new("eds-proxy FHIR listener".to_string(), FhirApp::new(gateway));
-    fhir.add_tls_with_settings(&c.listen.address, None, tls_settings(c)?);
+    let mut fhir = Service::new(
+        "eds-proxy FHIR listener".to_string(),
+        FhirApp::new(live.clone()),
+    );
+    fhir.add_tls_with_settings(&c.listen.address, None, tls_settings(c, &live.tls)?);
     server.add_service(fhir);
 
-    let upstream_url = Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?;
     let probe = Arc::new(UpstreamProbe {
-        host: upstream_url.host_str().unwrap_or_default().to_string(),
-        port: upstream_url.port_or_known_default().unwrap_or(80),
+        live: live.clone(),
         connect_timeout: c.upstream_connect_timeout(),
         interval: Duration::from_millis(c.admin.upstream_probe_interval_ms),
         state: Default::default(),
@@ -187,16 +200,35 @@ pub fn build_server(c: &Config) -> Result<Server, String> {
 
     // `/readyz`'s checks (gateway::admin): one line each.
     let checks: Vec<Box<dyn crate::gateway::admin::ReadinessCheck>> = vec![
-        Box::new(KeysLoaded(keys.clone())),
+        Box::new(KeysLoaded(live.keys.clone())),
         Box::new(UpstreamReachable(probe)),
     ];
     let mut admin = Service::new(
         "eds-proxy admin".to_string(),
-        HttpServer::new_app(AdminApp { keys, checks }),
+        HttpServer::new_app(AdminApp {
+            keys: live.keys.clone(),
+            checks,
+        }),
     );
     admin.add_tcp(&c.admin.address);
     server.add_service(admin);
-    Ok(server)
+    Ok((server, live))
+}
+
+/// The Pingora server with both listeners, ready to `run` (no signal handling of its own:
+/// what the tests embed).
+pub fn build_server(c: &Config) -> Result<Server, String> {
+    build(c).map(|(server, _)| server)
+}
+
+/// Run the proxy of configuration file `path` until SIGTERM, SIGINT or SIGQUIT: reload on
+/// SIGHUP, exit as soon as drained on SIGTERM (`crate::lifecycle`). Returns only if it cannot
+/// start.
+pub fn run(path: &std::path::Path, c: &Config) -> Result<std::convert::Infallible, String> {
+    let (server, live) = build(c)?;
+    lifecycle::reload_on_sighup(path.to_path_buf(), live)?;
+    lifecycle::exit_when_drained(&server, Duration::from_secs(c.server.grace_period_seconds))?;
+    server.run_forever()
 }
 
 /// `eds_proxy_certificate_expiry_timestamp_seconds` for the server certificate (the first of

@@ -5,9 +5,11 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
+use sha2::{Digest, Sha256};
 
 /// A certificate with its private key, both PEM.
 #[derive(Debug, Clone)]
@@ -18,6 +20,8 @@ pub struct CertifiedKey {
     pub key_pem: String,
     /// The certificate, DER.
     pub cert_der: Vec<u8>,
+    /// Its serial number (big-endian), what a CRL names it by.
+    pub serial: Vec<u8>,
 }
 
 impl CertifiedKey {
@@ -65,6 +69,7 @@ impl CertificateAuthority {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             cert_der: cert.der().to_vec(),
+            serial: Vec::new(),
         };
         Ok(CertificateAuthority {
             ca_cert: cert,
@@ -107,14 +112,48 @@ impl CertificateAuthority {
         self.sign(params)
     }
 
+    /// A CRL (PEM) of this CA that revokes `revoked` (RFC 5280 §5), valid from 2024 to 2099.
+    ///
+    /// Errors: rcgen failed to sign it.
+    pub fn crl(&self, revoked: &[&CertifiedKey]) -> Result<String, rcgen::Error> {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|c| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&c.serial),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.ca_cert, &self.ca_key)?.pem()
+    }
+
     fn sign(&self, mut params: CertificateParams) -> Result<CertifiedKey, rcgen::Error> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
+        // A positive 16-byte serial unique to the key, so a CRL can name the certificate.
+        let mut serial: Vec<u8> = Sha256::digest(key.public_key_der())
+            .iter()
+            .take(16)
+            .copied()
+            .collect();
+        if let Some(first) = serial.first_mut() {
+            *first = (*first & 0x7f) | 0x01;
+        }
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
         Ok(CertifiedKey {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             cert_der: cert.der().to_vec(),
+            serial,
         })
     }
 }

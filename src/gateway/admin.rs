@@ -41,8 +41,8 @@ pub trait ReadinessCheck: Send + Sync {
 
 /// The admin listener's app.
 pub(crate) struct AdminApp {
-    /// The issuer's keys (for `eds_proxy_jwks_age_seconds`).
-    pub keys: Arc<KeyStore>,
+    /// The live issuer keys (a reload may replace them; `eds_proxy_jwks_age_seconds`).
+    pub keys: Arc<arc_swap::ArcSwap<KeyStore>>,
     /// The readiness checks, in the order `/readyz` lists them.
     pub checks: Vec<Box<dyn ReadinessCheck>>,
 }
@@ -87,10 +87,12 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let keys = self.keys.load_full();
         match session.req_header().uri.path() {
             "/metrics" => {
                 self.run_checks().await;
-                metrics::JWKS_AGE.set(self.keys.age_seconds().unwrap_or(f64::NAN));
+                metrics::CONFIG_AGE.set(crate::lifecycle::config_age_seconds() as f64);
+                metrics::JWKS_AGE.set(keys.age_seconds().unwrap_or(f64::NAN));
                 let mut out = Vec::new();
                 let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
                 reply(200, "text/plain; version=0.0.4", out)
@@ -108,7 +110,7 @@ impl ServeHttp for AdminApp {
 /// Readiness check `keys`: the issuer's signing keys are loaded, so tokens can be checked.
 /// Until they are, each check asks for a load (at most once per `jwks_refresh_floor`, which
 /// `KeyStore` enforces), so a proxy started before its issuer becomes ready by itself.
-pub struct KeysLoaded(pub Arc<KeyStore>);
+pub struct KeysLoaded(pub Arc<arc_swap::ArcSwap<KeyStore>>);
 
 #[async_trait]
 impl ReadinessCheck for KeysLoaded {
@@ -116,10 +118,12 @@ impl ReadinessCheck for KeysLoaded {
         "keys"
     }
     async fn check(&self) -> Result<(), String> {
-        if self.0.age_seconds().is_none() {
-            self.0.refresh_if_allowed().await;
+        // The keys of the live snapshot (a reload may have replaced them).
+        let keys = self.0.load_full();
+        if keys.age_seconds().is_none() {
+            keys.refresh_if_allowed().await;
         }
-        match self.0.age_seconds() {
+        match keys.age_seconds() {
             Some(_) => Ok(()),
             None => Err("issuer keys not loaded".to_string()),
         }
@@ -182,10 +186,9 @@ pub fn probe_failure(kind: std::io::ErrorKind) -> String {
 /// `connect_timeout`. A connection is what every request needs first; whether the server's
 /// answers are right is the response check's business, per request.
 pub struct UpstreamProbe {
-    /// Host name or address of the FHIR server.
-    pub host: String,
-    /// Its port.
-    pub port: u16,
+    /// The live settings: the FHIR server probed is the one the current snapshot forwards to
+    /// (`upstream.base_url` may change on reload).
+    pub(crate) live: Arc<crate::lifecycle::Live>,
     /// `upstream.connect_timeout_ms`.
     pub connect_timeout: Duration,
     /// `admin.upstream_probe_interval_ms`.
@@ -197,7 +200,8 @@ pub struct UpstreamProbe {
 impl UpstreamProbe {
     async fn probe(&self) -> Result<(), String> {
         let connect = async {
-            let addrs: Vec<_> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            let address = self.live.gateway.load().upstream.address().to_string();
+            let addrs: Vec<_> = tokio::net::lookup_host(address.as_str())
                 .await
                 .map_err(|_| std::io::ErrorKind::NotFound)?
                 .collect();

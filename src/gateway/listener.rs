@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{access_line, build_response, Answer, Gateway, Outcome, DRAIN_LIMIT, DRAIN_TIME};
 use crate::error::{operation_outcome, Refusal};
+use crate::lifecycle::{InFlight, Live};
 use crate::metrics;
 
 /// How long an idle HTTP/1.1 connection is kept for the next request (Pingora's own value).
@@ -43,12 +44,13 @@ const HEAD_TOO_LARGE: &str = "Request header larger than";
 
 /// The FHIR listener's app: the gateway behind the loop described above.
 pub(crate) struct FhirApp {
-    gateway: Gateway,
+    /// The live settings; each request loads the gateway once (`crate::lifecycle`).
+    live: Arc<Live>,
 }
 
 impl FhirApp {
-    pub(crate) fn new(gateway: Gateway) -> FhirApp {
-        FhirApp { gateway }
+    pub(crate) fn new(live: Arc<Live>) -> FhirApp {
+        FhirApp { live }
     }
 }
 
@@ -60,7 +62,10 @@ impl HttpServerApp for FhirApp {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let started = Instant::now();
-        match http.read_request().await {
+        let read = http.read_request().await;
+        // From here to the written answer the request is in flight: a drain waits for it.
+        let _in_flight = InFlight::start();
+        match read {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
@@ -76,7 +81,13 @@ impl HttpServerApp for FhirApp {
         }
         let reusable = http.get_keepalive().is_some() && !*shutdown.borrow();
         http.set_keepalive(reusable.then_some(KEEPALIVE_SECONDS));
-        let (parts, body) = self.gateway.response(&mut http).await.into_parts();
+        // One snapshot per request: a reload meanwhile does not change this request's rules.
+        let gateway = self.live.gateway.load_full();
+        let (parts, body) = gateway.response(&mut http).await.into_parts();
+        // A drain that began while the request ran: this answer is the connection's last.
+        if *shutdown.borrow() {
+            http.set_keepalive(None);
+        }
         let header: ResponseHeader = parts.into();
         if http.write_response_header(Box::new(header)).await.is_err() {
             log::debug!("the client went away before the response header was written");
@@ -139,7 +150,7 @@ impl FhirApp {
             log::debug!("a connection closed before a whole request head arrived");
             return;
         };
-        let request_id = self.gateway.next_request_id();
+        let request_id = self.live.gateway.load().next_request_id();
         metrics::REQUESTS
             .with_label_values(&["unknown", "none", "refused", reason])
             .inc();

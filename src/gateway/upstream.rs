@@ -2,10 +2,14 @@
 //! upstream connector. Only headers the proxy chose are sent; nothing of the client's is
 //! copied through.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
@@ -48,7 +52,13 @@ pub(crate) struct UpstreamResponse {
 
 pub(crate) struct Upstream {
     connector: Connector,
-    peer: HttpPeer,
+    /// `host:port` of the base URL, resolved again when `resolved` is older than the TTL.
+    address: String,
+    tls: bool,
+    sni: String,
+    connect_timeout: Duration,
+    resolve_ttl: Duration,
+    resolved: Mutex<Option<(SocketAddr, Instant)>>,
     host_header: String,
     base_path: String,
     forwarded: Forwarded,
@@ -67,10 +77,46 @@ pub(crate) struct UpstreamSettings {
     /// Longest request target sent upstream (`limits.max_uri_bytes`): the same limit applies
     /// to what the proxy builds as to what it receives.
     pub max_target_bytes: usize,
+    /// `upstream.resolve_ttl_seconds`.
+    pub resolve_ttl: Duration,
+    /// `upstream.ca`: CA bundle for an `https` FHIR server (default: the system roots).
+    pub ca: Option<PathBuf>,
+    /// `upstream.client_cert` and `upstream.client_key`: the proxy's client certificate.
+    pub client_cert_key: Option<(PathBuf, PathBuf)>,
+    /// `upstream.sni`: the name the FHIR server's certificate is checked against (default
+    /// the base URL's host).
+    pub sni: Option<String>,
+}
+
+/// Pingora's own connection pool size (`connectors::DEFAULT_POOL_SIZE`), kept when options
+/// are given.
+const POOL_SIZE: usize = 128;
+
+/// Check the `https` upstream's files the way Pingora will load them, so a bad file is a
+/// configuration error rather than a panic inside Pingora's connector (which unwraps).
+fn check_upstream_tls(s: &UpstreamSettings) -> Result<(), String> {
+    if let Some(ca) = &s.ca {
+        crate::tls::read_certs(ca).map_err(|e| format!("upstream.ca: {e}"))?;
+    }
+    if let Some((cert, key)) = &s.client_cert_key {
+        let chain =
+            crate::tls::read_certs(cert).map_err(|e| format!("upstream.client_cert: {e}"))?;
+        use rustls_pki_types::pem::PemObject;
+        let key_der = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("upstream.client_key: {}: {e}", key.display()))?;
+        pingora::tls::install_default_crypto_provider();
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_client_auth_cert(chain, key_der)
+            .map_err(|e| format!("upstream.client_cert / upstream.client_key: {e}"))?;
+    }
+    Ok(())
 }
 
 impl Upstream {
-    /// Resolves the FHIR server's address once, at start-up.
+    /// The FHIR server's connection settings; its host name is resolved when a request needs
+    /// a connection (`peer`), not here, so a FHIR server that is not up yet, or that comes
+    /// back at another address, is found. Errors: no host or port, unusable TLS files.
     pub(crate) fn new(s: UpstreamSettings, forwarded: Forwarded) -> Result<Upstream, String> {
         let host = s
             .base
@@ -82,26 +128,39 @@ impl Upstream {
             .port_or_known_default()
             .ok_or("upstream URL has no port")?;
         let tls = s.base.scheme() == "https";
+        // `Url` keeps IPv6 hosts in brackets, which is also how `host:port` wants them.
         let address = format!("{host}:{port}");
-        use std::net::ToSocketAddrs;
-        let resolved = address
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {address}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{address} resolves to nothing"))?;
-        let mut peer = HttpPeer::new(resolved, tls, host.clone());
-        peer.options.connection_timeout = Some(s.connect_timeout);
-        peer.options.total_connection_timeout = Some(s.connect_timeout);
-        peer.options.read_timeout = Some(s.read_timeout);
-        peer.options.write_timeout = Some(s.read_timeout);
-        peer.options.idle_timeout = Some(s.idle_timeout);
+        // An empty SNI would make Pingora skip certificate verification altogether.
+        let sni = s.sni.clone().unwrap_or_else(|| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+        if tls && sni.is_empty() {
+            return Err("upstream: no name to verify the FHIR server's certificate".into());
+        }
+        let connector = if tls && (s.ca.is_some() || s.client_cert_key.is_some()) {
+            check_upstream_tls(&s)?;
+            let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+            let mut options = ConnectorOptions::new(POOL_SIZE);
+            options.ca_file = s.ca.as_ref().map(path);
+            options.cert_key_file = s.client_cert_key.as_ref().map(|(c, k)| (path(c), path(k)));
+            Connector::new(Some(options))
+        } else {
+            Connector::new(None)
+        };
         let host_header = match s.base.port() {
             Some(p) => format!("{host}:{p}"),
             None => host,
         };
         Ok(Upstream {
-            connector: Connector::new(None),
-            peer,
+            connector,
+            address,
+            tls,
+            sni,
+            connect_timeout: s.connect_timeout,
+            resolve_ttl: s.resolve_ttl,
+            resolved: Mutex::new(None),
             host_header,
             base_path: s.base.path().trim_end_matches('/').to_string(),
             forwarded,
@@ -110,6 +169,67 @@ impl Upstream {
             max_response_bytes: s.max_response_bytes,
             max_target_bytes: s.max_target_bytes,
         })
+    }
+
+    /// The FHIR server's address: the cached one while younger than the TTL, else resolved
+    /// again. If resolving fails the last address is used (a DNS hiccup should not take the
+    /// proxy down); with none, the request is answered 502.
+    async fn resolve(&self) -> Result<SocketAddr, Refusal> {
+        let cached = self.resolved.lock().ok().and_then(|g| *g);
+        if let Some((addr, at)) = cached {
+            if at.elapsed() < self.resolve_ttl {
+                return Ok(addr);
+            }
+        }
+        let looked_up = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::lookup_host(self.address.as_str()),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_string()));
+        let addr = match (looked_up, cached) {
+            (Ok(addr), _) => {
+                if cached.is_some_and(|(old, _)| old != addr) {
+                    log::info!("the FHIR server {} is now at {addr}", self.address);
+                }
+                addr
+            }
+            (Err(e), Some((addr, _))) => {
+                log::warn!(
+                    "cannot resolve the FHIR server {}: {e}; using its last address {addr}",
+                    self.address
+                );
+                addr
+            }
+            (Err(e), None) => {
+                log::warn!("cannot resolve the FHIR server {}: {e}", self.address);
+                return Err(Refusal::BadGateway(BadGateway::Unavailable));
+            }
+        };
+        if let Ok(mut g) = self.resolved.lock() {
+            *g = Some((addr, Instant::now()));
+        }
+        Ok(addr)
+    }
+
+    /// `host:port` of the FHIR server (the readiness probe connects to it).
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The peer for one exchange; Pingora pools connections per peer (address included), so
+    /// a new address gets new connections and the old ones idle out.
+    async fn peer(&self) -> Result<HttpPeer, Refusal> {
+        let addr = self.resolve().await?;
+        let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(self.idle_timeout);
+        Ok(peer)
     }
 
     /// Send one request. `relative` is the path and query under the FHIR base, e.g.
@@ -166,9 +286,10 @@ impl Upstream {
         let header = self
             .request_header(method, path, body.as_ref().map(Bytes::len), request_id)
             .map_err(|r| (r, false))?;
+        let peer = self.peer().await.map_err(|r| (r, false))?;
         let (mut session, reused) = self
             .connector
-            .get_http_session(&self.peer)
+            .get_http_session(&peer)
             .await
             .map_err(|e| (map_error(&e), false))?;
         // The connector applies only connect timeouts; reads and writes are timed here.
@@ -211,7 +332,7 @@ impl Upstream {
             out.extend_from_slice(&chunk);
         }
         self.connector
-            .release_http_session(session, &self.peer, Some(self.idle_timeout))
+            .release_http_session(session, &peer, Some(self.idle_timeout))
             .await;
         Ok(UpstreamResponse {
             status,

@@ -1,0 +1,261 @@
+//! The FHIR listener's TLS material as one reloadable snapshot: the server certificate and
+//! key, and the client-certificate verifier (client CA bundle and CRLs, RFC 5280 §6.3).
+//!
+//! Pingora 0.9.1 builds the listener's rustls `ServerConfig` once, but takes a certificate
+//! resolver (`TlsSettings::set_cert_resolver`) and a client verifier
+//! (`set_client_cert_verifier`) as trait objects. Both given here read the current
+//! [`ListenerTls`] at each handshake, so a reload (SIGHUP) changes what the next handshake
+//! sees without a new listener; handshakes under way finish with what they started with.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::{Error as TlsError, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::{self, ListenConfig};
+use crate::metrics;
+
+/// What the FHIR listener presents and accepts, loaded from `[listen]`.
+pub struct ListenerTls {
+    /// The server certificate chain and its key (`listen.server_cert`, `listen.server_key`).
+    pub cert: Arc<CertifiedKey>,
+    /// WebPKI verification against `listen.client_ca`, with `listen.client_crls`.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The CA subjects named in the CertificateRequest (RFC 8446 §4.2.4). rustls asks for a
+    /// slice borrowed from the verifier, which outlives any one snapshot: kept for the life of
+    /// the process, and only a changed list is kept again (`hints_for`).
+    pub hints: &'static [DistinguishedName],
+    /// How many CRLs the verifier checks (for the reload log line).
+    pub crl_count: usize,
+}
+
+/// PEM certificates of `path`. Errors: unreadable, a broken PEM block, or none at all.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and the private key that belongs to it. Errors: unreadable files, no
+/// key, a key rustls cannot sign with, or a key that is not the first certificate's.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain = read_certs(cert)?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    pingora::tls::install_default_crypto_provider();
+    let provider = rustls::crypto::ring::default_provider();
+    let ck = CertifiedKey::from_der(chain, key_der, &provider)
+        .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))?;
+    Ok(ck)
+}
+
+/// The client verifier: chains to `listen.client_ca`, not revoked by `listen.client_crls`.
+/// Errors: unreadable or unparseable CA or CRL files (each CRL is parsed here).
+fn client_verifier(l: &ListenConfig) -> Result<(Arc<dyn ClientCertVerifier>, usize), String> {
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(&l.client_ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("listen.client_ca: {e}"))?;
+    }
+    let mut crls = Vec::new();
+    for path in &l.client_crls {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        crls.extend(config::crl_ders(&bytes).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    let count = crls.len();
+    // Defaults kept on purpose: the whole chain is checked, and a certificate whose issuer
+    // has no CRL here fails (unknown revocation status is not "not revoked").
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .with_crls(crls)
+        .build()
+        .map_err(|e| format!("listen.client_ca / listen.client_crls: {e}"))?;
+    Ok((verifier, count))
+}
+
+fn same_names(a: &[DistinguishedName], b: &[DistinguishedName]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.as_ref() == y.as_ref())
+}
+
+/// `new` if it differs from `previous`, kept for the rest of the process (see
+/// [`ListenerTls::hints`]); otherwise `previous` again, so reloads that keep the client CA
+/// keep nothing new.
+fn hints_for(
+    new: &[DistinguishedName],
+    previous: Option<&'static [DistinguishedName]>,
+) -> &'static [DistinguishedName] {
+    match previous {
+        Some(p) if same_names(p, new) => p,
+        _ => Box::leak(new.to_vec().into_boxed_slice()),
+    }
+}
+
+/// Load `[listen]`'s certificate, key, client CA and CRLs; `previous` is the snapshot being
+/// replaced, if any. Errors name the file that does not load.
+pub fn load(l: &ListenConfig, previous: Option<&ListenerTls>) -> Result<ListenerTls, String> {
+    let cert = Arc::new(certified_key(&l.server_cert, &l.server_key)?);
+    let (verifier, crl_count) = client_verifier(l)?;
+    let hints = hints_for(verifier.root_hint_subjects(), previous.map(|p| p.hints));
+    Ok(ListenerTls {
+        cert,
+        verifier,
+        hints,
+        crl_count,
+    })
+}
+
+/// The live listener TLS snapshot, shared by the resolver, the verifier and the reload.
+pub type SharedTls = Arc<ArcSwap<ListenerTls>>;
+
+/// `ResolvesServerCert` that presents the current snapshot's certificate.
+pub struct CurrentCert(pub SharedTls);
+
+impl fmt::Debug for CurrentCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CurrentCert")
+    }
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().cert.clone())
+    }
+}
+
+/// `ClientCertVerifier` that verifies with the current snapshot and counts rejections by
+/// reason (`eds_proxy_tls_handshake_failures_total`).
+pub struct CurrentClientVerifier(pub SharedTls);
+
+impl fmt::Debug for CurrentClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CurrentClientVerifier")
+    }
+}
+
+/// The metric label of a rejected client certificate.
+pub fn rejection_reason(e: &TlsError) -> &'static str {
+    match e {
+        TlsError::InvalidCertificate(c) => match c {
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownRevocationStatus => "unknown_revocation_status",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "invalid_purpose"
+            }
+            _ => "bad_certificate",
+        },
+        TlsError::InvalidCertRevocationList(_) => "bad_crl",
+        _ => "other",
+    }
+}
+
+impl ClientCertVerifier for CurrentClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.load().hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        let result = self
+            .0
+            .load()
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now);
+        if let Err(e) = &result {
+            metrics::TLS_HANDSHAKE_FAILURES
+                .with_label_values(&[rejection_reason(e)])
+                .inc();
+        }
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0
+            .load()
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0
+            .load()
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.load().verifier.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_hints_are_not_kept_again() {
+        let a = vec![DistinguishedName::from(vec![1, 2, 3])];
+        let first = hints_for(&a, None);
+        assert!(same_names(first, &a));
+        assert!(std::ptr::eq(hints_for(&a, Some(first)), first));
+        let b = vec![DistinguishedName::from(vec![4])];
+        let second = hints_for(&b, Some(first));
+        assert!(same_names(second, &b) && !same_names(second, first));
+    }
+
+    #[test]
+    fn rejection_reasons_name_revocation_and_expiry() {
+        let r = |c| rejection_reason(&TlsError::InvalidCertificate(c));
+        assert_eq!(r(CertificateError::Revoked), "revoked");
+        assert_eq!(
+            r(CertificateError::UnknownRevocationStatus),
+            "unknown_revocation_status"
+        );
+        assert_eq!(r(CertificateError::Expired), "expired");
+        assert_eq!(r(CertificateError::UnknownIssuer), "unknown_issuer");
+        assert_eq!(r(CertificateError::BadEncoding), "bad_certificate");
+        assert_eq!(rejection_reason(&TlsError::DecryptError), "other");
+    }
+}
