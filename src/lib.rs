@@ -23,6 +23,8 @@ pub mod framing;
 #[cfg(feature = "server")]
 pub(crate) mod gateway;
 #[cfg(feature = "server")]
+pub mod health;
+#[cfg(feature = "server")]
 pub mod logging;
 #[cfg(feature = "server")]
 pub(crate) mod metrics;
