@@ -45,6 +45,9 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("EDS_PROXY_BIN", os.path.join(ROOT, "target", "debug", "eds-proxy"))
+# The replicas may run another build (e.g. the release binary of scripts/docker-context-check.py
+# for the memory figures); the issuer and the PKI need the default build's `dev` tools.
+REPLICA_BIN = os.environ.get("REPLICA_BIN", BIN)
 HAPI_SH = os.path.join(ROOT, "hapi-compose", "hapi-native.sh")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "ig")
 GRACE = 5  # [server].grace_period_seconds of the replicas
@@ -212,7 +215,7 @@ grace_period_seconds = {GRACE}
         return cfg
 
     def start_proxy(self, n):
-        proc = self.spawn(f"p{n}", [BIN, "--config", os.path.join(self.work, f"p{n}.toml")])
+        proc = self.spawn(f"p{n}", [REPLICA_BIN, "--config", os.path.join(self.work, f"p{n}.toml")])
         wait_for(lambda: http_status(f"http://127.0.0.1:{self.ports[f'a{n}']}/readyz")[0] == 200, 60,
                  f"replica {n} /readyz")
         return proc
@@ -561,6 +564,7 @@ def main():
         for s in socks:
             s.close()
         figures["threads"] = 2
+        figures["binary"] = os.path.relpath(REPLICA_BIN, ROOT)
         log(f"replica memory (RSS): {figures}")
         os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
         with open(os.path.join(ROOT, "target", "replicas-figures.json"), "w", encoding="utf-8") as f:
