@@ -155,6 +155,28 @@ def compose():
     check(not published & {"hapi", "postgres", "prometheus"},
           "compose: HAPI, PostgreSQL and Prometheus publish no port", str(published))
 
+    # The image's ENTRYPOINT is the binary: a compose `command` holds only its arguments.
+    if re.search(r'^ENTRYPOINT \["/usr/local/bin/eds-proxy"\]', dockerfile, re.MULTILINE):
+        wrong = [n for n in ("eds-proxy", "dev-issuer") if services[n].get("command", [""])[0] == "eds-proxy"]
+        check(not wrong, "compose: commands of the eds-proxy image hold arguments only (ENTRYPOINT is the binary)",
+              str(wrong))
+    # What the other files say about the proxy agrees with its configuration.
+    with open(os.path.join(COMPOSE_DIR, "prometheus.yml"), encoding="utf-8") as f:
+        prom = yaml.safe_load(f)
+    targets = [t for job in prom.get("scrape_configs", []) for sc in job.get("static_configs", [])
+               for t in sc.get("targets", [])]
+    check(f"eds-proxy:{admin_port}" in targets,
+          f"compose: prometheus.yml scrapes eds-proxy:{admin_port} (the admin listener)", str(targets))
+    with open(os.path.join(COMPOSE_DIR, "proxy", "dev-issuer.toml"), "rb") as f:
+        issuer = tomllib.load(f)
+    check(issuer.get("issuer") == proxy_toml["token"]["issuer"]
+          and proxy_toml["token"]["audience"] == [issuer.get("audience")],
+          "compose: the dev issuer's issuer and audience are the proxy's [token] issuer and audience")
+    with open(os.path.join(COMPOSE_DIR, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    undocumented = [i for i in images if f"`{i}`" not in readme]
+    check(not undocumented, "compose: hapi-compose/README.md names every image as pinned", str(undocumented))
+
     missing = []
     for name, svc in services.items():
         for vol in svc.get("volumes", []):
