@@ -287,10 +287,15 @@ def kubernetes(binary):
         ann = dep["spec"]["template"]["metadata"].get("annotations", {})
         check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(admin),
               f"{label}: Prometheus scrape annotations name the admin port")
+        fs_group = pod.get("securityContext", {}).get("fsGroup")
         for v in volumes.values():
             if "secret" in v:
                 check(v["secret"]["secretName"] in secrets or v["secret"]["secretName"].startswith("hapi-"),
                       f"{label}: Secret {v['secret']['secretName']} is defined in the manifests")
+                # Secret files are root-owned: user 65532 reads them through fsGroup (or "other").
+                mode = v["secret"].get("defaultMode", 0o644)
+                check((fs_group == 65532 and mode & 0o040) or mode & 0o004,
+                      f"{label}: user 65532 can read Secret {v['secret']['secretName']} (mode {mode:o}, fsGroup {fs_group})")
         sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
         check(sc.get("runAsNonRoot") and sc.get("runAsUser") == 65532 and sc.get("readOnlyRootFilesystem")
               and sc.get("allowPrivilegeEscalation") is False,
