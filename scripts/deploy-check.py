@@ -297,6 +297,10 @@ def kubernetes(binary):
                 check((fs_group == 65532 and mode & 0o040) or mode & 0o004,
                       f"{label}: user 65532 can read Secret {v['secret']['secretName']} (mode {mode:o}, fsGroup {fs_group})")
         sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+        with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:
+            image_user = re.search(r"^USER (\d+)", f.read(), re.MULTILINE)
+        check(image_user and int(image_user.group(1)) == sc.get("runAsUser"),
+              f"{label}: runAsUser is the image's USER ({image_user and image_user.group(1)})")
         check(sc.get("runAsNonRoot") and sc.get("runAsUser") == 65532 and sc.get("readOnlyRootFilesystem")
               and sc.get("allowPrivilegeEscalation") is False,
               f"{label}: runs as 65532 (the image's user), non-root, read-only root, no privilege escalation")
