@@ -137,6 +137,9 @@ def main():
             bad("the Dockerfile has no stage named 'build'")
             return 1
         env = dict(os.environ)
+        # The builder's environment has none of the host's cargo redirections.
+        for var in ("CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"):
+            env.pop(var, None)
         env.update({k: build_args.get(k, v) for k, v in global_args.items()})
         stage_root = os.path.join(tmp, "stage")
         workdir = "/"
