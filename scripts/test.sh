@@ -2,7 +2,8 @@
 # Every test eds-proxy has, from a fresh clone: formatting and lints, unit tests, integration
 # tests (real proxy, real mTLS, recording upstream), CLI tests, the adversarial suite, the
 # end-to-end test against a real HAPI FHIR server (built from Maven Central), the fixture
-# check against the IG, and a short fuzz run. Installs what it needs first.
+# check against the IG, the deployment files (image build context, compose, Kubernetes), the
+# replica failover test, and a short fuzz run. Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -74,6 +75,19 @@ bash scripts/prometheus-check.sh --config-only
 echo "== cargo test (unit, integration, adversarial, end-to-end with HAPI)"
 cargo test --no-fail-fast 2>&1 | tee target/cargo-test.log
 grep -E "^test result:" target/cargo-test.log | awk '{p+=$4; f+=$6} END {print "tests: " p " passed, " f " failed"}'
+
+echo "== deployment files, checked offline (no Docker engine, no cluster here)"
+# docker-py's implementation of .dockerignore, the compose-spec validator, the Kubernetes schemas.
+python3 -c 'import docker, jsonschema, yaml, kubernetes_validate' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check \
+       'docker==7.1.0' 'jsonschema>=4' 'pyyaml>=6' 'kubernetes-validate==1.37.0'
+# The image's build stage replayed in a context assembled as Docker would (release build;
+# cargo cache in target/docker-context-check/cache, so only the first run builds everything).
+python3 scripts/docker-context-check.py
+python3 scripts/deploy-check.py --bin target/debug/eds-proxy
+
+echo "== replicas fail over (HAPI on PostgreSQL, two replicas behind HAProxy, SIGTERM + restart)"
+bash scripts/replicas-test.sh
 
 if [[ -f scripts/fuzz-smoke.sh && "${SKIP_FUZZ:-0}" != 1 ]]; then
   echo "== fuzz smoke run"

@@ -24,6 +24,8 @@ pub mod framing;
 #[cfg(feature = "server")]
 pub(crate) mod gateway;
 #[cfg(feature = "server")]
+pub mod health;
+#[cfg(feature = "server")]
 pub(crate) mod lifecycle;
 #[cfg(feature = "server")]
 pub mod logging;

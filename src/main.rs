@@ -26,6 +26,16 @@ struct Cli {
 enum Command {
     /// Validate a configuration file: exit 0 if it is usable, 1 with every problem named.
     CheckConfig { file: PathBuf },
+    /// Container health check: exit 0 if `GET URL` answers 2xx (`tcp://host:port`: if a
+    /// connection is accepted), 1 otherwise. For images without curl (README, "Deploying").
+    Health {
+        /// What to check, e.g. http://127.0.0.1:9100/readyz (the admin listener).
+        #[arg(long, default_value = "http://127.0.0.1:9100/readyz")]
+        url: String,
+        /// Seconds allowed for the connection and for each read and write.
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
+    },
     /// DEVELOPMENT ONLY tools: a throw-away PKI, a token issuer, token minting.
     #[cfg(feature = "dev")]
     #[command(subcommand)]
@@ -38,6 +48,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => check_config(&file),
+        (
+            Some(Command::Health {
+                url,
+                timeout_seconds,
+            }),
+            _,
+        ) => health(&url, timeout_seconds),
         #[cfg(feature = "dev")]
         (Some(Command::Dev(cmd)), _) => match eds_proxy::dev::cli::run(cmd) {
             Ok(()) => ExitCode::SUCCESS,
@@ -54,7 +71,9 @@ fn main() -> ExitCode {
             } else {
                 ""
             };
-            eprintln!("usage: eds-proxy --config FILE | eds-proxy check-config FILE{dev}");
+            eprintln!(
+                "usage: eds-proxy --config FILE | eds-proxy check-config FILE | eds-proxy health --url URL{dev}"
+            );
             ExitCode::from(2)
         }
     }
@@ -79,6 +98,20 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 println!("{}: {p}", file.display());
             }
             println!("{}: {} problem(s)", file.display(), problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(url: &str, timeout_seconds: u64) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(timeout_seconds.max(1));
+    match eds_proxy::health::parse_target(url).and_then(|t| eds_proxy::health::check(&t, timeout)) {
+        Ok(what) => {
+            println!("healthy: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("unhealthy: {why}");
             ExitCode::FAILURE
         }
     }

@@ -135,7 +135,16 @@ fn scripts_test_enforces_the_rules() {
         assert!(script.contains(line), "scripts/test.sh lost: {line}");
     }
     // The image the proxy runs from is the production feature set.
-    let dockerfile = read("hapi-compose/Dockerfile.proxy");
+    let dockerfile = read("Dockerfile");
     assert!(dockerfile.contains("ARG FEATURES=server\n"));
     assert!(dockerfile.contains("--no-default-features --features \"$FEATURES\""));
+    // ... and CI builds it from what its context holds, checks compose and the manifests,
+    // and proves replicas fail over (README, "Deploying").
+    for line in [
+        "python3 scripts/docker-context-check.py",
+        "python3 scripts/deploy-check.py",
+        "bash scripts/replicas-test.sh",
+    ] {
+        assert!(script.contains(line), "scripts/test.sh lost: {line}");
+    }
 }
