@@ -17,7 +17,13 @@
    `--version`, `health --help`, and `dev pki` must be an unknown subcommand with the default
    production FEATURES.
 
-Usage: docker-context-check.py [--build-arg NAME=VALUE]... [--cache DIR] [--keep]
+4. `--unoptimised` (what scripts/test.sh passes, to keep CI well under its time budget): the same
+   command in the same context, with the release profile's optimisation turned off through
+   cargo's own `CARGO_PROFILE_RELEASE_*` environment (opt-level 0, no debug info, 256 codegen
+   units). Which files the build needs does not depend on the optimisation level, so a file
+   missing from the context fails either way; the optimised build is what Docker runs.
+
+Usage: docker-context-check.py [--build-arg NAME=VALUE]... [--cache DIR] [--keep] [--unoptimised]
 Prints one line per step and ends with "N passed, N failed".
 """
 import argparse
@@ -105,6 +111,7 @@ def main():
     ap.add_argument("--build-arg", action="append", default=[])
     ap.add_argument("--cache", default=os.path.join(ROOT, "target", "docker-context-check", "cache"))
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--unoptimised", action="store_true")
     args = ap.parse_args()
     passed = failed = 0
 
@@ -141,6 +148,13 @@ def main():
         for var in ("CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"):
             env.pop(var, None)
         env.update({k: build_args.get(k, v) for k, v in global_args.items()})
+        if args.unoptimised:
+            env.update({
+                "CARGO_PROFILE_RELEASE_OPT_LEVEL": "0",
+                "CARGO_PROFILE_RELEASE_DEBUG": "false",
+                "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "256",
+            })
+            print("note - --unoptimised: release profile with opt-level 0 (same command, same context)")
         stage_root = os.path.join(tmp, "stage")
         workdir = "/"
         ran = 0

@@ -83,7 +83,7 @@ python3 -c 'import docker, jsonschema, yaml, kubernetes_validate' 2>/dev/null \
        'docker==7.1.0' 'jsonschema>=4' 'pyyaml>=6' 'kubernetes-validate==1.37.0'
 # The image's build stage replayed in a context assembled as Docker would (release build;
 # cargo cache in target/docker-context-check/cache, so only the first run builds everything).
-python3 scripts/docker-context-check.py
+python3 scripts/docker-context-check.py --unoptimised
 python3 scripts/deploy-check.py --bin target/debug/eds-proxy
 
 echo "== replicas fail over (HAPI on PostgreSQL, two replicas behind HAProxy, SIGTERM + restart)"
