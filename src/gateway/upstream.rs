@@ -44,6 +44,9 @@ pub struct UpstreamResponse {
     pub location: Option<String>,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// `Content-Location` (read, vread, create): passed on only as
+    /// `fhir::compat::content_location` rebuilds it.
+    pub content_location: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -188,7 +191,7 @@ impl Upstream {
         session.finish_request_body().await.map_err(early)?;
         session.read_response_header().await.map_err(early)?;
         let late = |e: Box<pingora::Error>| (map_error(&e), false);
-        let (status, content_type, location, etag, last_modified) = {
+        let (status, content_type, location, etag, last_modified, content_location) = {
             let resp = session
                 .response_header()
                 .ok_or((Refusal::BadGateway(BadGateway::NoResponse), false))?;
@@ -204,6 +207,7 @@ impl Upstream {
                 get("location"),
                 get("etag"),
                 get("last-modified"),
+                get("content-location"),
             )
         };
         let mut out = Vec::new();
@@ -222,6 +226,7 @@ impl Upstream {
             location,
             etag,
             last_modified,
+            content_location,
             body: out,
         })
     }
