@@ -1370,7 +1370,8 @@ async fn adversarial_interactions_and_paths() {
         ),
         case(
             "If-None-Match on search",
-            s.get("/AuditEvent?message-id=x").header("If-None-Match", "*"),
+            s.get("/AuditEvent?message-id=x")
+                .header("If-None-Match", "*"),
             forbidden().because("conditional"),
         ),
         case(
