@@ -8,7 +8,7 @@
 //! | `Accept-Encoding` | `gzip`/`x-gzip`/`*` with q > 0 → the checked answer is gzip-compressed | RFC 9110 §12.5.3 |
 //! | `Prefer: return=` | `minimal` → no body; `OperationOutcome` → an outcome; else the resource | RFC 7240, FHIR R4 http.html#ops |
 //! | `If-None-Match`, `If-Modified-Since` | on read/vread, after the label check: 304 when the validator matches | RFC 9110 §13.1.2, §13.1.3 |
-//! | `Last-Modified`, `Content-Location` | passed only as a parsed date / a location on the proxy's base for the record asked for | RFC 9110 §8.8.2, §8.7 |
+//! | `ETag`, `Last-Modified`, `Content-Location` | passed only as an entity tag / a parsed date / a location on the proxy's base for the record asked for | RFC 9110 §8.8.3, §8.8.2, §8.7 |
 
 use crate::fhir::interaction::{is_fhir_id, is_media_type, FHIR_JSON_TYPES};
 
@@ -163,6 +163,19 @@ pub fn not_modified(
         (Ok(since), Ok(modified)) => modified <= since,
         _ => false,
     }
+}
+
+/// `ETag` as the proxy passes it: the server's value only if it is an entity tag
+/// (RFC 9110 §8.8.3: optional `W/`, then a quoted string of visible characters other than
+/// `"`); anything else is dropped, and a read is then never answered 304 by `If-None-Match`.
+pub fn entity_tag(value: &str) -> Option<String> {
+    let t = value.trim();
+    let opaque = t.strip_prefix("W/").unwrap_or(t);
+    let inner = opaque.strip_prefix('"')?.strip_suffix('"')?;
+    inner
+        .bytes()
+        .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+        .then(|| t.to_string())
 }
 
 /// The opaque part of an entity tag (`W/"x"` and `"x"` both give `"x"`), or `None` when it is
@@ -327,6 +340,11 @@ mod tests {
 
     #[test]
     fn passed_headers_are_rebuilt() {
+        assert_eq!(entity_tag(" W/\"1\" ").as_deref(), Some("W/\"1\""));
+        assert_eq!(entity_tag("\"abc\"").as_deref(), Some("\"abc\""));
+        for bad in ["1", "W/1", "\"a\"b\"", "\"a b\"", "\"", "w/\"1\""] {
+            assert_eq!(entity_tag(bad), None, "{bad}");
+        }
         assert_eq!(
             http_date("Tue, 01 Dec 2026 10:00:00 GMT").as_deref(),
             Some("Tue, 01 Dec 2026 10:00:00 GMT")

@@ -466,17 +466,18 @@ impl Gateway {
         match response::check_resource(&resp.body, constraint, read.id)? {
             ResourceCheck::Visible => {
                 let last_modified = resp.last_modified.as_deref().and_then(compat::http_date);
+                let etag = resp.etag.as_deref().and_then(compat::entity_tag);
                 let unchanged = compat::not_modified(
                     read.asks.if_none_match.as_deref(),
                     read.asks.if_modified_since.as_deref(),
-                    resp.etag.as_deref(),
+                    etag.as_deref(),
                     last_modified.as_deref(),
                 );
                 let mut a = Answer::ok(if unchanged { 304 } else { 200 }, resp.body);
                 if unchanged {
                     a.body.clear();
                 }
-                a.headers.extend(resp.etag.map(|v| ("ETag", v)));
+                a.headers.extend(etag.map(|v| ("ETag", v)));
                 a.headers
                     .extend(last_modified.map(|v| ("Last-Modified", v)));
                 a.headers.extend(
@@ -600,7 +601,12 @@ impl Gateway {
             a.headers.push(("Content-Location", location.clone()));
         }
         a.headers.push(("Location", location));
-        a.headers.extend(resp.etag.map(|v| ("ETag", v)));
+        a.headers.extend(
+            resp.etag
+                .as_deref()
+                .and_then(compat::entity_tag)
+                .map(|v| ("ETag", v)),
+        );
         a.headers.extend(
             resp.last_modified
                 .as_deref()
