@@ -136,6 +136,7 @@ fn main() {
             query: Some("message-id=MSG1234567890&date=ge2025-01-01&_count=20&_sort=-date"),
             content_type: None,
             conditional: false,
+            validators: false,
             body: b"",
         };
         if let Ok(eds_proxy::fhir::interaction::Interaction::Search(q)) =

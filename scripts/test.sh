@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every test eds-proxy has, from a fresh clone: formatting and lints, unit tests, integration
 # tests (real proxy, real mTLS, recording upstream), CLI tests, the adversarial suite, the
-# end-to-end test against a real HAPI FHIR server (built from Maven Central), the fixture
-# check against the IG, the deployment files (image build context, compose, Kubernetes), the
-# replica failover test, and a short fuzz run. Installs what it needs first.
+# end-to-end test against a real HAPI FHIR server (built from Maven Central), HAPI's own Java
+# client against the proxy and HAPI compared (tests/client_compat.rs; Maven builds
+# tests/java-client inside the test), the fixture check against the IG, the deployment files
+# (image build context, compose, Kubernetes), the replica failover test, and a short fuzz run.
+# Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

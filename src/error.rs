@@ -280,6 +280,8 @@ impl Forbidden {
 pub enum Invalid {
     /// The request body could not be read from the client.
     BodyUnreadable,
+    /// `/metadata?mode=` other than `full` or `normal` (`terminology` is not offered).
+    CapabilitiesMode,
     /// `_summary=count` while totals are dropped.
     CountsNotOffered,
     /// The FHIR server answered 409 or 412.
@@ -582,6 +584,7 @@ impl Invalid {
             Invalid::NotABoolean { .. } => "not_a_boolean",
             Invalid::TooManyParameters { .. } => "too_many_parameters",
             Invalid::InteractionParameter { .. } => "interaction_parameter",
+            Invalid::CapabilitiesMode => "capabilities_mode",
             Invalid::FormNotUtf8 => "form_not_utf8",
             Invalid::DotSegment => "dot_segment",
             Invalid::PathCharacters => "path_characters",
@@ -723,6 +726,9 @@ impl Invalid {
             Invalid::TooManyParameters { limit } => {
                 return format!("a search may carry at most {limit} parameters")
             }
+            Invalid::CapabilitiesMode => {
+                "/metadata mode must be full or normal (no terminology capabilities)"
+            }
             Invalid::InteractionParameter { name } => {
                 return format!("`{name}` is not allowed on this interaction")
             }
@@ -758,7 +764,7 @@ pub enum MethodNotAllowed {
         /// The method.
         method: String,
     },
-    /// Anything but POST on `_search`.
+    /// Anything but GET, HEAD or POST on `_search`.
     Search,
     /// PUT, PATCH or DELETE on an instance.
     Write,
@@ -785,14 +791,29 @@ impl MethodNotAllowed {
     /// The OperationOutcome's `diagnostics`.
     pub fn message(&self) -> String {
         match self {
-            MethodNotAllowed::Metadata => "only GET is allowed on /metadata".to_string(),
+            MethodNotAllowed::Metadata => "only GET and HEAD are allowed on /metadata".to_string(),
             MethodNotAllowed::ConditionalWrite => {
                 "conditional update, patch and delete are not allowed".to_string()
             }
             MethodNotAllowed::OnType { method } => format!("{method} is not allowed on AuditEvent"),
-            MethodNotAllowed::Search => "only POST is allowed on _search".to_string(),
+            MethodNotAllowed::Search => {
+                "only GET, HEAD and POST are allowed on _search".to_string()
+            }
             MethodNotAllowed::Write => "update, patch and delete are not allowed".to_string(),
             MethodNotAllowed::OnInstance { method } => format!("{method} is not allowed here"),
+        }
+    }
+
+    /// The `Allow` header of this 405 (RFC 9110 §15.5.6, §10.2.1): the methods the proxy
+    /// serves on the path that was asked for. HEAD is answered like GET (without a body).
+    pub fn allow(&self) -> &'static str {
+        match self {
+            MethodNotAllowed::Metadata => "GET, HEAD",
+            MethodNotAllowed::ConditionalWrite | MethodNotAllowed::OnType { .. } => {
+                "GET, HEAD, POST"
+            }
+            MethodNotAllowed::Search => "GET, HEAD, POST",
+            MethodNotAllowed::Write | MethodNotAllowed::OnInstance { .. } => "GET, HEAD",
         }
     }
 }
@@ -935,6 +956,9 @@ pub enum Refusal {
     HeadersTooLarge(usize),
     /// 415: only FHIR JSON (or form-encoded search) bodies are accepted.
     UnsupportedMediaType(UnsupportedMediaType),
+    /// 406: the client's `Accept` admits no JSON (e.g. only `application/fhir+xml`); the
+    /// proxy checks and serves FHIR JSON only (RFC 9110 §12.5.1, §15.5.7).
+    NotAcceptable,
     /// 502: the FHIR server could not be reached or answered something the proxy rejects.
     BadGateway(BadGateway),
     /// 504: the FHIR server did not answer in time.
@@ -958,6 +982,7 @@ impl Refusal {
             Refusal::UriTooLong(_) => 414,
             Refusal::HeadersTooLarge(_) => 431,
             Refusal::UnsupportedMediaType(_) => 415,
+            Refusal::NotAcceptable => 406,
             Refusal::BadGateway(_) => 502,
             Refusal::GatewayTimeout => 504,
             Refusal::AuditUnavailable => 503,
@@ -975,6 +1000,7 @@ impl Refusal {
             Refusal::TooLarge(_) => "too-costly",
             Refusal::UriTooLong(_) | Refusal::HeadersTooLarge(_) => "too-long",
             Refusal::UnsupportedMediaType(_) => "not-supported",
+            Refusal::NotAcceptable => "not-supported",
             Refusal::BadGateway(_) => "transient",
             Refusal::GatewayTimeout => "timeout",
             Refusal::AuditUnavailable => "transient",
@@ -995,6 +1021,7 @@ impl Refusal {
             Refusal::UriTooLong(_) => "uri_too_long",
             Refusal::HeadersTooLarge(_) => "headers_too_large",
             Refusal::UnsupportedMediaType(u) => u.as_str(),
+            Refusal::NotAcceptable => "not_acceptable",
             Refusal::BadGateway(b) => b.as_str(),
             Refusal::GatewayTimeout => "gateway_timeout",
             Refusal::AuditUnavailable => "audit_write_failed",
@@ -1010,6 +1037,10 @@ impl Refusal {
             Refusal::Invalid(i) => i.message(),
             Refusal::MethodNotAllowed(m) => m.message(),
             Refusal::UnsupportedMediaType(u) => u.message().to_string(),
+            Refusal::NotAcceptable => {
+                "only FHIR JSON (application/fhir+json) is served; the Accept header admits none"
+                    .to_string()
+            }
             Refusal::BadGateway(b) => b.message(),
             Refusal::NotFound => "resource not found".to_string(),
             Refusal::TooLarge(limit) => format!("request body exceeds {limit} bytes"),
@@ -1035,7 +1066,7 @@ impl Refusal {
                     f.description()
                 ),
             )],
-            Refusal::MethodNotAllowed(_) => vec![("Allow", "GET, POST".to_string())],
+            Refusal::MethodNotAllowed(m) => vec![("Allow", m.allow().to_string())],
             _ => Vec::new(),
         }
     }
@@ -1232,6 +1263,8 @@ mod tests {
             Refusal::MethodNotAllowed(MethodNotAllowed::OnInstance { method: "x".into() }),
             Refusal::UnsupportedMediaType(UnsupportedMediaType::SearchForm),
             Refusal::UnsupportedMediaType(UnsupportedMediaType::Registration),
+            Refusal::NotAcceptable,
+            Refusal::Invalid(Invalid::CapabilitiesMode),
             Refusal::BadGateway(BadGateway::Unavailable),
             Refusal::BadGateway(BadGateway::NoResponse),
             Refusal::BadGateway(BadGateway::ResponseTooLarge),

@@ -16,8 +16,14 @@ pub struct RequestParts<'a> {
     pub query: Option<&'a str>,
     /// The `Content-Type` header value, if any.
     pub content_type: Option<&'a str>,
-    /// Any of If-None-Exist, If-Match, If-None-Match, If-Modified-Since is present.
+    /// Any of If-None-Exist, If-Match, If-Unmodified-Since is present
+    /// ([`crate::fhir::plan::CONDITIONAL_HEADERS`]): refused everywhere.
     pub conditional: bool,
+    /// If-None-Match or If-Modified-Since is present
+    /// ([`crate::fhir::plan::VALIDATOR_HEADERS`]): a conditional read, answered by the proxy
+    /// after the label check on read and vread (RFC 9110 §13.1.2, §13.1.3); refused elsewhere,
+    /// since no other answer carries a validator the proxy could compare.
+    pub validators: bool,
     /// The request body (empty when there is none).
     pub body: &'a [u8],
 }
@@ -70,7 +76,11 @@ pub fn classify(
     let relative = strip_base(req.path, base_path)?;
     let segments = split_segments(relative)?;
     let raw_query = req.query.unwrap_or_default();
-    let method = req.method;
+    // HEAD is answered like GET without a body (RFC 9110 §9.3.2): it is classified as GET.
+    let method = match req.method {
+        "HEAD" => "GET",
+        m => m,
+    };
     match segments.as_slice() {
         [] => {
             if method != "GET" {
@@ -87,7 +97,7 @@ pub fn classify(
         }
         ["metadata"] => match method {
             "GET" => {
-                check_format_only(raw_query)?;
+                check_metadata_query(raw_query)?;
                 Ok(Interaction::Capabilities)
             }
             _ => Err(Refusal::MethodNotAllowed(MethodNotAllowed::Metadata)),
@@ -101,7 +111,7 @@ pub fn classify(
                 )?))
             }
             "POST" => {
-                if req.conditional {
+                if req.conditional || req.validators {
                     return Err(Refusal::Forbidden(Forbidden::ConditionalCreate));
                 }
                 check_format_only(raw_query)?;
@@ -116,10 +126,22 @@ pub fn classify(
             })),
         },
         [RESOURCE, "_search"] => match method {
+            // HAPI's generic client (`SearchStyleEnum.GET_WITH_SEARCH`) searches this way.
+            "GET" => {
+                refuse_conditional(req)?;
+                Ok(Interaction::Search(query::parse_search(
+                    &query::decode_pairs(raw_query),
+                    max_count,
+                )?))
+            }
             "POST" => {
                 refuse_conditional(req)?;
-                let form = req.content_type.map(media_type);
-                if form != Some("application/x-www-form-urlencoded") {
+                // An empty body needs no media type (fhirpy sends none); a body must be a
+                // form, compared case-insensitively with its parameters (RFC 9110 §8.3.1).
+                let form = req
+                    .content_type
+                    .is_some_and(|ct| is_media_type(ct, &["application/x-www-form-urlencoded"]));
+                if !form && !req.body.is_empty() {
                     return Err(Refusal::UnsupportedMediaType(
                         UnsupportedMediaType::SearchForm,
                     ));
@@ -134,7 +156,7 @@ pub fn classify(
         },
         [RESOURCE, id] if !id.starts_with('$') && !id.starts_with('_') => match method {
             "GET" => {
-                refuse_conditional(req)?;
+                refuse_write_conditional(req)?;
                 check_format_only(raw_query)?;
                 Ok(Interaction::Read {
                     id: valid_id(id)?,
@@ -148,7 +170,7 @@ pub fn classify(
         },
         [RESOURCE, id, "_history", vid] if !id.starts_with('$') => match method {
             "GET" => {
-                refuse_conditional(req)?;
+                refuse_write_conditional(req)?;
                 check_format_only(raw_query)?;
                 Ok(Interaction::Read {
                     id: valid_id(id)?,
@@ -224,9 +246,50 @@ fn valid_id(id: &str) -> Result<String, Refusal> {
     }
 }
 
+/// Searches and paging: no conditional header at all (no validator to compare).
 fn refuse_conditional(req: &RequestParts<'_>) -> Result<(), Refusal> {
+    if req.conditional || req.validators {
+        return Err(Refusal::Forbidden(Forbidden::Conditional));
+    }
+    Ok(())
+}
+
+/// Reads: If-None-Match / If-Modified-Since are answered by the proxy; the others would have
+/// the server evaluate a condition, and are refused.
+fn refuse_write_conditional(req: &RequestParts<'_>) -> Result<(), Refusal> {
     if req.conditional {
         return Err(Refusal::Forbidden(Forbidden::Conditional));
+    }
+    Ok(())
+}
+
+/// The parameters `GET /metadata` takes, each decided (the CapabilityStatement is the
+/// proxy's own and public, so none can reveal or widen anything):
+///
+/// | parameter | values | effect |
+/// |---|---|---|
+/// | `_format` | `json`, `application/json`, `application/fhir+json` | none (always JSON) |
+/// | `_pretty` | `true`, `false` | none (ignored, see README) |
+/// | `_summary` | `true`, `false`, `text`, `data` | none: the whole statement is served |
+/// | `mode` | `full`, `normal` | none: the one statement is both |
+///
+/// Anything else is refused (400); `mode=terminology` with `capabilities_mode`.
+/// Pure: [`crate::fhir::plan::token_free`] lets exactly these through without a token.
+pub fn check_metadata_query(raw_query: &str) -> Result<(), Refusal> {
+    for (name, value) in query::decode_pairs(raw_query) {
+        match name.as_str() {
+            "_format" => query::check_format(&value)?,
+            "_pretty" => query::check_bool(&name, &value)?,
+            "_summary" => match value.as_str() {
+                "true" | "false" | "text" | "data" => {}
+                _ => return Err(Refusal::Invalid(Invalid::Summary)),
+            },
+            "mode" => match value.as_str() {
+                "full" | "normal" => {}
+                _ => return Err(Refusal::Invalid(Invalid::CapabilitiesMode)),
+            },
+            _ => return Err(Refusal::Invalid(Invalid::InteractionParameter { name })),
+        }
     }
     Ok(())
 }
@@ -244,22 +307,35 @@ fn check_format_only(raw_query: &str) -> Result<(), Refusal> {
 }
 
 /// The media type of a `Content-Type` value: the part before any `;` parameter, trimmed
-/// (RFC 9110 §8.3.1). Not lower-cased.
+/// (RFC 9110 §8.3.1). Not lower-cased: compare with [`is_media_type`].
 pub fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or_default().trim()
 }
 
+/// True when `content_type`'s media type is one of `types` (lower-case), compared
+/// case-insensitively and ignoring parameters (RFC 9110 §8.3.1: type and subtype are
+/// case-insensitive). The one media-type comparison for requests and answers.
+pub fn is_media_type(content_type: &str, types: &[&str]) -> bool {
+    let t = media_type(content_type);
+    types.iter().any(|want| t.eq_ignore_ascii_case(want))
+}
+
+/// FHIR JSON media types: R4's `application/fhir+json`, plain `application/json`, and the
+/// DSTU2-era `application/json+fhir` older clients still send
+/// (<https://hl7.org/fhir/R4/http.html#mime-type>).
+pub const FHIR_JSON_TYPES: &[&str] = &[
+    "application/fhir+json",
+    "application/json",
+    "application/json+fhir",
+];
+
 fn require_json(content_type: Option<&str>) -> Result<(), Refusal> {
-    match content_type.map(media_type) {
-        Some(t)
-            if t.eq_ignore_ascii_case("application/fhir+json")
-                || t.eq_ignore_ascii_case("application/json") =>
-        {
-            Ok(())
-        }
-        _ => Err(Refusal::UnsupportedMediaType(
+    if content_type.is_some_and(|ct| is_media_type(ct, FHIR_JSON_TYPES)) {
+        Ok(())
+    } else {
+        Err(Refusal::UnsupportedMediaType(
             UnsupportedMediaType::Registration,
-        )),
+        ))
     }
 }
 
@@ -274,6 +350,7 @@ mod tests {
             query,
             content_type: None,
             conditional: false,
+            validators: false,
             body: b"",
         }
     }
@@ -356,7 +433,7 @@ mod tests {
                 req("PUT", "/fhir/AuditEvent", Some("_id=1")),
                 "conditional_write",
             ),
-            (req("HEAD", "/fhir/AuditEvent", None), "method_on_type"),
+            (req("OPTIONS", "/fhir/AuditEvent", None), "method_on_type"),
             (req("GET", "/fhir//AuditEvent", None), "dot_segment"),
             (req("GET", "/fhir/./AuditEvent", None), "dot_segment"),
             (req("GET", "/fhir/x/../AuditEvent", None), "dot_segment"),
@@ -371,7 +448,15 @@ mod tests {
                 "interaction_parameter",
             ),
             (
-                req("GET", "/fhir/metadata", Some("mode=full")),
+                req("GET", "/fhir/metadata", Some("mode=terminology")),
+                "capabilities_mode",
+            ),
+            (
+                req("GET", "/fhir/metadata", Some("_summary=count")),
+                "summary",
+            ),
+            (
+                req("GET", "/fhir/metadata", Some("_elements=id")),
                 "interaction_parameter",
             ),
             (
@@ -379,7 +464,7 @@ mod tests {
                 "registration_not_json",
             ),
             (
-                req("GET", "/fhir/AuditEvent/_search", None),
+                req("PUT", "/fhir/AuditEvent/_search", None),
                 "search_post_only",
             ),
         ];
@@ -403,6 +488,115 @@ mod tests {
         assert_eq!(
             classify_(read),
             Err(Refusal::Forbidden(Forbidden::Conditional))
+        );
+    }
+
+    /// Issue 11: what a FHIR client sends that a FHIR server accepts, classified as that
+    /// server would (each with its exact outcome).
+    #[test]
+    fn client_forms_are_classified_like_a_fhir_server() {
+        let search = |r: RequestParts<'_>| match classify_(r) {
+            Ok(Interaction::Search(q)) => q,
+            other => panic!("{other:?}"),
+        };
+        // HEAD is GET without a body: the same interaction.
+        assert_eq!(
+            classify_(req("HEAD", "/fhir/metadata", None)),
+            Ok(Interaction::Capabilities)
+        );
+        assert_eq!(
+            classify_(req("HEAD", "/fhir/AuditEvent/a1", None)),
+            Ok(Interaction::Read {
+                id: "a1".into(),
+                version: None
+            })
+        );
+        assert_eq!(
+            search(req("HEAD", "/fhir/AuditEvent", Some("message-id=x"))).params[0].value,
+            "x"
+        );
+        // GET [base]/AuditEvent/_search (HAPI's GET_WITH_SEARCH) is the type search.
+        assert_eq!(
+            search(req(
+                "GET",
+                "/fhir/AuditEvent/_search",
+                Some("message-id=x&_count=3")
+            )),
+            search(req(
+                "GET",
+                "/fhir/AuditEvent",
+                Some("message-id=x&_count=3")
+            ))
+        );
+        // POST _search: an empty body needs no Content-Type; media types case-insensitive.
+        let mut empty = req("POST", "/fhir/AuditEvent/_search", Some("message-id=x"));
+        assert_eq!(search(empty).params[0].value, "x");
+        empty.content_type = Some("text/plain");
+        assert_eq!(search(empty).params.len(), 1);
+        let mut form = req("POST", "/fhir/AuditEvent/_search", None);
+        form.content_type = Some("Application/X-WWW-Form-URLEncoded; charset=UTF-8");
+        form.body = b"message-id=y";
+        assert_eq!(search(form).params[0].value, "y");
+        form.content_type = None;
+        assert_eq!(
+            classify_(form),
+            Err(Refusal::UnsupportedMediaType(
+                UnsupportedMediaType::SearchForm
+            ))
+        );
+        // The legacy FHIR JSON type and any case on create.
+        for ct in [
+            "application/json+fhir",
+            "APPLICATION/FHIR+JSON;fhirVersion=4.0",
+            "application/json",
+        ] {
+            let mut create = req("POST", "/fhir/AuditEvent", None);
+            create.content_type = Some(ct);
+            assert_eq!(classify_(create), Ok(Interaction::Create), "{ct}");
+        }
+        // /metadata takes the parameters clients send.
+        for q in [
+            "_format=json&_pretty=true",
+            "_summary=true",
+            "mode=full",
+            "mode=normal",
+        ] {
+            assert_eq!(
+                classify_(req("GET", "/fhir/metadata", Some(q))),
+                Ok(Interaction::Capabilities),
+                "{q}"
+            );
+        }
+    }
+
+    /// If-None-Match / If-Modified-Since: answered by the proxy on read and vread, refused
+    /// everywhere else; If-Match / If-None-Exist / If-Unmodified-Since refused everywhere.
+    #[test]
+    fn validators_only_on_reads() {
+        let mut read = req("GET", "/fhir/AuditEvent/1", None);
+        read.validators = true;
+        assert!(matches!(classify_(read), Ok(Interaction::Read { .. })));
+        let mut vread = req("GET", "/fhir/AuditEvent/1/_history/2", None);
+        vread.validators = true;
+        assert!(matches!(classify_(vread), Ok(Interaction::Read { .. })));
+        let mut search = req("GET", "/fhir/AuditEvent", None);
+        search.validators = true;
+        assert_eq!(
+            classify_(search),
+            Err(Refusal::Forbidden(Forbidden::Conditional))
+        );
+        let mut page = req("GET", "/fhir", Some("_getpages=abc&_eds_sig=x"));
+        page.validators = true;
+        assert_eq!(
+            classify_(page),
+            Err(Refusal::Forbidden(Forbidden::Conditional))
+        );
+        let mut create = req("POST", "/fhir/AuditEvent", None);
+        create.content_type = Some("application/fhir+json");
+        create.validators = true;
+        assert_eq!(
+            classify_(create),
+            Err(Refusal::Forbidden(Forbidden::ConditionalCreate))
         );
     }
 

@@ -22,32 +22,36 @@
 use crate::auth::principal::Principal;
 use crate::cvr_directory::CvrDirectory;
 use crate::error::{Forbidden, Invalid, Refusal};
-use crate::fhir::interaction::Interaction;
+use crate::fhir::interaction::{check_metadata_query, Interaction};
 use crate::fhir::labels::{Constraint, Label, LabelSystems};
 use crate::fhir::paging::PageSigner;
 use crate::fhir::registration;
 
-/// Request headers that make a request conditional (RFC 9110 §13.1, FHIR conditional
-/// create/update/read): every one of them is refused, since the server would evaluate the
-/// condition over records the caller may not see.
-pub const CONDITIONAL_HEADERS: &[&str] = &[
-    "if-none-exist",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
-];
+/// Request headers that make a request conditional on something the FHIR server would
+/// evaluate (RFC 9110 §13.1, FHIR conditional create/update): refused everywhere, since the
+/// server would evaluate the condition over records the caller may not see.
+pub const CONDITIONAL_HEADERS: &[&str] = &["if-none-exist", "if-match", "if-unmodified-since"];
 
-/// True for the one request answered without a token: `GET [base]/metadata` with no query
-/// (mutual TLS is still required). `path` is the request path, `base_path` the public base
-/// URL's path without a trailing slash.
+/// Validator preconditions of a conditional read (RFC 9110 §13.1.2 If-None-Match, §13.1.3
+/// If-Modified-Since). Never forwarded: on read and vread the proxy fetches the record
+/// unconditionally, checks the label, and answers 304 itself
+/// ([`crate::fhir::compat::not_modified`]), so a 304 only ever speaks of a record the caller
+/// may see (others stay 404). Refused on every other interaction.
+pub const VALIDATOR_HEADERS: &[&str] = &["if-none-match", "if-modified-since"];
+
+/// True for the requests answered without a token: `GET` or `HEAD [base]/metadata` whose
+/// query has only the parameters [`check_metadata_query`] accepts (mutual TLS is still
+/// required). Nothing is forwarded for them: the statement is the proxy's own. `path` is the
+/// request path, `base_path` the public base URL's path without a trailing slash.
 pub fn token_free(method: &str, path: &str, query: Option<&str>, base_path: &str) -> bool {
-    query.is_none() && is_metadata(method, path, base_path)
+    is_metadata(method, path, base_path) && query.is_none_or(|q| check_metadata_query(q).is_ok())
 }
 
-/// True for `GET [base]/metadata` (with or without a query): the capabilities interaction.
+/// True for `GET` or `HEAD [base]/metadata` (with or without a query): the capabilities
+/// interaction.
 pub fn is_metadata(method: &str, path: &str, base_path: &str) -> bool {
-    method == "GET" && path.trim_end_matches('/').strip_prefix(base_path) == Some("/metadata")
+    matches!(method, "GET" | "HEAD")
+        && path.trim_end_matches('/').strip_prefix(base_path) == Some("/metadata")
 }
 
 /// What the plan is decided against: the operator's configuration.
@@ -281,6 +285,7 @@ mod tests {
                 query,
                 content_type,
                 conditional: false,
+                validators: false,
                 body,
             },
             "/fhir",
@@ -482,15 +487,40 @@ mod tests {
     }
 
     #[test]
-    fn only_a_plain_metadata_get_is_token_free() {
+    fn only_metadata_with_safe_parameters_is_token_free() {
         assert!(token_free("GET", "/fhir/metadata", None, "/fhir"));
         assert!(token_free("GET", "/fhir/metadata/", None, "/fhir"));
-        assert!(!token_free(
+        assert!(token_free(
             "GET",
             "/fhir/metadata",
             Some("_format=json"),
             "/fhir"
         ));
+        for q in [
+            "_format=json&_pretty=true",
+            "_summary=true",
+            "mode=full",
+            "mode=normal&_format=application/fhir%2Bjson",
+        ] {
+            assert!(token_free("GET", "/fhir/metadata", Some(q), "/fhir"), "{q}");
+            assert!(
+                token_free("HEAD", "/fhir/metadata", Some(q), "/fhir"),
+                "{q}"
+            );
+        }
+        for q in [
+            "_format=xml",
+            "mode=terminology",
+            "_summary=count",
+            "_pretty=yes",
+            "x=1",
+            "_elements=id",
+        ] {
+            assert!(
+                !token_free("GET", "/fhir/metadata", Some(q), "/fhir"),
+                "{q}"
+            );
+        }
         assert!(!token_free("POST", "/fhir/metadata", None, "/fhir"));
         assert!(!token_free("GET", "/fhir/AuditEvent", None, "/fhir"));
         assert!(!token_free("GET", "/metadata", None, "/fhir"));

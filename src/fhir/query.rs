@@ -84,6 +84,13 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Parameters a search accepts and does not forward: each only shapes the output, so leaving
+/// it out can never widen what the search matches (issue 11). `_format` (JSON values only)
+/// and `_pretty` (a boolean) are checked first; `_totalMethod` (fhirpy's `.count()`, an
+/// Aidbox hint that HAPI ignores) takes any value. Everything else the proxy does not know is
+/// refused (`unknown_parameter`), never dropped.
+pub const DROPPED_OUTPUT_PARAMETERS: &[&str] = &["_format", "_pretty", "_totalMethod"];
+
 /// A parsed `name[:modifier]=value` pair, percent-decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
@@ -143,6 +150,7 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
                 | "_total"
                 | "_format"
                 | "_pretty"
+                | "_totalMethod"
         );
         if control && modifier.is_some() {
             return Err(Refusal::Invalid(Invalid::ModifierOn {
@@ -158,6 +166,7 @@ pub fn parse_search(pairs: &[(String, String)], max_count: u32) -> Result<Search
             "_total" => set_once(&mut q.total, name, parse_total(value)?)?,
             "_format" => check_format(value)?,
             "_pretty" => check_bool(name, value)?,
+            "_totalMethod" => {}
             _ if modifier.is_some()
                 && name.starts_with('_')
                 && name != "_id"
@@ -547,5 +556,33 @@ mod tests {
     #[test]
     fn json_format_is_fine() {
         assert!(parse("_format=json&_pretty=true").is_ok());
+    }
+
+    /// Output-shaping parameters are accepted and dropped: the forwarded search is exactly
+    /// the one without them (never wider); anything unknown is still refused.
+    #[test]
+    fn dropped_parameters_never_change_the_search() {
+        let plain = parse("message-id=M&_count=0").unwrap();
+        for extra in [
+            "&_totalMethod=count",
+            "&_pretty=true",
+            "&_format=application/fhir%2Bjson",
+            "&_totalMethod=anything&_pretty=false&_format=json",
+        ] {
+            let q = parse(&format!("message-id=M&_count=0{extra}")).unwrap();
+            assert_eq!(q, plain, "{extra}");
+            assert_eq!(q.to_query_string(&[]), "message-id=M&_count=0");
+        }
+        assert_eq!(
+            parse("_totalMethod:x=count").map_err(|e| e.reason()),
+            Err("modifier_on")
+        );
+        assert_eq!(
+            parse("_totalmethod=count").map_err(|e| e.reason()),
+            Err("unknown_parameter")
+        );
+        for p in DROPPED_OUTPUT_PARAMETERS {
+            assert!(!SEARCH_PARAMETERS.contains(p));
+        }
     }
 }

@@ -850,10 +850,9 @@ pub fn check_created(
 /// `application/json` (type and subtype case-insensitive, RFC 9110 §8.3.1), parameters
 /// ignored. Anything else (XML, HTML, missing) fails closed.
 pub fn is_fhir_json(content_type: Option<&str>) -> bool {
-    content_type
-        .and_then(|ct| ct.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-        .is_some_and(|m| m == "application/fhir+json" || m == "application/json")
+    content_type.is_some_and(|ct| {
+        crate::fhir::interaction::is_media_type(ct, crate::fhir::interaction::FHIR_JSON_TYPES)
+    })
 }
 
 /// Non-success answers from the FHIR server: "not there" stays 404 (410 too: a deleted

@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::auth::principal::Principal;
 use crate::cvr_directory::CvrDirectory;
 use crate::error::{BadGateway, Invalid, Refusal, TokenFailure};
+use crate::fhir::compat::{self, ReturnPreference};
 use crate::fhir::interaction::{self, Interaction, RequestParts};
 use crate::fhir::labels::{Constraint, LabelSystems};
 use crate::fhir::paging::PageSigner;
@@ -137,6 +138,42 @@ impl Answer {
     }
 }
 
+/// What the client asked for beyond the interaction itself: how the answer is shaped
+/// (`fhir::compat`), never what it may contain.
+#[derive(Default)]
+struct ClientAsks {
+    /// `If-None-Match` (all field lines joined), for a conditional read.
+    if_none_match: Option<String>,
+    /// `If-Modified-Since`, for a conditional read.
+    if_modified_since: Option<String>,
+    /// `Prefer: return=…` of a create.
+    prefer: Option<ReturnPreference>,
+}
+
+/// Every field line of `name` that is visible ASCII, in order.
+fn header_values<'a>(session: &'a ServerSession, name: &str) -> Vec<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+/// Several field lines of a list header as one value (RFC 9110 §5.3).
+fn joined(session: &ServerSession, name: &str) -> Option<String> {
+    let values = header_values(session, name);
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// The read or vread being answered and what its client asked for.
+struct ReadAsked<'a> {
+    id: &'a str,
+    version: Option<&'a str>,
+    asks: &'a ClientAsks,
+}
+
 /// What the access log and metrics learn about one request.
 #[derive(Default)]
 struct Outcome {
@@ -197,15 +234,54 @@ impl ServeHttp for Gateway {
             started,
             answer.body.len(),
         );
-        build_response(answer, &request_id)
+        // Shaped after every check: compression and HEAD only change how the checked answer
+        // travels.
+        let head = session.req_header().method == http::Method::HEAD;
+        let gzip = compat::accepts_gzip(header_values(session, "accept-encoding"));
+        let mut response = build_response(gzipped(answer, gzip), &request_id);
+        if head {
+            // RFC 9110 §9.3.2: the GET answer's fields (Content-Length included), no content;
+            // writing content on an HTTP/2 HEAD stream is a protocol error.
+            response.body_mut().clear();
+        }
+        response
     }
 }
 
+/// `answer` gzip-compressed when the client admits gzip (`fhir::compat::accepts_gzip`) and
+/// the body is worth it; `Vary: Accept-Encoding` on every answer that could have been.
+fn gzipped(mut answer: Answer, gzip: bool) -> Answer {
+    use std::io::Write;
+    if answer.body.len() < compat::GZIP_MIN_BYTES {
+        return answer;
+    }
+    answer.headers.push(("Vary", "Accept-Encoding".to_string()));
+    if !gzip {
+        return answer;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    if encoder.write_all(&answer.body).is_err() {
+        return answer;
+    }
+    if let Ok(compressed) = encoder.finish() {
+        answer.body = compressed;
+        answer
+            .headers
+            .push(("Content-Encoding", "gzip".to_string()));
+    }
+    answer
+}
+
 fn build_response(answer: Answer, request_id: &str) -> Response<Vec<u8>> {
-    let mut builder = Response::builder()
-        .status(answer.status)
-        .header("Content-Type", "application/fhir+json; charset=utf-8")
-        .header("Content-Length", answer.body.len())
+    let mut builder = Response::builder().status(answer.status);
+    // A 304 has no content and describes the 200 it stands for (RFC 9110 §15.4.5): no
+    // Content-Type or Content-Length of an empty body.
+    if answer.status != 304 {
+        builder = builder
+            .header("Content-Type", "application/fhir+json; charset=utf-8")
+            .header("Content-Length", answer.body.len());
+    }
+    let mut builder = builder
         .header("Cache-Control", "no-store")
         .header("X-Content-Type-Options", "nosniff")
         .header("X-Request-ID", request_id);
@@ -243,6 +319,9 @@ impl Gateway {
         };
         if plan::is_metadata(&method, &path, &self.public_base_path) {
             outcome.interaction = "capabilities";
+        }
+        if !compat::accepts_json(header_values(session, "accept")) {
+            return Err(Refusal::NotAcceptable);
         }
         if plan::token_free(&method, &path, query.as_deref(), &self.public_base_path) {
             return Ok(Answer::ok(200, self.capability.clone()));
@@ -283,17 +362,27 @@ impl Gateway {
         let conditional = plan::CONDITIONAL_HEADERS
             .iter()
             .any(|h| session.get_header(*h).is_some());
+        let validators = plan::VALIDATOR_HEADERS
+            .iter()
+            .any(|h| session.get_header(*h).is_some());
         let parts = RequestParts {
             method: &method,
             path: &path,
             query: query.as_deref(),
             content_type: header(session, "content-type"),
             conditional,
+            validators,
             body: &body,
         };
         let interaction = interaction::classify(&parts, &self.public_base_path, self.max_count)?;
         outcome.interaction = interaction.name();
-        self.dispatch(interaction, &principal, body, request_id, outcome)
+        let prefer = header_values(session, "prefer");
+        let asks = ClientAsks {
+            if_none_match: joined(session, "if-none-match"),
+            if_modified_since: header(session, "if-modified-since").map(str::to_string),
+            prefer: (!prefer.is_empty()).then(|| compat::return_preference(prefer)),
+        };
+        self.dispatch(interaction, &principal, body, &asks, request_id, outcome)
             .await
     }
 
@@ -357,9 +446,14 @@ impl Gateway {
         interaction: Interaction,
         principal: &Principal,
         body: Vec<u8>,
+        asks: &ClientAsks,
         request_id: &str,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
+        let version = match &interaction {
+            Interaction::Read { version, .. } => version.clone(),
+            _ => None,
+        };
         let policy = plan::Policy {
             labels: &self.labels,
             directory: &self.directory,
@@ -391,12 +485,17 @@ impl Gateway {
                 self.searchset(resp, &constraint, principal, outcome)
             }
             AnswerCheck::Resource { constraint, id } => {
-                self.resource(resp, &constraint, &id, principal, outcome)
+                let read = ReadAsked {
+                    id: &id,
+                    version: version.as_deref(),
+                    asks,
+                };
+                self.resource(resp, &constraint, &read, principal, outcome)
             }
             AnswerCheck::Created {
                 constraint,
                 stamped,
-            } => self.created(resp, &constraint, &stamped, principal, outcome),
+            } => self.created(resp, &constraint, &stamped, asks, principal, outcome),
         }?;
         if let Some(cvr) = audit {
             self.supporter_audit(&cvr, outcome, request_id, &answer)?;
@@ -406,21 +505,50 @@ impl Gateway {
 
     /// A read or vread answer: the caller's record (200), not the caller's (404), or something
     /// foreign (502): see `response::check_resource`.
+    ///
+    /// A conditional read is answered here, after the check: 304 only for a record the caller
+    /// may see (`fhir::compat::not_modified`); a hidden record stays 404 whatever the
+    /// validators say.
     fn resource(
         &self,
         resp: UpstreamResponse,
         constraint: &Constraint,
-        id: &str,
+        read: &ReadAsked<'_>,
         principal: &Principal,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
         self.require_ok_json(&resp, principal, outcome)?;
-        match response::check_resource(&resp.body, constraint, id)? {
+        match response::check_resource(&resp.body, constraint, read.id)? {
             ResourceCheck::Visible => {
-                let mut a = Answer::ok(200, resp.body);
-                a.headers.extend(resp.etag.map(|v| ("ETag", v)));
+                let last_modified = resp.last_modified.as_deref().and_then(compat::http_date);
+                let etag = resp.etag.as_deref().and_then(compat::entity_tag);
+                let unchanged = compat::not_modified(
+                    read.asks.if_none_match.as_deref(),
+                    read.asks.if_modified_since.as_deref(),
+                    etag.as_deref(),
+                    last_modified.as_deref(),
+                );
+                let mut a = Answer::ok(if unchanged { 304 } else { 200 }, resp.body);
+                if unchanged {
+                    a.body.clear();
+                }
+                a.headers.extend(etag.map(|v| ("ETag", v)));
                 a.headers
-                    .extend(resp.last_modified.map(|v| ("Last-Modified", v)));
+                    .extend(last_modified.map(|v| ("Last-Modified", v)));
+                a.headers.extend(
+                    resp.content_location
+                        .as_deref()
+                        .and_then(|v| {
+                            compat::content_location(
+                                v,
+                                read.id,
+                                read.version,
+                                &self.public_base,
+                                &self.upstream_base,
+                            )
+                        })
+                        .map(|v| ("Content-Location", v)),
+                );
                 Ok(a)
             }
             ResourceCheck::Hidden => {
@@ -492,6 +620,7 @@ impl Gateway {
         resp: UpstreamResponse,
         constraint: &Constraint,
         stamped: &[crate::fhir::labels::Label],
+        asks: &ClientAsks,
         principal: &Principal,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
@@ -510,9 +639,36 @@ impl Gateway {
         };
         let location = response::check_created(&resp.body, resp.location.as_deref(), &ctx)
             .map_err(|w| self.foreign(response::withheld_text(w), principal, outcome))?;
-        let mut a = Answer::ok(resp.status, resp.body);
+        // Checked in full above; the preference only shapes what is sent (RFC 7240).
+        let pref = asks.prefer.unwrap_or(ReturnPreference::Representation);
+        let mut a = Answer::ok(resp.status, compat::created_body(pref, resp.body));
+        match pref {
+            ReturnPreference::Minimal => a
+                .headers
+                .push(("Preference-Applied", "return=minimal".to_string())),
+            ReturnPreference::OperationOutcome => a
+                .headers
+                .push(("Preference-Applied", "return=OperationOutcome".to_string())),
+            ReturnPreference::Representation => {}
+        }
+        // The checked Location (a versioned one on the proxy's base) is the created record's
+        // Content-Location too (RFC 9110 §8.7), as the server's was.
+        if resp.content_location.is_some() {
+            a.headers.push(("Content-Location", location.clone()));
+        }
         a.headers.push(("Location", location));
-        a.headers.extend(resp.etag.map(|v| ("ETag", v)));
+        a.headers.extend(
+            resp.etag
+                .as_deref()
+                .and_then(compat::entity_tag)
+                .map(|v| ("ETag", v)),
+        );
+        a.headers.extend(
+            resp.last_modified
+                .as_deref()
+                .and_then(compat::http_date)
+                .map(|v| ("Last-Modified", v)),
+        );
         Ok(a)
     }
 

@@ -47,6 +47,9 @@ pub(crate) struct UpstreamResponse {
     pub location: Option<String>,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// `Content-Location` (read, vread, create): passed on only as
+    /// `fhir::compat::content_location` rebuilds it.
+    pub content_location: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -306,7 +309,7 @@ impl Upstream {
         session.finish_request_body().await.map_err(early)?;
         session.read_response_header().await.map_err(early)?;
         let late = |e: Box<pingora::Error>| (map_error(&e), false);
-        let (status, content_type, location, etag, last_modified) = {
+        let (status, content_type, location, etag, last_modified, content_location) = {
             let resp = session
                 .response_header()
                 .ok_or((Refusal::BadGateway(BadGateway::NoResponse), false))?;
@@ -322,6 +325,7 @@ impl Upstream {
                 get("location"),
                 get("etag"),
                 get("last-modified"),
+                get("content-location"),
             )
         };
         let mut out = Vec::new();
@@ -340,6 +344,7 @@ impl Upstream {
             location,
             etag,
             last_modified,
+            content_location,
             body: out,
         })
     }

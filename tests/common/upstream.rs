@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The `Last-Modified` of every stored version (HAPI sends one on reads and creates).
+pub const LAST_MODIFIED: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamMode {
     /// Honours `_security` like a real FHIR server.
@@ -253,8 +256,10 @@ impl RecordingUpstream {
                 (
                     201,
                     vec![
+                        ("Content-Location".into(), location.clone()),
                         ("Location".into(), location),
                         ("ETag".into(), "W/\"1\"".into()),
+                        ("Last-Modified".into(), LAST_MODIFIED.into()),
                     ],
                     serde_json::to_vec(&resource).unwrap(),
                 )
@@ -268,8 +273,20 @@ impl RecordingUpstream {
                     .iter()
                     .find(|r| r["id"] == *id)
                     .cloned();
+                // As HAPI answers: the version's validators and its versioned location.
                 match found {
-                    Some(r) => (200, vec![], serde_json::to_vec(&r).unwrap()),
+                    Some(r) => (
+                        200,
+                        vec![
+                            ("ETag".into(), "W/\"1\"".into()),
+                            ("Last-Modified".into(), LAST_MODIFIED.into()),
+                            (
+                                "Content-Location".into(),
+                                format!("{base}/AuditEvent/{id}/_history/1"),
+                            ),
+                        ],
+                        serde_json::to_vec(&r).unwrap(),
+                    ),
                     None => (
                         404,
                         vec![],
