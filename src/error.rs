@@ -424,6 +424,9 @@ pub enum Invalid {
     PageHandleMissing,
     /// A malformed `_getpages` handle.
     PageHandleMalformed,
+    /// A malformed `_eds_page` target (not base64url, not UTF-8, or a parameter a signed
+    /// search link never carries).
+    PageTarget,
     /// A search parameter that turns the search into more than a constrained search.
     RefusedParameter {
         /// The fixed text naming the parameter.
@@ -566,6 +569,7 @@ impl Invalid {
             Invalid::PageParameter { .. } => "page_parameter",
             Invalid::PageHandleMissing => "page_handle_missing",
             Invalid::PageHandleMalformed => "page_handle_malformed",
+            Invalid::PageTarget => "page_target",
             Invalid::RefusedParameter { .. } => "refused_parameter",
             Invalid::ModifierOn { .. } => "modifier_on",
             Invalid::Modifier { .. } => "modifier",
@@ -700,6 +704,7 @@ impl Invalid {
             }
             Invalid::PageHandleMissing => "_getpages is missing",
             Invalid::PageHandleMalformed => "malformed _getpages handle",
+            Invalid::PageTarget => "malformed _eds_page paging target",
             Invalid::RefusedParameter { why } => why,
             Invalid::ModifierOn { name } => return format!("modifiers are not allowed on {name}"),
             Invalid::Modifier { modifier } => return format!("modifier :{modifier} is not allowed"),
@@ -1185,6 +1190,7 @@ mod tests {
             Refusal::Invalid(Invalid::PageParameter { name: "x".into() }),
             Refusal::Invalid(Invalid::PageHandleMissing),
             Refusal::Invalid(Invalid::PageHandleMalformed),
+            Refusal::Invalid(Invalid::PageTarget),
             Refusal::Invalid(Invalid::RefusedParameter { why: "x" }),
             Refusal::Invalid(Invalid::ModifierOn { name: "x".into() }),
             Refusal::Invalid(Invalid::Modifier {

@@ -406,6 +406,8 @@ impl Gateway {
             signer: &self.signer,
             principal_key,
             drop_totals: self.drop_totals,
+            max_count: self.max_count,
+            max_link_bytes: self.max_uri_bytes,
         }
     }
 
