@@ -556,7 +556,7 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
                 format!("must start with access.reserved_label_prefix `{prefix}`"),
             ));
         }
-        if system.contains(['|', ',', '$', '\\']) {
+        if !crate::fhir::labels::is_plain_token(system) {
             out.push(problem(key, "must not contain | , $ or \\"));
         }
     }

@@ -120,6 +120,12 @@ pub enum Forbidden {
         /// The claim's name.
         claim: &'static str,
     },
+    /// The named claim holds `,` `|` `\` or `$`, so it cannot be an access-label code
+    /// (`labels::is_plain_token`).
+    ClaimNotPlainToken {
+        /// The claim's name.
+        claim: &'static str,
+    },
     /// The token's scopes lack `EDS`.
     NotForEds,
     /// The token carries both system and user AuditEvent scopes.
@@ -181,6 +187,7 @@ impl Forbidden {
             Forbidden::NoOrgContext => "no_org_context",
             Forbidden::MissingClaim { .. } => "missing_claim",
             Forbidden::InvalidClaim { .. } => "invalid_claim",
+            Forbidden::ClaimNotPlainToken { .. } => "claim_not_plain_token",
             Forbidden::NotForEds => "not_for_eds",
             Forbidden::MixedScopes => "mixed_scopes",
             Forbidden::NoAccessScope => "no_access_scope",
@@ -221,6 +228,11 @@ impl Forbidden {
             Forbidden::MissingClaim { claim } => return format!("the token has no {claim} claim"),
             Forbidden::InvalidClaim { claim } => {
                 return format!("the token's {claim} claim is not a valid identifier")
+            }
+            Forbidden::ClaimNotPlainToken { claim } => {
+                return format!(
+                    "the token's {claim} claim holds , | \\ or $, which an access label may not"
+                )
             }
             Forbidden::NotForEds => "the token is not issued for EDS (scope EDS missing)",
             Forbidden::MixedScopes => "the token carries both system and user AuditEvent scopes",
@@ -326,6 +338,12 @@ pub enum Invalid {
     SecurityNotCodings,
     /// A reserved access-label system in `meta.security`.
     ReservedLabel,
+    /// A value the registration's access labels are made of (device id, SOR code, CPR) holds
+    /// `,` `|` `\` or `$` (`labels::is_plain_token`).
+    LabelCodeNotPlain {
+        /// What it is: `device id`, `sender SOR code`, `receiver SOR code` or `patient CPR`.
+        what: &'static str,
+    },
     /// A reserved access-label system anywhere else in the registration.
     ReservedLabelSystem {
         /// The element's JSON path.
@@ -538,6 +556,7 @@ impl Invalid {
             Invalid::SecurityNotArray => "security_not_array",
             Invalid::SecurityNotCodings => "security_not_codings",
             Invalid::ReservedLabel => "reserved_label",
+            Invalid::LabelCodeNotPlain { .. } => "label_code_not_plain",
             Invalid::ReservedLabelSystem { .. } => "reserved_label_system",
             Invalid::PatientWithoutIdentifier => "patient_without_identifier",
             Invalid::SeveralPatients => "several_patients",
@@ -634,6 +653,9 @@ impl Invalid {
             Invalid::SecurityNotCodings => "meta.security may only hold Codings",
             Invalid::ReservedLabel => {
                 "access labels in meta.security are set by the proxy, not the client"
+            }
+            Invalid::LabelCodeNotPlain { what } => {
+                return format!("the registration's {what} holds , | \\ or $, which an access label may not")
             }
             Invalid::ReservedLabelSystem { path } => {
                 return format!(
@@ -1115,6 +1137,7 @@ mod tests {
             Refusal::Forbidden(Forbidden::NoOrgContext),
             Refusal::Forbidden(Forbidden::MissingClaim { claim: "x" }),
             Refusal::Forbidden(Forbidden::InvalidClaim { claim: "x" }),
+            Refusal::Forbidden(Forbidden::ClaimNotPlainToken { claim: "x" }),
             Refusal::Forbidden(Forbidden::NotForEds),
             Refusal::Forbidden(Forbidden::MixedScopes),
             Refusal::Forbidden(Forbidden::NoAccessScope),
@@ -1159,6 +1182,7 @@ mod tests {
             Refusal::Invalid(Invalid::SecurityNotArray),
             Refusal::Invalid(Invalid::SecurityNotCodings),
             Refusal::Invalid(Invalid::ReservedLabel),
+            Refusal::Invalid(Invalid::LabelCodeNotPlain { what: "x" }),
             Refusal::Invalid(Invalid::ReservedLabelSystem { path: "x".into() }),
             Refusal::Invalid(Invalid::PatientWithoutIdentifier),
             Refusal::Invalid(Invalid::SeveralPatients),
