@@ -124,6 +124,44 @@ pub struct UpstreamConfig {
     /// the server has closed it (only idempotent requests could be retried safely).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// `[upstream.probe]`: the backend conformance probe.
+    #[serde(default)]
+    pub probe: ProbeConfig,
+}
+
+/// `[upstream.probe]`: the backend conformance probe (`fhir::conformance`, issue 13).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProbeConfig {
+    /// Seconds between probe rounds; default 300; 0 turns the probe off. A round that fails
+    /// is repeated after at most 10 s.
+    #[serde(default = "default_probe_interval")]
+    pub interval_seconds: u64,
+    /// What a nonconformant FHIR server means: `warn` (default) or `refuse`. Either way
+    /// `/readyz` answers 503 with the reason and `eds_proxy_backend_conformant` is 0.
+    #[serde(default)]
+    pub on_nonconformant: OnNonconformant,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval_seconds: default_probe_interval(),
+            on_nonconformant: OnNonconformant::default(),
+        }
+    }
+}
+
+/// `upstream.on_nonconformant`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonconformant {
+    /// Report only (readiness, metric, log); FHIR requests are still served, the response
+    /// check still withholding whatever the server returns outside the caller's constraint.
+    #[default]
+    Warn,
+    /// Also answer FHIR requests that would reach the FHIR server with 503 (reason
+    /// `backend_nonconformant`) until a probe round passes.
+    Refuse,
 }
 
 /// `[public]`: how clients address the proxy.
@@ -355,6 +393,9 @@ fn default_max_uri_bytes() -> usize {
 }
 fn default_max_header_bytes() -> usize {
     32 * 1024
+}
+fn default_probe_interval() -> u64 {
+    300
 }
 fn default_threads() -> usize {
     2

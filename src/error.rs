@@ -920,7 +920,9 @@ impl BadGateway {
             BadGateway::NoResponse => "the FHIR server sent no response".to_string(),
             BadGateway::ResponseTooLarge => "the FHIR server's response is too large".to_string(),
             BadGateway::Request { error } => format!("cannot build upstream request: {error}"),
-            BadGateway::Status { status } => format!("the FHIR server answered {status}"),
+            // Fixed text, whatever the status: which 5xx a server gives (500 for a duplicate id,
+            // 503 when busy, …) can tell one caller about another's records (issue 13 item 3).
+            BadGateway::Status { .. } => "the FHIR server could not answer".to_string(),
             BadGateway::ForeignResource { why } => format!("the FHIR server answered with {why}"),
             BadGateway::NotJson => {
                 "the FHIR server answered with something that is not JSON".to_string()
@@ -966,6 +968,9 @@ pub enum Refusal {
     BadGateway(BadGateway),
     /// 504: the FHIR server did not answer in time.
     GatewayTimeout,
+    /// 503: the FHIR server failed the conformance probe and `upstream.on_nonconformant` is
+    /// `refuse` (`fhir::conformance`).
+    BackendNonconformant,
 }
 
 impl Refusal {
@@ -983,6 +988,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) => 415,
             Refusal::BadGateway(_) => 502,
             Refusal::GatewayTimeout => 504,
+            Refusal::BackendNonconformant => 503,
         }
     }
 
@@ -999,6 +1005,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(_) => "not-supported",
             Refusal::BadGateway(_) => "transient",
             Refusal::GatewayTimeout => "timeout",
+            Refusal::BackendNonconformant => "transient",
         }
     }
 
@@ -1018,6 +1025,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType(u) => u.as_str(),
             Refusal::BadGateway(b) => b.as_str(),
             Refusal::GatewayTimeout => "gateway_timeout",
+            Refusal::BackendNonconformant => "backend_nonconformant",
         }
     }
 
@@ -1036,6 +1044,10 @@ impl Refusal {
             Refusal::UriTooLong(limit) => format!("request URL exceeds {limit} bytes"),
             Refusal::HeadersTooLarge(limit) => format!("request headers exceed {limit} bytes"),
             Refusal::GatewayTimeout => "the FHIR server did not answer in time".to_string(),
+            // Which check failed is the operator's business (`/readyz`, metrics), not a caller's.
+            Refusal::BackendNonconformant => {
+                "the FHIR server behind the proxy failed its conformance check".to_string()
+            }
         }
     }
 
@@ -1115,6 +1127,7 @@ mod tests {
             ),
             (Refusal::BadGateway(BadGateway::NotJson), 502, "transient"),
             (Refusal::GatewayTimeout, 504, "timeout"),
+            (Refusal::BackendNonconformant, 503, "transient"),
         ];
         for (r, status, code) in cases {
             assert_eq!(r.status(), status);
@@ -1267,6 +1280,7 @@ mod tests {
             Refusal::UriTooLong(1),
             Refusal::HeadersTooLarge(1),
             Refusal::GatewayTimeout,
+            Refusal::BackendNonconformant,
         ];
         all.extend(
             [

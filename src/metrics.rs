@@ -226,6 +226,24 @@ pub static UPSTREAM_ERRORS: LazyLock<CounterVec<1>> = LazyLock::new(|| {
     )
 });
 
+/// 1 while the last backend conformance probe round passed, 0 otherwise (also before the
+/// first round); alert on 0 (`fhir::conformance`).
+pub static BACKEND_CONFORMANT: LazyLock<Gauge> = LazyLock::new(|| {
+    Gauge::new(
+        "eds_proxy_backend_conformant",
+        "1 if the FHIR server passed the last conformance probe round, else 0",
+    )
+});
+
+/// Failed backend conformance checks by check (`security`, `param:<code>`, `capability`).
+pub static BACKEND_PROBE_FAILURES: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
+        "eds_proxy_backend_probe_failures_total",
+        "Failed FHIR server conformance checks by check",
+        ["check"],
+    )
+});
+
 /// Touch every metric so the series exist (at zero) from the first scrape on.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -238,6 +256,8 @@ pub fn init() {
     LazyLock::force(&RESPONSE_DROPS);
     LazyLock::force(&RESPONSE_FOREIGN);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&BACKEND_CONFORMANT);
+    LazyLock::force(&BACKEND_PROBE_FAILURES);
 }
 
 #[cfg(test)]
@@ -265,6 +285,7 @@ mod tests {
             vec.with_label_values(&["a"]).inc();
         }
         JWKS_AGE.set(7);
+        BACKEND_PROBE_FAILURES.with_label_values(&["a"]).inc();
         let names: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_string())
@@ -281,6 +302,8 @@ mod tests {
             "eds_proxy_token_cache_total",
             "eds_proxy_response_check_drops_total",
             "eds_proxy_upstream_errors_total",
+            "eds_proxy_backend_conformant",
+            "eds_proxy_backend_probe_failures_total",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} is not registered");
         }

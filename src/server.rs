@@ -26,6 +26,7 @@ use crate::fhir::paging::PageSigner;
 use crate::gateway::admin::AdminApp;
 use crate::gateway::authn::Authenticator;
 use crate::gateway::listener::FhirApp;
+use crate::gateway::probe::{ProbeState, Prober};
 use crate::gateway::upstream::{Forwarded, Upstream, UpstreamSettings};
 use crate::gateway::Gateway;
 
@@ -127,8 +128,35 @@ pub(crate) fn build_gateway(c: &Config) -> Result<(Gateway, Arc<KeyStore>), Stri
         max_count: c.limits.max_count,
         drop_totals: c.response.drop_totals,
         request_counter: AtomicU64::new(0),
+        probe: None,
     };
     Ok((gateway, keys))
+}
+
+/// The backend conformance prober (`upstream.probe`), with its own connection pool; `None`
+/// when `upstream.probe.interval_seconds` is 0.
+fn build_prober(c: &Config, gateway: &Gateway) -> Result<Option<Prober>, String> {
+    if c.upstream.probe.interval_seconds == 0 {
+        return Ok(None);
+    }
+    let public = Url::parse(&c.public.base_url).map_err(|e| e.to_string())?;
+    let upstream = Upstream::new(
+        UpstreamSettings {
+            base: Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?,
+            connect_timeout: c.upstream_connect_timeout(),
+            read_timeout: c.upstream_read_timeout(),
+            idle_timeout: c.upstream_idle_timeout(),
+            max_response_bytes: c.limits.max_response_bytes,
+            max_target_bytes: c.limits.max_uri_bytes,
+        },
+        Forwarded::from_public_base(&public),
+    )?;
+    Ok(Some(Prober {
+        upstream,
+        labels: gateway.labels.clone(),
+        interval: Duration::from_secs(c.upstream.probe.interval_seconds),
+        state: Arc::new(ProbeState::new(c.upstream.probe.on_nonconformant)),
+    }))
 }
 
 fn tls_settings(c: &Config) -> Result<TlsSettings, String> {
@@ -156,7 +184,10 @@ fn tls_settings(c: &Config) -> Result<TlsSettings, String> {
 /// The Pingora server with both listeners, ready to `run`.
 pub fn build_server(c: &Config) -> Result<Server, String> {
     crate::metrics::init();
-    let (gateway, keys) = build_gateway(c)?;
+    let (mut gateway, keys) = build_gateway(c)?;
+    let prober = build_prober(c, &gateway)?;
+    gateway.probe = prober.as_ref().map(|p| p.state.clone());
+    let probe_state = gateway.probe.clone();
     let conf = ServerConf {
         threads: c.server.threads,
         grace_period_seconds: Some(c.server.grace_period_seconds),
@@ -172,9 +203,18 @@ pub fn build_server(c: &Config) -> Result<Server, String> {
 
     let mut admin = Service::new(
         "eds-proxy admin".to_string(),
-        HttpServer::new_app(AdminApp { keys }),
+        HttpServer::new_app(AdminApp {
+            keys,
+            probe: probe_state,
+        }),
     );
     admin.add_tcp(&c.admin.address);
     server.add_service(admin);
+    if let Some(prober) = prober {
+        server.add_service(pingora::services::background::background_service(
+            "eds-proxy backend conformance probe",
+            prober,
+        ));
+    }
     Ok(server)
 }

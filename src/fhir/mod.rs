@@ -2,6 +2,7 @@
 //! data; the gateway calls them.
 
 pub mod capability;
+pub mod conformance;
 pub mod inert;
 pub mod interaction;
 pub mod labels;

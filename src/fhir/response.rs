@@ -978,6 +978,22 @@ mod tests {
         assert!(v.get("total").is_none());
     }
 
+    /// Issue 13 item 3: any status the proxy does not pass on (every 5xx, and any other
+    /// unmapped one) is the same 502 with the same fixed body, whatever the server said.
+    #[test]
+    fn unmapped_statuses_are_one_fixed_502() {
+        let fixed = Refusal::BadGateway(BadGateway::Status { status: 500 }).outcome_json();
+        let said = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception","diagnostics":"AuditEvent/x of dev-2 exists"}]}"#;
+        for status in (500..=599).chain([300, 301, 302, 304, 401, 403, 405, 406, 429]) {
+            for body in [&said[..], b"", b"<html>"] {
+                let r = upstream_refusal(status, body);
+                assert_eq!(r.status(), 502, "{status}");
+                assert_eq!(r.reason(), "upstream_status", "{status}");
+                assert_eq!(r.outcome_json(), fixed, "{status}");
+            }
+        }
+    }
+
     #[test]
     fn paging_links_are_signed_and_constraint_stripped() {
         let bundle = json!({"resourceType": "Bundle", "type": "searchset",

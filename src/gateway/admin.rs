@@ -14,6 +14,8 @@ use crate::metrics;
 
 pub struct AdminApp {
     pub keys: Arc<KeyStore>,
+    /// The backend conformance probe's verdict (`None`: probe off).
+    pub probe: Option<Arc<crate::gateway::probe::ProbeState>>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -39,6 +41,10 @@ impl ServeHttp for AdminApp {
             }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
+                // A FHIR server that failed the conformance probe: not ready, with the reason.
+                if let Some(why) = self.probe.as_ref().and_then(|p| p.not_ready_reason()) {
+                    return reply(503, "text/plain", format!("{why}\n").into_bytes());
+                }
                 if self.keys.age_seconds().is_some() {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod authn;
 pub mod listener;
+pub mod probe;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +51,8 @@ pub struct Gateway {
     pub drop_totals: bool,
     pub capability: Vec<u8>,
     pub request_counter: AtomicU64,
+    /// The backend conformance probe's verdict (`None`: probe off).
+    pub probe: Option<Arc<probe::ProbeState>>,
 }
 
 /// Most request body bytes read (and discarded) before a 413 is answered.
@@ -322,6 +325,11 @@ impl Gateway {
                 audit,
             } => (upstream, check, audit),
         };
+        // `upstream.probe.on_nonconformant = "refuse"`: nothing reaches a FHIR server that
+        // failed the conformance probe.
+        if let Some(p) = &self.probe {
+            p.admit()?;
+        }
         let resp = self
             .upstream_call(
                 outcome.interaction,

@@ -259,6 +259,17 @@ impl RecordingUpstream {
                     serde_json::to_vec(&resource).unwrap(),
                 )
             }
+            ("GET", ["fhir", "metadata"]) => {
+                // A CapabilityStatement listing the EDS IG's search parameters, as HAPI's does
+                // with them loaded.
+                let params: Vec<Value> = eds_proxy::fhir::conformance::IG_SEARCH_PARAMETERS
+                    .iter()
+                    .map(|p| json!({"name": p, "type": "string"}))
+                    .collect();
+                let cs = json!({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
+                    "rest": [{"mode": "server", "resource": [{"type": "AuditEvent", "searchParam": params}]}]});
+                (200, vec![], serde_json::to_vec(&cs).unwrap())
+            }
             ("GET", ["fhir", "AuditEvent", id])
             | ("GET", ["fhir", "AuditEvent", id, "_history", _]) => {
                 let found = self
@@ -335,6 +346,9 @@ impl RecordingUpstream {
             "message-id" => r["entity"].as_array().into_iter().flatten().any(|e| {
                 e["type"]["code"] == "ehmiMessage" && e["what"]["identifier"]["value"] == v.as_str()
             }),
+            // The conformance probe's random values exist nowhere: a server that honours its
+            // search parameters finds nothing (other values match everything here).
+            _ if v.starts_with(eds_proxy::fhir::conformance::PROBE_PREFIX) => false,
             _ => true,
         })
     }
