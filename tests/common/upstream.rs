@@ -42,6 +42,9 @@ pub struct RecordingUpstream {
     pub port: u16,
     mode: UpstreamMode,
     requests: Mutex<Vec<Recorded>>,
+    /// The proxy's backend conformance probe requests, kept apart so they never count as
+    /// what a client's request made the proxy send.
+    probes: Mutex<Vec<Recorded>>,
     resources: Mutex<Vec<Value>>,
     searches: Mutex<HashMap<String, Vec<Value>>>,
     next_id: AtomicU64,
@@ -69,6 +72,7 @@ impl RecordingUpstream {
             port,
             mode,
             requests: Mutex::new(Vec::new()),
+            probes: Mutex::new(Vec::new()),
             resources: Mutex::new(Vec::new()),
             searches: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -96,6 +100,12 @@ impl RecordingUpstream {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// The conformance probe's requests (`fhir::conformance`): `metadata` and searches for
+    /// a probe value.
+    pub fn probe_requests(&self) -> Vec<Recorded> {
+        self.probes.lock().unwrap().clone()
     }
 
     /// Requests whose target contains `needle` (tests share one upstream).
@@ -180,7 +190,15 @@ impl RecordingUpstream {
                 headers,
                 body,
             };
-            self.requests.lock().unwrap().push(rec.clone());
+            let probe = rec.target == "/fhir/metadata"
+                || rec
+                    .target
+                    .contains(eds_proxy::fhir::conformance::PROBE_PREFIX);
+            if probe {
+                self.probes.lock().unwrap().push(rec.clone());
+            } else {
+                self.requests.lock().unwrap().push(rec.clone());
+            }
             if self.mode == UpstreamMode::Slow {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
