@@ -2,6 +2,17 @@
 //! are plain tokens, refused where they enter), and a create carries nothing the server might
 //! honour from the client and learns nothing from the server's failures (one fixed 502).
 
+// Runs the proxy: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::upstream::Scripted;
@@ -26,7 +37,11 @@ impl Caller {
         let resp = req.bearer_auth(&self.token).send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        )
     }
     async fn create(&self, h: &Harness, body: &Value) -> (u16, Value, String) {
         self.send(
@@ -136,5 +151,9 @@ async fn label_codes_with_search_specials_are_refused_where_they_enter() {
             "{what}"
         );
     }
-    assert_eq!(h.upstream.request_count(), before, "nothing reached the server");
+    assert_eq!(
+        h.upstream.request_count(),
+        before,
+        "nothing reached the server"
+    );
 }

@@ -4,6 +4,17 @@
 //! `on_nonconformant = "refuse"` FHIR requests are answered 503 and reach nothing. A
 //! conformant server makes the proxy ready again.
 
+// Runs the proxy: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -105,7 +116,8 @@ async fn a_nonconformant_fhir_server_is_reported_and_refused() {
         token: h.token(&cert, station_claims(DEV, "111", "GLN-1")),
     };
     // Something stored, so a server ignoring a condition has something to return.
-    h.upstream.seed(json!({"resourceType": "AuditEvent", "meta": {"security": [
+    h.upstream
+        .seed(json!({"resourceType": "AuditEvent", "meta": {"security": [
         {"system": "urn:eds-proxy:label:device-id", "code": DEV}]}}));
 
     // Conformant: ready, metric 1, requests served.
@@ -206,7 +218,8 @@ async fn an_upstream_that_ignores_security_is_not_ready() {
             ..Options::default()
         },
     );
-    h.upstream.seed(json!({"resourceType": "AuditEvent", "meta": {"security": [
+    h.upstream
+        .seed(json!({"resourceType": "AuditEvent", "meta": {"security": [
         {"system": "urn:eds-proxy:label:device-id", "code": "another-station"}]}}));
     assert_eq!(
         readyz_becomes(&h, 503).await,

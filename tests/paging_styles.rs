@@ -4,6 +4,17 @@
 //! the caller's constraint; a link the proxy cannot vouch for is dropped. Each case asserts
 //! what the recording upstream saw.
 
+// Runs the proxy: needs the `dev` feature (default).
+#![cfg(feature = "dev")]
+// Test code: a panic is a failure, and it reads JSON answers with plain serde_json.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::upstream::Scripted;
@@ -192,7 +203,10 @@ async fn hapi_handles_are_signed_and_replayed_exactly() {
     assert_eq!(status, 200, "{second}");
     assert_eq!(ids(&second).len(), 1);
     let seen = seen_since(&h, before);
-    assert_eq!(seen[0], format!("/fhir/AuditEvent?_security={LABEL}&_count=1"));
+    assert_eq!(
+        seen[0],
+        format!("/fhir/AuditEvent?_security={LABEL}&_count=1")
+    );
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(
         seen[1].starts_with("/fhir?_getpages=search-")
@@ -268,11 +282,41 @@ async fn another_callers_or_a_tampered_link_is_refused() {
     let page_not_issued = refused(&h, "page_not_issued").await;
     let before = h.upstream.request_count();
     for (who, caller, url, status, message) in [
-        ("another station", &thief, next.clone(), 403, "this paging link was not issued to the caller"),
-        ("tampered target", &s, format!("{}?_eds_page={tampered_target}&_eds_sig={sig}", h.base), 403, "this paging link was not issued to the caller"),
-        ("widened target", &s, format!("{}?_eds_page={widened}&_eds_sig={sig}", h.base), 400, "malformed _eds_page paging target"),
-        ("no signature", &s, format!("{}?_eds_page={target}", h.base), 403, "paging links must carry the proxy's signature"),
-        ("extra parameter", &s, format!("{next}&_page=3"), 400, "`_page` is not allowed on a paging request"),
+        (
+            "another station",
+            &thief,
+            next.clone(),
+            403,
+            "this paging link was not issued to the caller",
+        ),
+        (
+            "tampered target",
+            &s,
+            format!("{}?_eds_page={tampered_target}&_eds_sig={sig}", h.base),
+            403,
+            "this paging link was not issued to the caller",
+        ),
+        (
+            "widened target",
+            &s,
+            format!("{}?_eds_page={widened}&_eds_sig={sig}", h.base),
+            400,
+            "malformed _eds_page paging target",
+        ),
+        (
+            "no signature",
+            &s,
+            format!("{}?_eds_page={target}", h.base),
+            403,
+            "paging links must carry the proxy's signature",
+        ),
+        (
+            "extra parameter",
+            &s,
+            format!("{next}&_page=3"),
+            400,
+            "`_page` is not allowed on a paging request",
+        ),
     ] {
         let (got, body) = caller.get(&url).await;
         assert_eq!(got, status, "{who}: {body}");

@@ -101,7 +101,9 @@ fn identifier(name: &'static str, value: Option<&str>) -> Result<String, Refusal
     // Every identifier here becomes (or is compared with) an access-label code: plain tokens
     // only, so no FHIR server's reading of search escapes matters (`labels::is_plain_token`).
     if !crate::fhir::labels::is_plain_token(v) {
-        return Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken { claim: name }));
+        return Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken {
+            claim: name,
+        }));
     }
     Ok(v.to_string())
 }
@@ -235,22 +237,30 @@ mod tests {
                 ),
             ] {
                 let mut c = station_claims();
-                c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+                c.as_object_mut()
+                    .unwrap()
+                    .extend(extra.as_object().unwrap().clone());
                 assert_eq!(
                     principal_from_claims(&claims(c), &policy()),
                     Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken { claim })),
                     "{claim} {v}"
                 );
             }
-            let citizen = json!({"scope": "EDS user/AuditEvent.rs", "cpr": v, "acr": NSIS_SUBSTANTIAL});
+            let citizen =
+                json!({"scope": "EDS user/AuditEvent.rs", "cpr": v, "acr": NSIS_SUBSTANTIAL});
             assert_eq!(
                 principal_from_claims(&claims(citizen), &policy()),
-                Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken { claim: "cpr" }))
+                Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken {
+                    claim: "cpr"
+                }))
             );
-            let supporter = json!({"scope": "EDS user/AuditEvent.rs", "cvr": v, "acr": NSIS_SUBSTANTIAL});
+            let supporter =
+                json!({"scope": "EDS user/AuditEvent.rs", "cvr": v, "acr": NSIS_SUBSTANTIAL});
             assert_eq!(
                 principal_from_claims(&claims(supporter), &policy()),
-                Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken { claim: "cvr" }))
+                Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken {
+                    claim: "cvr"
+                }))
             );
         }
     }

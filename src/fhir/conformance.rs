@@ -116,8 +116,9 @@ pub fn judge(kind: ProbeKind, answer: Option<(u16, &[u8])>) -> Result<(), String
     if status != 200 {
         return Err(format!("the FHIR server answered {status}"));
     }
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_string())?;
+    // Strict: a duplicate key could show the probe one answer and a client another.
+    let v: Value = crate::fhir::strict_json::parse(body)
+        .map_err(|_| "the answer is not JSON (or has duplicate keys)".to_string())?;
     match kind {
         ProbeKind::Empty => judge_empty(&v),
         ProbeKind::Capability => judge_capability(&v),
@@ -257,11 +258,15 @@ mod tests {
     fn an_empty_searchset_passes_and_anything_else_fails() {
         let empty = body(json!({"resourceType": "Bundle", "type": "searchset", "total": 0}));
         assert_eq!(judge(ProbeKind::Empty, Some((200, &empty))), Ok(()));
-        let outcome_only = body(json!({"resourceType": "Bundle", "type": "searchset", "entry": [
-            {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}]}));
+        let outcome_only = body(
+            json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}]}),
+        );
         assert_eq!(judge(ProbeKind::Empty, Some((200, &outcome_only))), Ok(()));
-        let everything = body(json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
-            "entry": [{"resource": {"resourceType": "AuditEvent", "id": "a"}}]}));
+        let everything = body(
+            json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
+            "entry": [{"resource": {"resourceType": "AuditEvent", "id": "a"}}]}),
+        );
         let counted_only = body(json!({"resourceType": "Bundle", "type": "searchset", "total": 3}));
         let ignored =
             "a search for a value that exists nowhere returned records (ignored; total 3)";
@@ -276,9 +281,15 @@ mod tests {
         for (answer, why) in [
             (None, "the FHIR server did not answer"),
             (Some((400, &empty[..])), "the FHIR server answered 400"),
-            (Some((200, &b"<html/>"[..])), "the answer is not JSON"),
             (
-                Some((200, &body(json!({"resourceType": "Bundle", "type": "batch"}))[..])),
+                Some((200, &b"<html/>"[..])),
+                "the answer is not JSON (or has duplicate keys)",
+            ),
+            (
+                Some((
+                    200,
+                    &body(json!({"resourceType": "Bundle", "type": "batch"}))[..],
+                )),
                 "the answer is not a searchset",
             ),
         ] {

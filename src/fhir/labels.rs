@@ -251,7 +251,13 @@ mod tests {
 
     #[test]
     fn plain_tokens() {
-        for ok in ["dev-1", "0101701234", "937961000016000", "Cura EUA", "a.b:c/d"] {
+        for ok in [
+            "dev-1",
+            "0101701234",
+            "937961000016000",
+            "Cura EUA",
+            "a.b:c/d",
+        ] {
             assert!(is_plain_token(ok), "{ok}");
         }
         for bad in ["dev,1", "a|b", r"a\b", "$x", ","] {

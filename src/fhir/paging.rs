@@ -128,7 +128,9 @@ impl PageSigner {
         let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| refused())?;
-        let mac = self.mac(principal_key, upstream_target).ok_or_else(refused)?;
+        let mac = self
+            .mac(principal_key, upstream_target)
+            .ok_or_else(refused)?;
         mac.verify_slice(&sig).map_err(|_| refused())
     }
 }
@@ -215,7 +217,11 @@ pub fn signed_link(
 /// `/AuditEvent?…`. `None` (drop the link) for anything else, for a search that does not
 /// carry exactly `constraint` as its one `_security` parameter, and for one carrying a
 /// parameter a constrained search never has (see [`check_search_params`]).
-pub fn target_of_link(relative: &str, constraint: &Constraint, max_count: u32) -> Option<PageTarget> {
+pub fn target_of_link(
+    relative: &str,
+    constraint: &Constraint,
+    max_count: u32,
+) -> Option<PageTarget> {
     let (path, query) = relative.split_once('?')?;
     let pairs = query::decode_pairs(query);
     match path {
@@ -234,8 +240,10 @@ pub fn target_of_link(relative: &str, constraint: &Constraint, max_count: u32) -
             if security.next().is_some() || !same_labels(value, &constraint.search_value()) {
                 return None;
             }
-            let rest: Vec<(String, String)> =
-                pairs.into_iter().filter(|(n, _)| n != "_security").collect();
+            let rest: Vec<(String, String)> = pairs
+                .into_iter()
+                .filter(|(n, _)| n != "_security")
+                .collect();
             check_search_params(rest, max_count).ok()
         }
         _ => None,
@@ -374,13 +382,17 @@ pub fn parse_page_request(
             }
         };
         if slot.replace(value.clone()).is_some() {
-            return Err(Refusal::Invalid(Invalid::RepeatedParameter { name: name.clone() }));
+            return Err(Refusal::Invalid(Invalid::RepeatedParameter {
+                name: name.clone(),
+            }));
         }
     }
     let target = match encoded {
         Some(b64) => {
             if let Some((name, _)) = rest.first() {
-                return Err(Refusal::Invalid(Invalid::PageParameter { name: name.clone() }));
+                return Err(Refusal::Invalid(Invalid::PageParameter {
+                    name: name.clone(),
+                }));
             }
             let bad = || Refusal::Invalid(Invalid::PageTarget);
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -440,7 +452,9 @@ mod tests {
         );
         // Offsets, in any position, percent-encoded or not.
         assert_eq!(
-            t(&format!("/AuditEvent?message-id=m&_security={DEV1}&_page=2")),
+            t(&format!(
+                "/AuditEvent?message-id=m&_security={DEV1}&_page=2"
+            )),
             want("&message-id=m&_page=2")
         );
         assert_eq!(
@@ -448,12 +462,16 @@ mod tests {
             want("&_offset=20&_count=10")
         );
         assert_eq!(
-            t(&format!("/AuditEvent?_security={DEV1}&_getpagesoffset=5&_count=999")),
+            t(&format!(
+                "/AuditEvent?_security={DEV1}&_getpagesoffset=5&_count=999"
+            )),
             want("&_getpagesoffset=5&_count=50")
         );
         // An opaque cursor is carried byte for byte (re-encoded).
         assert_eq!(
-            t(&format!("/AuditEvent?_security={DEV1}&_cursor=eyJ%2Bk%22%3A1%7D")),
+            t(&format!(
+                "/AuditEvent?_security={DEV1}&_cursor=eyJ%2Bk%22%3A1%7D"
+            )),
             want("&_cursor=eyJ%2Bk%22%3A1%7D")
         );
         // Dropped: no constraint, another constraint, a second one, a widened OR list.
@@ -511,7 +529,8 @@ mod tests {
                 // The constraint is part of what is signed.
                 let other = page.target.upstream_target(&constraint("dev-2"));
                 assert_eq!(
-                    s.verify(key, &other, &page.signature).map_err(|e| e.reason()),
+                    s.verify(key, &other, &page.signature)
+                        .map_err(|e| e.reason()),
                     Err("page_not_issued")
                 );
             }
@@ -584,15 +603,33 @@ mod tests {
         }
         for (q, why) in [
             ("_getpages=a".to_string(), "page_unsigned"),
-            ("_getpages=a&_eds_sig=x&_getpages=b".into(), "repeated_parameter"),
-            ("_getpages=a&_eds_sig=x&_eds_sig=y".into(), "repeated_parameter"),
-            ("_getpages=a&_eds_sig=x&message-id=1".into(), "page_parameter"),
-            ("_getpages=a&_eds_sig=x&_security=x".into(), "page_parameter"),
+            (
+                "_getpages=a&_eds_sig=x&_getpages=b".into(),
+                "repeated_parameter",
+            ),
+            (
+                "_getpages=a&_eds_sig=x&_eds_sig=y".into(),
+                "repeated_parameter",
+            ),
+            (
+                "_getpages=a&_eds_sig=x&message-id=1".into(),
+                "page_parameter",
+            ),
+            (
+                "_getpages=a&_eds_sig=x&_security=x".into(),
+                "page_parameter",
+            ),
             ("_getpages=a/b&_eds_sig=x".into(), "page_handle_malformed"),
             ("_getpages=&_eds_sig=x".into(), "page_handle_malformed"),
-            ("_getpages=a&_eds_sig=x&_bundletype=batch".into(), "page_parameter"),
+            (
+                "_getpages=a&_eds_sig=x&_bundletype=batch".into(),
+                "page_parameter",
+            ),
             ("_getpages=a&_eds_sig=x&_format=xml".into(), "format"),
-            (format!("{}&_eds_sig=x&_page=3", page("_page=2")), "page_parameter"),
+            (
+                format!("{}&_eds_sig=x&_page=3", page("_page=2")),
+                "page_parameter",
+            ),
             (format!("{}&_eds_sig=x", page("_security=x")), "page_target"),
             (format!("{}&_eds_sig=x", page("_include=*")), "page_target"),
             (format!("{}&_eds_sig=x", page("_count=x")), "page_target"),
@@ -605,7 +642,10 @@ mod tests {
         assert_eq!(
             request(&format!("{}&_eds_sig=x", page("_page=2&_count=1000"))).map(|p| p.target),
             Ok(PageTarget::Search {
-                params: vec![("_page".into(), "2".into()), ("_count".into(), "100".into())]
+                params: vec![
+                    ("_page".into(), "2".into()),
+                    ("_count".into(), "100".into())
+                ]
             })
         );
     }

@@ -525,9 +525,21 @@ mod tests {
         for special in [",", "|", "\\\\", "$"] {
             for (what, from, station) in [
                 ("device id", "Cura-EUA", ("Cura-EUA", "937961000016000")),
-                ("sender SOR code", "937961000016000", ("Cura-EUA", "937961000016000")),
-                ("receiver SOR code", "698141000016008", ("Cura-EUA", "937961000016000")),
-                ("patient CPR", "PAT1234567890", ("Cura-EUA", "937961000016000")),
+                (
+                    "sender SOR code",
+                    "937961000016000",
+                    ("Cura-EUA", "937961000016000"),
+                ),
+                (
+                    "receiver SOR code",
+                    "698141000016008",
+                    ("Cura-EUA", "937961000016000"),
+                ),
+                (
+                    "patient CPR",
+                    "PAT1234567890",
+                    ("Cura-EUA", "937961000016000"),
+                ),
             ] {
                 let to = format!("{from}{special}1");
                 let body: Value = serde_json::from_str(&text.replace(from, &to)).unwrap();

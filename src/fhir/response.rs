@@ -47,7 +47,6 @@ pub struct CheckedBundle {
     pub dropped: usize,
 }
 
-
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
 ///
 /// Every entry is scanned once for every resource anywhere in it ([`find_resources`]); the
@@ -900,10 +899,12 @@ pub fn rebase(url: &str, public_base: &str, upstream_base: &str) -> Option<Strin
 /// caller's constraint) becomes a link signed for the caller; anything else is `None` and
 /// is dropped, never passed on unsigned.
 pub fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<String> {
-    let relative = [ctx.public_base, ctx.upstream_base].iter().find_map(|base| {
-        url.strip_prefix(base)
-            .filter(|r| r.is_empty() || r.starts_with(['/', '?']))
-    })?;
+    let relative = [ctx.public_base, ctx.upstream_base]
+        .iter()
+        .find_map(|base| {
+            url.strip_prefix(base)
+                .filter(|r| r.is_empty() || r.starts_with(['/', '?']))
+        })?;
     let target = paging::target_of_link(relative, ctx.constraint, ctx.max_count)?;
     paging::signed_link(
         ctx.public_base,
