@@ -15,6 +15,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -204,6 +206,8 @@ async fn hapi_end_to_end() {
         Options {
             upstream_base: Some(hapi.base.clone()),
             read_timeout_ms: 30_000,
+            // The backend conformance probe (issue 13) every 2 s.
+            extra_config: "[upstream.probe]\ninterval_seconds = 2\n".into(),
             ..Options::default()
         },
     );
@@ -483,6 +487,38 @@ async fn hapi_end_to_end() {
         .unwrap();
     assert_eq!(resp.status(), 403);
     assert_eq!(hapi_count(&hapi.base).await, before);
+
+    // The conformance probe against real HAPI, now that it holds records: rounds after them
+    // (every 2 s; two at least) pass (`_security` and every IG parameter honoured, all listed
+    // in /metadata): ready, and the gauge (0 until a round passes) is 1.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let admin = format!("http://127.0.0.1:{}", h.admin_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();
+        let status = ready.status().as_u16();
+        let text = ready.text().await.unwrap();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAPI never passed the conformance probe: /readyz {status} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "eds_proxy_backend_conformant 1"),
+        "{metrics}"
+    );
     println!(
         "e2e: {} registrations, {pages} pages of searches checked",
         all.len()
