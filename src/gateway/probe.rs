@@ -137,7 +137,7 @@ impl Prober {
             .into_iter()
             .enumerate()
         {
-            let request_id = format!("probe-{}-{i}", &random[..8.min(random.len())]);
+            let request_id = format!("probe-{}-{i}", random.get(..8).unwrap_or_default());
             let answer = self
                 .upstream
                 .send("GET", &probe.target, None, &request_id)
