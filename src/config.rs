@@ -140,6 +140,11 @@ pub struct ProbeConfig {
     /// `/readyz` answers 503 with the reason and `eds_proxy_backend_conformant` is 0.
     #[serde(default)]
     pub on_nonconformant: OnNonconformant,
+    /// Make the `capability` check (the CapabilityStatement lists the EDS IG's search
+    /// parameters) count; default false: advisory (counted and logged only), since HAPI 8.8
+    /// does not list SearchParameters created at run time.
+    #[serde(default)]
+    pub require_capability_listing: bool,
 }
 
 impl Default for ProbeConfig {
@@ -147,6 +152,7 @@ impl Default for ProbeConfig {
         ProbeConfig {
             interval_seconds: default_probe_interval(),
             on_nonconformant: OnNonconformant::default(),
+            require_capability_listing: false,
         }
     }
 }

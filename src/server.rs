@@ -155,6 +155,7 @@ fn build_prober(c: &Config, gateway: &Gateway) -> Result<Option<Prober>, String>
         upstream,
         labels: gateway.labels.clone(),
         interval: Duration::from_secs(c.upstream.probe.interval_seconds),
+        require_capability_listing: c.upstream.probe.require_capability_listing,
         state: Arc::new(ProbeState::new(c.upstream.probe.on_nonconformant)),
     }))
 }

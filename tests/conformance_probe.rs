@@ -105,7 +105,7 @@ async fn a_nonconformant_fhir_server_is_reported_and_refused() {
     let h = Harness::start(
         "probe-refuse",
         Options {
-            extra_config: "[upstream.probe]\ninterval_seconds = 1\non_nonconformant = \"refuse\"\n"
+            extra_config: "[upstream.probe]\ninterval_seconds = 1\non_nonconformant = \"refuse\"\nrequire_capability_listing = true\n"
                 .into(),
             ..Options::default()
         },

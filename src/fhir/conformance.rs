@@ -13,6 +13,12 @@
 //! | `param:<code>` (each EDS IG search parameter the proxy allows, [`IG_SEARCH_PARAMETERS`]) | `AuditEvent?<code>=<random>&_count=1` | 200 searchset with no entry (an ignored parameter returns everything); a 400 fails too: clients would get errors for a parameter the proxy allows |
 //! | `capability` | `metadata` | 200 CapabilityStatement whose server `AuditEvent` resource lists every one of those parameters in `searchParam` |
 //!
+//! The `capability` check is *advisory* unless `upstream.probe.require_capability_listing` is
+//! set: its failure is counted and logged but does not make the server nonconformant. The
+//! searches prove what the security model needs; the listing only documents it, and HAPI 8.8
+//! does not list SearchParameters created at run time in its CapabilityStatement (measured
+//! against `hapi-compose/native`), so a required listing would fail the reference server.
+//!
 //! The random value is a fresh [`PROBE_PREFIX`]`<32 hex digits>` per round: it matches no
 //! stored record, so an entry in the answer means the condition was ignored. On a server that
 //! holds no AuditEvent at all a search check cannot fail (nothing to return); it becomes
@@ -58,6 +64,8 @@ pub struct Probe {
     pub target: String,
     /// What its answer is judged by.
     pub kind: ProbeKind,
+    /// A failure is counted and logged but does not make the server nonconformant.
+    pub advisory: bool,
 }
 
 /// How a probe's answer is judged.
@@ -76,11 +84,14 @@ pub struct Failure {
     pub check: String,
     /// Why it failed (fixed text and counts, never the server's content).
     pub reason: String,
+    /// The probe was advisory ([`Probe::advisory`]).
+    pub advisory: bool,
 }
 
 /// The probes of one round. `random` is the round's random part (hex; the caller draws it
-/// from the OS's random source), appended to [`PROBE_PREFIX`].
-pub fn probes(labels: &LabelSystems, random: &str) -> Vec<Probe> {
+/// from the OS's random source), appended to [`PROBE_PREFIX`]; `require_capability_listing`
+/// makes the `capability` check count (else it is advisory).
+pub fn probes(labels: &LabelSystems, random: &str, require_capability_listing: bool) -> Vec<Probe> {
     let value = format!("{PROBE_PREFIX}{random}");
     let mut out = vec![Probe {
         check: "security".into(),
@@ -89,6 +100,7 @@ pub fn probes(labels: &LabelSystems, random: &str) -> Vec<Probe> {
             query::encode(&format!("{}|{value}", labels.device))
         ),
         kind: ProbeKind::Empty,
+        advisory: false,
     }];
     out.extend(IG_SEARCH_PARAMETERS.iter().map(|code| Probe {
         check: format!("param:{code}"),
@@ -98,11 +110,13 @@ pub fn probes(labels: &LabelSystems, random: &str) -> Vec<Probe> {
             query::encode(&value)
         ),
         kind: ProbeKind::Empty,
+        advisory: false,
     }));
     out.push(Probe {
         check: "capability".into(),
         target: "metadata".into(),
         kind: ProbeKind::Capability,
+        advisory: !require_capability_listing,
     });
     out
 }
@@ -192,16 +206,19 @@ pub fn verdict(results: Vec<(Probe, Result<(), String>)>) -> Vec<Failure> {
             r.err().map(|reason| Failure {
                 check: p.check,
                 reason,
+                advisory: p.advisory,
             })
         })
         .collect()
 }
 
-/// The one-line reason `/readyz` and a refused request give for failures: the first
-/// failure's check and reason, and how many others failed.
+/// The one-line reason `/readyz` gives for a round's failures: the first non-advisory
+/// failure's check and reason, and how many other non-advisory checks failed; `None` when
+/// only advisory checks (or none) failed: the server is conformant.
 pub fn summary(failures: &[Failure]) -> Option<String> {
-    let first = failures.first()?;
-    let more = match failures.len() - 1 {
+    let blocking: Vec<&Failure> = failures.iter().filter(|f| !f.advisory).collect();
+    let first = blocking.first()?;
+    let more = match blocking.len() - 1 {
         0 => String::new(),
         n => format!(" (and {n} other check(s))"),
     };
@@ -236,15 +253,23 @@ mod tests {
 
     #[test]
     fn probes_search_for_a_random_value_with_every_check() {
-        let p = probes(&LabelSystems::default(), "00ff");
+        let p = probes(&LabelSystems::default(), "00ff", false);
         assert_eq!(p.len(), IG_SEARCH_PARAMETERS.len() + 2);
         assert_eq!(
             p[0],
             Probe {
                 check: "security".into(),
                 target: "AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Ceds-proxy-probe-00ff&_count=1".into(),
-                kind: ProbeKind::Empty
+                kind: ProbeKind::Empty,
+                advisory: false
             }
+        );
+        assert!(p.last().unwrap().advisory);
+        assert!(
+            !probes(&LabelSystems::default(), "00ff", true)
+                .last()
+                .unwrap()
+                .advisory
         );
         assert_eq!(p[1].check, "param:cpr");
         assert_eq!(p[1].target, "AuditEvent?cpr=eds-proxy-probe-00ff&_count=1");
@@ -324,15 +349,16 @@ mod tests {
 
     #[test]
     fn the_verdict_names_the_failed_checks() {
-        let p = probes(&LabelSystems::default(), "1");
+        let p = probes(&LabelSystems::default(), "1", false);
         let results: Vec<_> = p
             .into_iter()
             .map(|p| {
-                let r = if p.check == "security" || p.check == "param:cpr" {
-                    Err("ignored".to_string())
-                } else {
-                    Ok(())
-                };
+                let r =
+                    if p.check == "security" || p.check == "param:cpr" || p.check == "capability" {
+                        Err("ignored".to_string())
+                    } else {
+                        Ok(())
+                    };
                 (p, r)
             })
             .collect();
@@ -342,11 +368,18 @@ mod tests {
             vec![
                 Failure {
                     check: "security".into(),
-                    reason: "ignored".into()
+                    reason: "ignored".into(),
+                    advisory: false
                 },
                 Failure {
                     check: "param:cpr".into(),
-                    reason: "ignored".into()
+                    reason: "ignored".into(),
+                    advisory: false
+                },
+                Failure {
+                    check: "capability".into(),
+                    reason: "ignored".into(),
+                    advisory: true
                 }
             ]
         );
@@ -355,5 +388,7 @@ mod tests {
             Some("FHIR server not conformant: security: ignored (and 1 other check(s))")
         );
         assert_eq!(summary(&[]), None);
+        // Only the advisory check failed: conformant.
+        assert_eq!(summary(&failures[2..]), None);
     }
 }

@@ -38,6 +38,8 @@ enum Status {
 pub struct ProbeState {
     mode: OnNonconformant,
     status: RwLock<Status>,
+    /// The checks of the last round's advisory failures, to log a change once.
+    advisory: RwLock<Vec<String>>,
 }
 
 impl ProbeState {
@@ -46,6 +48,7 @@ impl ProbeState {
         ProbeState {
             mode,
             status: RwLock::new(Status::Pending),
+            advisory: RwLock::new(Vec::new()),
         }
     }
 
@@ -79,9 +82,28 @@ impl ProbeState {
         }
     }
 
-    /// Publish one round's failures (empty: conformant): state, metrics, one log line when
-    /// the verdict changes.
+    /// Publish one round's failures: state (conformant unless a non-advisory check failed),
+    /// metrics (every failure counted), one log line when the verdict or the advisory failures
+    /// change.
     pub fn record(&self, failures: &[Failure]) {
+        let advisory: Vec<String> = failures
+            .iter()
+            .filter(|f| f.advisory)
+            .map(|f| f.check.clone())
+            .collect();
+        {
+            let mut last = self.advisory.write().unwrap_or_else(|e| e.into_inner());
+            if *last != advisory {
+                for f in failures.iter().filter(|f| f.advisory) {
+                    log::warn!(
+                        "FHIR server conformance (advisory): {}: {}",
+                        f.check,
+                        f.reason
+                    );
+                }
+                *last = advisory;
+            }
+        }
         for f in failures {
             metrics::BACKEND_PROBE_FAILURES
                 .with_label_values(&[f.check.as_str()])
@@ -111,6 +133,8 @@ pub struct Prober {
     pub labels: LabelSystems,
     /// `upstream.probe.interval_seconds` (not 0: a 0 means no prober is started).
     pub interval: Duration,
+    /// `upstream.probe.require_capability_listing`.
+    pub require_capability_listing: bool,
     /// Where the verdict goes.
     pub state: Arc<ProbeState>,
 }
@@ -130,12 +154,14 @@ impl Prober {
             return vec![Failure {
                 check: "random".into(),
                 reason: "no random value for the probe".into(),
+                advisory: false,
             }];
         };
         let mut results = Vec::new();
-        for (i, probe) in conformance::probes(&self.labels, &random)
-            .into_iter()
-            .enumerate()
+        for (i, probe) in
+            conformance::probes(&self.labels, &random, self.require_capability_listing)
+                .into_iter()
+                .enumerate()
         {
             let request_id = format!("probe-{}-{i}", random.get(..8).unwrap_or_default());
             let answer = self
@@ -158,7 +184,7 @@ impl BackgroundService for Prober {
         loop {
             let failures = self.round().await;
             self.state.record(&failures);
-            let wait = if failures.is_empty() {
+            let wait = if conformance::summary(&failures).is_none() {
                 self.interval
             } else {
                 self.interval.min(RETRY_AFTER_FAILURE)
@@ -179,7 +205,20 @@ mod tests {
         vec![Failure {
             check: "security".into(),
             reason: "ignored".into(),
+            advisory: false,
         }]
+    }
+
+    #[test]
+    fn an_advisory_failure_alone_is_conformant() {
+        let s = ProbeState::new(OnNonconformant::Refuse);
+        s.record(&[Failure {
+            check: "capability".into(),
+            reason: "not listed".into(),
+            advisory: true,
+        }]);
+        assert_eq!(s.not_ready_reason(), None);
+        assert_eq!(s.admit(), Ok(()));
     }
 
     #[test]
