@@ -102,6 +102,8 @@ fn main() {
         signer: &signer,
         principal_key: &key,
         drop_totals: false,
+        max_count: 50,
+        max_link_bytes: 8192,
     };
     println!("searchset of {} entries, {} bytes", 28, bundle.len());
     measure("response check (searchset)", bundle.len(), 2_000, || {

@@ -197,6 +197,50 @@ pub struct UpstreamConfig {
     /// default the `base_url` host.
     #[serde(default)]
     pub sni: Option<String>,
+    /// `[upstream.probe]`: the backend conformance probe.
+    #[serde(default)]
+    pub probe: ProbeConfig,
+}
+
+/// `[upstream.probe]`: the backend conformance probe (`fhir::conformance`, issue 13).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProbeConfig {
+    /// Seconds between probe rounds; default 300; 0 turns the probe off. A round that fails
+    /// is repeated after at most 10 s.
+    #[serde(default = "default_probe_interval")]
+    pub interval_seconds: u64,
+    /// What a nonconformant FHIR server means: `warn` (default) or `refuse`. Either way
+    /// `/readyz` answers 503 with the reason and `eds_proxy_backend_conformant` is 0.
+    #[serde(default)]
+    pub on_nonconformant: OnNonconformant,
+    /// Make the `capability` check (the CapabilityStatement lists the EDS IG's search
+    /// parameters) count; default false: advisory (counted and logged only), since HAPI 8.8
+    /// does not list SearchParameters created at run time.
+    #[serde(default)]
+    pub require_capability_listing: bool,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval_seconds: default_probe_interval(),
+            on_nonconformant: OnNonconformant::default(),
+            require_capability_listing: false,
+        }
+    }
+}
+
+/// `upstream.on_nonconformant`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonconformant {
+    /// Report only (readiness, metric, log); FHIR requests are still served, the response
+    /// check still withholding whatever the server returns outside the caller's constraint.
+    #[default]
+    Warn,
+    /// Also answer FHIR requests that would reach the FHIR server with 503 (reason
+    /// `backend_nonconformant`) until a probe round passes.
+    Refuse,
 }
 
 /// `[public]`: how clients address the proxy.
@@ -432,6 +476,9 @@ fn default_max_uri_bytes() -> usize {
 fn default_max_header_bytes() -> usize {
     32 * 1024
 }
+fn default_probe_interval() -> u64 {
+    300
+}
 fn default_threads() -> usize {
     2
 }
@@ -666,7 +713,7 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
                 format!("must start with access.reserved_label_prefix `{prefix}`"),
             ));
         }
-        if system.contains(['|', ',', '$', '\\']) {
+        if !crate::fhir::labels::is_plain_token(system) {
             out.push(problem(key, "must not contain | , $ or \\"));
         }
     }
@@ -948,6 +995,7 @@ secret_file = "/nonexistent/secret"
             client_cert: cert.then(|| PathBuf::from("/nonexistent/c.pem")),
             client_key: None,
             sni: sni.map(str::to_string),
+            probe: ProbeConfig::default(),
         };
         let keys = |u: &UpstreamConfig| {
             let mut out = Vec::new();

@@ -44,6 +44,16 @@ impl CvrDirectory {
             if cvr.trim().is_empty() || sors.iter().any(|s| s.trim().is_empty()) {
                 return Err(format!("empty CVR or SOR code in entry `{cvr}`"));
             }
+            // SOR codes become access-label codes in a supporter's `_security` search: plain
+            // tokens only (`labels::is_plain_token`), and the CVR is matched against a token
+            // claim that must be one too.
+            let plain = crate::fhir::labels::is_plain_token;
+            if !plain(cvr) || !sors.iter().all(|s| plain(s)) {
+                return Err(format!(
+                    "CVR or SOR code in entry `{}` holds , | \\ or $ (access-label codes must be plain tokens)",
+                    cvr.chars().filter(|c| !c.is_control()).take(32).collect::<String>()
+                ));
+            }
         }
         Ok(CvrDirectory { by_cvr })
     }
@@ -61,5 +71,41 @@ impl CvrDirectory {
     /// The SOR codes of `cvr`, exactly as written; empty if the CVR is unknown.
     pub fn sor_codes(&self, cvr: &str) -> &[String] {
         self.by_cvr.get(cvr).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str, text: &str) -> Result<CvrDirectory, String> {
+        let dir = std::env::temp_dir().join(format!("eds-cvr-{}-{name}", std::process::id()));
+        std::fs::write(&dir, text).unwrap();
+        let r = CvrDirectory::load(&dir);
+        let _ = std::fs::remove_file(&dir);
+        r
+    }
+
+    /// Issue 13 item 2: SOR codes (and CVRs) are plain tokens, or the directory does not load.
+    #[test]
+    fn codes_with_search_specials_do_not_load() {
+        assert_eq!(
+            load("ok.json", r#"{"12345678": ["111", "222"]}"#)
+                .unwrap()
+                .sor_codes("12345678"),
+            ["111", "222"]
+        );
+        for text in [
+            r#"{"12345678": ["111,222"]}"#,
+            r#"{"12345678": ["sys|111"]}"#,
+            r#"{"12345678": ["111\\,"]}"#,
+            r#"{"12345678": ["$111"]}"#,
+            r#"{"1234,5678": ["111"]}"#,
+        ] {
+            let err = load("bad.json", text).unwrap_err();
+            assert!(err.contains("plain tokens"), "{text}: {err}");
+        }
+        let err = load("bad.toml", "[cvr]\n\"12345678\" = [\"111|2\"]\n").unwrap_err();
+        assert!(err.contains("plain tokens"), "{err}");
     }
 }

@@ -120,6 +120,12 @@ pub enum Forbidden {
         /// The claim's name.
         claim: &'static str,
     },
+    /// The named claim holds `,` `|` `\` or `$`, so it cannot be an access-label code
+    /// (`labels::is_plain_token`).
+    ClaimNotPlainToken {
+        /// The claim's name.
+        claim: &'static str,
+    },
     /// The token's scopes lack `EDS`.
     NotForEds,
     /// The token carries both system and user AuditEvent scopes.
@@ -181,6 +187,7 @@ impl Forbidden {
             Forbidden::NoOrgContext => "no_org_context",
             Forbidden::MissingClaim { .. } => "missing_claim",
             Forbidden::InvalidClaim { .. } => "invalid_claim",
+            Forbidden::ClaimNotPlainToken { .. } => "claim_not_plain_token",
             Forbidden::NotForEds => "not_for_eds",
             Forbidden::MixedScopes => "mixed_scopes",
             Forbidden::NoAccessScope => "no_access_scope",
@@ -221,6 +228,11 @@ impl Forbidden {
             Forbidden::MissingClaim { claim } => return format!("the token has no {claim} claim"),
             Forbidden::InvalidClaim { claim } => {
                 return format!("the token's {claim} claim is not a valid identifier")
+            }
+            Forbidden::ClaimNotPlainToken { claim } => {
+                return format!(
+                    "the token's {claim} claim holds , | \\ or $, which an access label may not"
+                )
             }
             Forbidden::NotForEds => "the token is not issued for EDS (scope EDS missing)",
             Forbidden::MixedScopes => "the token carries both system and user AuditEvent scopes",
@@ -328,6 +340,12 @@ pub enum Invalid {
     SecurityNotCodings,
     /// A reserved access-label system in `meta.security`.
     ReservedLabel,
+    /// A value the registration's access labels are made of (device id, SOR code, CPR) holds
+    /// `,` `|` `\` or `$` (`labels::is_plain_token`).
+    LabelCodeNotPlain {
+        /// What it is: `device id`, `sender SOR code`, `receiver SOR code` or `patient CPR`.
+        what: &'static str,
+    },
     /// A reserved access-label system anywhere else in the registration.
     ReservedLabelSystem {
         /// The element's JSON path.
@@ -426,6 +444,9 @@ pub enum Invalid {
     PageHandleMissing,
     /// A malformed `_getpages` handle.
     PageHandleMalformed,
+    /// A malformed `_eds_page` target (not base64url, not UTF-8, or a parameter a signed
+    /// search link never carries).
+    PageTarget,
     /// A search parameter that turns the search into more than a constrained search.
     RefusedParameter {
         /// The fixed text naming the parameter.
@@ -537,6 +558,7 @@ impl Invalid {
             Invalid::SecurityNotArray => "security_not_array",
             Invalid::SecurityNotCodings => "security_not_codings",
             Invalid::ReservedLabel => "reserved_label",
+            Invalid::LabelCodeNotPlain { .. } => "label_code_not_plain",
             Invalid::ReservedLabelSystem { .. } => "reserved_label_system",
             Invalid::PatientWithoutIdentifier => "patient_without_identifier",
             Invalid::SeveralPatients => "several_patients",
@@ -568,6 +590,7 @@ impl Invalid {
             Invalid::PageParameter { .. } => "page_parameter",
             Invalid::PageHandleMissing => "page_handle_missing",
             Invalid::PageHandleMalformed => "page_handle_malformed",
+            Invalid::PageTarget => "page_target",
             Invalid::RefusedParameter { .. } => "refused_parameter",
             Invalid::ModifierOn { .. } => "modifier_on",
             Invalid::Modifier { .. } => "modifier",
@@ -633,6 +656,9 @@ impl Invalid {
             Invalid::SecurityNotCodings => "meta.security may only hold Codings",
             Invalid::ReservedLabel => {
                 "access labels in meta.security are set by the proxy, not the client"
+            }
+            Invalid::LabelCodeNotPlain { what } => {
+                return format!("the registration's {what} holds , | \\ or $, which an access label may not")
             }
             Invalid::ReservedLabelSystem { path } => {
                 return format!(
@@ -703,6 +729,7 @@ impl Invalid {
             }
             Invalid::PageHandleMissing => "_getpages is missing",
             Invalid::PageHandleMalformed => "malformed _getpages handle",
+            Invalid::PageTarget => "malformed _eds_page paging target",
             Invalid::RefusedParameter { why } => why,
             Invalid::ModifierOn { name } => return format!("modifiers are not allowed on {name}"),
             Invalid::Modifier { modifier } => return format!("modifier :{modifier} is not allowed"),
@@ -914,7 +941,9 @@ impl BadGateway {
             BadGateway::NoResponse => "the FHIR server sent no response".to_string(),
             BadGateway::ResponseTooLarge => "the FHIR server's response is too large".to_string(),
             BadGateway::Request { error } => format!("cannot build upstream request: {error}"),
-            BadGateway::Status { status } => format!("the FHIR server answered {status}"),
+            // Fixed text, whatever the status: which 5xx a server gives (500 for a duplicate id,
+            // 503 when busy, …) can tell one caller about another's records (issue 13 item 3).
+            BadGateway::Status { .. } => "the FHIR server could not answer".to_string(),
             BadGateway::ForeignResource { why } => format!("the FHIR server answered with {why}"),
             BadGateway::NotJson => {
                 "the FHIR server answered with something that is not JSON".to_string()
@@ -967,6 +996,9 @@ pub enum Refusal {
     /// could not be written to the audit sink (`audit.path`), so it is not sent (fail closed:
     /// no release without its record; `audit`).
     AuditUnavailable,
+    /// 503: the FHIR server failed the conformance probe and `upstream.on_nonconformant` is
+    /// `refuse` (`fhir::conformance`).
+    BackendNonconformant,
 }
 
 impl Refusal {
@@ -986,6 +1018,7 @@ impl Refusal {
             Refusal::BadGateway(_) => 502,
             Refusal::GatewayTimeout => 504,
             Refusal::AuditUnavailable => 503,
+            Refusal::BackendNonconformant => 503,
         }
     }
 
@@ -1004,6 +1037,7 @@ impl Refusal {
             Refusal::BadGateway(_) => "transient",
             Refusal::GatewayTimeout => "timeout",
             Refusal::AuditUnavailable => "transient",
+            Refusal::BackendNonconformant => "transient",
         }
     }
 
@@ -1025,6 +1059,7 @@ impl Refusal {
             Refusal::BadGateway(b) => b.as_str(),
             Refusal::GatewayTimeout => "gateway_timeout",
             Refusal::AuditUnavailable => "audit_write_failed",
+            Refusal::BackendNonconformant => "backend_nonconformant",
         }
     }
 
@@ -1049,6 +1084,10 @@ impl Refusal {
             Refusal::GatewayTimeout => "the FHIR server did not answer in time".to_string(),
             Refusal::AuditUnavailable => {
                 "the answer cannot be released: its audit record could not be written".to_string()
+            }
+            // Which check failed is the operator's business (`/readyz`, metrics), not a caller's.
+            Refusal::BackendNonconformant => {
+                "the FHIR server behind the proxy failed its conformance check".to_string()
             }
         }
     }
@@ -1130,6 +1169,7 @@ mod tests {
             (Refusal::BadGateway(BadGateway::NotJson), 502, "transient"),
             (Refusal::GatewayTimeout, 504, "timeout"),
             (Refusal::AuditUnavailable, 503, "transient"),
+            (Refusal::BackendNonconformant, 503, "transient"),
         ];
         for (r, status, code) in cases {
             assert_eq!(r.status(), status);
@@ -1152,6 +1192,7 @@ mod tests {
             Refusal::Forbidden(Forbidden::NoOrgContext),
             Refusal::Forbidden(Forbidden::MissingClaim { claim: "x" }),
             Refusal::Forbidden(Forbidden::InvalidClaim { claim: "x" }),
+            Refusal::Forbidden(Forbidden::ClaimNotPlainToken { claim: "x" }),
             Refusal::Forbidden(Forbidden::NotForEds),
             Refusal::Forbidden(Forbidden::MixedScopes),
             Refusal::Forbidden(Forbidden::NoAccessScope),
@@ -1196,6 +1237,7 @@ mod tests {
             Refusal::Invalid(Invalid::SecurityNotArray),
             Refusal::Invalid(Invalid::SecurityNotCodings),
             Refusal::Invalid(Invalid::ReservedLabel),
+            Refusal::Invalid(Invalid::LabelCodeNotPlain { what: "x" }),
             Refusal::Invalid(Invalid::ReservedLabelSystem { path: "x".into() }),
             Refusal::Invalid(Invalid::PatientWithoutIdentifier),
             Refusal::Invalid(Invalid::SeveralPatients),
@@ -1227,6 +1269,7 @@ mod tests {
             Refusal::Invalid(Invalid::PageParameter { name: "x".into() }),
             Refusal::Invalid(Invalid::PageHandleMissing),
             Refusal::Invalid(Invalid::PageHandleMalformed),
+            Refusal::Invalid(Invalid::PageTarget),
             Refusal::Invalid(Invalid::RefusedParameter { why: "x" }),
             Refusal::Invalid(Invalid::ModifierOn { name: "x".into() }),
             Refusal::Invalid(Invalid::Modifier {
@@ -1282,6 +1325,7 @@ mod tests {
             Refusal::HeadersTooLarge(1),
             Refusal::GatewayTimeout,
             Refusal::AuditUnavailable,
+            Refusal::BackendNonconformant,
         ];
         all.extend(
             [

@@ -87,6 +87,14 @@ pub fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.grace_period_seconds != new.server.grace_period_seconds {
         out.push("server.grace_period_seconds");
     }
+    // The conformance prober and its verdict are started once (`server::build`).
+    let (op, np) = (&old.upstream.probe, &new.upstream.probe);
+    if op.interval_seconds != np.interval_seconds
+        || op.on_nonconformant != np.on_nonconformant
+        || op.require_capability_listing != np.require_capability_listing
+    {
+        out.push("upstream.probe");
+    }
     out
 }
 
@@ -131,7 +139,9 @@ pub(crate) async fn reload(path: &Path, live: &Live) -> Result<String, String> {
     } else {
         live.keys.load_full()
     };
-    let gateway = crate::server::build_gateway(&new, keys.clone())?;
+    let mut gateway = crate::server::build_gateway(&new, keys.clone())?;
+    // The conformance probe's verdict belongs to the process, not to a configuration.
+    gateway.probe = live.gateway.load().probe.clone();
     let crls = tls.crl_count;
     live.tls.store(Arc::new(tls));
     live.keys.store(keys);

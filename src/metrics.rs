@@ -347,6 +347,24 @@ pub static TLS_HANDSHAKE_FAILURES: LazyLock<CounterVec<1>> = LazyLock::new(|| {
     )
 });
 
+/// 1 while the last backend conformance probe round passed, 0 otherwise (also before the
+/// first round); alert on 0 (`fhir::conformance`).
+pub static BACKEND_CONFORMANT: LazyLock<FloatGauge> = LazyLock::new(|| {
+    FloatGauge::new(
+        "eds_proxy_backend_conformant",
+        "1 if the FHIR server passed the last conformance probe round, else 0",
+    )
+});
+
+/// Failed backend conformance checks by check (`security`, `param:<code>`, `capability`).
+pub static BACKEND_PROBE_FAILURES: LazyLock<CounterVec<1>> = LazyLock::new(|| {
+    CounterVec::new(
+        "eds_proxy_backend_probe_failures_total",
+        "Failed FHIR server conformance checks by check",
+        ["check"],
+    )
+});
+
 /// Touch every metric so the series exist (at zero) from the first scrape on.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -371,6 +389,8 @@ pub fn init() {
         CONFIG_RELOADS.with_label_values(&[result]).inc_by(0);
     }
     LazyLock::force(&TLS_HANDSHAKE_FAILURES);
+    LazyLock::force(&BACKEND_CONFORMANT);
+    LazyLock::force(&BACKEND_PROBE_FAILURES);
 }
 
 #[cfg(test)]
@@ -403,6 +423,7 @@ mod tests {
         READ_HIDDEN.with_label_values(&["a", "b"]).inc();
         READY.set(&["a"], 1.0);
         CERT_EXPIRY.set(&["a"], 1.0);
+        BACKEND_PROBE_FAILURES.with_label_values(&["a"]).inc();
         let names: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_string())
@@ -428,6 +449,8 @@ mod tests {
             "eds_proxy_config_reloads_total",
             "eds_proxy_config_age_seconds",
             "eds_proxy_tls_handshake_failures_total",
+            "eds_proxy_backend_conformant",
+            "eds_proxy_backend_probe_failures_total",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} is not registered");
         }

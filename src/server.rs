@@ -21,10 +21,13 @@ use crate::cvr_directory::CvrDirectory;
 use crate::fhir::capability::capability_statement;
 use crate::fhir::labels::LabelSystems;
 use crate::fhir::paging::PageSigner;
-use crate::gateway::admin::{AdminApp, KeysLoaded, ProbeTask, UpstreamProbe, UpstreamReachable};
+use crate::gateway::admin::{
+    AdminApp, BackendConformant, KeysLoaded, ProbeTask, UpstreamProbe, UpstreamReachable,
+};
 use crate::gateway::audit::AuditSink;
 use crate::gateway::authn::Authenticator;
 use crate::gateway::listener::FhirApp;
+use crate::gateway::probe::{ProbeState, Prober};
 use crate::gateway::upstream::{Forwarded, Upstream, UpstreamSettings};
 use crate::gateway::Gateway;
 use crate::lifecycle::{self, Live};
@@ -134,6 +137,7 @@ pub(crate) fn build_gateway(c: &Config, keys: Arc<KeyStore>) -> Result<Gateway, 
         max_header_bytes: c.limits.max_header_bytes,
         max_count: c.limits.max_count,
         drop_totals: c.response.drop_totals,
+        probe: None,
     };
     Ok(gateway)
 }
@@ -164,7 +168,11 @@ pub fn preflight(c: &Config) -> Result<(), String> {
 pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
     crate::metrics::init();
     let keys = build_keys(c)?;
-    let gateway = build_gateway(c, keys.clone())?;
+    let mut gateway = build_gateway(c, keys.clone())?;
+    // The conformance probe's verdict outlives reloads (`lifecycle::reload` carries it over).
+    let probe_state = (c.upstream.probe.interval_seconds != 0)
+        .then(|| Arc::new(ProbeState::new(c.upstream.probe.on_nonconformant)));
+    gateway.probe = probe_state.clone();
     let tls: SharedTls = Arc::new(ArcSwap::from_pointee(crate::tls::load(&c.listen, None)?));
     let live = Arc::new(Live::new(c.clone(), gateway, keys, tls));
     let conf = ServerConf {
@@ -199,10 +207,13 @@ pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
     export_certificate_expiry(c);
 
     // `/readyz`'s checks (gateway::admin): one line each.
-    let checks: Vec<Box<dyn crate::gateway::admin::ReadinessCheck>> = vec![
+    let mut checks: Vec<Box<dyn crate::gateway::admin::ReadinessCheck>> = vec![
         Box::new(KeysLoaded(live.keys.clone())),
         Box::new(UpstreamReachable(probe)),
     ];
+    if let Some(state) = &probe_state {
+        checks.push(Box::new(BackendConformant(state.clone())));
+    }
     let mut admin = Service::new(
         "eds-proxy admin".to_string(),
         HttpServer::new_app(AdminApp {
@@ -212,6 +223,17 @@ pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
     );
     admin.add_tcp(&c.admin.address);
     server.add_service(admin);
+    if let Some(state) = probe_state {
+        server.add_service(pingora::services::background::background_service(
+            "eds-proxy backend conformance probe",
+            Prober {
+                live: live.clone(),
+                interval: Duration::from_secs(c.upstream.probe.interval_seconds),
+                require_capability_listing: c.upstream.probe.require_capability_listing,
+                state,
+            },
+        ));
+    }
     Ok((server, live))
 }
 

@@ -15,6 +15,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -180,6 +182,8 @@ impl World {
             Options {
                 upstream_base: Some(hapi.base.clone()),
                 read_timeout_ms: 30_000,
+                // The backend conformance probe (issue 13) every 2 s.
+                extra_config: "[upstream.probe]\ninterval_seconds = 2\n".into(),
                 ..Options::default()
             },
         );
@@ -460,6 +464,41 @@ async fn a_refused_registration_leaves_hapi_unchanged(w: &mut World) {
     );
 }
 
+/// Backend conformance (issue 13): against real HAPI holding records, probe rounds (every
+/// 2 s) pass — `_security` and every IG parameter honoured — so `/readyz` is 200 and
+/// `eds_proxy_backend_conformant` is 1 (it is 0 until a round passes).
+async fn hapi_passes_the_conformance_probe(w: &mut World) {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let admin = format!("http://127.0.0.1:{}", w.h.admin_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();
+        let status = ready.status().as_u16();
+        let text = ready.text().await.unwrap();
+        if status == 200 {
+            assert!(text.contains("conformance: ok"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAPI never passed the conformance probe: /readyz {status} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "eds_proxy_backend_conformant 1"),
+        "{metrics}"
+    );
+}
+
 /// First layer of "no reference resolved at write time": the proxy itself refuses a
 /// conditional reference (a probe that would tell whether a record exists) before HAPI sees
 /// it, and also one hidden behind a local reference whose contained id is a match URL.
@@ -515,6 +554,7 @@ async fn hapi_end_to_end() {
     reading_someone_elses_registration_is_404(&mut w).await;
     a_paging_handle_is_refused_for_another_caller(&mut w).await;
     a_refused_registration_leaves_hapi_unchanged(&mut w).await;
+    hapi_passes_the_conformance_probe(&mut w).await;
     fhir_server_refuses_write_time_lookups(&w.hapi, &w.other_id).await;
     conditional_references_are_refused_by_the_proxy_first(&mut w).await;
 }

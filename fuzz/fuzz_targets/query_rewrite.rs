@@ -14,6 +14,7 @@ use eds_proxy::auth::principal::Principal;
 use eds_proxy::fhir::interaction::{classify, media_type, Interaction, RequestParts};
 use eds_proxy::fhir::plan::{plan, Plan, Policy};
 use eds_proxy::fhir::query::{decode_pairs, parse_search};
+use eds_proxy::fhir::paging::PageTarget;
 use eds_proxy_fuzz::{
     assert_search_is_constrained, constraint_for, directory, principals, signer, systems, MAX_COUNT,
 };
@@ -168,7 +169,24 @@ fn check_plan(interaction: &Interaction, body: &[u8]) {
             } => {
                 assert_eq!(upstream.target, format!("AuditEvent/{id}/_history/{v}"))
             }
-            Interaction::Page(_) => assert!(upstream.target.starts_with("?_getpages=")),
+            Interaction::Page(_) => {
+                // A signed paging link: a stored-search handle, or a search on AuditEvent
+                // whose first parameter is exactly the caller's constraint.
+                let search_first = upstream
+                    .target
+                    .strip_prefix("AuditEvent?")
+                    .and_then(|q| decode_pairs(q).into_iter().next());
+                assert!(
+                    upstream.target.starts_with("?_getpages=")
+                        || search_first
+                            == Some((
+                                "_security".to_string(),
+                                constraint_for(&p).search_value()
+                            )),
+                    "page target {}",
+                    upstream.target
+                )
+            }
             Interaction::Create | Interaction::Capabilities => {
                 panic!("{interaction:?} planned a forward for {p:?}")
             }
@@ -310,23 +328,35 @@ fn check_classify(r: &Request) {
                 "page from {r:?}"
             );
             assert!(segments.is_empty(), "page at {path:?}");
-            assert!(
-                !p.id.is_empty()
-                    && p.id.len() <= 64
-                    && p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-                "malformed page id {:?}",
-                p.id
-            );
             let pairs = decode_pairs(query.unwrap_or_default());
-            assert_eq!(
-                pairs.iter().filter(|(n, _)| n == "_getpages").count(),
-                1,
-                "page request with several _getpages: {query:?}"
-            );
-            assert!(
-                p.count.is_none_or(|c| c <= MAX_COUNT),
-                "page _count over the limit"
-            );
+            match &p.target {
+                PageTarget::Handle { id, count, .. } => {
+                    assert!(
+                        !id.is_empty()
+                            && id.len() <= 64
+                            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                        "malformed page id {id:?}"
+                    );
+                    assert_eq!(
+                        pairs.iter().filter(|(n, _)| n == "_getpages").count(),
+                        1,
+                        "page request with several _getpages: {query:?}"
+                    );
+                    assert!(
+                        count.is_none_or(|c| c <= MAX_COUNT),
+                        "page _count over the limit"
+                    );
+                }
+                PageTarget::Search { params } => {
+                    assert!(
+                        params.iter().all(|(n, _)| !n.starts_with("_security")
+                            && !n.starts_with("_include")
+                            && !n.starts_with("_revinclude")
+                            && !n.starts_with("_has")),
+                        "page target widens the search: {params:?}"
+                    );
+                }
+            }
         }
     }
 }

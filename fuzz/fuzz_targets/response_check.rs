@@ -12,7 +12,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use eds_proxy::auth::principal::Principal;
 use eds_proxy::fhir::labels::Constraint;
-use eds_proxy::fhir::paging::{parse_page_request, PageSigner, SIGNATURE_PARAM};
+use eds_proxy::fhir::paging::{parse_page_request, PageSigner};
 use eds_proxy::fhir::query::decode_pairs;
 use eds_proxy::fhir::response::{check_resource, check_searchset, ResourceCheck, ResponseContext};
 use eds_proxy_fuzz::{
@@ -53,6 +53,8 @@ fn check(body: &[u8], f: &Fixture, who: usize) {
         signer: &f.signer,
         principal_key: &key,
         drop_totals: false,
+        max_count: MAX_COUNT,
+        max_link_bytes: 8192,
     };
 
     // Single resources (read, vread): asked for the id the body names (or another one). The
@@ -250,30 +252,30 @@ fn check_bundle(input: &Value, out: &Value, dropped: usize, f: &Fixture, who: us
                 );
                 let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
                 let pairs = decode_pairs(query);
-                if pairs.iter().any(|(n, _)| n == "_getpages") {
-                    // An unusable page link (refused by parse_page_request) leaks nothing;
-                    // a usable one must verify for this caller only.
-                    if let Ok(page) = parse_page_request(&pairs, MAX_COUNT) {
+                assert!(
+                    !pairs.iter().any(|(n, _)| n.starts_with("_security")),
+                    "link shows the constraint: {url:?}"
+                );
+                // Every kept link is a signed paging link (issue 13): it parses, and it
+                // verifies over its exact upstream target for this caller only.
+                let page = parse_page_request(&pairs, MAX_COUNT)
+                    .unwrap_or_else(|e| panic!("kept link does not parse ({}): {url:?}", e.reason()));
+                assert!(
+                    f.signer
+                        .verify(&key, &page.target.upstream_target(constraint), &page.signature)
+                        .is_ok(),
+                    "page link signature does not verify for its principal: {url:?}"
+                );
+                for (i, p) in f.principals.iter().enumerate() {
+                    if i != who {
+                        let target = page.target.upstream_target(&f.constraints[i]);
                         assert!(
-                            f.signer.verify(&key, &page).is_ok(),
-                            "page link signature does not verify for its principal: {url:?}"
+                            f.signer
+                                .verify(&p.binding_key(), &target, &page.signature)
+                                .is_err(),
+                            "page link verifies for another principal: {url:?}"
                         );
-                        for (i, p) in f.principals.iter().enumerate() {
-                            if i != who {
-                                assert!(
-                                    f.signer.verify(&p.binding_key(), &page).is_err(),
-                                    "page link verifies for another principal: {url:?}"
-                                );
-                            }
-                        }
                     }
-                } else {
-                    assert!(
-                        !pairs
-                            .iter()
-                            .any(|(n, _)| n.starts_with("_security") || n == SIGNATURE_PARAM),
-                        "link keeps the constraint or a signature: {url:?}"
-                    );
                 }
             }
         }

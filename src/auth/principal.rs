@@ -98,6 +98,13 @@ fn identifier(name: &'static str, value: Option<&str>) -> Result<String, Refusal
     if v.len() > MAX_IDENTIFIER_LEN || v.chars().any(char::is_control) {
         return Err(Refusal::Forbidden(Forbidden::InvalidClaim { claim: name }));
     }
+    // Every identifier here becomes (or is compared with) an access-label code: plain tokens
+    // only, so no FHIR server's reading of search escapes matters (`labels::is_plain_token`).
+    if !crate::fhir::labels::is_plain_token(v) {
+        return Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken {
+            claim: name,
+        }));
+    }
     Ok(v.to_string())
 }
 
@@ -214,6 +221,48 @@ mod tests {
             b.extend(extra.clone());
         }
         serde_json::from_value(base).unwrap()
+    }
+
+    /// Issue 13 item 2: identifiers that become access-label codes are plain tokens.
+    #[test]
+    fn identifiers_with_search_specials_are_refused() {
+        for special in [",", "|", "\\", "$"] {
+            let v = format!("a{special}b");
+            for (claim, extra) in [
+                ("ehmi:eer:device_id", json!({"ehmi:eer:device_id": v})),
+                (
+                    "ehmi:org_context.sor",
+                    json!({"scope": format!("EDS system/AuditEvent.crs SOR:{v} GLN:222"),
+                           "ehmi:org_context": {"sor": v, "gln": "222"}}),
+                ),
+            ] {
+                let mut c = station_claims();
+                c.as_object_mut()
+                    .unwrap()
+                    .extend(extra.as_object().unwrap().clone());
+                assert_eq!(
+                    principal_from_claims(&claims(c), &policy()),
+                    Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken { claim })),
+                    "{claim} {v}"
+                );
+            }
+            let citizen =
+                json!({"scope": "EDS user/AuditEvent.rs", "cpr": v, "acr": NSIS_SUBSTANTIAL});
+            assert_eq!(
+                principal_from_claims(&claims(citizen), &policy()),
+                Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken {
+                    claim: "cpr"
+                }))
+            );
+            let supporter =
+                json!({"scope": "EDS user/AuditEvent.rs", "cvr": v, "acr": NSIS_SUBSTANTIAL});
+            assert_eq!(
+                principal_from_claims(&claims(supporter), &policy()),
+                Err(Refusal::Forbidden(Forbidden::ClaimNotPlainToken {
+                    claim: "cvr"
+                }))
+            );
+        }
     }
 
     fn station_claims() -> serde_json::Value {

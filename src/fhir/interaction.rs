@@ -46,7 +46,8 @@ pub enum Interaction {
     },
     /// `POST [base]/AuditEvent` (create): a registration.
     Create,
-    /// `GET [base]?_getpages=…` with a signed handle: the next page of an earlier search.
+    /// `GET [base]?_getpages=…` or `GET [base]?_eds_page=…` with the proxy's signature: a
+    /// paging link the proxy issued (`fhir::paging`).
     Page(PageRequest),
 }
 
@@ -87,7 +88,10 @@ pub fn classify(
                 return Err(Refusal::Forbidden(Forbidden::Batch));
             }
             let pairs = query::decode_pairs(raw_query);
-            if !pairs.iter().any(|(n, _)| n == "_getpages") {
+            if !pairs
+                .iter()
+                .any(|(n, _)| n == "_getpages" || n == paging::TARGET_PARAM)
+            {
                 return Err(Refusal::Forbidden(Forbidden::SystemInteraction));
             }
             refuse_conditional(req)?;

@@ -201,7 +201,24 @@ pub fn released_records(body: &[u8], cpr_system: &str) -> Vec<(String, Vec<Strin
     out
 }
 
-/// FHIR search escaping (`\`, `,`, `|`, `$`) for values the proxy injects.
+/// The characters FHIR search gives a meaning in a token value (R4 search §3.1.1.4:
+/// `,` OR, `|` system/code, `$` composite, `\` escape).
+pub const TOKEN_SPECIAL: [char; 4] = [',', '|', '\\', '$'];
+
+/// True if `value` holds none of [`TOKEN_SPECIAL`]: a plain token.
+///
+/// Every label code the proxy injects into a `_security` search (device ids, SOR codes, CPR
+/// numbers, from tokens, the CVR directory or a registration) must be one, and is refused
+/// where it enters otherwise: the constraint then means the same on every FHIR server,
+/// whether or not it honours FHIR's `\,` `\|` `\\` escapes (issue 13 item 2; a server that
+/// does not would read `dev,1` as `dev` OR `1`).
+pub fn is_plain_token(value: &str) -> bool {
+    !value.contains(TOKEN_SPECIAL)
+}
+
+/// FHIR search escaping (`\`, `,`, `|`, `$`) for values the proxy injects. A no-op on plain
+/// tokens ([`is_plain_token`]), which is all the proxy injects; kept so a code that slipped
+/// past the entry checks still cannot split the constraint on a server that does escape.
 pub(crate) fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -233,6 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn plain_tokens() {
+        for ok in [
+            "dev-1",
+            "0101701234",
+            "937961000016000",
+            "Cura EUA",
+            "a.b:c/d",
+        ] {
+            assert!(is_plain_token(ok), "{ok}");
+        }
+        for bad in ["dev,1", "a|b", r"a\b", "$x", ","] {
+            assert!(!is_plain_token(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn escaping_covers_reserved_characters() {
         assert_eq!(escape(r"a,b|c$d\e"), r"a\,b\|c\$d\\e");
     }
@@ -240,8 +273,8 @@ mod tests {
     #[test]
     fn each_principal_gets_its_own_label() {
         let dir = CvrDirectory::from_pairs([("12345678", vec!["111", "222"])]);
-        let c = Constraint::for_principal(&station("dev,1"), &systems(), &dir).unwrap();
-        assert_eq!(c.search_value(), r"urn:eds-proxy:label:device-id|dev\,1");
+        let c = Constraint::for_principal(&station("dev-1"), &systems(), &dir).unwrap();
+        assert_eq!(c.search_value(), "urn:eds-proxy:label:device-id|dev-1");
         let citizen = Principal::Citizen {
             cpr: "0101701234".into(),
             grants: Grants::default(),

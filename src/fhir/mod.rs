@@ -3,6 +3,7 @@
 
 pub mod capability;
 pub mod compat;
+pub mod conformance;
 pub mod inert;
 pub mod interaction;
 pub mod labels;

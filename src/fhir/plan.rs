@@ -9,7 +9,7 @@
 //! |---|---|
 //! | capabilities | answered by the proxy (token-free without a query: [`token_free`]) |
 //! | search | grant letter `s` (SMART v2); `_summary=count` refused when `response.drop_totals`; the constraint (a supporter's CVR must be in the directory); forwarded as `GET AuditEvent?_security=<constraint>&…` |
-//! | page | grant letter `s`; the handle's signature for this principal; the constraint; forwarded as `GET ?_getpages=…` |
+//! | page | grant letter `s`; the constraint; the link's signature for this principal over the exact target (`fhir::paging`); forwarded as that target: `GET ?_getpages=…` or `GET AuditEvent?_security=<constraint>&…` |
 //! | read, vread | grant letter `r`; the constraint; forwarded as `GET AuditEvent/{id}[/_history/{vid}]`; the answer must be that AuditEvent with the caller's label |
 //! | create | stations only; grant letter `c`, org context, an inert EDS registration naming the station's device and organisation (`fhir::registration`); forwarded as `POST AuditEvent`; the answer must be the record created, with exactly the labels stamped |
 //!
@@ -175,16 +175,21 @@ pub fn plan(
             if !grants.search {
                 return Err(Refusal::Forbidden(Forbidden::NoSearchGrant));
             }
-            policy.signer.verify(&principal.binding_key(), &page)?;
+            // The exact target the link was signed over, with this caller's constraint put
+            // back: another caller's link, or a link from before the caller's constraint
+            // changed, fails the signature.
+            let constraint = constraint()?;
+            let target = page.target.upstream_target(&constraint);
+            policy
+                .signer
+                .verify(&principal.binding_key(), &target, &page.signature)?;
             (
                 UpstreamRequest {
                     method: "GET",
-                    target: format!("?{}", page.upstream_query()),
+                    target,
                     body: None,
                 },
-                AnswerCheck::Searchset {
-                    constraint: constraint()?,
-                },
+                AnswerCheck::Searchset { constraint },
             )
         }
         Interaction::Read { id, version } => {
@@ -316,7 +321,10 @@ mod tests {
         let cpr = "urn%3Aeds-proxy%3Alabel%3Acpr%7C0101010001";
         let sor = "urn%3Aeds-proxy%3Alabel%3Asor%7C937961000016000";
         let page_for = |p: &Principal| {
-            let sig = signer.sign(&p.binding_key(), "abc");
+            let sig = signer.sign(
+                &p.binding_key(),
+                "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset",
+            );
             interaction(
                 "GET",
                 "/fhir",
@@ -541,7 +549,10 @@ mod tests {
         };
         let owner = station(ALL, true);
         let other = citizen(without(ALL, 'c'));
-        let sig = signer.sign(&owner.binding_key(), "abc");
+        let sig = signer.sign(
+            &owner.binding_key(),
+            "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset",
+        );
         let pairs = crate::fhir::query::decode_pairs(&format!(
             "_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_eds_sig={sig}"
         ));

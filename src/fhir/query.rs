@@ -91,6 +91,12 @@ const FORBIDDEN: &[(&str, &str)] = &[
 /// refused (`unknown_parameter`), never dropped.
 pub const DROPPED_OUTPUT_PARAMETERS: &[&str] = &["_format", "_pretty", "_totalMethod"];
 
+/// True for a parameter the search allowlist refuses outright (`_include`, `_has`,
+/// `_security`, `_getpages`, …): a paging link carrying one is not the proxy's to hand out.
+pub fn is_refused_parameter(name: &str) -> bool {
+    FORBIDDEN.iter().any(|(n, _)| *n == name)
+}
+
 /// A parsed `name[:modifier]=value` pair, percent-decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {

@@ -311,6 +311,17 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
     if patient_profile && cpr.is_none() {
         return Err(Refusal::Invalid(Invalid::PatientMissing));
     }
+    // Each of these becomes an access-label code: plain tokens only (`labels::is_plain_token`).
+    for (what, code) in [
+        ("device id", Some(device_id.as_str())),
+        ("sender SOR code", Some(sender.sor.as_str())),
+        ("receiver SOR code", Some(receiver.sor.as_str())),
+        ("patient CPR", cpr.as_deref()),
+    ] {
+        if code.is_some_and(|c| !crate::fhir::labels::is_plain_token(c)) {
+            return Err(Refusal::Invalid(Invalid::LabelCodeNotPlain { what }));
+        }
+    }
     Ok(Registration {
         device_id,
         sender,
@@ -504,6 +515,48 @@ mod tests {
         assert!(has("urn:eds-proxy:label:sor", "698141000016008"));
         assert!(has("urn:eds-proxy:label:cpr", "PAT1234567890"));
         assert_eq!(sec.len(), 4);
+    }
+
+    /// Issue 13 item 2: every value that becomes a label code is a plain token, or the
+    /// registration is refused (400) before anything is forwarded.
+    #[test]
+    fn label_codes_must_be_plain_tokens() {
+        let text = serde_json::to_string(&example()).unwrap();
+        for special in [",", "|", "\\\\", "$"] {
+            for (what, from, station) in [
+                ("device id", "Cura-EUA", ("Cura-EUA", "937961000016000")),
+                (
+                    "sender SOR code",
+                    "937961000016000",
+                    ("Cura-EUA", "937961000016000"),
+                ),
+                (
+                    "receiver SOR code",
+                    "698141000016008",
+                    ("Cura-EUA", "937961000016000"),
+                ),
+                (
+                    "patient CPR",
+                    "PAT1234567890",
+                    ("Cura-EUA", "937961000016000"),
+                ),
+            ] {
+                let to = format!("{from}{special}1");
+                let body: Value = serde_json::from_str(&text.replace(from, &to)).unwrap();
+                let (dev, sor) = station;
+                let dev = if dev == from { to.as_str() } else { dev };
+                let sor = if sor == from { to.as_str() } else { sor };
+                assert_eq!(
+                    run(&body, &station_of(dev, sor)),
+                    Err(Refusal::Invalid(Invalid::LabelCodeNotPlain { what })),
+                    "{what} with {special}"
+                );
+            }
+        }
+    }
+
+    fn station_of(dev: &str, sor: &str) -> Station {
+        station(dev, sor, "GLN-1234")
     }
 
     #[test]

@@ -13,8 +13,7 @@ use serde_json::Value;
 use crate::error::{BadGateway, Invalid, Refusal};
 use crate::fhir::interaction::is_fhir_id;
 use crate::fhir::labels::{Constraint, Label, LabelSystems};
-use crate::fhir::paging::{PageSigner, SIGNATURE_PARAM};
-use crate::fhir::query::{decode_pairs, encode};
+use crate::fhir::paging::{self, PageSigner};
 use crate::fhir::strict_json;
 
 /// What a response is checked and rewritten against.
@@ -25,13 +24,18 @@ pub struct ResponseContext<'a> {
     pub public_base: &'a str,
     /// The FHIR server's base URL, without a trailing slash.
     pub upstream_base: &'a str,
-    /// Signs the `_getpages` handles of rewritten paging links.
+    /// Signs the rewritten paging links (`fhir::paging`).
     pub signer: &'a PageSigner,
     /// The caller's `Principal::binding_key`, which page handles are bound to.
     pub principal_key: &'a str,
     /// Remove `total` from every searchset (`response.drop_totals`): for a server not trusted
     /// to count only what `_security` admits.
     pub drop_totals: bool,
+    /// `limits.max_count`: `_count` on a paging link is lowered to it.
+    pub max_count: u32,
+    /// `limits.max_uri_bytes`: a paging link (and its upstream target) longer than this is
+    /// dropped rather than handed out.
+    pub max_link_bytes: usize,
 }
 
 /// A searchset that passed the check, rewritten for the caller.
@@ -42,15 +46,6 @@ pub struct CheckedBundle {
     /// Entries removed because they did not carry the caller's label.
     pub dropped: usize,
 }
-
-const PAGE_PARAMS: &[&str] = &[
-    "_getpages",
-    "_getpagesoffset",
-    "_count",
-    "_bundletype",
-    "_format",
-    "_pretty",
-];
 
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
 ///
@@ -897,39 +892,27 @@ pub(crate) fn rebase(url: &str, public_base: &str, upstream_base: &str) -> Optio
     Some(format!("{public_base}{rest}"))
 }
 
-/// Rewrite a Bundle link: paging links are rebuilt from their known parameters and signed;
-/// other links lose the proxy's own constraint parameter.
+/// Rewrite a Bundle link (any relation: `self`, `next`, `previous`, `first`, `last`): a
+/// link the proxy can vouch for (`paging::target_of_link`: under the FHIR server's or the
+/// proxy's base, a `_getpages` handle or a search on AuditEvent carrying exactly the
+/// caller's constraint) becomes a link signed for the caller; anything else is `None` and
+/// is dropped, never passed on unsigned.
 pub(crate) fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<String> {
-    let rebased = rebase(url, ctx.public_base, ctx.upstream_base)?;
-    let (path, query) = match rebased.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => return Some(rebased),
-    };
-    let pairs = decode_pairs(query);
-    let page_id = pairs
+    let relative = [ctx.public_base, ctx.upstream_base]
         .iter()
-        .find(|(n, _)| n == "_getpages")
-        .map(|(_, v)| v.clone());
-    let kept: Vec<String> = match &page_id {
-        Some(_) => pairs
-            .iter()
-            .filter(|(n, _)| PAGE_PARAMS.contains(&n.as_str()))
-            .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
-            .collect(),
-        None => pairs
-            .iter()
-            .filter(|(n, _)| !n.starts_with("_security") && n != SIGNATURE_PARAM)
-            .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
-            .collect(),
-    };
-    let mut out = format!("{path}?{}", kept.join("&"));
-    if let Some(id) = page_id {
-        out.push_str(&format!(
-            "&{SIGNATURE_PARAM}={}",
-            ctx.signer.sign(ctx.principal_key, &id)
-        ));
-    }
-    Some(out)
+        .find_map(|base| {
+            url.strip_prefix(base)
+                .filter(|r| r.is_empty() || r.starts_with(['/', '?']))
+        })?;
+    let target = paging::target_of_link(relative, ctx.constraint, ctx.max_count)?;
+    paging::signed_link(
+        ctx.public_base,
+        &target,
+        ctx.constraint,
+        ctx.signer,
+        ctx.principal_key,
+        ctx.max_link_bytes,
+    )
 }
 
 #[cfg(test)]
@@ -970,6 +953,8 @@ mod tests {
             signer: &signer,
             principal_key: "station\0dev-1",
             drop_totals: false,
+            max_count: 50,
+            max_link_bytes: 8192,
         };
         f(&ctx)
     }
@@ -993,30 +978,60 @@ mod tests {
         assert!(v.get("total").is_none());
     }
 
+    /// Issue 13 item 3: any status the proxy does not pass on (every 5xx, and any other
+    /// unmapped one) is the same 502 with the same fixed body, whatever the server said.
+    #[test]
+    fn unmapped_statuses_are_one_fixed_502() {
+        let fixed = Refusal::BadGateway(BadGateway::Status { status: 500 }).outcome_json();
+        let said = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception","diagnostics":"AuditEvent/x of dev-2 exists"}]}"#;
+        for status in (500..=599).chain([300, 301, 302, 304, 401, 403, 405, 406, 429]) {
+            for body in [&said[..], b"", b"<html>"] {
+                let r = upstream_refusal(status, body);
+                assert_eq!(r.status(), 502, "{status}");
+                assert_eq!(r.reason(), "upstream_status", "{status}");
+                assert_eq!(r.outcome_json(), fixed, "{status}");
+            }
+        }
+    }
+
     #[test]
     fn paging_links_are_signed_and_constraint_stripped() {
         let bundle = json!({"resourceType": "Bundle", "type": "searchset",
         "link": [
             {"relation": "self", "url": "https://proxy:8443/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cdev-1&message-id=x"},
             {"relation": "next", "url": "https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_elements=x"},
+            {"relation": "previous", "url": "http://hapi:8080/fhir?_getpages=abc&_getpagesoffset=0&_count=10&_bundletype=searchset"},
+            {"relation": "last", "url": "http://hapi:8080/fhir/AuditEvent?message-id=x&_page=9"},
             {"relation": "other", "url": "https://evil.example/fhir?_getpages=abc"}
         ]});
-        let (out, sig) = with_ctx(|ctx| {
+        let (out, self_sig, next_sig, prev_sig) = with_ctx(|ctx| {
             (
                 check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap(),
-                ctx.signer.sign(ctx.principal_key, "abc"),
+                ctx.signer.sign(
+                    ctx.principal_key,
+                    "AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cdev-1&message-id=x",
+                ),
+                ctx.signer.sign(
+                    ctx.principal_key,
+                    "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset",
+                ),
+                ctx.signer.sign(
+                    ctx.principal_key,
+                    "?_getpages=abc&_getpagesoffset=0&_count=10&_bundletype=searchset",
+                ),
             )
         });
         let v: Value = serde_json::from_slice(&out.body).unwrap();
         let links = v["link"].as_array().unwrap();
-        assert_eq!(links.len(), 2);
+        // `next` loses `_elements` (not a paging parameter; HAPI's stored search keeps the
+        // constraint); the constraint-less `last` and the foreign host are dropped.
         assert_eq!(
-            links[0]["url"],
-            "https://proxy:8443/fhir/AuditEvent?message-id=x"
-        );
-        assert_eq!(
-            links[1]["url"],
-            format!("https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_eds_sig={sig}")
+            links,
+            &vec![
+                json!({"relation": "self", "url": format!("https://proxy:8443/fhir?_eds_page=bWVzc2FnZS1pZD14&_eds_sig={self_sig}")}),
+                json!({"relation": "next", "url": format!("https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset&_eds_sig={next_sig}")}),
+                json!({"relation": "previous", "url": format!("https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=0&_count=10&_bundletype=searchset&_eds_sig={prev_sig}")}),
+            ]
         );
     }
 
@@ -1340,6 +1355,8 @@ mod tests {
             signer: &signer,
             principal_key: "k",
             drop_totals: false,
+            max_count: 50,
+            max_link_bytes: 8192,
         };
         let kept: Value =
             serde_json::from_slice(&check_searchset(bundle, &ctx).unwrap().body).unwrap();

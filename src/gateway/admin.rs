@@ -130,6 +130,25 @@ impl ReadinessCheck for KeysLoaded {
     }
 }
 
+/// Readiness check `conformance`: the FHIR server passed the backend conformance probe
+/// (`fhir::conformance`, `gateway::probe`); before the first round it counts as ready with
+/// `upstream.probe.on_nonconformant = "warn"` and as not ready with `"refuse"`. The reason
+/// names the failed check, never a value.
+pub struct BackendConformant(pub Arc<crate::gateway::probe::ProbeState>);
+
+#[async_trait]
+impl ReadinessCheck for BackendConformant {
+    fn name(&self) -> &'static str {
+        "conformance"
+    }
+    async fn check(&self) -> Result<(), String> {
+        match self.0.not_ready_reason() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The last result of the FHIR server probe (`None` before the first), shared by the
 /// background task (writer) and [`UpstreamReachable`] (reader).
 #[derive(Default)]

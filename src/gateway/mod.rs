@@ -10,6 +10,7 @@ pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod authn;
 pub(crate) mod listener;
+pub(crate) mod probe;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub(crate) struct Gateway {
     pub audit: audit::AuditSink,
     /// Key of the pseudonymous principal ids (`crate::audit::pseudonym_key`).
     pub pseudonym_key: Vec<u8>,
+    /// The backend conformance probe's verdict (`None`: probe off).
+    pub probe: Option<Arc<probe::ProbeState>>,
 }
 
 /// Most request body bytes read (and discarded) before a 413 is answered.
@@ -468,6 +471,11 @@ impl Gateway {
                 audit,
             } => (upstream, check, audit),
         };
+        // `upstream.probe.on_nonconformant = "refuse"`: nothing reaches a FHIR server that
+        // failed the conformance probe.
+        if let Some(p) = &self.probe {
+            p.admit()?;
+        }
         let waited = Instant::now();
         let resp = self
             .upstream_call(
@@ -590,6 +598,8 @@ impl Gateway {
             signer: &self.signer,
             principal_key,
             drop_totals: self.drop_totals,
+            max_count: self.max_count,
+            max_link_bytes: self.max_uri_bytes,
         }
     }
 

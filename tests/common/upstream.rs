@@ -45,6 +45,9 @@ pub struct RecordingUpstream {
     pub port: u16,
     mode: UpstreamMode,
     requests: Mutex<Vec<Recorded>>,
+    /// The proxy's backend conformance probe requests, kept apart so they never count as
+    /// what a client's request made the proxy send.
+    probes: Mutex<Vec<Recorded>>,
     resources: Mutex<Vec<Value>>,
     searches: Mutex<HashMap<String, Vec<Value>>>,
     next_id: AtomicU64,
@@ -72,6 +75,7 @@ impl RecordingUpstream {
             port,
             mode,
             requests: Mutex::new(Vec::new()),
+            probes: Mutex::new(Vec::new()),
             resources: Mutex::new(Vec::new()),
             searches: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -99,6 +103,12 @@ impl RecordingUpstream {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// The conformance probe's requests (`fhir::conformance`): `metadata` and searches for
+    /// a probe value.
+    pub fn probe_requests(&self) -> Vec<Recorded> {
+        self.probes.lock().unwrap().clone()
     }
 
     /// Requests whose target contains `needle` (tests share one upstream).
@@ -183,7 +193,15 @@ impl RecordingUpstream {
                 headers,
                 body,
             };
-            self.requests.lock().unwrap().push(rec.clone());
+            let probe = rec.target == "/fhir/metadata"
+                || rec
+                    .target
+                    .contains(eds_proxy::fhir::conformance::PROBE_PREFIX);
+            if probe {
+                self.probes.lock().unwrap().push(rec.clone());
+            } else {
+                self.requests.lock().unwrap().push(rec.clone());
+            }
             if self.mode == UpstreamMode::Slow {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
@@ -263,6 +281,17 @@ impl RecordingUpstream {
                     ],
                     serde_json::to_vec(&resource).unwrap(),
                 )
+            }
+            ("GET", ["fhir", "metadata"]) => {
+                // A CapabilityStatement listing the EDS IG's search parameters, as HAPI's does
+                // with them loaded.
+                let params: Vec<Value> = eds_proxy::fhir::conformance::IG_SEARCH_PARAMETERS
+                    .iter()
+                    .map(|p| json!({"name": p, "type": "string"}))
+                    .collect();
+                let cs = json!({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
+                    "rest": [{"mode": "server", "resource": [{"type": "AuditEvent", "searchParam": params}]}]});
+                (200, vec![], serde_json::to_vec(&cs).unwrap())
             }
             ("GET", ["fhir", "AuditEvent", id])
             | ("GET", ["fhir", "AuditEvent", id, "_history", _]) => {
@@ -352,6 +381,9 @@ impl RecordingUpstream {
             "message-id" => r["entity"].as_array().into_iter().flatten().any(|e| {
                 e["type"]["code"] == "ehmiMessage" && e["what"]["identifier"]["value"] == v.as_str()
             }),
+            // The conformance probe's random values exist nowhere: a server that honours its
+            // search parameters finds nothing (other values match everything here).
+            _ if v.starts_with(eds_proxy::fhir::conformance::PROBE_PREFIX) => false,
             _ => true,
         })
     }
