@@ -263,10 +263,14 @@ async fn readiness_names_the_unreachable_upstream() {
     let admin = |h: &Harness, path: &str| format!("http://127.0.0.1:{}{path}", h.admin_port);
     let resp = reqwest::get(admin(&down, "/readyz")).await.unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(
-        resp.text().await.unwrap(),
-        "keys: ok\nupstream: unreachable (connection refused)\n"
+    // The third line is the conformance probe's, which cannot reach the FHIR server either
+    // (ready before its first round in the default `warn` mode, not conformant after it).
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.starts_with("keys: ok\nupstream: unreachable (connection refused)\nconformance: "),
+        "{body}"
     );
+    assert_eq!(body.lines().count(), 3, "{body}");
     let resp = reqwest::get(admin(&down, "/healthz")).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
@@ -281,7 +285,7 @@ async fn readiness_names_the_unreachable_upstream() {
     let up = Harness::start("ready-up", Options::default());
     let resp = reqwest::get(admin(&up, "/readyz")).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "keys: ok\nupstream: ok\n");
+    assert_eq!(resp.text().await.unwrap(), "keys: ok\nupstream: ok\nconformance: ok\n");
 }
 
 /// Request ids are UUID v7, unique, given to the client and sent to the FHIR server as
@@ -362,7 +366,7 @@ async fn before_the_first_key_load_readiness_names_keys_and_the_jwks_age_is_nan(
     let _ = child.wait();
     assert_eq!(
         (status, body.as_str()),
-        (503, "keys: issuer keys not loaded\nupstream: ok\n")
+        (503, "keys: issuer keys not loaded\nupstream: ok\nconformance: ok\n")
     );
     assert!(age.is_some_and(f64::is_nan), "{age:?}");
     assert_eq!(ready, Some(0.0));
