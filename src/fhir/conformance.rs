@@ -32,24 +32,8 @@ use serde_json::Value;
 use crate::fhir::labels::LabelSystems;
 use crate::fhir::query;
 
-/// The EDS implementation guide's AuditEvent search parameters (fsh/SearchParameters), all
-/// in the proxy's allowlist ([`query::SEARCH_PARAMETERS`]).
-pub const IG_SEARCH_PARAMETERS: &[&str] = &[
-    "cpr",
-    "ehmiMessageType",
-    "entityIdentifier",
-    "message-id",
-    "orig-message-id",
-    "participant-sor",
-    "receiver-gln",
-    "receiver-name",
-    "receiver-sor",
-    "receiverOrg",
-    "sender-gln",
-    "sender-name",
-    "sender-sor",
-    "senderOrg",
-];
+/// The EDS implementation guide's AuditEvent search parameters (defined with the allowlist).
+pub use crate::fhir::query::IG_SEARCH_PARAMETERS;
 
 /// Start of every random probe value: recognisable in a FHIR server's request log.
 pub const PROBE_PREFIX: &str = "eds-proxy-probe-";

@@ -30,7 +30,8 @@ pub const SEARCH_PARAMETERS: &[&str] = &[
     "source",
     "subtype",
     "type",
-    // EDS implementation guide (fsh/SearchParameters).
+    // EDS implementation guide (fsh/SearchParameters): the last
+    // `IG_SEARCH_PARAMETER_COUNT` entries, [`IG_SEARCH_PARAMETERS`].
     "cpr",
     "ehmiMessageType",
     "entityIdentifier",
@@ -46,6 +47,16 @@ pub const SEARCH_PARAMETERS: &[&str] = &[
     "sender-sor",
     "senderOrg",
 ];
+
+/// How many of [`SEARCH_PARAMETERS`] are the EDS IG's (they come last).
+const IG_SEARCH_PARAMETER_COUNT: usize = 14;
+
+/// The EDS implementation guide's AuditEvent search parameters (fsh/SearchParameters): the
+/// tail of [`SEARCH_PARAMETERS`], one list for the allowlist, the CapabilityStatement and the
+/// backend conformance probe.
+pub const IG_SEARCH_PARAMETERS: &[&str] = SEARCH_PARAMETERS
+    .split_at(SEARCH_PARAMETERS.len() - IG_SEARCH_PARAMETER_COUNT)
+    .1;
 
 /// Modifiers that only narrow or reshape a match on the parameter's own value. Type
 /// modifiers (`:Device`), `:iterate`, `:in`/`:not-in` and everything unknown are refused.
@@ -412,6 +423,29 @@ mod tests {
 
     fn parse(q: &str) -> Result<SearchQuery, Refusal> {
         parse_search(&decode_pairs(q), 100)
+    }
+
+    #[test]
+    fn the_ig_parameters_are_the_allowlists_tail() {
+        assert_eq!(
+            IG_SEARCH_PARAMETERS,
+            [
+                "cpr",
+                "ehmiMessageType",
+                "entityIdentifier",
+                "message-id",
+                "orig-message-id",
+                "participant-sor",
+                "receiver-gln",
+                "receiver-name",
+                "receiver-sor",
+                "receiverOrg",
+                "sender-gln",
+                "sender-name",
+                "sender-sor",
+                "senderOrg",
+            ]
+        );
     }
 
     #[test]
