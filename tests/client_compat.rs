@@ -25,6 +25,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::hapi::Hapi;
 use common::*;
 
 const DEVICE: &str = "Cura-EUA";
@@ -35,52 +36,6 @@ const CPR: &str = "PAT1234567890";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Stops HAPI when the test ends, passed or failed.
-struct Hapi {
-    port: u16,
-    data_dir: std::path::PathBuf,
-}
-
-impl Hapi {
-    fn script(&self, args: &[&str]) -> std::process::Output {
-        Command::new("bash")
-            .arg(repo().join("hapi-compose/hapi-native.sh"))
-            .args(args)
-            .env("HAPI_PORT", self.port.to_string())
-            .env("HAPI_DATA_DIR", &self.data_dir)
-            .output()
-            .expect("bash runs")
-    }
-
-    fn start() -> (Hapi, String) {
-        let hapi = Hapi {
-            port: free_port(),
-            data_dir: tmp_dir("compat-hapi"),
-        };
-        let out = hapi.script(&["start"]);
-        assert!(
-            out.status.success(),
-            "HAPI FHIR could not be started by hapi-compose/hapi-native.sh:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let base = format!("http://127.0.0.1:{}/fhir", hapi.port);
-        let out = hapi.script(&["bootstrap-search-parameters", &base]);
-        assert!(
-            out.status.success(),
-            "search parameter bootstrap failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (hapi, base)
-    }
-}
-
-impl Drop for Hapi {
-    fn drop(&mut self) {
-        let _ = self.script(&["stop"]);
-    }
 }
 
 /// Build the Java client (tests/java-client): its classes and its runtime class path.
@@ -107,7 +62,8 @@ fn build_java_client() -> String {
 #[test]
 fn hapi_java_client_sees_no_difference() {
     let classpath = build_java_client();
-    let (_hapi, hapi_base) = Hapi::start();
+    let hapi = Hapi::start("compat-hapi");
+    let hapi_base = hapi.base.clone();
     let h = Harness::start(
         "client-compat",
         Options {

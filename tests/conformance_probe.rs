@@ -121,7 +121,10 @@ async fn a_nonconformant_fhir_server_is_reported_and_refused() {
         {"system": "urn:eds-proxy:label:device-id", "code": DEV}]}}));
 
     // Conformant: ready, metric 1, requests served.
-    assert_eq!(readyz_becomes(&h, 200).await, "keys: ok\nupstream: ok\nconformance: ok\n");
+    assert_eq!(
+        readyz_becomes(&h, 200).await,
+        "keys: ok\nupstream: ok\nconformance: ok\n"
+    );
     assert_eq!(metric(&h, "eds_proxy_backend_conformant").await, 1.0);
     assert_eq!(s.search(&h).await.0, 200);
     // What the probe sent: a search for a random label, one per IG parameter, the metadata.

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
+use common::hapi::Hapi;
 use common::*;
 use eds_proxy::dev::pki::CertifiedKey;
 use serde_json::{json, Value};
@@ -42,56 +42,6 @@ const STATIONS: &[(&str, (&str, &str, &str))] = &[
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Stops HAPI when the test ends, passed or failed.
-struct Hapi {
-    port: u16,
-    data_dir: std::path::PathBuf,
-    base: String,
-}
-
-impl Hapi {
-    fn script(&self, args: &[&str]) -> std::process::Output {
-        Command::new("bash")
-            .arg(repo().join("hapi-compose/hapi-native.sh"))
-            .args(args)
-            .env("HAPI_PORT", self.port.to_string())
-            .env("HAPI_DATA_DIR", &self.data_dir)
-            .output()
-            .expect("bash runs")
-    }
-
-    fn start() -> Hapi {
-        let port = free_port();
-        let data_dir = tmp_dir("hapi");
-        let mut hapi = Hapi {
-            port,
-            data_dir,
-            base: String::new(),
-        };
-        let out = hapi.script(&["start"]);
-        assert!(
-            out.status.success(),
-            "HAPI FHIR could not be started by hapi-compose/hapi-native.sh:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        hapi.base = format!("http://127.0.0.1:{port}/fhir");
-        let out = hapi.script(&["bootstrap-search-parameters", &hapi.base]);
-        assert!(
-            out.status.success(),
-            "search parameter bootstrap failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        hapi
-    }
-}
-
-impl Drop for Hapi {
-    fn drop(&mut self) {
-        let _ = self.script(&["stop"]);
-    }
 }
 
 /// The dev issuer on its own port, enrolled with every station.
@@ -176,7 +126,7 @@ struct World {
 
 impl World {
     async fn start() -> World {
-        let hapi = Hapi::start();
+        let hapi = Hapi::start("hapi");
         let h = Harness::start(
             "e2e",
             Options {

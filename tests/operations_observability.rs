@@ -285,7 +285,10 @@ async fn readiness_names_the_unreachable_upstream() {
     let up = Harness::start("ready-up", Options::default());
     let resp = reqwest::get(admin(&up, "/readyz")).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "keys: ok\nupstream: ok\nconformance: ok\n");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "keys: ok\nupstream: ok\nconformance: ok\n"
+    );
 }
 
 /// Request ids are UUID v7, unique, given to the client and sent to the FHIR server as
@@ -366,7 +369,10 @@ async fn before_the_first_key_load_readiness_names_keys_and_the_jwks_age_is_nan(
     let _ = child.wait();
     assert_eq!(
         (status, body.as_str()),
-        (503, "keys: issuer keys not loaded\nupstream: ok\nconformance: ok\n")
+        (
+            503,
+            "keys: issuer keys not loaded\nupstream: ok\nconformance: ok\n"
+        )
     );
     assert!(age.is_some_and(f64::is_nan), "{age:?}");
     assert_eq!(ready, Some(0.0));

@@ -35,6 +35,7 @@
 
 pub mod caller;
 pub mod expect;
+pub mod hapi;
 pub mod raw;
 pub mod upstream;
 
