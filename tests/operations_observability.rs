@@ -367,3 +367,82 @@ async fn before_the_first_key_load_readiness_names_keys_and_the_jwks_age_is_nan(
     assert!(age.is_some_and(f64::is_nan), "{age:?}");
     assert_eq!(ready, Some(0.0));
 }
+
+/// A conditional read answered 304 tells the supporter that the copy of the citizen's record
+/// it holds is the current one (and its client shows that copy): the answer releases the
+/// record as much as a 200 does, so it owes the same audit record, and fails closed the same
+/// way. A HEAD answer is audited as its GET.
+#[tokio::test]
+async fn a_not_modified_or_head_answer_to_a_supporter_gets_its_audit_record() {
+    let dir = tmp_dir("audit-304");
+    let audit_dir = dir.join("audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let audit_file = audit_dir.join("a.jsonl");
+    let h = Harness::start(
+        "audit-304",
+        Options {
+            extra_config: format!("[audit]\npath = \"{}\"\n", audit_file.display()),
+            ..Options::default()
+        },
+    );
+    let id = h.upstream.seed(visible_to_supporter());
+    let cert = h.pki.client("supporter-304");
+    let client = h.client(&cert);
+    let token = h.token(&cert, supporter_claims(SUPPORTER_CVR));
+    let records = || -> Vec<Value> {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let first = client
+        .get(h.url(&format!("AuditEvent/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(records().len(), 1);
+
+    let conditional = || {
+        client
+            .get(h.url(&format!("AuditEvent/{id}")))
+            .header("If-None-Match", etag.as_str())
+            .bearer_auth(&token)
+            .send()
+    };
+    let resp = conditional().await.unwrap();
+    assert_eq!(resp.status(), 304);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let all = records();
+    assert_eq!(all.len(), 2, "the 304 answer got no audit record: {all:?}");
+    assert_eq!(all[1]["request_id"], json!(request_id));
+    assert_eq!(all[1]["interaction"], "read");
+    assert_eq!(all[1]["registrations"], json!([{"id": id, "cpr": [CPR]}]));
+    assert_eq!(all[1]["cpr"], json!([CPR]));
+
+    let resp = client
+        .head(h.url(&format!("AuditEvent/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(records().len(), 3, "the HEAD answer got no audit record");
+
+    // Fail closed for a 304 too.
+    std::fs::remove_dir_all(&audit_dir).unwrap();
+    let resp = conditional().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        metric(
+            h.admin_port,
+            r#"eds_proxy_requests_total{decision="refused",interaction="read",principal="supporter",reason="audit_write_failed"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+}

@@ -480,7 +480,7 @@ impl Gateway {
             .await;
         outcome.upstream_ms = listener::millis(waited);
         let resp = resp?;
-        let answer = match check {
+        let mut answer = match check {
             AnswerCheck::Searchset { constraint } => {
                 self.searchset(resp, &constraint, principal, outcome)
             }
@@ -499,6 +499,11 @@ impl Gateway {
         }?;
         if let Some(cvr) = audit {
             self.supporter_audit(&cvr, outcome, request_id, &answer)?;
+        }
+        if answer.status == 304 {
+            // Not modified: no content (RFC 9110 §15.4.5), once the audit has seen what it
+            // stands for.
+            answer.body.clear();
         }
         Ok(answer)
     }
@@ -528,10 +533,9 @@ impl Gateway {
                     etag.as_deref(),
                     last_modified.as_deref(),
                 );
+                // A 304 keeps the checked record until its audit record is written
+                // (`dispatch`): it releases that record as a 200 would.
                 let mut a = Answer::ok(if unchanged { 304 } else { 200 }, resp.body);
-                if unchanged {
-                    a.body.clear();
-                }
                 a.headers.extend(etag.map(|v| ("ETag", v)));
                 a.headers
                     .extend(last_modified.map(|v| ("Last-Modified", v)));
@@ -714,7 +718,8 @@ impl Gateway {
     }
 
     /// The EHMI security page asks that citizens can see in MinLog when professionals read
-    /// their data: the answer's audit record (`crate::audit::record`) is written to the audit
+    /// their data (a 304 to a conditional read counts: it confirms the copy the client
+    /// shows): the answer's audit record (`crate::audit::record`) is written to the audit
     /// sink before the answer is released; if it cannot be, the answer is refused (503) and
     /// `eds_proxy_audit_write_failures_total` counts it.
     fn supporter_audit(
@@ -724,7 +729,9 @@ impl Gateway {
         request_id: &str,
         answer: &Answer,
     ) -> Result<(), Refusal> {
-        if answer.status != 200 {
+        // 200, and 304: a conditional read's "your copy is current" shows the record the
+        // client holds (its body here is still the checked record, cleared after this).
+        if answer.status != 200 && answer.status != 304 {
             return Ok(());
         }
         let shown = crate::fhir::labels::released_records(&answer.body, &self.labels.cpr);
