@@ -3,8 +3,8 @@
 //!
 //! eds-proxy is a buffering gateway rather than a streaming proxy: a response is checked in
 //! full before its status line is sent (a read of someone else's record must become 404), so
-//! it implements Pingora's `ServeHttp` and talks to the FHIR server through Pingora's pooled
-//! upstream connector. All decisions are made by the pure modules in `auth` and `fhir`.
+//! it answers whole requests (`Gateway::response`, called by `listener`) and talks to the
+//! FHIR server through Pingora's pooled upstream connector. All decisions are made by the pure modules in `auth` and `fhir`.
 
 pub(crate) mod admin;
 pub(crate) mod audit;
@@ -15,9 +15,7 @@ pub(crate) mod upstream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
@@ -189,9 +187,15 @@ struct Outcome {
     bytes_in: usize,
 }
 
-#[async_trait]
-impl ServeHttp for Gateway {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+impl Gateway {
+    /// The answer to the request of `session`. `peer_accepted`: the connection's client
+    /// certificate is still accepted by the TLS settings in force
+    /// (`crate::tls::still_accepted`); if not, every request is refused.
+    pub(crate) async fn response(
+        &self,
+        session: &mut ServerSession,
+        peer_accepted: bool,
+    ) -> Response<Vec<u8>> {
         let started = Instant::now();
         let request_id = self.next_request_id();
         let mut outcome = Outcome {
@@ -199,7 +203,10 @@ impl ServeHttp for Gateway {
             principal: "none",
             ..Default::default()
         };
-        let answer = match self.handle(session, &request_id, &mut outcome).await {
+        let answer = match self
+            .handle(session, peer_accepted, &request_id, &mut outcome)
+            .await
+        {
             Ok(a) => a,
             Err(r) => {
                 outcome.reason = r.reason();
@@ -303,9 +310,18 @@ impl Gateway {
     async fn handle(
         &self,
         session: &mut ServerSession,
+        peer_accepted: bool,
         request_id: &str,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
+        if !peer_accepted {
+            // Revoked (or its CA withdrawn) by a reload after this connection's handshake:
+            // nothing more on this connection; the client's next handshake fails.
+            session.set_keepalive(None);
+            return Err(Refusal::Unauthenticated(
+                TokenFailure::CertificateNotAccepted,
+            ));
+        }
         self.check_head_size(session)?;
         self.check_framing(session)?;
         let (method, path, query) = {
