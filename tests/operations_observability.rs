@@ -444,3 +444,39 @@ async fn a_not_modified_or_head_answer_to_a_supporter_gets_its_audit_record() {
     assert_eq!(resp.status(), 200);
     assert_eq!(records().len(), 3, "the HEAD answer got no audit record");
 }
+
+/// A record write that failed part-way (a full disk) leaves a line without its end; the next
+/// record must still be a line of its own, not glued to the fragment where a collector cannot
+/// parse it (the answer it describes was released).
+#[tokio::test]
+async fn a_record_after_a_torn_write_is_a_line_of_its_own() {
+    let dir = tmp_dir("audit-torn");
+    let audit_file = dir.join("torn.jsonl");
+    std::fs::write(
+        &audit_file,
+        b"{\"type\":\"eds-proxy.audit.v1\",\"time\":\"2026-",
+    )
+    .unwrap();
+    let h = Harness::start(
+        "audit-torn",
+        Options {
+            extra_config: format!("[audit]\npath = \"{}\"\n", audit_file.display()),
+            ..Options::default()
+        },
+    );
+    let id = h.upstream.seed(visible_to_supporter());
+    let cert = h.pki.client("torn-supporter");
+    let resp = h
+        .client(&cert)
+        .get(h.url(&format!("AuditEvent/{id}")))
+        .bearer_auth(h.token(&cert, supporter_claims(SUPPORTER_CVR)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    let last = text.lines().last().unwrap();
+    let record: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(record["registrations"], json!([{"id": id, "cpr": [CPR]}]));
+    assert!(text.ends_with('\n'));
+}
