@@ -75,15 +75,19 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
 fn client_verifier(l: &ListenConfig) -> Result<(Arc<dyn ClientCertVerifier>, usize), String> {
     pingora::tls::install_default_crypto_provider();
     let mut roots = RootCertStore::empty();
-    for cert in read_certs(&l.client_ca)? {
+    let cas = read_certs(&l.client_ca)?;
+    for cert in &cas {
         roots
-            .add(cert)
+            .add(cert.clone())
             .map_err(|e| format!("listen.client_ca: {e}"))?;
     }
     let mut crls = Vec::new();
     for path in &l.client_crls {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         crls.extend(config::crl_ders(&bytes).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    if !crls.is_empty() {
+        every_ca_has_a_crl(&cas, &crls)?;
     }
     let count = crls.len();
     // Defaults kept on purpose: the whole chain is checked, and a certificate whose issuer
@@ -93,6 +97,36 @@ fn client_verifier(l: &ListenConfig) -> Result<(Arc<dyn ClientCertVerifier>, usi
         .build()
         .map_err(|e| format!("listen.client_ca / listen.client_crls: {e}"))?;
     Ok((verifier, count))
+}
+
+/// With CRLs configured, the revocation status of a client certificate is known only from a
+/// CRL of its issuer, and unknown status fails the handshake: a CA of the bundle without a CRL
+/// (a CRL file of another CA, say) would refuse every one of its clients. Errors: the first
+/// such CA, by subject.
+fn every_ca_has_a_crl(
+    cas: &[CertificateDer<'static>],
+    crls: &[rustls::pki_types::CertificateRevocationListDer<'static>],
+) -> Result<(), String> {
+    let issuers: Vec<Vec<u8>> = crls
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_crl(c.as_ref()).ok())
+        .map(|(_, crl)| crl.issuer().as_raw().to_vec())
+        .collect();
+    for ca in cas {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
+            return Err("listen.client_ca: a certificate does not parse".into());
+        };
+        if !issuers
+            .iter()
+            .any(|i| i.as_slice() == cert.subject().as_raw())
+        {
+            return Err(format!(
+                "listen.client_crls: no CRL issued by the client CA {} (with CRLs configured every client CA needs its own, or each of its clients fails the handshake)",
+                cert.subject()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn same_names(a: &[DistinguishedName], b: &[DistinguishedName]) -> bool {

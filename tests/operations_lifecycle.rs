@@ -733,6 +733,15 @@ fn check_config_refuses_what_would_not_start_or_reload() {
     std::fs::write(s.dir.join("bad.crl"), [0x30, 0x03, 1, 2, 3]).unwrap();
     let (ok, out) = run(&s.config("client_crls = [\"bad.crl\"]", 30, ""));
     assert!(!ok && out.contains("client_crls"), "{out}");
+    // A well-formed CRL of another CA: with it, no client of the configured CA could get its
+    // revocation status, so every handshake would fail (`unknown_revocation_status`).
+    let stranger = CertificateAuthority::new("other CA").unwrap();
+    std::fs::write(s.dir.join("other.crl"), stranger.crl(&[]).unwrap()).unwrap();
+    let (ok, out) = run(&s.config("client_crls = [\"other.crl\"]", 30, ""));
+    assert!(
+        !ok && out.contains("listen.client_crls: no CRL issued by the client CA"),
+        "{out}"
+    );
     // Upstream TLS keys on an http upstream.
     let (ok, out) = run(&s.config("", 30, "").replace(
         "idle_timeout_ms = 2000\n",
