@@ -191,7 +191,6 @@ pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
 
     let probe = Arc::new(UpstreamProbe {
         live: live.clone(),
-        connect_timeout: c.upstream_connect_timeout(),
         interval: Duration::from_millis(c.admin.upstream_probe_interval_ms),
         state: Default::default(),
     });
