@@ -42,6 +42,10 @@ pub enum TokenFailure {
     TokenType,
     /// `exp − iat` (or `exp − now`) exceeds the configured `token.max_lifetime_seconds`.
     LifetimeTooLong,
+    /// The client certificate the connection's handshake presented is no longer accepted by
+    /// the reloaded client CA bundle or CRLs (`crate::tls::still_accepted`): the connection is
+    /// closed after this answer, and a new handshake fails.
+    CertificateNotAccepted,
 }
 
 impl TokenFailure {
@@ -65,6 +69,7 @@ impl TokenFailure {
             TokenFailure::CriticalHeader => "crit",
             TokenFailure::TokenType => "typ",
             TokenFailure::LifetimeTooLong => "lifetime_too_long",
+            TokenFailure::CertificateNotAccepted => "certificate_not_accepted",
         }
     }
 
@@ -91,6 +96,9 @@ impl TokenFailure {
             }
             TokenFailure::TokenType => "the token is not a JWT access token (typ)",
             TokenFailure::LifetimeTooLong => "the token's lifetime exceeds the accepted maximum",
+            TokenFailure::CertificateNotAccepted => {
+                "the client certificate is no longer accepted (revoked, or its CA withdrawn)"
+            }
         }
     }
 }
@@ -1345,6 +1353,7 @@ mod tests {
                 T::CriticalHeader,
                 T::TokenType,
                 T::LifetimeTooLong,
+                T::CertificateNotAccepted,
             ]
             .map(Refusal::Unauthenticated),
         );

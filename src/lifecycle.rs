@@ -81,6 +81,9 @@ pub fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin.address != new.admin.address {
         out.push("admin.address");
     }
+    if old.admin.upstream_probe_interval_ms != new.admin.upstream_probe_interval_ms {
+        out.push("admin.upstream_probe_interval_ms");
+    }
     if old.server.threads != new.server.threads {
         out.push("server.threads");
     }
@@ -298,6 +301,9 @@ mod tests {
             fixed_keys_changed(&a, &b),
             ["listen.address", "server.grace_period_seconds"]
         );
+        // The probe's task runs for the process's life with its interval.
+        b.admin.upstream_probe_interval_ms += 1;
+        assert!(fixed_keys_changed(&a, &b).contains(&"admin.upstream_probe_interval_ms"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::gateway::probe::{ProbeState, Prober};
 use crate::gateway::upstream::{Forwarded, Upstream, UpstreamSettings};
 use crate::gateway::Gateway;
 use crate::lifecycle::{self, Live};
-use crate::tls::{read_certs, CurrentCert, CurrentClientVerifier, SharedTls};
+use crate::tls::{read_certs, CurrentCert, CurrentClientVerifier, RecordPeer, SharedTls};
 
 fn jwks_client(c: &Config) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
@@ -146,7 +146,10 @@ pub(crate) fn build_gateway(c: &Config, keys: Arc<KeyStore>) -> Result<Gateway, 
 /// each handshake (`crate::tls`), so a reload applies to the next handshake.
 fn tls_settings(c: &Config, live: &SharedTls) -> Result<TlsSettings, String> {
     // With a resolver set, Pingora ignores the file names given here.
-    let mut tls = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
+    // The callback keeps each client's chain with its connection, so a reload that revokes
+    // it reaches open connections too (`crate::tls::still_accepted`).
+    let mut tls = TlsSettings::with_callbacks(Box::new(RecordPeer(live.clone())))
+        .map_err(|e| e.to_string())?;
     tls.set_cert_resolver(Arc::new(CurrentCert(live.clone())));
     tls.set_client_cert_verifier(Arc::new(CurrentClientVerifier(live.clone())));
     if c.listen.http2 {
@@ -196,7 +199,6 @@ pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
 
     let probe = Arc::new(UpstreamProbe {
         live: live.clone(),
-        connect_timeout: c.upstream_connect_timeout(),
         interval: Duration::from_millis(c.admin.upstream_probe_interval_ms),
         state: Default::default(),
     });

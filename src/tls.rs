@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -36,7 +37,13 @@ pub struct ListenerTls {
     pub hints: &'static [DistinguishedName],
     /// How many CRLs the verifier checks (for the reload log line).
     pub crl_count: usize,
+    /// This snapshot's number, unique in the process and growing with each load: a connection
+    /// verified under another one is verified again ([`still_accepted`]).
+    pub generation: u64,
 }
+
+/// The last snapshot number handed out; 0 is no snapshot.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// PEM certificates of `path`. Errors: unreadable, a broken PEM block, or none at all.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -68,15 +75,19 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
 fn client_verifier(l: &ListenConfig) -> Result<(Arc<dyn ClientCertVerifier>, usize), String> {
     pingora::tls::install_default_crypto_provider();
     let mut roots = RootCertStore::empty();
-    for cert in read_certs(&l.client_ca)? {
+    let cas = read_certs(&l.client_ca)?;
+    for cert in &cas {
         roots
-            .add(cert)
+            .add(cert.clone())
             .map_err(|e| format!("listen.client_ca: {e}"))?;
     }
     let mut crls = Vec::new();
     for path in &l.client_crls {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         crls.extend(config::crl_ders(&bytes).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    if !crls.is_empty() {
+        every_ca_has_a_crl(&cas, &crls)?;
     }
     let count = crls.len();
     // Defaults kept on purpose: the whole chain is checked, and a certificate whose issuer
@@ -86,6 +97,36 @@ fn client_verifier(l: &ListenConfig) -> Result<(Arc<dyn ClientCertVerifier>, usi
         .build()
         .map_err(|e| format!("listen.client_ca / listen.client_crls: {e}"))?;
     Ok((verifier, count))
+}
+
+/// With CRLs configured, the revocation status of a client certificate is known only from a
+/// CRL of its issuer, and unknown status fails the handshake: a CA of the bundle without a CRL
+/// (a CRL file of another CA, say) would refuse every one of its clients. Errors: the first
+/// such CA, by subject.
+fn every_ca_has_a_crl(
+    cas: &[CertificateDer<'static>],
+    crls: &[rustls::pki_types::CertificateRevocationListDer<'static>],
+) -> Result<(), String> {
+    let issuers: Vec<Vec<u8>> = crls
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_crl(c.as_ref()).ok())
+        .map(|(_, crl)| crl.issuer().as_raw().to_vec())
+        .collect();
+    for ca in cas {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
+            return Err("listen.client_ca: a certificate does not parse".into());
+        };
+        if !issuers
+            .iter()
+            .any(|i| i.as_slice() == cert.subject().as_raw())
+        {
+            return Err(format!(
+                "listen.client_crls: no CRL issued by the client CA {} (with CRLs configured every client CA needs its own, or each of its clients fails the handshake)",
+                cert.subject()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn same_names(a: &[DistinguishedName], b: &[DistinguishedName]) -> bool {
@@ -116,7 +157,73 @@ pub fn load(l: &ListenConfig, previous: Option<&ListenerTls>) -> Result<Listener
         verifier,
         hints,
         crl_count,
+        generation: GENERATION.fetch_add(1, Ordering::SeqCst) + 1,
     })
+}
+
+/// A client's certificate chain as its connection's handshake presented it, and the snapshot
+/// (`ListenerTls::generation`) under which it was last found acceptable. Kept with the
+/// connection (the TLS digest's extension, [`RecordPeer`]): a reload that revokes the
+/// certificate or withdraws its CA then reaches connections already open
+/// ([`still_accepted`]), not only the next handshake.
+pub struct PeerChain {
+    chain: Vec<CertificateDer<'static>>,
+    verified: AtomicU64,
+}
+
+/// Whether `chain` verifies under `tls` now.
+fn verifies(tls: &ListenerTls, chain: &[CertificateDer<'static>]) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    tls.verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .is_ok()
+}
+
+/// Whether the client certificate of a connection is still accepted by the TLS snapshot in
+/// force: free while no reload happened since it was last checked, else verified again (CA
+/// bundle and CRLs) and remembered. `None` (no chain recorded) is not accepted.
+pub fn still_accepted(live: &SharedTls, peer: Option<&PeerChain>) -> bool {
+    let Some(peer) = peer else {
+        return false;
+    };
+    let tls = live.load();
+    if peer.verified.load(Ordering::SeqCst) == tls.generation {
+        return true;
+    }
+    let ok = verifies(&tls, &peer.chain);
+    if ok {
+        peer.verified.store(tls.generation, Ordering::SeqCst);
+    }
+    ok
+}
+
+/// The FHIR listener's post-handshake callback: keeps the client's chain with the connection
+/// as a [`PeerChain`], verified under the snapshot now in force. Verified here again because
+/// the handshake's own check is not enough: a reload may have come between the two, and a
+/// resumed TLS session (rustls' session cache outlives reloads) presents the chain of its
+/// first handshake without any check at all.
+pub struct RecordPeer(pub SharedTls);
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for RecordPeer {
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let chain = ssl.peer_cert_chain_der()?.to_vec();
+        let tls = self.0.load();
+        let verified = if verifies(&tls, &chain) {
+            tls.generation
+        } else {
+            0
+        };
+        Some(Arc::new(PeerChain {
+            chain,
+            verified: AtomicU64::new(verified),
+        }))
+    }
 }
 
 /// The live listener TLS snapshot, shared by the resolver, the verifier and the reload.

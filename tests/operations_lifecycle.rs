@@ -734,6 +734,15 @@ fn check_config_refuses_what_would_not_start_or_reload() {
     std::fs::write(s.dir.join("bad.crl"), [0x30, 0x03, 1, 2, 3]).unwrap();
     let (ok, out) = run(&s.config("client_crls = [\"bad.crl\"]", 30, ""));
     assert!(!ok && out.contains("client_crls"), "{out}");
+    // A well-formed CRL of another CA: with it, no client of the configured CA could get its
+    // revocation status, so every handshake would fail (`unknown_revocation_status`).
+    let stranger = CertificateAuthority::new("other CA").unwrap();
+    std::fs::write(s.dir.join("other.crl"), stranger.crl(&[]).unwrap()).unwrap();
+    let (ok, out) = run(&s.config("client_crls = [\"other.crl\"]", 30, ""));
+    assert!(
+        !ok && out.contains("listen.client_crls: no CRL issued by the client CA"),
+        "{out}"
+    );
     // Upstream TLS keys on an http upstream.
     let (ok, out) = run(&s.config("", 30, "").replace(
         "idle_timeout_ms = 2000\n",
@@ -786,4 +795,82 @@ async fn reload_applies_a_changed_cvr_directory() {
         seen[0].target
     );
     assert!(p.alive());
+}
+
+/// Revocation reaches connections that are already open: a client that keeps its connection
+/// (keep-alive, or one HTTP/2 connection for hours) is checked again under the reloaded CRLs
+/// at its next request, refused 401 and disconnected, rather than served until it hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_revoked_by_a_reload_is_refused_on_its_open_connection() {
+    let s = setup("crl-open", UpstreamMode::Honest);
+    let victim = s.pki.client("open-client");
+    let other = s.pki.client("other-client");
+    std::fs::write(s.dir.join("crl.pem"), s.pki.ca.crl(&[&other]).unwrap()).unwrap();
+    let p = s.start(&s.config("client_crls = [\"crl.pem\"]", 30, ""));
+    let kept = client(&s.pki.ca, &victim);
+    let resp = kept.get(p.url("metadata")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
+    // Another revoked-to-be client whose connection is closed before the reload: its next
+    // connection resumes the TLS session (no certificate is presented again).
+    let resuming_cert = s.pki.client("resuming-client");
+    let resuming = client(&s.pki.ca, &resuming_cert);
+    let resp = resuming
+        .get(p.url("metadata"))
+        .header("Connection", "close")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
+
+    std::fs::write(
+        s.dir.join("crl.pem"),
+        s.pki.ca.crl(&[&other, &victim, &resuming_cert]).unwrap(),
+    )
+    .unwrap();
+    p.signal("HUP");
+    p.wait_for_log("SIGHUP: configuration reloaded", 1);
+
+    // The same client object reuses its open connection (a new handshake would fail).
+    let resp = kept.get(p.url("metadata")).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let close = resp
+        .headers()
+        .get("connection")
+        .map(|v| v.to_str().unwrap().to_ascii_lowercase());
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["issue"][0]["code"], "login");
+    assert_eq!(
+        body["issue"][0]["diagnostics"],
+        "the client certificate is no longer accepted (revoked, or its CA withdrawn)"
+    );
+    assert_eq!(close.as_deref(), Some("close"));
+    let log = p.log();
+    assert!(
+        log.contains("\"reason\":\"certificate_not_accepted\""),
+        "{log}"
+    );
+    // Its next connection is refused too: a new handshake fails, and a resumed TLS session
+    // (which presents no certificate to check) is refused at the request.
+    for _ in 0..3 {
+        match kept.get(p.url("metadata")).send().await {
+            Ok(r) => assert_eq!(r.status(), 401),
+            Err(e) => assert!(format!("{e:?}").contains("Revoked"), "{e:?}"),
+        }
+    }
+    let err = try_handshake(&p, &s.pki, &victim).await.unwrap_err();
+    assert!(err.contains("Revoked"), "{err}");
+    match resuming.get(p.url("metadata")).send().await {
+        Ok(r) => assert_eq!(r.status(), 401, "a resumed session escaped the revocation"),
+        Err(e) => assert!(format!("{e:?}").contains("Revoked"), "{e:?}"),
+    }
+    // A certificate the reload did not revoke keeps its open connection.
+    let fine = s.pki.client("fine-client");
+    let c = client(&s.pki.ca, &fine);
+    assert_eq!(c.get(p.url("metadata")).send().await.unwrap().status(), 200);
+    p.signal("HUP");
+    p.wait_for_log("SIGHUP: configuration reloaded", 2);
+    assert_eq!(c.get(p.url("metadata")).send().await.unwrap().status(), 200);
 }

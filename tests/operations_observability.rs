@@ -237,6 +237,16 @@ async fn an_audit_write_failure_refuses_the_answer_and_is_counted() {
         Some(1.0)
     );
 
+    // A 304 to a conditional read owes a record as well: refused the same way.
+    let resp = client
+        .get(h.url(&format!("AuditEvent/{id}")))
+        .header("If-None-Match", "W/\"1\"")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+
     // A station's answer owes no record: served.
     let station = h.pki.client("fail-station");
     let resp = h
@@ -376,4 +386,107 @@ async fn before_the_first_key_load_readiness_names_keys_and_the_jwks_age_is_nan(
     );
     assert!(age.is_some_and(f64::is_nan), "{age:?}");
     assert_eq!(ready, Some(0.0));
+}
+
+/// A conditional read answered 304 tells the supporter that the copy of the citizen's record
+/// it holds is the current one (and its client shows that copy): the answer releases the
+/// record as much as a 200 does, so it owes the same audit record (and fails closed the same
+/// way: `an_audit_write_failure_refuses_the_answer_and_is_counted`). A HEAD answer is audited
+/// as its GET.
+#[tokio::test]
+async fn a_not_modified_or_head_answer_to_a_supporter_gets_its_audit_record() {
+    let dir = tmp_dir("audit-304");
+    let audit_dir = dir.join("audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let audit_file = audit_dir.join("a.jsonl");
+    let h = Harness::start(
+        "audit-304",
+        Options {
+            extra_config: format!("[audit]\npath = \"{}\"\n", audit_file.display()),
+            ..Options::default()
+        },
+    );
+    let id = h.upstream.seed(visible_to_supporter());
+    let cert = h.pki.client("supporter-304");
+    let client = h.client(&cert);
+    let token = h.token(&cert, supporter_claims(SUPPORTER_CVR));
+    let records = || -> Vec<Value> {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let first = client
+        .get(h.url(&format!("AuditEvent/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(records().len(), 1);
+
+    let conditional = || {
+        client
+            .get(h.url(&format!("AuditEvent/{id}")))
+            .header("If-None-Match", etag.as_str())
+            .bearer_auth(&token)
+            .send()
+    };
+    let resp = conditional().await.unwrap();
+    assert_eq!(resp.status(), 304);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let all = records();
+    assert_eq!(all.len(), 2, "the 304 answer got no audit record: {all:?}");
+    assert_eq!(all[1]["request_id"], json!(request_id));
+    assert_eq!(all[1]["interaction"], "read");
+    assert_eq!(all[1]["registrations"], json!([{"id": id, "cpr": [CPR]}]));
+    assert_eq!(all[1]["cpr"], json!([CPR]));
+
+    let resp = client
+        .head(h.url(&format!("AuditEvent/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(records().len(), 3, "the HEAD answer got no audit record");
+}
+
+/// A record write that failed part-way (a full disk) leaves a line without its end; the next
+/// record must still be a line of its own, not glued to the fragment where a collector cannot
+/// parse it (the answer it describes was released).
+#[tokio::test]
+async fn a_record_after_a_torn_write_is_a_line_of_its_own() {
+    let dir = tmp_dir("audit-torn");
+    let audit_file = dir.join("torn.jsonl");
+    std::fs::write(
+        &audit_file,
+        b"{\"type\":\"eds-proxy.audit.v1\",\"time\":\"2026-",
+    )
+    .unwrap();
+    let h = Harness::start(
+        "audit-torn",
+        Options {
+            extra_config: format!("[audit]\npath = \"{}\"\n", audit_file.display()),
+            ..Options::default()
+        },
+    );
+    let id = h.upstream.seed(visible_to_supporter());
+    let cert = h.pki.client("torn-supporter");
+    let resp = h
+        .client(&cert)
+        .get(h.url(&format!("AuditEvent/{id}")))
+        .bearer_auth(h.token(&cert, supporter_claims(SUPPORTER_CVR)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    let last = text.lines().last().unwrap();
+    let record: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(record["registrations"], json!([{"id": id, "cpr": [CPR]}]));
+    assert!(text.ends_with('\n'));
 }

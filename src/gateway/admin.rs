@@ -207,9 +207,8 @@ pub fn probe_failure(kind: std::io::ErrorKind) -> String {
 pub struct UpstreamProbe {
     /// The live settings: the FHIR server probed is the one the current snapshot forwards to
     /// (`upstream.base_url` may change on reload).
+    /// Its connect timeout is the snapshot's `upstream.connect_timeout_ms`, too.
     pub(crate) live: Arc<crate::lifecycle::Live>,
-    /// `upstream.connect_timeout_ms`.
-    pub connect_timeout: Duration,
     /// `admin.upstream_probe_interval_ms`.
     pub interval: Duration,
     /// The last result.
@@ -218,8 +217,14 @@ pub struct UpstreamProbe {
 
 impl UpstreamProbe {
     async fn probe(&self) -> Result<(), String> {
+        let (address, connect_timeout) = {
+            let gateway = self.live.gateway.load();
+            (
+                gateway.upstream.address().to_string(),
+                gateway.upstream.connect_timeout(),
+            )
+        };
         let connect = async {
-            let address = self.live.gateway.load().upstream.address().to_string();
             let addrs: Vec<_> = tokio::net::lookup_host(address.as_str())
                 .await
                 .map_err(|_| std::io::ErrorKind::NotFound)?
@@ -233,7 +238,7 @@ impl UpstreamProbe {
             }
             Err(last)
         };
-        match tokio::time::timeout(self.connect_timeout, connect).await {
+        match tokio::time::timeout(connect_timeout, connect).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(kind)) => Err(probe_failure(kind)),
             Err(_) => Err(probe_failure(std::io::ErrorKind::TimedOut)),

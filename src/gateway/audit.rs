@@ -32,7 +32,7 @@ impl AuditSink {
     /// Write one record and a newline, durably for a file. Blocking, but short: records are
     /// due only for supporters' answers, a small share of the traffic.
     pub fn write(&self, record: &[u8]) -> std::io::Result<()> {
-        let mut line = Vec::with_capacity(record.len() + 1);
+        let mut line = Vec::with_capacity(record.len() + 2);
         line.extend_from_slice(record);
         line.push(b'\n');
         match self {
@@ -48,13 +48,39 @@ impl AuditSink {
             }
             AuditSink::File(path, lock) => {
                 let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?;
+                let open = |read| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .read(read)
+                        .append(true)
+                        .open(path)
+                };
+                // Readable where the file allows it (a write-only file is still written).
+                let (mut file, readable) = match open(true) {
+                    Ok(f) => (f, true),
+                    Err(_) => (open(false)?, false),
+                };
+                // A write that failed part-way (a full disk) leaves a line without its end;
+                // a record appended to it would be lost in a line no collector can parse. Such
+                // a fragment is ended first, so every record is a line of its own.
+                if readable && !ends_a_line(&file)? {
+                    line.insert(0, b'\n');
+                }
                 file.write_all(&line)?;
                 file.sync_data()
             }
         }
     }
+}
+
+/// Whether `file` is empty or ends with a newline.
+fn ends_a_line(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let Some(last) = len.checked_sub(1) else {
+        return Ok(true);
+    };
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, last)?;
+    Ok(byte == [b'\n'])
 }

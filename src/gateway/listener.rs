@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::tls::PeerChain;
 use async_trait::async_trait;
-use pingora::apps::http_app::ServeHttp;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -83,7 +83,16 @@ impl HttpServerApp for FhirApp {
         http.set_keepalive(reusable.then_some(KEEPALIVE_SECONDS));
         // One snapshot per request: a reload meanwhile does not change this request's rules.
         let gateway = self.live.gateway.load_full();
-        let (parts, body) = gateway.response(&mut http).await.into_parts();
+        // A reload since the handshake may have revoked the client's certificate.
+        let tls = http.digest().and_then(|d| d.ssl_digest.clone());
+        let peer_accepted = crate::tls::still_accepted(
+            &self.live.tls,
+            tls.as_deref().and_then(|d| d.extension.get::<PeerChain>()),
+        );
+        let (parts, body) = gateway
+            .response(&mut http, peer_accepted)
+            .await
+            .into_parts();
         // A drain that began while the request ran: this answer is the connection's last.
         if *shutdown.borrow() {
             http.set_keepalive(None);

@@ -3,8 +3,8 @@
 //!
 //! eds-proxy is a buffering gateway rather than a streaming proxy: a response is checked in
 //! full before its status line is sent (a read of someone else's record must become 404), so
-//! it implements Pingora's `ServeHttp` and talks to the FHIR server through Pingora's pooled
-//! upstream connector. All decisions are made by the pure modules in `auth` and `fhir`.
+//! it answers whole requests (`Gateway::response`, called by `listener`) and talks to the
+//! FHIR server through Pingora's pooled upstream connector. All decisions are made by the pure modules in `auth` and `fhir`.
 
 pub(crate) mod admin;
 pub(crate) mod audit;
@@ -16,9 +16,7 @@ pub(crate) mod upstream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
@@ -192,9 +190,15 @@ struct Outcome {
     bytes_in: usize,
 }
 
-#[async_trait]
-impl ServeHttp for Gateway {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+impl Gateway {
+    /// The answer to the request of `session`. `peer_accepted`: the connection's client
+    /// certificate is still accepted by the TLS settings in force
+    /// (`crate::tls::still_accepted`); if not, every request is refused.
+    pub(crate) async fn response(
+        &self,
+        session: &mut ServerSession,
+        peer_accepted: bool,
+    ) -> Response<Vec<u8>> {
         let started = Instant::now();
         let request_id = self.next_request_id();
         let mut outcome = Outcome {
@@ -202,7 +206,10 @@ impl ServeHttp for Gateway {
             principal: "none",
             ..Default::default()
         };
-        let answer = match self.handle(session, &request_id, &mut outcome).await {
+        let answer = match self
+            .handle(session, peer_accepted, &request_id, &mut outcome)
+            .await
+        {
             Ok(a) => a,
             Err(r) => {
                 outcome.reason = r.reason();
@@ -306,9 +313,18 @@ impl Gateway {
     async fn handle(
         &self,
         session: &mut ServerSession,
+        peer_accepted: bool,
         request_id: &str,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
+        if !peer_accepted {
+            // Revoked (or its CA withdrawn) by a reload after this connection's handshake:
+            // nothing more on this connection; the client's next handshake fails.
+            session.set_keepalive(None);
+            return Err(Refusal::Unauthenticated(
+                TokenFailure::CertificateNotAccepted,
+            ));
+        }
         self.check_head_size(session)?;
         self.check_framing(session)?;
         let (method, path, query) = {
@@ -488,7 +504,7 @@ impl Gateway {
             .await;
         outcome.upstream_ms = listener::millis(waited);
         let resp = resp?;
-        let answer = match check {
+        let mut answer = match check {
             AnswerCheck::Searchset { constraint } => {
                 self.searchset(resp, &constraint, principal, outcome)
             }
@@ -507,6 +523,11 @@ impl Gateway {
         }?;
         if let Some(cvr) = audit {
             self.supporter_audit(&cvr, outcome, request_id, &answer)?;
+        }
+        if answer.status == 304 {
+            // Not modified: no content (RFC 9110 §15.4.5), once the audit has seen what it
+            // stands for.
+            answer.body.clear();
         }
         Ok(answer)
     }
@@ -536,10 +557,9 @@ impl Gateway {
                     etag.as_deref(),
                     last_modified.as_deref(),
                 );
+                // A 304 keeps the checked record until its audit record is written
+                // (`dispatch`): it releases that record as a 200 would.
                 let mut a = Answer::ok(if unchanged { 304 } else { 200 }, resp.body);
-                if unchanged {
-                    a.body.clear();
-                }
                 a.headers.extend(etag.map(|v| ("ETag", v)));
                 a.headers
                     .extend(last_modified.map(|v| ("Last-Modified", v)));
@@ -724,7 +744,8 @@ impl Gateway {
     }
 
     /// The EHMI security page asks that citizens can see in MinLog when professionals read
-    /// their data: the answer's audit record (`crate::audit::record`) is written to the audit
+    /// their data (a 304 to a conditional read counts: it confirms the copy the client
+    /// shows): the answer's audit record (`crate::audit::record`) is written to the audit
     /// sink before the answer is released; if it cannot be, the answer is refused (503) and
     /// `eds_proxy_audit_write_failures_total` counts it.
     fn supporter_audit(
@@ -734,7 +755,9 @@ impl Gateway {
         request_id: &str,
         answer: &Answer,
     ) -> Result<(), Refusal> {
-        if answer.status != 200 {
+        // 200, and 304: a conditional read's "your copy is current" shows the record the
+        // client holds (its body here is still the checked record, cleared after this).
+        if answer.status != 200 && answer.status != 304 {
             return Ok(());
         }
         let shown = crate::fhir::labels::released_records(&answer.body, &self.labels.cpr);

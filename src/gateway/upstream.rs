@@ -222,6 +222,11 @@ impl Upstream {
         &self.address
     }
 
+    /// `upstream.connect_timeout_ms` (the readiness probe's too).
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// The peer for one exchange; Pingora pools connections per peer (address included), so
     /// a new address gets new connections and the old ones idle out.
     async fn peer(&self) -> Result<HttpPeer, Refusal> {
