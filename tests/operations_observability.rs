@@ -249,6 +249,82 @@ async fn an_audit_write_failure_refuses_the_answer_and_is_counted() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A supporter's conditional read answered 304 confirms that the citizen's record still
+/// exists, is visible and unchanged (and hands out its `ETag`/`Last-Modified`): it is a read
+/// and leaves a MinLog record like the 200 does; when the record cannot be written the 304 is
+/// refused too (fail closed). A 304 must not be a way to watch a citizen's registration
+/// without the citizen seeing it in MinLog.
+#[tokio::test]
+async fn a_supporters_conditional_read_is_audited_like_a_read() {
+    let dir = tmp_dir("audit-304");
+    let audit_dir = dir.join("audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let audit_file = audit_dir.join("a.jsonl");
+    let h = Harness::start(
+        "audit-304",
+        Options {
+            extra_config: format!("[audit]\npath = \"{}\"\n", audit_file.display()),
+            ..Options::default()
+        },
+    );
+    let id = h.upstream.seed(visible_to_supporter());
+    let supporter = h.caller("audit-304-supporter", supporter_claims(SUPPORTER_CVR));
+    let read = format!("/AuditEvent/{id}");
+    let upstream_read = format!("/fhir/AuditEvent/{id}");
+    let records = || {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<Value>>()
+    };
+
+    let a = supporter
+        .get(&read)
+        .expect(
+            &h,
+            upstream(200, "AuditEvent", "GET", upstream_read.clone()),
+        )
+        .await;
+    let etag = a.header("etag").unwrap().to_string();
+    assert_eq!(records().len(), 1);
+
+    for (name, value) in [
+        ("If-None-Match", etag.as_str()),
+        ("If-None-Match", "*"),
+        ("If-Modified-Since", "Wed, 02 Dec 2099 10:00:00 GMT"),
+    ] {
+        let before = records().len();
+        let a = supporter
+            .get(&read)
+            .header(name, value)
+            .expect(&h, upstream(304, "", "GET", upstream_read.clone()))
+            .await;
+        assert_eq!(a.header("etag"), Some(etag.as_str()), "{name}");
+        let all = records();
+        assert_eq!(all.len(), before + 1, "{name}: no audit record for the 304");
+        let last = all.last().unwrap();
+        assert_eq!(last["interaction"], "read", "{name}");
+        assert_eq!(
+            last["registrations"],
+            json!([{"id": id, "cpr": [CPR]}]),
+            "{name}"
+        );
+        assert_eq!(last["request_id"], json!(a.header("x-request-id").unwrap()));
+    }
+
+    // Fail closed: no record, no 304.
+    std::fs::remove_dir_all(&audit_dir).unwrap();
+    supporter
+        .get(&read)
+        .header("If-None-Match", etag.as_str())
+        .expect(
+            &h,
+            upstream(503, "transient", "GET", upstream_read).because("audit_write_failed"),
+        )
+        .await;
+}
+
 /// `/readyz` fails, naming the check, while the FHIR server cannot be reached; `/healthz`
 /// (liveness) does not; `eds_proxy_ready{check}` says the same.
 #[tokio::test]

@@ -500,6 +500,12 @@ impl Gateway {
         if let Some(cvr) = audit {
             self.supporter_audit(&cvr, outcome, request_id, &answer)?;
         }
+        let mut answer = answer;
+        if answer.status == 304 {
+            // Audited above from the checked body it stands for; a 304 has no content
+            // (RFC 9110 §15.4.5).
+            answer.body.clear();
+        }
         Ok(answer)
     }
 
@@ -528,10 +534,9 @@ impl Gateway {
                     etag.as_deref(),
                     last_modified.as_deref(),
                 );
+                // A 304 keeps the checked body until the supporter's audit record is written
+                // (`dispatch` clears it): it confirms the record as much as a 200 does.
                 let mut a = Answer::ok(if unchanged { 304 } else { 200 }, resp.body);
-                if unchanged {
-                    a.body.clear();
-                }
                 a.headers.extend(etag.map(|v| ("ETag", v)));
                 a.headers
                     .extend(last_modified.map(|v| ("Last-Modified", v)));
@@ -716,7 +721,9 @@ impl Gateway {
     /// The EHMI security page asks that citizens can see in MinLog when professionals read
     /// their data: the answer's audit record (`crate::audit::record`) is written to the audit
     /// sink before the answer is released; if it cannot be, the answer is refused (503) and
-    /// `eds_proxy_audit_write_failures_total` counts it.
+    /// `eds_proxy_audit_write_failures_total` counts it. A conditional read's 304 is audited
+    /// like the 200 it stands for (its checked body names the record): it tells the supporter
+    /// that the citizen's record still exists unchanged.
     fn supporter_audit(
         &self,
         cvr: &str,
@@ -724,7 +731,7 @@ impl Gateway {
         request_id: &str,
         answer: &Answer,
     ) -> Result<(), Refusal> {
-        if answer.status != 200 {
+        if !matches!(answer.status, 200 | 304) {
             return Ok(());
         }
         let shown = crate::fhir::labels::released_records(&answer.body, &self.labels.cpr);
