@@ -21,7 +21,7 @@ use std::io::Read;
 use common::expect::Seen;
 use common::upstream::LAST_MODIFIED;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 const DEVICE: &str = "Cura-EUA";
@@ -446,6 +446,92 @@ async fn gzip_after_the_check() {
         .expect(&h, forbidden().because("resource_type"))
         .await;
     assert_eq!(a.header("content-encoding"), None);
+}
+
+/// A supporter's conditional read answered 304 confirms that the citizen's record still
+/// exists, is visible and unchanged (and hands out its `ETag`/`Last-Modified`): it is a read
+/// and leaves a MinLog record like the 200 does; when the record cannot be written the 304 is
+/// refused too (fail closed). A 304 must not be a way to watch a citizen's registration
+/// without the citizen seeing it in MinLog.
+#[tokio::test]
+async fn a_supporters_conditional_read_is_audited_like_a_read() {
+    // Its own test binary's metrics: no other test here writes audit records or fails to.
+    const CPR: &str = "0101019999";
+    const SUPPORTER_CVR: &str = "29189846";
+    const SUPPORTER_SOR: &str = "937961000016000";
+    let mut visible = example_registration();
+    visible["meta"]["security"] = json!([
+        {"system": "urn:eds-proxy:label:device-id", "code": "obs-device"},
+        {"system": "urn:eds-proxy:label:sor", "code": SUPPORTER_SOR},
+        {"system": "urn:eds-proxy:label:cpr", "code": CPR}
+    ]);
+    let dir = tmp_dir("audit-304");
+    let audit_dir = dir.join("audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let audit_file = audit_dir.join("a.jsonl");
+    let h = Harness::start(
+        "audit-304",
+        Options {
+            extra_config: format!("[audit]\npath = \"{}\"\n", audit_file.display()),
+            ..Options::default()
+        },
+    );
+    let id = h.upstream.seed(visible);
+    let supporter = h.caller("audit-304-supporter", supporter_claims(SUPPORTER_CVR));
+    let read = format!("/AuditEvent/{id}");
+    let upstream_read = format!("/fhir/AuditEvent/{id}");
+    let records = || {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<Value>>()
+    };
+
+    let a = supporter
+        .get(&read)
+        .expect(
+            &h,
+            upstream(200, "AuditEvent", "GET", upstream_read.clone()),
+        )
+        .await;
+    let etag = a.header("etag").unwrap().to_string();
+    assert_eq!(records().len(), 1);
+
+    for (name, value) in [
+        ("If-None-Match", etag.as_str()),
+        ("If-None-Match", "*"),
+        ("If-Modified-Since", "Wed, 02 Dec 2099 10:00:00 GMT"),
+    ] {
+        let before = records().len();
+        let a = supporter
+            .get(&read)
+            .header(name, value)
+            .expect(&h, upstream(304, "", "GET", upstream_read.clone()))
+            .await;
+        assert_eq!(a.header("etag"), Some(etag.as_str()), "{name}");
+        let all = records();
+        assert_eq!(all.len(), before + 1, "{name}: no audit record for the 304");
+        let last = all.last().unwrap();
+        assert_eq!(last["interaction"], "read", "{name}");
+        assert_eq!(
+            last["registrations"],
+            json!([{"id": id, "cpr": [CPR]}]),
+            "{name}"
+        );
+        assert_eq!(last["request_id"], json!(a.header("x-request-id").unwrap()));
+    }
+
+    // Fail closed: no record, no 304.
+    std::fs::remove_dir_all(&audit_dir).unwrap();
+    supporter
+        .get(&read)
+        .header("If-None-Match", etag.as_str())
+        .expect(
+            &h,
+            upstream(503, "transient", "GET", upstream_read).because("audit_write_failed"),
+        )
+        .await;
 }
 
 /// Two pipelined HTTP/1.1 requests: the first is answered, then the connection is closed (a
