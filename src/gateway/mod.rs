@@ -62,8 +62,8 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The one access-log line (log target `access`) of a request: `request` is its method and
-/// path template, `None` for a head that could not be read; `bytes_out` the answer body's
-/// length. Fields: `ts`, `request_id`, `client`, `method`, `path` (ids and values replaced:
+/// path template, `None` for a head that could not be read; `bytes_out` the length of the
+/// content sent (after compression; 0 for a HEAD or a 304). Fields: `ts`, `request_id`, `client`, `method`, `path` (ids and values replaced:
 /// `redact::path_template`), `interaction`, `principal` (kind), `principal_id` (pseudonym,
 /// `crate::audit::pseudonym`), `decision`, `reason`, `status`, `dropped`, `duration_ms`,
 /// `upstream_ms` (time waiting for the FHIR server), `bytes_in`, `bytes_out`.
@@ -226,16 +226,9 @@ impl ServeHttp for Gateway {
         metrics::REQUEST_DURATION
             .with_label_values(&[outcome.interaction])
             .observe(started.elapsed().as_secs_f64());
-        self.access_log(
-            session,
-            &request_id,
-            &outcome,
-            answer.status,
-            started,
-            answer.body.len(),
-        );
         // Shaped after every check: compression and HEAD only change how the checked answer
         // travels.
+        let status = answer.status;
         let head = session.req_header().method == http::Method::HEAD;
         let gzip = compat::accepts_gzip(header_values(session, "accept-encoding"));
         let mut response = build_response(gzipped(answer, gzip), &request_id);
@@ -244,6 +237,15 @@ impl ServeHttp for Gateway {
             // writing content on an HTTP/2 HEAD stream is a protocol error.
             response.body_mut().clear();
         }
+        // `bytes_out` is the content sent: compressed, and nothing for a HEAD.
+        self.access_log(
+            session,
+            &request_id,
+            &outcome,
+            status,
+            started,
+            response.body().len(),
+        );
         response
     }
 }
