@@ -319,6 +319,8 @@ async fn headers_prefer_and_conditional_reads() {
         Some(format!("{}/AuditEvent/{id}/_history/1", h.base).as_str())
     );
     assert_eq!(a.header("last-modified"), Some(LAST_MODIFIED));
+    let vary = a.header("vary").map(str::to_string);
+    assert_eq!(vary.as_deref(), Some("Accept-Encoding"));
     // Conditional reads: fetched unconditionally (the validators never reach the server),
     // answered by the proxy.
     let vread = format!("/fhir/AuditEvent/{id}/_history/1");
@@ -361,6 +363,8 @@ async fn headers_prefer_and_conditional_reads() {
                 .await;
             assert_eq!(a.header("etag"), Some("W/\"1\""), "{proto} {name}: {value}");
             assert_eq!(a.text.is_empty(), *status == 304, "{proto} {name}: {value}");
+            // A 304 carries the Vary of the 200 it stands for (RFC 9110 §15.4.5).
+            assert_eq!(a.header("vary"), vary.as_deref(), "{proto} {name}: {value}");
         }
     }
     // Someone else's record, or none: 404 whatever the validators say, and no validator of

@@ -254,6 +254,12 @@ impl ServeHttp for Gateway {
 /// the body is worth it; `Vary: Accept-Encoding` on every answer that could have been.
 fn gzipped(mut answer: Answer, gzip: bool) -> Answer {
     use std::io::Write;
+    if answer.status == 304 {
+        // No content, but the fields of the 200 it stands for, Vary included
+        // (RFC 9110 §15.4.5): a read's 200 is a whole record, compressible.
+        answer.headers.push(("Vary", "Accept-Encoding".to_string()));
+        return answer;
+    }
     if answer.body.len() < compat::GZIP_MIN_BYTES {
         return answer;
     }
