@@ -147,6 +147,25 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
     let bundle: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(1));
 
+    // The access log's bytes_out is what was sent: nothing for a HEAD, the compressed length
+    // for a gzip answer (the statement is over the compression threshold).
+    let head = station.request("HEAD", "/metadata").send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let plain_len: usize = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gz = station
+        .get("/metadata")
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let gz_len = gz.bytes().await.unwrap().len();
+    assert!(gz_len < plain_len);
+
     // Malformed requests, each carrying a token, the CPR and the body marker.
     let good = format!("Authorization: Bearer {station_token}\r\n");
     let garbage = format!("Authorization: Bearer {GARBAGE_TOKEN}\r\n");
@@ -280,6 +299,23 @@ async fn no_token_body_cpr_or_path_id_reaches_any_log_line() {
     ] {
         assert!(has(template), "no access log line with {template}");
     }
+    let metadata_line = |method: &str| {
+        output
+            .lines()
+            .find(|l| {
+                l.contains(r#""path":"/fhir/metadata""#)
+                    && l.contains(&format!(r#""method":"{method}""#))
+            })
+            .unwrap_or_else(|| panic!("no access log line for {method} /metadata"))
+            .to_string()
+    };
+    let head_line = metadata_line("HEAD");
+    assert!(head_line.contains(r#""bytes_out":0,"#), "{head_line}");
+    let get_line = metadata_line("GET");
+    assert!(
+        get_line.contains(&format!(r#""bytes_out":{gz_len},"#)),
+        "bytes_out is not the {gz_len} bytes sent: {get_line}"
+    );
     let read_line = output
         .lines()
         .find(|l| l.contains(r#""path":"/fhir/AuditEvent/{id}""#) && l.contains(r#""status":404"#))

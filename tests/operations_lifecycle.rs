@@ -116,6 +116,26 @@ impl Proxy {
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
     }
 
+    /// How often this process refused a request for `reason` (`Refusal::reason`), summed over
+    /// the other labels of `eds_proxy_requests_total`: the reason a refusal was counted under.
+    async fn refused_for(&self, reason: &str) -> f64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let label = format!("reason=\"{reason}\"");
+        text.lines()
+            .filter(|l| {
+                l.starts_with("eds_proxy_requests_total{")
+                    && l.contains("decision=\"refused\"")
+                    && l.contains(&label)
+            })
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    }
+
     fn url(&self, rel: &str) -> String {
         format!("https://localhost:{}/fhir/{rel}", self.port)
     }
@@ -532,19 +552,15 @@ async fn the_upstream_host_is_resolved_per_request_not_at_start() {
         "http://eds-upstream.invalid:8080/fhir",
     );
     let mut p = s.start(&config);
-    let cert = s.pki.client("resolve-client");
-    let token = s
+    let citizen = s
         .pki
-        .issuer_key
-        .sign(&claims_for(&cert, citizen_claims("0101014003")))
-        .unwrap();
-    let resp = client(&s.pki.ca, &cert)
-        .get(p.url("AuditEvent?message-id=resolve"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(outcome_code(resp).await, (502, "transient".to_string()));
+        .caller(p.port, "resolve-client", citizen_claims("0101014003"));
+    let search = || citizen.search("message-id=resolve").send();
+    assert_eq!(
+        outcome_code(search().await.unwrap()).await,
+        (502, "transient".to_string())
+    );
+    assert_eq!(p.refused_for("upstream_unavailable").await, 1.0);
     assert!(p
         .log()
         .contains("cannot resolve the FHIR server eds-upstream.invalid:8080"));
@@ -565,13 +581,7 @@ async fn the_upstream_host_is_resolved_per_request_not_at_start() {
     .unwrap();
     p.signal("HUP");
     p.wait_for_log("SIGHUP: configuration reloaded", 1);
-    let resp = client(&s.pki.ca, &cert)
-        .get(p.url("AuditEvent?message-id=resolve"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(search().await.unwrap().status(), 200);
     assert!(p.alive());
 }
 
@@ -669,16 +679,12 @@ async fn an_https_upstream_gets_the_configured_ca_client_certificate_and_sni() {
         )
     };
     let mut p = s.start(&config("fhir.internal"));
-    let cert = s.pki.client("tls-upstream-client");
-    let token = s
+    let citizen = s
         .pki
-        .issuer_key
-        .sign(&claims_for(&cert, citizen_claims("0101014004")))
-        .unwrap();
+        .caller(p.port, "tls-upstream-client", citizen_claims("0101014004"));
     let search = || async {
-        client(&s.pki.ca, &cert)
-            .get(p.url("AuditEvent?message-id=tls-upstream"))
-            .bearer_auth(&token)
+        citizen
+            .search("message-id=tls-upstream")
             .send()
             .await
             .unwrap()
@@ -702,8 +708,11 @@ async fn an_https_upstream_gets_the_configured_ca_client_certificate_and_sni() {
     std::fs::write(&p.config, config("other.internal")).unwrap();
     p.signal("HUP");
     p.wait_for_log("SIGHUP: configuration reloaded", 1);
-    let (status, _) = outcome_code(search().await).await;
-    assert_eq!(status, 502);
+    assert_eq!(
+        outcome_code(search().await).await,
+        (502, "transient".to_string())
+    );
+    assert_eq!(p.refused_for("upstream_unavailable").await, 1.0);
     assert_eq!(s.upstream.requests_matching("tls-upstream").len(), 1);
     assert!(p.alive());
 }
@@ -758,16 +767,12 @@ fn check_config_refuses_what_would_not_start_or_reload() {
 async fn reload_applies_a_changed_cvr_directory() {
     let s = setup("cvr", UpstreamMode::Honest);
     let mut p = s.start(&s.config("", 30, ""));
-    let cert = s.pki.client("cvr-client");
-    let token = s
+    let supporter = s
         .pki
-        .issuer_key
-        .sign(&claims_for(&cert, supporter_claims("22334455")))
-        .unwrap();
+        .caller(p.port, "cvr-client", supporter_claims("22334455"));
     let search = || async {
-        client(&s.pki.ca, &cert)
-            .get(p.url("AuditEvent?message-id=cvr-reload"))
-            .bearer_auth(&token)
+        supporter
+            .search("message-id=cvr-reload")
             .send()
             .await
             .unwrap()
@@ -777,6 +782,7 @@ async fn reload_applies_a_changed_cvr_directory() {
         outcome_code(search().await).await,
         (403, "forbidden".into())
     );
+    assert_eq!(p.refused_for("unknown_cvr").await, 1.0);
     assert!(s.upstream.requests_matching("cvr-reload").is_empty());
     std::fs::write(
         s.dir.join("cvr.toml"),

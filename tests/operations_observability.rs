@@ -189,17 +189,17 @@ async fn an_audit_write_failure_refuses_the_answer_and_is_counted() {
         },
     );
     let id = h.upstream.seed(visible_to_supporter());
-    let cert = h.pki.client("fail-supporter");
-    let client = h.client(&cert);
-    let token = h.token(&cert, supporter_claims(SUPPORTER_CVR));
-    let read = || {
-        client
-            .get(h.url(&format!("AuditEvent/{id}")))
-            .bearer_auth(&token)
-            .send()
-    };
+    let supporter = h.caller("fail-supporter", supporter_claims(SUPPORTER_CVR));
+    let read = format!("/AuditEvent/{id}");
+    let upstream_read = format!("/fhir/AuditEvent/{id}");
 
-    assert_eq!(read().await.unwrap().status(), 200);
+    supporter
+        .get(&read)
+        .expect(
+            &h,
+            upstream(200, "AuditEvent", "GET", upstream_read.clone()),
+        )
+        .await;
     assert_eq!(
         std::fs::read_to_string(audit_dir.join("a.jsonl"))
             .unwrap()
@@ -213,17 +213,19 @@ async fn an_audit_write_failure_refuses_the_answer_and_is_counted() {
     );
 
     std::fs::remove_dir_all(&audit_dir).unwrap();
-    let resp = read().await.unwrap();
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(status, 503);
-    assert_eq!(body["resourceType"], "OperationOutcome");
-    assert_eq!(body["issue"][0]["code"], "transient");
+    let a = supporter
+        .get(&read)
+        .expect(
+            &h,
+            upstream(503, "transient", "GET", upstream_read.clone())
+                .because("audit_write_failed")
+                .lacks(CPR),
+        )
+        .await;
     assert_eq!(
-        body["issue"][0]["diagnostics"],
+        a.json["issue"][0]["diagnostics"],
         "the answer cannot be released: its audit record could not be written"
     );
-    assert!(!body.to_string().contains(CPR));
     assert_eq!(
         metric(h.admin_port, "eds_proxy_audit_write_failures_total").await,
         Some(1.0)
@@ -238,25 +240,28 @@ async fn an_audit_write_failure_refuses_the_answer_and_is_counted() {
     );
 
     // A 304 to a conditional read owes a record as well: refused the same way.
-    let resp = client
-        .get(h.url(&format!("AuditEvent/{id}")))
+    supporter
+        .get(&read)
         .header("If-None-Match", "W/\"1\"")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
+        .expect(
+            &h,
+            upstream(503, "transient", "GET", upstream_read.clone())
+                .because("audit_write_failed")
+                .lacks(CPR),
+        )
+        .await;
 
     // A station's answer owes no record: served.
-    let station = h.pki.client("fail-station");
-    let resp = h
-        .client(&station)
-        .get(h.url("AuditEvent"))
-        .bearer_auth(h.token(&station, station_claims("fail-station", "1", "2")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    h.caller("fail-station", station_claims("fail-station", "1", "2"))
+        .search("")
+        .expect(
+            &h,
+            search(
+                "_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cfail-station",
+                "",
+            ),
+        )
+        .await;
 }
 
 /// `/readyz` fails, naming the check, while the FHIR server cannot be reached; `/healthz`
@@ -306,14 +311,11 @@ async fn readiness_names_the_unreachable_upstream() {
 #[tokio::test]
 async fn request_ids_are_uuid_v7_and_reach_the_upstream() {
     let h = Harness::start("request-ids", Options::default());
-    let cert = h.pki.client("rid-station");
-    let client = h.client(&cert);
-    let token = h.token(&cert, station_claims("rid-station", "1", "2"));
+    let station = h.caller("rid-station", station_claims("rid-station", "1", "2"));
     let mut seen = HashSet::new();
     for i in 0..20 {
-        let resp = client
-            .get(h.url(&format!("AuditEvent?message-id=rid-{i}")))
-            .bearer_auth(&token)
+        let resp = station
+            .search(&format!("message-id=rid-{i}"))
             .header("X-Request-ID", "client-chosen")
             .send()
             .await
@@ -327,14 +329,11 @@ async fn request_ids_are_uuid_v7_and_reach_the_upstream() {
         assert!(seen.insert(id));
     }
     // A refused request has one too (nothing reached the FHIR server).
-    let resp = client
-        .get(h.url("Patient"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    let a = station
+        .get("/Patient")
+        .expect(&h, forbidden().because("resource_type"))
+        .await;
+    let id = a.header("x-request-id").unwrap();
     assert!(is_uuid_v7(id), "{id}");
     assert!(!seen.contains(id));
 }

@@ -74,62 +74,53 @@ async fn traffic(h: &Harness) {
     let supporters = h
         .upstream
         .seed(labelled("prom-other", SUPPORTER_SOR, "0101019999"));
-    let cert = h.pki.client("prom-station");
-    let station = h.client(&cert);
-    let token = h.token(&cert, station_claims("prom-station", "1", "2"));
-    let scert = h.pki.client("prom-supporter");
-    let supporter = h.client(&scert);
-    let stoken = h.token(&scert, supporter_claims(SUPPORTER_CVR));
+    let station = h.caller("prom-station", station_claims("prom-station", "1", "2"));
+    let supporter = h.caller("prom-supporter", supporter_claims(SUPPORTER_CVR));
+    let read = |id: &str| {
+        (
+            format!("/AuditEvent/{id}"),
+            format!("/fhir/AuditEvent/{id}"),
+        )
+    };
+    let (hidden, hidden_up) = read(&supporters);
+    let (foreign, foreign_up) = read("foreign-1");
+    let (broken, broken_up) = read("broken-1");
     for _ in 0..3 {
-        let r = station
-            .get(h.url("AuditEvent"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = station
-            .get(h.url(&format!("AuditEvent/{supporters}")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-        let r = supporter
-            .get(h.url("AuditEvent"))
-            .bearer_auth(&stoken)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = supporter
-            .get(h.url(&format!("AuditEvent/{supporters}")))
-            .bearer_auth(&stoken)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = station
-            .get(h.url("AuditEvent/foreign-1"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 502);
-        let r = station
-            .get(h.url("AuditEvent/broken-1"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 502);
-        let r = station
-            .get(h.url("AuditEvent"))
-            .bearer_auth("x.y.z")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
+        // The FHIR server ignores `_security`: entries withheld, the page still 200.
+        let a = station.search("").send().await.unwrap();
+        assert_eq!(a.status(), 200, "{}", a.text().await.unwrap());
+        station
+            .get(&hidden)
+            .expect(
+                h,
+                upstream(404, "not-found", "GET", hidden_up.clone()).because("not_found"),
+            )
+            .await;
+        assert_eq!(supporter.search("").send().await.unwrap().status(), 200);
+        supporter
+            .get(&hidden)
+            .expect(h, upstream(200, "AuditEvent", "GET", hidden_up.clone()))
+            .await;
+        station
+            .get(&foreign)
+            .expect(
+                h,
+                upstream(502, "transient", "GET", foreign_up.clone()).because("foreign_resource"),
+            )
+            .await;
+        station
+            .get(&broken)
+            .expect(
+                h,
+                upstream(502, "transient", "GET", broken_up.clone()).because("upstream_status"),
+            )
+            .await;
+        station
+            .clone()
+            .with_token("x.y.z")
+            .search("")
+            .expect(h, bad_token().because("malformed"))
+            .await;
     }
 }
 

@@ -317,11 +317,26 @@ fn parse_total(value: &str) -> Result<String, Refusal> {
     }
 }
 
-/// Responses are checked as JSON, so only JSON may be asked for.
+/// Responses are checked as JSON, so only JSON may be asked for: `json`, or a FHIR JSON media
+/// type ([`crate::fhir::interaction::FHIR_JSON_TYPES`], `text/json`) compared as `Accept` and
+/// `Content-Type` are — case-insensitively, parameters such as `fhirVersion` ignored (FHIR R4
+/// http.html#mime-type, #version-parameter). A space in the type is read as `+`: an unescaped
+/// `+` in a query (`_format=application/fhir+json`) decodes to a space, and FHIR servers take
+/// it (HAPI's `EncodingEnum.forContentType`). The value is dropped, never forwarded.
+///
+/// Errors: 400 `format` for anything else.
 pub(crate) fn check_format(value: &str) -> Result<(), Refusal> {
-    match value {
-        "json" | "application/json" | "application/fhir+json" => Ok(()),
-        _ => Err(Refusal::Invalid(Invalid::Format)),
+    let media_type = crate::fhir::interaction::media_type(value).replace(' ', "+");
+    let json = media_type.eq_ignore_ascii_case("json")
+        || crate::fhir::interaction::is_media_type(
+            &media_type,
+            crate::fhir::interaction::FHIR_JSON_TYPES,
+        )
+        || media_type.eq_ignore_ascii_case("text/json");
+    if json {
+        Ok(())
+    } else {
+        Err(Refusal::Invalid(Invalid::Format))
     }
 }
 
@@ -596,6 +611,39 @@ mod tests {
     #[test]
     fn json_format_is_fine() {
         assert!(parse("_format=json&_pretty=true").is_ok());
+        // Every JSON value a FHIR server takes (HAPI's EncodingEnum.forContentType): media
+        // types with parameters (FHIR R4 http.html#version-parameter), in any case, the
+        // legacy type, and an unescaped `+` that the query decoding turned into a space.
+        for ok in [
+            "_format=application/fhir%2Bjson",
+            "_format=application/fhir+json",
+            "_format=application/fhir%2Bjson;%20fhirVersion=4.0",
+            "_format=Application/FHIR%2BJSON",
+            "_format=application/json+fhir",
+            "_format=application/json;charset=utf-8",
+            "_format=text/json",
+        ] {
+            assert_eq!(
+                parse(ok).map(|_| ()).map_err(|e| e.reason()),
+                Ok(()),
+                "{ok}"
+            );
+        }
+        for refused in [
+            "_format=xml",
+            "_format=application/fhir%2Bxml",
+            "_format=application/fhir+xml",
+            "_format=html",
+            "_format=",
+            "_format=json&_format=xml",
+            "_format=application/fhir json x",
+        ] {
+            assert_eq!(
+                parse(refused).map(|_| ()).map_err(|e| e.reason()),
+                Err("format"),
+                "{refused}"
+            );
+        }
     }
 
     /// Output-shaping parameters are accepted and dropped: the forwarded search is exactly

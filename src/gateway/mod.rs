@@ -63,8 +63,8 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The one access-log line (log target `access`) of a request: `request` is its method and
-/// path template, `None` for a head that could not be read; `bytes_out` the answer body's
-/// length. Fields: `ts`, `request_id`, `client`, `method`, `path` (ids and values replaced:
+/// path template, `None` for a head that could not be read; `bytes_out` the length of the
+/// content sent (after compression; 0 for a HEAD or a 304). Fields: `ts`, `request_id`, `client`, `method`, `path` (ids and values replaced:
 /// `redact::path_template`), `interaction`, `principal` (kind), `principal_id` (pseudonym,
 /// `crate::audit::pseudonym`), `decision`, `reason`, `status`, `dropped`, `duration_ms`,
 /// `upstream_ms` (time waiting for the FHIR server), `bytes_in`, `bytes_out`.
@@ -236,16 +236,9 @@ impl Gateway {
         metrics::REQUEST_DURATION
             .with_label_values(&[outcome.interaction])
             .observe(started.elapsed().as_secs_f64());
-        self.access_log(
-            session,
-            &request_id,
-            &outcome,
-            answer.status,
-            started,
-            answer.body.len(),
-        );
         // Shaped after every check: compression and HEAD only change how the checked answer
         // travels.
+        let status = answer.status;
         let head = session.req_header().method == http::Method::HEAD;
         let gzip = compat::accepts_gzip(header_values(session, "accept-encoding"));
         let mut response = build_response(gzipped(answer, gzip), &request_id);
@@ -254,6 +247,15 @@ impl Gateway {
             // writing content on an HTTP/2 HEAD stream is a protocol error.
             response.body_mut().clear();
         }
+        // `bytes_out` is the content sent: compressed, and nothing for a HEAD.
+        self.access_log(
+            session,
+            &request_id,
+            &outcome,
+            status,
+            started,
+            response.body().len(),
+        );
         response
     }
 }
@@ -262,6 +264,12 @@ impl Gateway {
 /// the body is worth it; `Vary: Accept-Encoding` on every answer that could have been.
 fn gzipped(mut answer: Answer, gzip: bool) -> Answer {
     use std::io::Write;
+    if answer.status == 304 {
+        // No content, but the fields of the 200 it stands for, Vary included
+        // (RFC 9110 §15.4.5): a read's 200 is a whole record, compressible.
+        answer.headers.push(("Vary", "Accept-Encoding".to_string()));
+        return answer;
+    }
     if answer.body.len() < compat::GZIP_MIN_BYTES {
         return answer;
     }
@@ -504,7 +512,7 @@ impl Gateway {
             .await;
         outcome.upstream_ms = listener::millis(waited);
         let resp = resp?;
-        let mut answer = match check {
+        let answer = match check {
             AnswerCheck::Searchset { constraint } => {
                 self.searchset(resp, &constraint, principal, outcome)
             }
@@ -524,9 +532,10 @@ impl Gateway {
         if let Some(cvr) = audit {
             self.supporter_audit(&cvr, outcome, request_id, &answer)?;
         }
+        let mut answer = answer;
         if answer.status == 304 {
-            // Not modified: no content (RFC 9110 §15.4.5), once the audit has seen what it
-            // stands for.
+            // Audited above from the checked body it stands for; a 304 has no content
+            // (RFC 9110 §15.4.5).
             answer.body.clear();
         }
         Ok(answer)
@@ -747,7 +756,9 @@ impl Gateway {
     /// their data (a 304 to a conditional read counts: it confirms the copy the client
     /// shows): the answer's audit record (`crate::audit::record`) is written to the audit
     /// sink before the answer is released; if it cannot be, the answer is refused (503) and
-    /// `eds_proxy_audit_write_failures_total` counts it.
+    /// `eds_proxy_audit_write_failures_total` counts it. A conditional read's 304 is audited
+    /// like the 200 it stands for (its checked body names the record): it tells the supporter
+    /// that the citizen's record still exists unchanged.
     fn supporter_audit(
         &self,
         cvr: &str,
