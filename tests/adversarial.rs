@@ -3376,6 +3376,23 @@ async fn adversarial_misbehaving_backend() {
         ),
     ];
     tables.push(run_cases(&strict, "drop_totals", totals).await);
+
+    // A supporter is never offered counts, whatever `response.drop_totals` says: MinLog
+    // records follow the registrations an answer shows, and a count about a citizen shows none.
+    let sup = h.caller("adv-backend-count-supporter", supporter_claims("29189846"));
+    let supporter_counts = vec![
+        case(
+            "a supporter's _summary=count is refused",
+            sup.get("/AuditEvent?cpr=0101010001&_summary=count"),
+            invalid().because("counts_not_offered"),
+        ),
+        case(
+            "a supporter's _count=0 search has no total",
+            sup.get("/AuditEvent?cpr=0101010001&_count=0"),
+            search(SOR_SEC_29189846, "cpr=0101010001&_count=0").lacks("\"total\""),
+        ),
+    ];
+    tables.push(run_cases(&h, "supporter counts", supporter_counts).await);
     verdict(&tables);
 }
 

@@ -84,6 +84,8 @@ pub enum AnswerCheck {
     Searchset {
         /// The caller's constraint.
         constraint: Constraint,
+        /// Remove `total`: `response.drop_totals`, and always for a supporter ([`no_counts`]).
+        drop_totals: bool,
     },
     /// A read or vread: the AuditEvent `id` with the caller's label, else 404 / 502.
     Resource {
@@ -121,6 +123,16 @@ pub enum Plan {
 /// Decide one request. `body` is the request body (a create's registration; ignored
 /// otherwise).
 ///
+/// Whether searchsets for `principal` go without `total` and `_summary=count` is refused:
+/// with `response.drop_totals` for everyone, and always for a supporter. A supporter's view of
+/// citizens' registrations must leave a MinLog record (rule 21), and records are written for
+/// the registrations an answer shows; a count (`_summary=count`, or `total` beside
+/// `_count=0`) would tell a supporter how many registrations a citizen has with nothing shown
+/// and so nothing recorded.
+pub fn no_counts(principal: &Principal, policy: &Policy<'_>) -> bool {
+    policy.drop_totals || matches!(principal, Principal::Supporter { .. })
+}
+
 /// Errors: the [`Refusal`] of the first rule that refuses (see the module table).
 pub fn plan(
     interaction: Interaction,
@@ -157,7 +169,8 @@ pub fn plan(
             if !grants.search {
                 return Err(Refusal::Forbidden(Forbidden::NoSearchGrant));
             }
-            if policy.drop_totals && query.counts_only() {
+            let drop_totals = no_counts(principal, policy);
+            if drop_totals && query.counts_only() {
                 return Err(Refusal::Invalid(Invalid::CountsNotOffered));
             }
             let constraint = constraint()?;
@@ -168,7 +181,10 @@ pub fn plan(
                     target: format!("AuditEvent?{qs}"),
                     body: None,
                 },
-                AnswerCheck::Searchset { constraint },
+                AnswerCheck::Searchset {
+                    constraint,
+                    drop_totals,
+                },
             )
         }
         Interaction::Page(page) => {
@@ -189,7 +205,10 @@ pub fn plan(
                     target,
                     body: None,
                 },
-                AnswerCheck::Searchset { constraint },
+                AnswerCheck::Searchset {
+                    constraint,
+                    drop_totals: no_counts(principal, policy),
+                },
             )
         }
         Interaction::Read { id, version } => {
@@ -388,6 +407,7 @@ mod tests {
                     format!("AuditEvent?_security={label}&message-id=m"),
                     AnswerCheck::Searchset {
                         constraint: constraint().unwrap(),
+                        drop_totals: matches!(p, Principal::Supporter { .. }),
                     },
                 )
             };
@@ -406,6 +426,14 @@ mod tests {
                 count_want,
                 "{name}: count"
             );
+            // A supporter is never offered counts, whatever `response.drop_totals` says.
+            if g.search && matches!(p, Principal::Supporter { .. }) {
+                assert_eq!(
+                    plan(count(), p, b"", &policy(false)),
+                    Err(Refusal::Invalid(Invalid::CountsNotOffered)),
+                    "{name}: count"
+                );
+            }
             let page_want = if !g.search {
                 Err(Refusal::Forbidden(Forbidden::NoSearchGrant))
             } else if unknown_cvr {
@@ -416,6 +444,7 @@ mod tests {
                     "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset".into(),
                     AnswerCheck::Searchset {
                         constraint: constraint().unwrap(),
+                        drop_totals: matches!(p, Principal::Supporter { .. }),
                     },
                 )
             };

@@ -513,9 +513,10 @@ impl Gateway {
         outcome.upstream_ms = listener::millis(waited);
         let resp = resp?;
         let answer = match check {
-            AnswerCheck::Searchset { constraint } => {
-                self.searchset(resp, &constraint, principal, outcome)
-            }
+            AnswerCheck::Searchset {
+                constraint,
+                drop_totals,
+            } => self.searchset(resp, &constraint, drop_totals, principal, outcome),
             AnswerCheck::Resource { constraint, id } => {
                 let read = ReadAsked {
                     id: &id,
@@ -636,13 +637,15 @@ impl Gateway {
         &self,
         resp: UpstreamResponse,
         constraint: &Constraint,
+        drop_totals: bool,
         principal: &Principal,
         outcome: &mut Outcome,
     ) -> Result<Answer, Refusal> {
         self.require_ok_json(&resp, principal, outcome)?;
         let key = principal.binding_key();
-        let checked =
-            response::check_searchset(&resp.body, &self.response_context(constraint, &key))?;
+        let mut ctx = self.response_context(constraint, &key);
+        ctx.drop_totals = drop_totals;
+        let checked = response::check_searchset(&resp.body, &ctx)?;
         if checked.dropped > 0 {
             log::error!("response check withheld {} entries the FHIR server returned outside the caller's constraint", checked.dropped);
             metrics::RESPONSE_DROPS
