@@ -2,6 +2,7 @@
 """Turn bench/run.sh's results.jsonl into the report: tables, same-run ratios, targets (issue 10).
 
 Usage: report.py RESULTS.jsonl [--quick=0|1]
+       report.py --row   (one result line on stdin -> one progress line)
 
 Ratios are taken within a round (the proxies run interleaved, so a round's rows share the
 machine's state); with two rounds both ratios are shown and a target is judged on their mean.
@@ -27,7 +28,20 @@ def fmt_ratio(values):
     return " / ".join(f"{v:.2f}×" for v in values)
 
 
+def row(d):
+    """The progress line bench/run.sh prints after each run."""
+    what = d["workload"] if d["kind"] == "load" else "handshakes"
+    unit = "req/s" if d["kind"] == "load" else "conn/s"
+    return (f"  r{d['round']} {what:<10} c={d['c']:<3} {d['proxy']:<12} {d['rps']:9.0f} {unit}  "
+            f"p50 {d['p50_ms']:7.2f} ms  p99 {d['p99_ms']:7.2f} ms  "
+            f"{d['cpu_us_per_req'] or 0:6.0f} µs CPU/req  busy {d['proxy_busy']:4.0%}  "
+            f"{d['statuses']}" + (f" errors {d['errors']}" if d["errors"] else ""))
+
+
 def main():
+    if sys.argv[1] == "--row":
+        print(row(json.loads(sys.stdin.read())))
+        return
     path = sys.argv[1]
     quick = any(a == "--quick=1" for a in sys.argv[2:])
     rows = [json.loads(l) for l in open(path) if l.strip()]
@@ -40,9 +54,14 @@ def main():
     by = {(r["proxy"], r["workload"], r["c"], r["round"]): r for r in load}
     out = []
     p = out.append
+    run = next((r for r in rows if r["kind"] == "run"), None)
+    if run:
+        p(f"Run {run['date']} at {run['commit']} on {run['cpu']}; {run['duration_s']} s per run, "
+          f"c = {', '.join(map(str, run['concurrency']))}, {run['rounds']} round(s); load average "
+          f"before: {run['load_before']}.\n")
+        quick = quick or run["quick"]
     if quick:
-        p("**Quick run (`--quick`): 2 s per run, c = 16 only, one round — validates the harness; "
-          "not a measurement.**\n")
+        p("**Quick run (`--quick`): validates the harness; not a measurement.**\n")
 
     problems = []
     for r in load:
@@ -94,7 +113,7 @@ def main():
     for w in ("search", "read", "create"):
         for c in sorted({r["c"] for r in load if r["workload"] == w}):
             cpu = []
-            for px in PROXIES:
+            for px in ("eds-proxy", "nginx", "passthrough"):
                 vals = [by[(px, w, c, n)]["cpu_us_per_req"] for n in rounds if (px, w, c, n) in by]
                 vals = [v for v in vals if v is not None]
                 cpu.append(f"{statistics.mean(vals):.0f}" if vals else "–")
@@ -183,7 +202,7 @@ def main():
           "answer checked before the load (eds-proxy's searchset: all 20 entries)")
         if metrics:
             p(f"- eds_proxy_response_check_drops_total: {metrics['drops_before_load']} from the "
-              f"other station's search (all 20 entries dropped), unchanged under load; "
+              f"other station's search (all 20 entries) and read (404), unchanged under load; "
               f"eds_proxy_response_foreign_total: {metrics['foreign']}")
     print("\n".join(out))
     sys.exit(1 if problems else 0)

@@ -46,6 +46,11 @@ if (( QUICK )); then
 else
   DURATION=10; CONCURRENCY="1 16 64 256"; ROUNDS=2; HS_SECONDS=10; TOKEN_ITERATIONS=2000
 fi
+# Overrides, e.g. BENCH_CONCURRENCY="64" BENCH_DURATION=5 BENCH_ROUNDS=3.
+DURATION=${BENCH_DURATION:-$DURATION}
+CONCURRENCY=${BENCH_CONCURRENCY:-$CONCURRENCY}
+ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
+HS_SECONDS=${BENCH_DURATION:-$HS_SECONDS}
 HOLD=1000
 LOAD_CPU=0 PROXY_CPU=1
 ORIGIN_PORT=18080
@@ -239,7 +244,12 @@ rss_kib() { # VmRSS and VmHWM summed over the proxy's processes
 }
 CLK_TCK=$(getconf CLK_TCK)
 RESULTS="$RUN/results.jsonl"
-: > "$RESULTS"
+python3 -c 'import json,sys; print(json.dumps({"kind": "run", "quick": sys.argv[1] == "1", "duration_s": int(sys.argv[2]),
+  "concurrency": [int(c) for c in sys.argv[3].split()], "rounds": int(sys.argv[4]), "date": sys.argv[5],
+  "commit": sys.argv[6], "cpu": sys.argv[7], "load_before": sys.argv[8]}))' \
+  "$QUICK" "$DURATION" "$CONCURRENCY" "$ROUNDS" "$(date -u +%Y-%m-%dT%H:%MZ)" \
+  "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  "$(nproc) x $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)" "$(cut -d' ' -f1-3 /proc/loadavg)" > "$RESULTS"
 url() { echo "https://localhost:${PORT[$1]}/fhir/$2"; }
 CURL=(curl -s --cacert "$PKI/ca.crt" --resolve "localhost:${PORT[eds-proxy]}:127.0.0.1"
       --resolve "localhost:${PORT[nginx]}:127.0.0.1" --resolve "localhost:${PORT[passthrough]}:127.0.0.1")
@@ -257,7 +267,9 @@ for p in "${PROXIES[@]}"; do
     -H "Content-Type: application/fhir+json" --data-binary "@$RUN/origin/create.json" "$(url "$p" AuditEvent)" > "$RUN/check-$p-create.txt"
   for w in search read create; do SIZE[$p-$w]=$(awk '{print $2}' "$RUN/check-$p-$w.txt"); done
 done
+DROPS_OWN=$(metric eds_proxy_response_check_drops_total)
 as_other -o "$RUN/check-other-search.json" -w '%{http_code}\n' "$(url eds-proxy 'AuditEvent?_count=20')" > "$RUN/check-other-search.txt"
+DROPS_SEARCH=$(metric eds_proxy_response_check_drops_total)
 as_other -o /dev/null -w '%{http_code}\n' "$(url eds-proxy AuditEvent/bench-read)" > "$RUN/check-other-read.txt"
 DROPS_BEFORE_LOAD=$(metric eds_proxy_response_check_drops_total)
 python3 - "$RUN" "${PORT[eds-proxy]}" <<'PY'
@@ -293,10 +305,12 @@ print(f"  ok: all three proxies 200/200/201; eds-proxy: station sees {expect['en
       f"{expect['entries']} entries, next link re-signed, Location rebased; another station: "
       f"search 200 with 0 entries, read 404")
 PY
-if [[ "$DROPS_BEFORE_LOAD" != 20 ]]; then
-  echo "CHECK FAILED: eds_proxy_response_check_drops_total is $DROPS_BEFORE_LOAD after the other station's search (want 20)"; exit 1
+# The drop counter: nothing for the station's own answers, 20 for the other station's
+# search (every entry), one more for its read (answered 404).
+if [[ "$DROPS_OWN $DROPS_SEARCH $DROPS_BEFORE_LOAD" != "0 20 21" ]]; then
+  echo "CHECK FAILED: eds_proxy_response_check_drops_total went $DROPS_OWN -> $DROPS_SEARCH -> $DROPS_BEFORE_LOAD (want 0 -> 20 -> 21)"; exit 1
 fi
-echo "  ok: eds_proxy_response_check_drops_total = 20 (the other station's search dropped every entry)"
+echo "  ok: eds_proxy_response_check_drops_total 0 -> 20 (other station's search) -> 21 (its read)"
 
 record() { # JSON line into results.jsonl
   echo "$1" >> "$RESULTS"
@@ -343,7 +357,7 @@ oha_run() { # PROXY WORKLOAD CONCURRENCY SECONDS ROUND
   if [[ -n "$perf_pid" ]]; then
     kill -INT "$perf_pid"; wait "$perf_pid" || true
     perf report -i "$RUN/perf-$w.data" --stdio --no-children --sort symbol --percent-limit 0.7 \
-      2>/dev/null | grep -v '^$' | grep -E '^ +[0-9]' > "$RUN/perf-$w.txt" || true
+      2>/dev/null | grep -E '^ +[0-9]' | sed -E 's/[ -]*$//' > "$RUN/perf-$w.txt" || true
   fi
   read -r rss hwm <<<"$(rss_kib "$p")"
   record "$(python3 - "$RUN/oha.json" "$p" "$w" "$c" "$round" "$((t1 - t0))" "$CLK_TCK" "$start" "$end" "$rss" "$hwm" "${SIZE[$p-$w]}" <<'PY'
@@ -389,7 +403,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in $CONCURRENCY; do
       for p in "${PROXIES[@]}"; do
         oha_run "$p" "$w" "$c" "$DURATION" "$round"
-        tail -1 "$RESULTS" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(f"  r{d[\"round\"]} {d[\"workload\"]:<6} c={d[\"c\"]:<3} {d[\"proxy\"]:<12} {d[\"rps\"]:9.0f} req/s  p50 {d[\"p50_ms\"]:7.2f} ms  p99 {d[\"p99_ms\"]:7.2f} ms  {d[\"cpu_us_per_req\"] or 0:6.0f} µs CPU/req  busy {d[\"proxy_busy\"]*100:3.0f}%  {d[\"statuses\"]}")'
+        tail -1 "$RESULTS" | python3 bench/report.py --row
         sleep 0.5
       done
     done
@@ -397,7 +411,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "== full mTLS handshakes, TLS resumption OFF (fresh client session store per connection), c=16, ${HS_SECONDS}s, one read per connection"
   for p in "${PROXIES[@]}"; do
     handshake_run "$p" "$round"
-    tail -1 "$RESULTS" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(f"  r{d[\"round\"]} {d[\"proxy\"]:<12} {d[\"rps\"]:8.0f} conn/s  p50 {d[\"p50_ms\"]:7.2f} ms  p99 {d[\"p99_ms\"]:7.2f} ms  {d[\"cpu_us_per_req\"] or 0:6.0f} µs CPU/conn  busy {d[\"proxy_busy\"]*100:3.0f}%  {d[\"statuses\"]} errors {d[\"errors\"]}")'
+    tail -1 "$RESULTS" | python3 bench/report.py --row
   done
 done
 DROPS_AFTER_LOAD=$(metric eds_proxy_response_check_drops_total)
