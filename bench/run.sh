@@ -356,8 +356,8 @@ oha_run() { # PROXY WORKLOAD CONCURRENCY SECONDS ROUND
   end=$(date +%s.%N); t1=$(cpu_ticks "$p")
   if [[ -n "$perf_pid" ]]; then
     kill -INT "$perf_pid"; wait "$perf_pid" || true
-    perf report -i "$RUN/perf-$w.data" --stdio --no-children --sort symbol --percent-limit 0.7 \
-      2>/dev/null | grep -E '^ +[0-9]' | sed -E 's/[ -]*$//' > "$RUN/perf-$w.txt" || true
+    perf report -i "$RUN/perf-$w.data" --stdio --no-children --sort dso,symbol 2>/dev/null \
+      | python3 bench/perf_summary.py > "$RUN/perf-$w.txt" || true
   fi
   read -r rss hwm <<<"$(rss_kib "$p")"
   record "$(python3 - "$RUN/oha.json" "$p" "$w" "$c" "$round" "$((t1 - t0))" "$CLK_TCK" "$start" "$end" "$rss" "$hwm" "${SIZE[$p-$w]}" <<'PY'
