@@ -3,6 +3,8 @@
 #
 #   bash bench/run.sh            # full run: c = 1 16 64 256, 10 s per run, two rounds (≤ 15 min)
 #   bash bench/run.sh --quick    # harness check: c = 16, 2 s per run, one round (~2 min)
+#   --hapi                       # also the same search against real HAPI FHIR (native jar, under
+#                                # flock /tmp/hapi-run.lock): eds-proxy's share of the p50
 #   --perf                       # also profile eds-proxy (perf record -e cpu-clock) during its
 #                                # first search/read/create run at c = 16: bench-run/perf-*.txt
 #
@@ -33,12 +35,14 @@ RUN="${BENCH_DIR:-$ROOT/bench-run}"
 QUICK=0
 BUILD=1
 PERF=0
+HAPI=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
     --no-build) BUILD=0 ;;
     --perf) PERF=1 ;;
-    *) echo "usage: bash bench/run.sh [--quick] [--perf] [--no-build]" >&2; exit 2 ;;
+    --hapi) HAPI=1 ;;
+    *) echo "usage: bash bench/run.sh [--quick] [--perf] [--hapi] [--no-build]" >&2; exit 2 ;;
   esac
 done
 if (( QUICK )); then
@@ -419,6 +423,59 @@ FOREIGN=$(metric eds_proxy_response_foreign_total)
 record "{\"kind\":\"metrics\",\"drops_before_load\":$DROPS_BEFORE_LOAD,\"drops_after_load\":$DROPS_AFTER_LOAD,\"foreign\":$FOREIGN}"
 
 stop_all
+
+# ---------------------------------------------------------------- against HAPI
+if (( HAPI )); then
+  echo "== the same search against real HAPI FHIR: direct, and through eds-proxy"
+  HP=18090 HAPI_PROXY=18444 HAPI_ADMIN=127.0.0.1:19101
+  exec 8>/tmp/hapi-run.lock
+  flock 8 # one HAPI on the machine at a time (house rule)
+  stop_hapi() { HAPI_PORT=$HP HAPI_DATA_DIR="$RUN/hapi" bash "$ROOT/hapi-compose/hapi-native.sh" stop >/dev/null 2>&1 || true; }
+  trap 'stop_all; stop_hapi' EXIT
+  HAPI_PORT=$HP HAPI_DATA_DIR="$RUN/hapi" taskset -c $LOAD_CPU bash hapi-compose/hapi-native.sh start >/dev/null
+  bash hapi-compose/hapi-native.sh bootstrap-search-parameters "http://127.0.0.1:$HP/fhir" >/dev/null 2>&1
+  sed -e "s|127.0.0.1:${PORT[eds-proxy]}|127.0.0.1:$HAPI_PROXY|; s|localhost:${PORT[eds-proxy]}|localhost:$HAPI_PROXY|" \
+      -e "s|$ADMIN|$HAPI_ADMIN|; s|127.0.0.1:$ORIGIN_PORT/fhir|127.0.0.1:$HP/fhir|" "$RUN/eds-proxy.toml" > "$RUN/eds-proxy-hapi.toml"
+  RUST_LOG=info taskset -c $PROXY_CPU "$BIN" --config "$RUN/eds-proxy-hapi.toml" >"$RUN/eds-proxy-hapi.log" 2>&1 & pids+=($!)
+  HAPI_EDS_PID=$!
+  for _ in $(seq 1 100); do curl -sf "http://$HAPI_ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  # 20 registrations by the benchmark station (EDS-PDS-01.1, observer Cura-EUA), through eds-proxy.
+  HCURL=(curl -s --cacert "$PKI/ca.crt" --resolve "localhost:$HAPI_PROXY:127.0.0.1" --cert "$PKI/cura-eua.crt"
+         --key "$PKI/cura-eua.key" -H "Authorization: Bearer $TOKEN" -H "Accept: application/fhir+json")
+  for i in $(seq 1 20); do
+    code=$("${HCURL[@]}" -o /dev/null -w '%{http_code}' -H "Content-Type: application/fhir+json" \
+      --data-binary "@$RUN/origin/create.json" "https://localhost:$HAPI_PROXY/fhir/AuditEvent")
+    [[ "$code" == 201 ]] || { echo "CHECK FAILED: registration $i through eds-proxy to HAPI: HTTP $code"; exit 1; }
+  done
+  "${HCURL[@]}" "https://localhost:$HAPI_PROXY/fhir/AuditEvent?_count=20" > "$RUN/hapi-check.json"
+  n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1])).get("entry", [])))' "$RUN/hapi-check.json")
+  [[ "$n" == 20 ]] || { echo "CHECK FAILED: search through eds-proxy to HAPI returned $n of 20 entries"; exit 1; }
+  # The query eds-proxy sends HAPI for this search: its _security constraint first.
+  DIRECT="http://127.0.0.1:$HP/fhir/AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7CCura-EUA&_count=20"
+  for c in 1 16; do
+    for via in hapi eds-proxy; do
+      if [[ $via == hapi ]]; then
+        taskset -c $LOAD_CPU oha -z "${DURATION}s" -c "$c" --no-tui --output-format json -H "Accept: application/fhir+json" "$DIRECT" > "$RUN/oha.json"
+      else
+        taskset -c $LOAD_CPU oha -z "${DURATION}s" -c "$c" --no-tui --output-format json --cacert "$PKI/ca.crt" \
+          --cert "$PKI/cura-eua.crt" --key "$PKI/cura-eua.key" -H "Authorization: Bearer $TOKEN" \
+          -H "Accept: application/fhir+json" "https://localhost:$HAPI_PROXY/fhir/AuditEvent?_count=20" > "$RUN/oha.json"
+      fi
+      python3 - "$RUN/oha.json" "$via" "$c" >> "$RESULTS" <<'PY2'
+import json, sys
+o = json.load(open(sys.argv[1])); lat = o.get("latencyPercentiles", {})
+codes = {str(k): v for k, v in o.get("statusCodeDistribution", {}).items()}
+print(json.dumps({"kind": "hapi", "via": sys.argv[2], "c": int(sys.argv[3]), "statuses": codes,
+                  "rps": sum(codes.values()) / o["summary"]["total"], "p50_ms": (lat.get("p50") or 0) * 1e3,
+                  "p99_ms": (lat.get("p99") or 0) * 1e3}))
+PY2
+      tail -1 "$RESULTS"
+    done
+  done
+  kill "$HAPI_EDS_PID" 2>/dev/null || true
+  stop_hapi
+  flock -u 8
+fi
 
 # ---------------------------------------------------------------- token validation
 echo "== token validation on a cache miss (cargo bench --bench tokens)"
