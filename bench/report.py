@@ -30,6 +30,9 @@ def fmt_ratio(values):
 
 def row(d):
     """The progress line bench/run.sh prints after each run."""
+    if d["kind"] == "hapi":
+        return (f"  {'HAPI direct' if d['via'] == 'hapi' else 'via eds-proxy':<14} c={d['c']:<3} "
+                f"{d['rps']:7.1f} req/s  p50 {d['p50_ms']:8.2f} ms  p99 {d['p99_ms']:8.2f} ms  {d['statuses']}")
     what = d["workload"] if d["kind"] == "load" else "handshakes"
     unit = "req/s" if d["kind"] == "load" else "conn/s"
     return (f"  r{d['round']} {what:<10} c={d['c']:<3} {d['proxy']:<12} {d['rps']:9.0f} {unit}  "

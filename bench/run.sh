@@ -469,7 +469,7 @@ print(json.dumps({"kind": "hapi", "via": sys.argv[2], "c": int(sys.argv[3]), "st
                   "rps": sum(codes.values()) / o["summary"]["total"], "p50_ms": (lat.get("p50") or 0) * 1e3,
                   "p99_ms": (lat.get("p99") or 0) * 1e3}))
 PY2
-      tail -1 "$RESULTS"
+      tail -1 "$RESULTS" | python3 bench/report.py --row
     done
   done
   kill "$HAPI_EDS_PID" 2>/dev/null || true
