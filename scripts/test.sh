@@ -30,6 +30,8 @@ cargo clippy --lib --no-default-features --quiet -- -D warnings
 cargo clippy --all-targets --no-default-features --features server --quiet -- -D warnings
 # Every intra-doc link resolves, no bare URLs (public items are documented: Cargo.toml [lints]).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
+# The benchmark (bench/run.sh) is not run here; its script must at least parse.
+bash -n bench/run.sh
 
 echo "== boundaries: the decision core's dependencies"
 # The pure core (no features: what the fuzz targets link) may not reach the network, the
