@@ -160,7 +160,7 @@ impl KeyStore {
 
 /// Keys by `kid`. Keys without a `kid`, symmetric keys and keys meant for encryption are
 /// skipped: a token must name its key, and only signature keys verify tokens.
-pub(crate) fn parse_jwks(text: &str) -> Result<HashMap<String, VerificationKey>, String> {
+pub fn parse_jwks(text: &str) -> Result<HashMap<String, VerificationKey>, String> {
     // Strict: a key with a member twice is not a key this proxy guesses at.
     let set: JwkSet = crate::fhir::strict_json::parse_into(text.as_bytes())
         .map_err(|e| format!("JWKS is not valid: {e}"))?;
