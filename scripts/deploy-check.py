@@ -187,9 +187,15 @@ def compose():
 
 
 # ------------------------------------------------------------------------------ kubernetes
+def k8s_files():
+    """The manifests of both shapes (kubernetes/<shape>/*.yaml, what `kubectl apply -f
+    kubernetes/<shape>/` applies) and the examples beside them (kubernetes/*.yaml)."""
+    return sorted(glob.glob(os.path.join(K8S_DIR, "*", "*.yaml"))) + sorted(glob.glob(os.path.join(K8S_DIR, "*.yaml")))
+
+
 def k8s_docs():
     docs = []
-    for path in sorted(glob.glob(os.path.join(K8S_DIR, "*", "*.yaml"))):
+    for path in k8s_files():
         with open(path, encoding="utf-8") as f:
             for doc in yaml.safe_load_all(f):
                 if doc:
@@ -227,8 +233,8 @@ def check_config(binary, toml_text, files, label):
 
 
 def kubernetes(binary):
-    files = sorted(glob.glob(os.path.join(K8S_DIR, "*", "*.yaml")))
-    check({os.path.basename(os.path.dirname(f)) for f in files} == {"deployment", "sidecar"},
+    files = k8s_files()
+    check({os.path.basename(os.path.dirname(f)) for f in files} - {"kubernetes"} == {"deployment", "sidecar"},
           "kubernetes: both shapes present (deployment/, sidecar/)")
     for version in K8S_VERSIONS:
         cmd = ["kubernetes-validate", "--strict", "--quiet"] + (["-k", version] if version else []) + files
@@ -243,6 +249,12 @@ def kubernetes(binary):
         by_kind.setdefault(d["kind"], []).append((path, d))
     configmaps = {d["metadata"]["name"]: d for _, d in by_kind.get("ConfigMap", [])}
     secrets = {d["metadata"]["name"] for _, d in by_kind.get("Secret", [])}
+    # `kubectl apply -f kubernetes/<shape>/` applies every file of the folder: an example Secret
+    # there would replace the operator's real certificates and page secret with placeholders.
+    applied = [f"{path} {d['metadata']['name']}" for path, d in by_kind.get("Secret", [])
+               if os.path.dirname(path) != "kubernetes"]
+    check(not applied, "kubernetes: no Secret in a folder that `kubectl apply -f kubernetes/<shape>/` applies",
+          str(applied))
 
     for path, dep in by_kind.get("Deployment", []):
         pod = dep["spec"]["template"]["spec"]
