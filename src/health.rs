@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What `health` checks, parsed from its `--url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,40 +86,65 @@ pub fn status_code(head: &[u8]) -> Option<u16> {
     code.parse().ok()
 }
 
-/// Runs the check against `target` within `timeout` (connect, write and each read). `Ok` with
-/// a one-line description when healthy; `Err` with the reason otherwise.
+/// Runs the check against `target` within `timeout` in all (connect, write and reads: an
+/// answer dripping in byte by byte does not stretch it). Every address the host resolves to
+/// is tried in turn (`localhost` may be `::1` first while the listener is IPv4). `Ok` with a
+/// one-line description when healthy; `Err` with the reason otherwise.
 pub fn check(target: &Target, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
     let address = match target {
         Target::Http { address, .. } | Target::Tcp { address } => address,
     };
-    let socket = address
+    let late = || {
+        format!(
+            "{address}: no answer within {} s (timeout in all)",
+            timeout.as_secs()
+        )
+    };
+    let left = |deadline: Instant| {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    };
+    let mut last = format!("{address}: no address");
+    let mut connected = None;
+    for socket in address
         .to_socket_addrs()
         .map_err(|e| format!("{address}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{address}: no address"))?;
-    let mut stream =
-        TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("{address}: {e}"))?;
+    {
+        let Some(rest) = left(deadline) else {
+            return Err(late());
+        };
+        match TcpStream::connect_timeout(&socket, rest) {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last = format!("{address}: {e}"),
+        }
+    }
+    let mut stream = connected.ok_or(last)?;
     let (host, path) = match target {
         Target::Tcp { .. } => return Ok(format!("{address}: connection accepted")),
         Target::Http { host, path, .. } => (host, path),
     };
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| format!("{address}: {e}"))?;
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => late(),
+        _ => format!("{address}: {e}"),
+    };
+    let rest = left(deadline).ok_or_else(late)?;
+    stream.set_write_timeout(Some(rest)).map_err(io)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: eds-proxy-health\r\nConnection: close\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("{address}: {e}"))?;
+    stream.write_all(request.as_bytes()).map_err(io)?;
     // The status line is all that is needed; 512 bytes hold it (or show it is not HTTP).
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while head.len() < 512 && !head.contains(&b'\n') {
-        let n = stream
-            .read(&mut buf)
-            .map_err(|e| format!("{address}: {e}"))?;
+        let rest = left(deadline).ok_or_else(late)?;
+        stream.set_read_timeout(Some(rest)).map_err(io)?;
+        let n = stream.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
@@ -193,6 +218,37 @@ mod tests {
         assert_eq!(status_code(b"HTTP/1.1 2000 OK\r\n"), None);
         assert_eq!(status_code(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(status_code(b""), None);
+    }
+
+    #[test]
+    fn check_gives_up_after_the_timeout_in_all_even_when_the_answer_drips() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).unwrap();
+            // One byte every 300 ms: each read succeeds well within the timeout.
+            for b in b"HTTP/1.1 200 OK\r\n\r\n" {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let target = parse_target(&format!("http://127.0.0.1:{port}/readyz")).unwrap();
+        let t0 = std::time::Instant::now();
+        let got = check(&target, Duration::from_secs(1));
+        let took = t0.elapsed();
+        assert_eq!(
+            got,
+            Err(format!(
+                "127.0.0.1:{port}: no answer within 1 s (timeout in all)"
+            ))
+        );
+        assert!(took < Duration::from_millis(1800), "{took:?}");
+        server.join().unwrap();
     }
 
     #[test]

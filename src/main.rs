@@ -32,7 +32,7 @@ enum Command {
         /// What to check, e.g. http://127.0.0.1:9100/readyz (the admin listener).
         #[arg(long, default_value = "http://127.0.0.1:9100/readyz")]
         url: String,
-        /// Seconds allowed for the connection and for each read and write.
+        /// Seconds allowed for the whole check (connection, request and answer).
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
     },
