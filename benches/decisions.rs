@@ -127,6 +127,67 @@ fn main() {
         2_000,
         serde_baseline,
     );
+    // Token signature verification on a cache miss, per algorithm: the pure-Rust backend
+    // (jsonwebtoken `rust_crypto`) against ring (`auth::ring_verify`, what the server uses).
+    {
+        use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER as RUST_CRYPTO;
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+        let rsa_pem = include_str!("../tests/fixtures/keys/test-rsa-2048.pem");
+        let ec = eds_proxy::dev::keys::SigningKey::generate("k").unwrap();
+        let ec_jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(ec.jwk()).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let rsa_jwk = {
+            // The public half, as a JWKS would give it (n, e).
+            let der: Vec<u8> = {
+                use base64::Engine;
+                let b: String = rsa_pem
+                    .lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect();
+                base64::engine::general_purpose::STANDARD.decode(b).unwrap()
+            };
+            let (n, e) = (RUST_CRYPTO.key_utils.rsa_pub_components_from_private_key)(&der).unwrap();
+            DecodingKey::from_rsa_raw_components(&n, &e)
+        };
+        let cases = [
+            (
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(ec.private_pem.as_bytes()).unwrap(),
+                DecodingKey::from_jwk(&ec_jwk).unwrap(),
+            ),
+            (
+                Algorithm::PS256,
+                EncodingKey::from_rsa_pem(rsa_pem.as_bytes()).unwrap(),
+                rsa_jwk,
+            ),
+            (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_der(&ed.serialize_der()),
+                DecodingKey::from_ed_der(ed.public_key_raw()),
+            ),
+        ];
+        let msg = b"eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci50ZXN0IiwiYXVkIjoiZWRzIn0".to_vec();
+        for (alg, signing, verifying) in &cases {
+            let sig = (RUST_CRYPTO.signer_factory)(alg, signing)
+                .unwrap()
+                .try_sign(&msg)
+                .unwrap();
+            for (backend, provider) in [
+                ("rust_crypto", &RUST_CRYPTO),
+                ("ring", &eds_proxy::auth::ring_verify::PROVIDER),
+            ] {
+                measure(
+                    &format!("token signature {alg:?} ({backend})"),
+                    0,
+                    2_000,
+                    || {
+                        let v = (provider.verifier_factory)(alg, verifying).unwrap();
+                        v.verify(black_box(&msg), &sig).unwrap();
+                    },
+                );
+            }
+        }
+    }
     let body = example.to_string();
     measure("registration validate + label", body.len(), 20_000, || {
         black_box(validate_and_label(black_box(body.as_bytes()), &station, &systems()).unwrap());

@@ -45,6 +45,8 @@ enum Command {
 fn main() -> ExitCode {
     // Every log line, Pingora's included, is redacted (see `eds_proxy::logging`).
     eds_proxy::logging::init();
+    // Token signatures through ring, before any token is verified (auth::ring_verify).
+    eds_proxy::auth::ring_verify::install();
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => check_config(&file),

@@ -249,6 +249,8 @@ pub fn build_server(c: &Config) -> Result<Server, String> {
 /// SIGHUP, exit as soon as drained on SIGTERM (`crate::lifecycle`). Returns only if it cannot
 /// start.
 pub fn run(path: &std::path::Path, c: &Config) -> Result<std::convert::Infallible, String> {
+    // Token signatures through ring (auth::ring_verify); a no-op if main already did it.
+    crate::auth::ring_verify::install();
     let (server, live) = build(c)?;
     lifecycle::reload_on_sighup(path.to_path_buf(), live)?;
     lifecycle::exit_when_drained(&server, Duration::from_secs(c.server.grace_period_seconds))?;

@@ -4,5 +4,7 @@
 pub mod jwks;
 pub mod principal;
 pub mod privileges;
+#[cfg(feature = "server")]
+pub mod ring_verify;
 pub mod scope;
 pub mod token;

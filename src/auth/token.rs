@@ -480,6 +480,9 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        // The provider the server installs (auth::ring_verify): these tests are its oracle.
+        #[cfg(feature = "server")]
+        crate::auth::ring_verify::install();
         let key = SigningKey::generate("k1").unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk()).unwrap();
         let vkey = VerificationKey {
