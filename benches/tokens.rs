@@ -100,6 +100,8 @@ fn key_pair(dir: &Path, alg: Algorithm) -> (EncodingKey, Value) {
 }
 
 fn main() {
+    // The backend the proxy uses (auth::ring_verify: ring for ES/PS/RS, ed25519-dalek for EdDSA).
+    eds_proxy::auth::ring_verify::install();
     let dir = std::env::temp_dir().join(format!("eds-bench-tokens-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let policy = TokenPolicy {

@@ -170,6 +170,9 @@ pub fn preflight(c: &Config) -> Result<(), String> {
 /// The Pingora server with both listeners, ready to `run`, and its live settings.
 pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
     crate::metrics::init();
+    // Token signatures through ring (auth::ring_verify), for the binary and for tests that
+    // embed the server alike; a no-op if main already did it.
+    crate::auth::ring_verify::install();
     let keys = build_keys(c)?;
     let mut gateway = build_gateway(c, keys.clone())?;
     // The conformance probe's verdict outlives reloads (`lifecycle::reload` carries it over).
@@ -249,8 +252,6 @@ pub fn build_server(c: &Config) -> Result<Server, String> {
 /// SIGHUP, exit as soon as drained on SIGTERM (`crate::lifecycle`). Returns only if it cannot
 /// start.
 pub fn run(path: &std::path::Path, c: &Config) -> Result<std::convert::Infallible, String> {
-    // Token signatures through ring (auth::ring_verify); a no-op if main already did it.
-    crate::auth::ring_verify::install();
     let (server, live) = build(c)?;
     lifecycle::reload_on_sighup(path.to_path_buf(), live)?;
     lifecycle::exit_when_drained(&server, Duration::from_secs(c.server.grace_period_seconds))?;

@@ -9,8 +9,8 @@
 //! (development tools only) and JWK helpers stay with `rust_crypto`.
 //!
 //! Key formats are jsonwebtoken's own (`DecodingKey`): an EC key is the uncompressed SEC1
-//! point, an RSA key PKCS#1 `RSAPublicKey` DER or its (n, e) components, an Ed25519 key the
-//! 32 raw bytes, which is what ring's verifiers take (RFC 7518 §3.3–3.5, RFC 8037 §3.1).
+//! point, an RSA key PKCS#1 `RSAPublicKey` DER or its (n, e) components, which is what ring's
+//! verifiers take (RFC 7518 §3.3–3.5). EdDSA stays with `rust_crypto` (faster there).
 //! ring refuses RSA moduli under 2048 bits (RFC 7518 §3.3 requires at least 2048).
 
 use jsonwebtoken::crypto::{rust_crypto, CryptoProvider, JwtVerifier, KeyUtils};
@@ -66,7 +66,9 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
         | Algorithm::PS256
         | Algorithm::PS384
         | Algorithm::PS512 => AlgorithmFamily::Rsa,
-        Algorithm::EdDSA => AlgorithmFamily::Ed,
+        // EdDSA stays with rust_crypto (ed25519-dalek): measured faster than ring's Ed25519
+        // here (35 vs 45 µs, 0.39M vs 0.57M instructions per verification). HMAC (never
+        // accepted by `auth::token`) stays there too.
         _ => return (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key),
     };
     if key.family() != family {
@@ -81,11 +83,10 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
 impl Verifier<Vec<u8>> for RingVerifier {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
         let rsa: &'static ring_sig::RsaParameters = match self.alg {
-            Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA => {
+            Algorithm::ES256 | Algorithm::ES384 => {
                 let alg: &'static dyn ring_sig::VerificationAlgorithm = match self.alg {
                     Algorithm::ES256 => &ring_sig::ECDSA_P256_SHA256_FIXED,
-                    Algorithm::ES384 => &ring_sig::ECDSA_P384_SHA384_FIXED,
-                    _ => &ring_sig::ED25519,
+                    _ => &ring_sig::ECDSA_P384_SHA384_FIXED,
                 };
                 let DecodingKeyKind::SecretOrDer(bytes) = self.key.kind() else {
                     return Err(signature::Error::new());
