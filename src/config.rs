@@ -1007,7 +1007,10 @@ secret_file = "/nonexistent/secret"
                 .map(|(_, m)| m)
                 .collect()
         };
-        assert_eq!(about(upstream, "access.cpr_label_system"), Vec::<String>::new());
+        assert_eq!(
+            about(upstream, "access.cpr_label_system"),
+            Vec::<String>::new()
+        );
         let same = format!(
             "{upstream}[access]\ndevice_label_system = \"urn:eds-proxy:label:id\"\ncpr_label_system = \"urn:eds-proxy:label:id\"\n"
         );
@@ -1015,9 +1018,8 @@ secret_file = "/nonexistent/secret"
             about(&same, "access.cpr_label_system"),
             ["must differ from access.device_label_system (each kind of label needs its own system)"]
         );
-        let sor_is_device = format!(
-            "{upstream}[access]\nsor_label_system = \"urn:eds-proxy:label:device-id\"\n"
-        );
+        let sor_is_device =
+            format!("{upstream}[access]\nsor_label_system = \"urn:eds-proxy:label:device-id\"\n");
         assert_eq!(
             about(&sor_is_device, "access.sor_label_system"),
             ["must differ from access.device_label_system (each kind of label needs its own system)"]
@@ -1027,8 +1029,12 @@ secret_file = "/nonexistent/secret"
             about(refuse_off, "upstream.probe.on_nonconformant"),
             ["`refuse` needs the probe (upstream.probe.interval_seconds > 0)"]
         );
-        let warn_off = "[upstream]\nbase_url = \"http://x\"\n[upstream.probe]\ninterval_seconds = 0\n";
-        assert_eq!(about(warn_off, "upstream.probe.on_nonconformant"), Vec::<String>::new());
+        let warn_off =
+            "[upstream]\nbase_url = \"http://x\"\n[upstream.probe]\ninterval_seconds = 0\n";
+        assert_eq!(
+            about(warn_off, "upstream.probe.on_nonconformant"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -26,10 +26,12 @@
 //!   caller's constraint back on replay.
 //!
 //! `MAC` is base64url (no padding) HMAC-SHA-256 over a version tag, the principal's
-//! `binding_key` and the exact upstream target (constraint included). A link therefore works
-//! for the principal it was issued to and no one else, on any replica sharing
+//! `binding_key`, its constraint and the exact upstream target. A link therefore works for
+//! the principal it was issued to and no one else, on any replica sharing
 //! `paging.secret_file`, with no shared state; changing any byte of it (offset, count, cursor)
-//! is refused, and a supporter's link stops working when its CVR's SOR codes change.
+//! is refused, and any link (a `_getpages` handle too, whose target does not show the
+//! constraint) stops working when the caller's constraint changes: a SOR code removed from a
+//! supporter's CVR, label systems changed by a reload.
 //!
 //! Size: a link is issued only if it and its upstream target both fit in
 //! `limits.max_uri_bytes`, the limit every request to the proxy is held to (RFC 9110 §4.1
@@ -50,8 +52,10 @@ pub const SIGNATURE_PARAM: &str = "_eds_sig";
 /// Query parameter carrying a search-style paging target (base64url, no padding).
 pub const TARGET_PARAM: &str = "_eds_page";
 
-/// The HMAC's version tag: v2 signs the exact upstream target (v1 signed the handle only).
-const MAC_TAG: &[u8] = b"eds-proxy page v2\0";
+/// The HMAC's version tag: v3 signs the caller's constraint and the exact upstream target (v2
+/// signed the target only, so a handle link outlived a change of the caller's constraint; v1
+/// signed the handle only).
+const MAC_TAG: &[u8] = b"eds-proxy page v3\0";
 
 /// A secret of at least 32 bytes (checked by the configuration).
 #[derive(Clone)]
@@ -94,33 +98,52 @@ impl PageSigner {
         PageSigner { secret }
     }
 
-    fn mac(&self, principal_key: &str, upstream_target: &str) -> Option<Hmac<Sha256>> {
+    fn mac(
+        &self,
+        principal_key: &str,
+        constraint: &Constraint,
+        upstream_target: &str,
+    ) -> Option<Hmac<Sha256>> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
         mac.update(MAC_TAG);
         mac.update(principal_key.as_bytes());
+        mac.update(b"\0");
+        // Label systems and codes are plain tokens without control characters: no `\0`.
+        mac.update(constraint.search_value().as_bytes());
         mac.update(b"\0");
         mac.update(upstream_target.as_bytes());
         Some(mac)
     }
 
     /// The signature of `upstream_target` (relative to the FHIR base) for the principal with
-    /// `principal_key` (`Principal::binding_key`): base64url (no padding) HMAC-SHA-256 over a
-    /// version tag, the key and the target.
-    pub fn sign(&self, principal_key: &str, upstream_target: &str) -> String {
-        self.mac(principal_key, upstream_target)
+    /// `principal_key` (`Principal::binding_key`) under `constraint` (its constraint when the
+    /// link is issued): base64url (no padding) HMAC-SHA-256 over a version tag, the key, the
+    /// constraint and the target. The constraint is signed for both link forms: a
+    /// `_getpages` handle's target does not show it (the server keeps it with the stored
+    /// search), and a link must stop working when the caller's constraint changes (a SOR code
+    /// removed from its CVR, label systems changed by a reload).
+    pub fn sign(
+        &self,
+        principal_key: &str,
+        constraint: &Constraint,
+        upstream_target: &str,
+    ) -> String {
+        self.mac(principal_key, constraint, upstream_target)
             .map(|m| {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
             })
             .unwrap_or_default()
     }
 
-    /// Constant-time check of a link's signature over `upstream_target` for this principal.
+    /// Constant-time check of a link's signature over `upstream_target` for this principal
+    /// with its current `constraint`.
     ///
     /// Errors: 403 `page_not_issued` for a signature that is not this principal's for exactly
-    /// this target.
+    /// this constraint and target.
     pub fn verify(
         &self,
         principal_key: &str,
+        constraint: &Constraint,
         upstream_target: &str,
         signature: &str,
     ) -> Result<(), Refusal> {
@@ -129,7 +152,7 @@ impl PageSigner {
             .decode(signature)
             .map_err(|_| refused())?;
         let mac = self
-            .mac(principal_key, upstream_target)
+            .mac(principal_key, constraint, upstream_target)
             .ok_or_else(refused)?;
         mac.verify_slice(&sig).map_err(|_| refused())
     }
@@ -207,7 +230,7 @@ pub fn signed_link(
     let link = format!(
         "{public_base}?{}&{SIGNATURE_PARAM}={}",
         target.link_query(),
-        signer.sign(principal_key, &upstream)
+        signer.sign(principal_key, constraint, &upstream)
     );
     (link.len() <= max_bytes).then_some(link)
 }
@@ -518,25 +541,26 @@ mod tests {
             let page = request(query).unwrap();
             assert_eq!(page.target, target);
             let upstream = page.target.upstream_target(&c);
-            assert!(s.verify(key, &upstream, &page.signature).is_ok());
+            assert!(s.verify(key, &c, &upstream, &page.signature).is_ok());
             // Another principal, another constraint, another secret.
             assert_eq!(
-                s.verify("station\0dev-2", &upstream, &page.signature)
+                s.verify("station\0dev-2", &c, &upstream, &page.signature)
                     .map_err(|e| e.reason()),
                 Err("page_not_issued")
             );
             if let PageTarget::Search { .. } = page.target {
                 // The constraint is part of what is signed.
-                let other = page.target.upstream_target(&constraint("dev-2"));
+                let dev2 = constraint("dev-2");
+                let other = page.target.upstream_target(&dev2);
                 assert_eq!(
-                    s.verify(key, &other, &page.signature)
+                    s.verify(key, &dev2, &other, &page.signature)
                         .map_err(|e| e.reason()),
                     Err("page_not_issued")
                 );
             }
             assert_eq!(
                 PageSigner::new(vec![1; 32])
-                    .verify(key, &upstream, &page.signature)
+                    .verify(key, &c, &upstream, &page.signature)
                     .map_err(|e| e.reason()),
                 Err("page_not_issued")
             );
@@ -551,7 +575,7 @@ mod tests {
         let target = PageTarget::Search {
             params: vec![("_page".into(), "2".into())],
         };
-        let sig = s.sign(key, &target.upstream_target(&c));
+        let sig = s.sign(key, &c, &target.upstream_target(&c));
         for (tampered, why) in [
             (
                 PageTarget::Search {
@@ -562,14 +586,14 @@ mod tests {
             (PageTarget::Search { params: vec![] }, "page_not_issued"),
         ] {
             assert_eq!(
-                s.verify(key, &tampered.upstream_target(&c), &sig)
+                s.verify(key, &c, &tampered.upstream_target(&c), &sig)
                     .map_err(|e| e.reason()),
                 Err(why)
             );
         }
         for bad in ["AAAA", "!!", ""] {
             assert_eq!(
-                s.verify(key, &target.upstream_target(&c), bad)
+                s.verify(key, &c, &target.upstream_target(&c), bad)
                     .map_err(|e| e.reason()),
                 Err("page_not_issued")
             );

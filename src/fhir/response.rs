@@ -1009,14 +1009,17 @@ mod tests {
                 check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap(),
                 ctx.signer.sign(
                     ctx.principal_key,
+                    ctx.constraint,
                     "AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cdev-1&message-id=x",
                 ),
                 ctx.signer.sign(
                     ctx.principal_key,
+                    ctx.constraint,
                     "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset",
                 ),
                 ctx.signer.sign(
                     ctx.principal_key,
+                    ctx.constraint,
                     "?_getpages=abc&_getpagesoffset=0&_count=10&_bundletype=searchset",
                 ),
             )
