@@ -23,7 +23,8 @@
 //! - search: `[base]?_eds_page=B64&_eds_sig=MAC`, where `B64` is base64url (no padding) of the
 //!   target's query *without* the `_security` parameter: the caller's labels (a CPR, a device
 //!   id) never appear in a URL the client holds, logs or bookmarks; the proxy puts the
-//!   caller's constraint back on replay.
+//!   caller's constraint back on replay. (Base64 conceals nothing: the search's own
+//!   parameters, e.g. a supporter's `cpr=`, are readable in it, as in the caller's request.)
 //!
 //! `MAC` is base64url (no padding) HMAC-SHA-256 over a version tag, the principal's
 //! `binding_key`, its constraint and the exact upstream target. A link therefore works for
@@ -384,7 +385,8 @@ fn parse_handle(pairs: &[(String, String)], max_count: u32) -> Result<PageTarget
 }
 
 /// Parse the query of a paging request (`GET [base]?…`): a signed handle link or a signed
-/// `_eds_page` link, exactly as the proxy issued them.
+/// `_eds_page` link, exactly as the proxy issued them; either may also carry a JSON `_format`
+/// and a boolean `_pretty` (output shape, checked and never forwarded).
 ///
 /// Errors: 400 for a repeated or foreign parameter or a malformed handle or target; 403
 /// `page_unsigned` without a signature. The signature itself is checked by the access plan.
@@ -412,10 +414,18 @@ pub fn parse_page_request(
     }
     let target = match encoded {
         Some(b64) => {
-            if let Some((name, _)) = rest.first() {
-                return Err(Refusal::Invalid(Invalid::PageParameter {
-                    name: name.clone(),
-                }));
+            // Beside the target, only what a handle link takes too: output shape, checked and
+            // never forwarded (clients add `_format`/`_pretty` to every request).
+            for (name, value) in &rest {
+                match name.as_str() {
+                    "_format" => query::check_format(value)?,
+                    "_pretty" => query::check_bool(name, value)?,
+                    _ => {
+                        return Err(Refusal::Invalid(Invalid::PageParameter {
+                            name: name.clone(),
+                        }))
+                    }
+                }
             }
             let bad = || Refusal::Invalid(Invalid::PageTarget);
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -654,6 +664,15 @@ mod tests {
                 format!("{}&_eds_sig=x&_page=3", page("_page=2")),
                 "page_parameter",
             ),
+            // Output shape only, as on a handle link: checked, never forwarded.
+            (
+                format!("{}&_eds_sig=x&_format=xml", page("_page=2")),
+                "format",
+            ),
+            (
+                format!("{}&_eds_sig=x&_pretty=yes", page("_page=2")),
+                "not_a_boolean",
+            ),
             (format!("{}&_eds_sig=x", page("_security=x")), "page_target"),
             (format!("{}&_eds_sig=x", page("_include=*")), "page_target"),
             (format!("{}&_eds_sig=x", page("_count=x")), "page_target"),
@@ -662,6 +681,22 @@ mod tests {
             (page("_page=2"), "page_unsigned"),
         ] {
             assert_eq!(request(&q).map(|_| ()), Err(why), "{q}");
+        }
+        // A client that adds `_format`/`_pretty` to every request (HAPI's generic client with
+        // an encoding or pretty printing set) pages on either link form (c-any finding: the
+        // `_eds_page` form answered 400 `page_parameter`).
+        for extra in [
+            "_format=json",
+            "_pretty=true",
+            "_format=application/fhir%2Bjson&_pretty=false",
+        ] {
+            assert_eq!(
+                request(&format!("{}&_eds_sig=x&{extra}", page("_page=2"))).map(|p| p.target),
+                Ok(PageTarget::Search {
+                    params: vec![("_page".into(), "2".into())]
+                }),
+                "{extra}"
+            );
         }
         assert_eq!(
             request(&format!("{}&_eds_sig=x", page("_page=2&_count=1000"))).map(|p| p.target),
