@@ -45,6 +45,10 @@ pub struct CheckedBundle {
     pub body: Vec<u8>,
     /// Entries removed because they did not carry the caller's label.
     pub dropped: usize,
+    /// Bundle links removed because the proxy cannot vouch for them ([`rewrite_link`]).
+    pub links_dropped: usize,
+    /// The `next` link was among them: a client sees no further page, and nothing tells it.
+    pub next_dropped: bool,
 }
 
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
@@ -119,6 +123,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             }
         }
     }
+    let (mut links_dropped, mut next_dropped) = (0, false);
     let links = match member("link") {
         Some(raw) => {
             let mut links: Vec<Value> =
@@ -133,7 +138,12 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
                         link["url"] = Value::String(u);
                         true
                     }
-                    None => false,
+                    None => {
+                        links_dropped += 1;
+                        next_dropped |=
+                            link.get("relation").and_then(Value::as_str) == Some("next");
+                        false
+                    }
                 }
             });
             serde_json::to_string(&links).map_err(|_| malformed())?
@@ -161,6 +171,8 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     Ok(CheckedBundle {
         body: out.into_bytes(),
         dropped,
+        links_dropped,
+        next_dropped,
     })
 }
 
@@ -1036,6 +1048,14 @@ mod tests {
                 json!({"relation": "previous", "url": format!("https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=0&_count=10&_bundletype=searchset&_eds_sig={prev_sig}")}),
             ]
         );
+        // Counted for the operator (a dropped `next` silently ends a client's paging).
+        assert_eq!((out.links_dropped, out.next_dropped), (2, false));
+        let next_elsewhere = json!({"resourceType": "Bundle", "type": "searchset", "link": [
+            {"relation": "next", "url": "http://hapi-behind-another-name:8080/fhir?_getpages=abc"}]});
+        let out = with_ctx(|ctx| {
+            check_searchset(&serde_json::to_vec(&next_elsewhere).unwrap(), ctx).unwrap()
+        });
+        assert_eq!((out.links_dropped, out.next_dropped), (1, true));
     }
 
     #[test]
