@@ -214,18 +214,28 @@ impl PageTarget {
 
 /// The paging link to hand out for `target`: `public_base` (no trailing slash) + the link
 /// query + `&_eds_sig=…`, signed for `principal_key` over the exact upstream target.
-/// `None` when the link or the upstream target is longer than `max_bytes` (the proxy's
-/// `limits.max_uri_bytes`): the client could not send it back, or the server not receive it.
+/// `None` when the link, or the request target sent upstream on replay (`upstream_base_path`,
+/// the FHIR server's base path without a trailing slash, then the target, as
+/// `gateway::upstream` joins them), is longer than `max_bytes` (the proxy's
+/// `limits.max_uri_bytes`, which both are held to): the client could not send it back, or the
+/// proxy would refuse to forward it (414).
 pub fn signed_link(
     public_base: &str,
     target: &PageTarget,
     constraint: &Constraint,
     signer: &PageSigner,
     principal_key: &str,
+    upstream_base_path: &str,
     max_bytes: usize,
 ) -> Option<String> {
     let upstream = target.upstream_target(constraint);
-    if upstream.len() > max_bytes {
+    let prefix = match (upstream.starts_with('?'), upstream_base_path.is_empty()) {
+        // `/?_getpages=…` at the server's root, `/fhir?_getpages=…` under a path.
+        (true, true) => 1,
+        (true, false) => upstream_base_path.len(),
+        (false, _) => upstream_base_path.len() + 1,
+    };
+    if prefix + upstream.len() > max_bytes {
         return None;
     }
     let link = format!(
@@ -545,7 +555,7 @@ mod tests {
             "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset".to_string(),
         ] {
             let target = target_of_link(&rel, &c, 50).unwrap();
-            let link = signed_link("https://p/fhir", &target, &c, &s, key, 8192).unwrap();
+            let link = signed_link("https://p/fhir", &target, &c, &s, key, "/fhir", 8192).unwrap();
             assert!(!link.contains("dev-1"), "{link}");
             let query = link.strip_prefix("https://p/fhir?").unwrap();
             let page = request(query).unwrap();
@@ -616,16 +626,55 @@ mod tests {
         let target = PageTarget::Search {
             params: vec![("_cursor".into(), "x".repeat(300))],
         };
-        assert!(signed_link("https://p/fhir", &target, &c, &signer(), "k", 600).is_some());
+        assert!(signed_link("https://p/fhir", &target, &c, &signer(), "k", "/fhir", 600).is_some());
         assert_eq!(
-            signed_link("https://p/fhir", &target, &c, &signer(), "k", 400),
+            signed_link("https://p/fhir", &target, &c, &signer(), "k", "/fhir", 400),
             None
         );
         let long_constraint = constraint(&"d".repeat(500));
         assert_eq!(
-            signed_link("https://p", &target, &long_constraint, &signer(), "k", 700),
+            signed_link(
+                "https://p",
+                &target,
+                &long_constraint,
+                &signer(),
+                "k",
+                "/fhir",
+                700
+            ),
             None
         );
+        // What is held to the limit is what the proxy sends: the FHIR server's base path, `/`
+        // and the target (`gateway::upstream`). A link whose target fits but whose request
+        // does not was issued, and its replay answered 414 (c-any finding).
+        let upstream = target.upstream_target(&long_constraint).len();
+        let fits = |base_path: &str, max: usize| {
+            signed_link(
+                "https://p",
+                &target,
+                &long_constraint,
+                &signer(),
+                "k",
+                base_path,
+                max,
+            )
+            .is_some()
+        };
+        assert!(fits("", upstream + 1));
+        assert!(!fits("", upstream));
+        assert!(fits("/fhir", upstream + 6));
+        assert!(!fits("/fhir", upstream + 5));
+        let handle = PageTarget::Handle {
+            id: "abc".into(),
+            offset: None,
+            count: None,
+        };
+        let t = handle.upstream_target(&c).len();
+        let ok = |base_path: &str, max: usize| {
+            signed_link("h", &handle, &c, &signer(), "k", base_path, max).is_some()
+        };
+        assert!(ok("", (t + 1).max(100)));
+        assert!(ok("/fhir", (t + 5).max(100)));
     }
 
     #[test]

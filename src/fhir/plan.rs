@@ -615,6 +615,7 @@ mod tests {
                 &issued,
                 &signer,
                 &who.binding_key(),
+                "/fhir",
                 8192,
             )
             .unwrap();

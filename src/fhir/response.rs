@@ -917,12 +917,15 @@ pub(crate) fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<Strin
                 .filter(|r| r.is_empty() || r.starts_with(['/', '?']))
         })?;
     let target = paging::target_of_link(relative, ctx.constraint, ctx.max_count)?;
+    // The path `gateway::upstream` puts before the target (the base URL is checked at load).
+    let base_path = url::Url::parse(ctx.upstream_base).ok()?;
     paging::signed_link(
         ctx.public_base,
         &target,
         ctx.constraint,
         ctx.signer,
         ctx.principal_key,
+        base_path.path().trim_end_matches('/'),
         ctx.max_link_bytes,
     )
 }
