@@ -717,6 +717,29 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
             out.push(problem(key, "must not contain | , $ or \\"));
         }
     }
+    // Each kind of label needs its own system: shared, a station whose device id equals a
+    // citizen's CPR number (or an organisation's SOR code) would be admitted to their records.
+    let systems = [
+        ("access.device_label_system", &c.access.device_label_system),
+        ("access.sor_label_system", &c.access.sor_label_system),
+        ("access.cpr_label_system", &c.access.cpr_label_system),
+    ];
+    for (i, (key, system)) in systems.iter().enumerate() {
+        if let Some((earlier, _)) = systems.iter().take(i).find(|(_, s)| s == system) {
+            out.push(problem(
+                key,
+                format!("must differ from {earlier} (each kind of label needs its own system)"),
+            ));
+        }
+    }
+    if c.upstream.probe.on_nonconformant == OnNonconformant::Refuse
+        && c.upstream.probe.interval_seconds == 0
+    {
+        out.push(problem(
+            "upstream.probe.on_nonconformant",
+            "`refuse` needs the probe (upstream.probe.interval_seconds > 0)",
+        ));
+    }
     if let Some(dir) = &c.access.cvr_directory {
         if let Err(e) = crate::cvr_directory::CvrDirectory::load(dir) {
             out.push(problem("access.cvr_directory", e));
@@ -960,6 +983,58 @@ secret_file = "/nonexistent/secret"
         assert!(!k.contains(&"audit.path".to_string()), "{k:?}");
         assert!(keys("[admin]\nupstream_probe_interval_ms = 0\n")
             .contains(&"admin.upstream_probe_interval_ms".to_string()));
+    }
+
+    /// Two label kinds sharing a system would let one principal's identifier select another
+    /// kind's records: a station whose device id is a citizen's CPR number would see that
+    /// citizen's registrations (c-any finding). And `refuse` without a probe would refuse
+    /// nothing while looking configured.
+    #[test]
+    fn label_systems_are_distinct_and_refuse_needs_the_probe() {
+        let base = "[listen]\naddress = \"127.0.0.1:1\"\nserver_cert = \"c\"\nserver_key = \"k\"\nclient_ca = \"a\"\n[public]\nbase_url = \"https://p\"\n[token]\nissuer = \"i\"\naudience = [\"a\"]\njwks_url = \"https://i/j\"\n[paging]\nsecret_file = \"s\"\n";
+        let problems = |extra: &str| -> Vec<(String, String)> {
+            parse(&format!("{base}{extra}"), Path::new("/nonexistent"))
+                .unwrap_err()
+                .into_iter()
+                .map(|p| (p.key, p.reason))
+                .collect()
+        };
+        let upstream = "[upstream]\nbase_url = \"http://x\"\n";
+        let about = |extra: &str, key: &str| -> Vec<String> {
+            problems(extra)
+                .into_iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, m)| m)
+                .collect()
+        };
+        assert_eq!(
+            about(upstream, "access.cpr_label_system"),
+            Vec::<String>::new()
+        );
+        let same = format!(
+            "{upstream}[access]\ndevice_label_system = \"urn:eds-proxy:label:id\"\ncpr_label_system = \"urn:eds-proxy:label:id\"\n"
+        );
+        assert_eq!(
+            about(&same, "access.cpr_label_system"),
+            ["must differ from access.device_label_system (each kind of label needs its own system)"]
+        );
+        let sor_is_device =
+            format!("{upstream}[access]\nsor_label_system = \"urn:eds-proxy:label:device-id\"\n");
+        assert_eq!(
+            about(&sor_is_device, "access.sor_label_system"),
+            ["must differ from access.device_label_system (each kind of label needs its own system)"]
+        );
+        let refuse_off = "[upstream]\nbase_url = \"http://x\"\n[upstream.probe]\ninterval_seconds = 0\non_nonconformant = \"refuse\"\n";
+        assert_eq!(
+            about(refuse_off, "upstream.probe.on_nonconformant"),
+            ["`refuse` needs the probe (upstream.probe.interval_seconds > 0)"]
+        );
+        let warn_off =
+            "[upstream]\nbase_url = \"http://x\"\n[upstream.probe]\ninterval_seconds = 0\n";
+        assert_eq!(
+            about(warn_off, "upstream.probe.on_nonconformant"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

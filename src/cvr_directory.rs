@@ -26,7 +26,8 @@ impl CvrDirectory {
     /// Read a `.toml` or `.json` directory (module documentation).
     ///
     /// Errors: the file cannot be read or parsed (JSON strictly: a duplicate CVR is an error),
-    /// its extension is neither, or a CVR or SOR code is empty.
+    /// its extension is neither, or a CVR or SOR code is empty, has spaces around it or a
+    /// control character, or is not a plain token (`labels::is_plain_token`).
     pub fn load(path: &Path) -> Result<CvrDirectory, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -47,6 +48,18 @@ impl CvrDirectory {
             // SOR codes become access-label codes in a supporter's `_security` search: plain
             // tokens only (`labels::is_plain_token`), and the CVR is matched against a token
             // claim that must be one too.
+            // Tokens and registrations are trimmed, so a code with spaces around it (or a
+            // control character in it) would never match one.
+            let clean = |s: &str| s.trim() == s && !s.chars().any(char::is_control);
+            if !clean(cvr) || !sors.iter().all(|s| clean(s)) {
+                return Err(format!(
+                    "CVR or SOR code in entry `{}` has spaces around it or a control character",
+                    cvr.chars()
+                        .filter(|c| !c.is_control())
+                        .take(32)
+                        .collect::<String>()
+                ));
+            }
             let plain = crate::fhir::labels::is_plain_token;
             if !plain(cvr) || !sors.iter().all(|s| plain(s)) {
                 return Err(format!(
@@ -107,5 +120,26 @@ mod tests {
         }
         let err = load("bad.toml", "[cvr]\n\"12345678\" = [\"111|2\"]\n").unwrap_err();
         assert!(err.contains("plain tokens"), "{err}");
+    }
+
+    /// A code with spaces around it (or any control character) never matches: the label
+    /// stamped on a registration and the CVR in a token are trimmed, so the supporter would
+    /// see nothing (or be refused as unknown) with no hint why (c-any finding). It does not
+    /// load.
+    #[test]
+    fn codes_with_surrounding_space_or_control_characters_do_not_load() {
+        for text in [
+            r#"{"12345678": [" 111"]}"#,
+            r#"{"12345678": ["111 "]}"#,
+            r#"{" 12345678": ["111"]}"#,
+            r#"{"12345678": ["11\t1"]}"#,
+            r#"{"12345678\n": ["111"]}"#,
+        ] {
+            let err = load("space.json", text).unwrap_err();
+            assert!(
+                err.contains("spaces around it or a control character"),
+                "{text}: {err}"
+            );
+        }
     }
 }

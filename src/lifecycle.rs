@@ -101,6 +101,19 @@ pub fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
+/// Whether the conformance probe's verdict must start over ([`ProbeState::restart`]): it was
+/// about another FHIR server (`upstream.base_url`) or other label systems (what `_security`
+/// searches name).
+///
+/// [`ProbeState::restart`]: crate::gateway::probe::ProbeState::restart
+pub fn conformance_must_restart(old: &Config, new: &Config) -> bool {
+    let (o, n) = (&old.access, &new.access);
+    old.upstream.base_url != new.upstream.base_url
+        || o.device_label_system != n.device_label_system
+        || o.sor_label_system != n.sor_label_system
+        || o.cpr_label_system != n.cpr_label_system
+}
+
 /// Whether the issuer keys must be loaded again: the JWKS source or its refresh settings
 /// changed, or the source is a file (a reload is how a replaced file is read at once; a URL
 /// with unchanged settings keeps its keys and refreshes as usual).
@@ -145,10 +158,24 @@ pub(crate) async fn reload(path: &Path, live: &Live) -> Result<String, String> {
     let mut gateway = crate::server::build_gateway(&new, keys.clone())?;
     // The conformance probe's verdict belongs to the process, not to a configuration.
     gateway.probe = live.gateway.load().probe.clone();
+    let restart_probe = if conformance_must_restart(&old, &new) {
+        gateway.probe.clone()
+    } else {
+        None
+    };
+    // Before the swap, so the new server is never served under the old server's verdict, and
+    // again after it (below), so a round that read the old snapshot meanwhile is not recorded.
+    if let Some(probe) = &restart_probe {
+        probe.restart();
+    }
     let crls = tls.crl_count;
     live.tls.store(Arc::new(tls));
     live.keys.store(keys);
     live.gateway.store(Arc::new(gateway));
+    if let Some(probe) = &restart_probe {
+        probe.restart();
+        log::info!("FHIR server or label systems changed: conformance probe started again");
+    }
     let fixed = fixed_keys_changed(&old, &new);
     // The expiry metric follows the certificates now in force.
     crate::server::export_certificate_expiry(&new);
@@ -287,6 +314,31 @@ mod tests {
         );
         // Files are not read: only the typed settings are compared.
         toml::from_str(&text).unwrap()
+    }
+
+    /// The conformance verdict is about one FHIR server under one set of label systems: a
+    /// reload that changes either starts over (c-any finding: the old server's verdict was
+    /// kept until the next round, up to `interval_seconds`, and `refuse` mode served an
+    /// unverified server meanwhile).
+    #[test]
+    fn a_new_fhir_server_or_label_systems_need_a_new_verdict() {
+        let a = config("jwks_url = \"https://i/jwks\"");
+        let mut b = a.clone();
+        b.upstream.read_timeout_ms += 1;
+        b.limits.max_count = 7;
+        assert!(!conformance_must_restart(&a, &b));
+        let mut c = a.clone();
+        c.upstream.base_url = "http://other/fhir".into();
+        assert!(conformance_must_restart(&a, &c));
+        for change in [
+            |c: &mut Config| c.access.device_label_system.push('2'),
+            |c: &mut Config| c.access.sor_label_system.push('2'),
+            |c: &mut Config| c.access.cpr_label_system.push('2'),
+        ] {
+            let mut d = a.clone();
+            change(&mut d);
+            assert!(conformance_must_restart(&a, &d));
+        }
     }
 
     #[test]

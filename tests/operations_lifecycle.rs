@@ -880,3 +880,72 @@ async fn a_certificate_revoked_by_a_reload_is_refused_on_its_open_connection() {
     p.wait_for_log("SIGHUP: configuration reloaded", 2);
     assert_eq!(c.get(p.url("metadata")).send().await.unwrap().status(), 200);
 }
+
+/// c-any: a reload that points the proxy at another FHIR server starts the conformance
+/// verdict over. With `on_nonconformant = "refuse"` the new server gets no FHIR request until
+/// it has passed a round of its own; the old server's verdict used to be kept until the next
+/// round (`interval_seconds` later, 300 s here), serving a server that ignores `_security`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_another_fhir_server_is_probed_before_it_is_served() {
+    let s = setup("probe-reload", UpstreamMode::Honest);
+    let leaky = RecordingUpstream::start(UpstreamMode::Leaky);
+    leaky.seed(
+        serde_json::json!({"resourceType": "AuditEvent", "meta": {"security": [
+        {"system": "urn:eds-proxy:label:device-id", "code": "another-station"}]}}),
+    );
+    let tables = "[upstream.probe]\ninterval_seconds = 300\non_nonconformant = \"refuse\"\n";
+    let config = s.config("", 30, tables);
+    let mut p = s.start(&config);
+    let readyz = || async {
+        reqwest::get(format!("http://127.0.0.1:{}/readyz", s.admin_port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let until = |want: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let body = readyz().await;
+            if body.contains(want) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readyz never showed {want:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until("conformance: ok").await;
+    let station = s.pki.caller(
+        p.port,
+        "probe-reload-station",
+        station_claims("probe-reload-dev", "111", "GLN-1"),
+    );
+    let search =
+        |q: &'static str| async { station.search(q).send().await.unwrap().status().as_u16() };
+    assert_eq!(search("message-id=before-reload").await, 200);
+    std::fs::write(
+        &p.config,
+        config.replace(
+            &format!("127.0.0.1:{}/fhir", s.upstream.port),
+            &format!("127.0.0.1:{}/fhir", leaky.port),
+        ),
+    )
+    .unwrap();
+    p.signal("HUP");
+    p.wait_for_log("SIGHUP: configuration reloaded", 1);
+    // At once (pending or already failed), and again once the new server's round failed.
+    assert_eq!(search("message-id=after-reload").await, 503);
+    let body = until("security: a search for a value that exists nowhere returned records").await;
+    assert!(
+        body.starts_with("keys: ok\nupstream: ok\nconformance: FHIR server not conformant"),
+        "{body}"
+    );
+    assert_eq!(search("message-id=after-reload").await, 503);
+    assert_eq!(p.refused_for("backend_nonconformant").await, 2.0);
+    assert!(leaky.requests_matching("after-reload").is_empty());
+    assert!(p.alive());
+}

@@ -170,10 +170,15 @@ async fn offset_and_cursor_links_are_signed_and_replayed_exactly() {
         let (status, second) = s.get(&next).await;
         assert_eq!(status, 200, "{style}: {second}");
         assert_eq!(ids(&second), [format!("{style}-2")], "{style}");
+        // A client adding `_format`/`_pretty` to every request (as on a handle link): the same
+        // target, the output parameters not forwarded.
+        let (status, again) = s.get(&format!("{next}&_format=json&_pretty=true")).await;
+        assert_eq!(status, 200, "{style}: {again}");
         assert_eq!(
             seen_since(&h, before),
             [
                 format!("/fhir/AuditEvent?_security={LABEL}&message-id={style}"),
+                replayed.clone(),
                 replayed
             ],
             "{style}: what the upstream saw"

@@ -262,7 +262,7 @@ fn check_bundle(input: &Value, out: &Value, dropped: usize, f: &Fixture, who: us
                     .unwrap_or_else(|e| panic!("kept link does not parse ({}): {url:?}", e.reason()));
                 assert!(
                     f.signer
-                        .verify(&key, &page.target.upstream_target(constraint), &page.signature)
+                        .verify(&key, constraint, &page.target.upstream_target(constraint), &page.signature)
                         .is_ok(),
                     "page link signature does not verify for its principal: {url:?}"
                 );
@@ -271,7 +271,7 @@ fn check_bundle(input: &Value, out: &Value, dropped: usize, f: &Fixture, who: us
                         let target = page.target.upstream_target(&f.constraints[i]);
                         assert!(
                             f.signer
-                                .verify(&p.binding_key(), &target, &page.signature)
+                                .verify(&p.binding_key(), &f.constraints[i], &target, &page.signature)
                                 .is_err(),
                             "page link verifies for another principal: {url:?}"
                         );

@@ -23,13 +23,16 @@
 //! - search: `[base]?_eds_page=B64&_eds_sig=MAC`, where `B64` is base64url (no padding) of the
 //!   target's query *without* the `_security` parameter: the caller's labels (a CPR, a device
 //!   id) never appear in a URL the client holds, logs or bookmarks; the proxy puts the
-//!   caller's constraint back on replay.
+//!   caller's constraint back on replay. (Base64 conceals nothing: the search's own
+//!   parameters, e.g. a supporter's `cpr=`, are readable in it, as in the caller's request.)
 //!
 //! `MAC` is base64url (no padding) HMAC-SHA-256 over a version tag, the principal's
-//! `binding_key` and the exact upstream target (constraint included). A link therefore works
-//! for the principal it was issued to and no one else, on any replica sharing
+//! `binding_key`, its constraint and the exact upstream target. A link therefore works for
+//! the principal it was issued to and no one else, on any replica sharing
 //! `paging.secret_file`, with no shared state; changing any byte of it (offset, count, cursor)
-//! is refused, and a supporter's link stops working when its CVR's SOR codes change.
+//! is refused, and any link (a `_getpages` handle too, whose target does not show the
+//! constraint) stops working when the caller's constraint changes: a SOR code removed from a
+//! supporter's CVR, label systems changed by a reload.
 //!
 //! Size: a link is issued only if it and its upstream target both fit in
 //! `limits.max_uri_bytes`, the limit every request to the proxy is held to (RFC 9110 §4.1
@@ -50,8 +53,10 @@ pub const SIGNATURE_PARAM: &str = "_eds_sig";
 /// Query parameter carrying a search-style paging target (base64url, no padding).
 pub const TARGET_PARAM: &str = "_eds_page";
 
-/// The HMAC's version tag: v2 signs the exact upstream target (v1 signed the handle only).
-const MAC_TAG: &[u8] = b"eds-proxy page v2\0";
+/// The HMAC's version tag: v3 signs the caller's constraint and the exact upstream target (v2
+/// signed the target only, so a handle link outlived a change of the caller's constraint; v1
+/// signed the handle only).
+const MAC_TAG: &[u8] = b"eds-proxy page v3\0";
 
 /// A secret of at least 32 bytes (checked by the configuration).
 #[derive(Clone)]
@@ -94,33 +99,52 @@ impl PageSigner {
         PageSigner { secret }
     }
 
-    fn mac(&self, principal_key: &str, upstream_target: &str) -> Option<Hmac<Sha256>> {
+    fn mac(
+        &self,
+        principal_key: &str,
+        constraint: &Constraint,
+        upstream_target: &str,
+    ) -> Option<Hmac<Sha256>> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
         mac.update(MAC_TAG);
         mac.update(principal_key.as_bytes());
+        mac.update(b"\0");
+        // Label systems and codes are plain tokens without control characters: no `\0`.
+        mac.update(constraint.search_value().as_bytes());
         mac.update(b"\0");
         mac.update(upstream_target.as_bytes());
         Some(mac)
     }
 
     /// The signature of `upstream_target` (relative to the FHIR base) for the principal with
-    /// `principal_key` (`Principal::binding_key`): base64url (no padding) HMAC-SHA-256 over a
-    /// version tag, the key and the target.
-    pub fn sign(&self, principal_key: &str, upstream_target: &str) -> String {
-        self.mac(principal_key, upstream_target)
+    /// `principal_key` (`Principal::binding_key`) under `constraint` (its constraint when the
+    /// link is issued): base64url (no padding) HMAC-SHA-256 over a version tag, the key, the
+    /// constraint and the target. The constraint is signed for both link forms: a
+    /// `_getpages` handle's target does not show it (the server keeps it with the stored
+    /// search), and a link must stop working when the caller's constraint changes (a SOR code
+    /// removed from its CVR, label systems changed by a reload).
+    pub fn sign(
+        &self,
+        principal_key: &str,
+        constraint: &Constraint,
+        upstream_target: &str,
+    ) -> String {
+        self.mac(principal_key, constraint, upstream_target)
             .map(|m| {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
             })
             .unwrap_or_default()
     }
 
-    /// Constant-time check of a link's signature over `upstream_target` for this principal.
+    /// Constant-time check of a link's signature over `upstream_target` for this principal
+    /// with its current `constraint`.
     ///
     /// Errors: 403 `page_not_issued` for a signature that is not this principal's for exactly
-    /// this target.
+    /// this constraint and target.
     pub fn verify(
         &self,
         principal_key: &str,
+        constraint: &Constraint,
         upstream_target: &str,
         signature: &str,
     ) -> Result<(), Refusal> {
@@ -129,7 +153,7 @@ impl PageSigner {
             .decode(signature)
             .map_err(|_| refused())?;
         let mac = self
-            .mac(principal_key, upstream_target)
+            .mac(principal_key, constraint, upstream_target)
             .ok_or_else(refused)?;
         mac.verify_slice(&sig).map_err(|_| refused())
     }
@@ -190,24 +214,34 @@ impl PageTarget {
 
 /// The paging link to hand out for `target`: `public_base` (no trailing slash) + the link
 /// query + `&_eds_sig=…`, signed for `principal_key` over the exact upstream target.
-/// `None` when the link or the upstream target is longer than `max_bytes` (the proxy's
-/// `limits.max_uri_bytes`): the client could not send it back, or the server not receive it.
+/// `None` when the link, or the request target sent upstream on replay (`upstream_base_path`,
+/// the FHIR server's base path without a trailing slash, then the target, as
+/// `gateway::upstream` joins them), is longer than `max_bytes` (the proxy's
+/// `limits.max_uri_bytes`, which both are held to): the client could not send it back, or the
+/// proxy would refuse to forward it (414).
 pub fn signed_link(
     public_base: &str,
     target: &PageTarget,
     constraint: &Constraint,
     signer: &PageSigner,
     principal_key: &str,
+    upstream_base_path: &str,
     max_bytes: usize,
 ) -> Option<String> {
     let upstream = target.upstream_target(constraint);
-    if upstream.len() > max_bytes {
+    let prefix = match (upstream.starts_with('?'), upstream_base_path.is_empty()) {
+        // `/?_getpages=…` at the server's root, `/fhir?_getpages=…` under a path.
+        (true, true) => 1,
+        (true, false) => upstream_base_path.len(),
+        (false, _) => upstream_base_path.len() + 1,
+    };
+    if prefix + upstream.len() > max_bytes {
         return None;
     }
     let link = format!(
         "{public_base}?{}&{SIGNATURE_PARAM}={}",
         target.link_query(),
-        signer.sign(principal_key, &upstream)
+        signer.sign(principal_key, constraint, &upstream)
     );
     (link.len() <= max_bytes).then_some(link)
 }
@@ -361,7 +395,8 @@ fn parse_handle(pairs: &[(String, String)], max_count: u32) -> Result<PageTarget
 }
 
 /// Parse the query of a paging request (`GET [base]?…`): a signed handle link or a signed
-/// `_eds_page` link, exactly as the proxy issued them.
+/// `_eds_page` link, exactly as the proxy issued them; either may also carry a JSON `_format`
+/// and a boolean `_pretty` (output shape, checked and never forwarded).
 ///
 /// Errors: 400 for a repeated or foreign parameter or a malformed handle or target; 403
 /// `page_unsigned` without a signature. The signature itself is checked by the access plan.
@@ -389,10 +424,18 @@ pub fn parse_page_request(
     }
     let target = match encoded {
         Some(b64) => {
-            if let Some((name, _)) = rest.first() {
-                return Err(Refusal::Invalid(Invalid::PageParameter {
-                    name: name.clone(),
-                }));
+            // Beside the target, only what a handle link takes too: output shape, checked and
+            // never forwarded (clients add `_format`/`_pretty` to every request).
+            for (name, value) in &rest {
+                match name.as_str() {
+                    "_format" => query::check_format(value)?,
+                    "_pretty" => query::check_bool(name, value)?,
+                    _ => {
+                        return Err(Refusal::Invalid(Invalid::PageParameter {
+                            name: name.clone(),
+                        }))
+                    }
+                }
             }
             let bad = || Refusal::Invalid(Invalid::PageTarget);
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -512,31 +555,32 @@ mod tests {
             "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset".to_string(),
         ] {
             let target = target_of_link(&rel, &c, 50).unwrap();
-            let link = signed_link("https://p/fhir", &target, &c, &s, key, 8192).unwrap();
+            let link = signed_link("https://p/fhir", &target, &c, &s, key, "/fhir", 8192).unwrap();
             assert!(!link.contains("dev-1"), "{link}");
             let query = link.strip_prefix("https://p/fhir?").unwrap();
             let page = request(query).unwrap();
             assert_eq!(page.target, target);
             let upstream = page.target.upstream_target(&c);
-            assert!(s.verify(key, &upstream, &page.signature).is_ok());
+            assert!(s.verify(key, &c, &upstream, &page.signature).is_ok());
             // Another principal, another constraint, another secret.
             assert_eq!(
-                s.verify("station\0dev-2", &upstream, &page.signature)
+                s.verify("station\0dev-2", &c, &upstream, &page.signature)
                     .map_err(|e| e.reason()),
                 Err("page_not_issued")
             );
             if let PageTarget::Search { .. } = page.target {
                 // The constraint is part of what is signed.
-                let other = page.target.upstream_target(&constraint("dev-2"));
+                let dev2 = constraint("dev-2");
+                let other = page.target.upstream_target(&dev2);
                 assert_eq!(
-                    s.verify(key, &other, &page.signature)
+                    s.verify(key, &dev2, &other, &page.signature)
                         .map_err(|e| e.reason()),
                     Err("page_not_issued")
                 );
             }
             assert_eq!(
                 PageSigner::new(vec![1; 32])
-                    .verify(key, &upstream, &page.signature)
+                    .verify(key, &c, &upstream, &page.signature)
                     .map_err(|e| e.reason()),
                 Err("page_not_issued")
             );
@@ -551,7 +595,7 @@ mod tests {
         let target = PageTarget::Search {
             params: vec![("_page".into(), "2".into())],
         };
-        let sig = s.sign(key, &target.upstream_target(&c));
+        let sig = s.sign(key, &c, &target.upstream_target(&c));
         for (tampered, why) in [
             (
                 PageTarget::Search {
@@ -562,14 +606,14 @@ mod tests {
             (PageTarget::Search { params: vec![] }, "page_not_issued"),
         ] {
             assert_eq!(
-                s.verify(key, &tampered.upstream_target(&c), &sig)
+                s.verify(key, &c, &tampered.upstream_target(&c), &sig)
                     .map_err(|e| e.reason()),
                 Err(why)
             );
         }
         for bad in ["AAAA", "!!", ""] {
             assert_eq!(
-                s.verify(key, &target.upstream_target(&c), bad)
+                s.verify(key, &c, &target.upstream_target(&c), bad)
                     .map_err(|e| e.reason()),
                 Err("page_not_issued")
             );
@@ -582,16 +626,55 @@ mod tests {
         let target = PageTarget::Search {
             params: vec![("_cursor".into(), "x".repeat(300))],
         };
-        assert!(signed_link("https://p/fhir", &target, &c, &signer(), "k", 600).is_some());
+        assert!(signed_link("https://p/fhir", &target, &c, &signer(), "k", "/fhir", 600).is_some());
         assert_eq!(
-            signed_link("https://p/fhir", &target, &c, &signer(), "k", 400),
+            signed_link("https://p/fhir", &target, &c, &signer(), "k", "/fhir", 400),
             None
         );
         let long_constraint = constraint(&"d".repeat(500));
         assert_eq!(
-            signed_link("https://p", &target, &long_constraint, &signer(), "k", 700),
+            signed_link(
+                "https://p",
+                &target,
+                &long_constraint,
+                &signer(),
+                "k",
+                "/fhir",
+                700
+            ),
             None
         );
+        // What is held to the limit is what the proxy sends: the FHIR server's base path, `/`
+        // and the target (`gateway::upstream`). A link whose target fits but whose request
+        // does not was issued, and its replay answered 414 (c-any finding).
+        let upstream = target.upstream_target(&long_constraint).len();
+        let fits = |base_path: &str, max: usize| {
+            signed_link(
+                "https://p",
+                &target,
+                &long_constraint,
+                &signer(),
+                "k",
+                base_path,
+                max,
+            )
+            .is_some()
+        };
+        assert!(fits("", upstream + 1));
+        assert!(!fits("", upstream));
+        assert!(fits("/fhir", upstream + 6));
+        assert!(!fits("/fhir", upstream + 5));
+        let handle = PageTarget::Handle {
+            id: "abc".into(),
+            offset: None,
+            count: None,
+        };
+        let t = handle.upstream_target(&c).len();
+        let ok = |base_path: &str, max: usize| {
+            signed_link("h", &handle, &c, &signer(), "k", base_path, max).is_some()
+        };
+        assert!(ok("", (t + 1).max(100)));
+        assert!(ok("/fhir", (t + 5).max(100)));
     }
 
     #[test]
@@ -630,6 +713,15 @@ mod tests {
                 format!("{}&_eds_sig=x&_page=3", page("_page=2")),
                 "page_parameter",
             ),
+            // Output shape only, as on a handle link: checked, never forwarded.
+            (
+                format!("{}&_eds_sig=x&_format=xml", page("_page=2")),
+                "format",
+            ),
+            (
+                format!("{}&_eds_sig=x&_pretty=yes", page("_page=2")),
+                "not_a_boolean",
+            ),
             (format!("{}&_eds_sig=x", page("_security=x")), "page_target"),
             (format!("{}&_eds_sig=x", page("_include=*")), "page_target"),
             (format!("{}&_eds_sig=x", page("_count=x")), "page_target"),
@@ -638,6 +730,22 @@ mod tests {
             (page("_page=2"), "page_unsigned"),
         ] {
             assert_eq!(request(&q).map(|_| ()), Err(why), "{q}");
+        }
+        // A client that adds `_format`/`_pretty` to every request (HAPI's generic client with
+        // an encoding or pretty printing set) pages on either link form (c-any finding: the
+        // `_eds_page` form answered 400 `page_parameter`).
+        for extra in [
+            "_format=json",
+            "_pretty=true",
+            "_format=application/fhir%2Bjson&_pretty=false",
+        ] {
+            assert_eq!(
+                request(&format!("{}&_eds_sig=x&{extra}", page("_page=2"))).map(|p| p.target),
+                Ok(PageTarget::Search {
+                    params: vec![("_page".into(), "2".into())]
+                }),
+                "{extra}"
+            );
         }
         assert_eq!(
             request(&format!("{}&_eds_sig=x", page("_page=2&_count=1000"))).map(|p| p.target),

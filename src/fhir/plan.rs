@@ -196,9 +196,12 @@ pub fn plan(
             // changed, fails the signature.
             let constraint = constraint()?;
             let target = page.target.upstream_target(&constraint);
-            policy
-                .signer
-                .verify(&principal.binding_key(), &target, &page.signature)?;
+            policy.signer.verify(
+                &principal.binding_key(),
+                &constraint,
+                &target,
+                &page.signature,
+            )?;
             (
                 UpstreamRequest {
                     method: "GET",
@@ -340,8 +343,20 @@ mod tests {
         let cpr = "urn%3Aeds-proxy%3Alabel%3Acpr%7C0101010001";
         let sor = "urn%3Aeds-proxy%3Alabel%3Asor%7C937961000016000";
         let page_for = |p: &Principal| {
+            // Signed under the principal's constraint (a supporter of an unknown CVR has none
+            // and is refused before the signature matters).
+            let constraint = crate::fhir::labels::Constraint::for_principal(p, &labels, &directory)
+                .unwrap_or_else(|_| {
+                    crate::fhir::labels::Constraint::for_principal(
+                        &station(ALL, false),
+                        &labels,
+                        &directory,
+                    )
+                    .unwrap()
+                });
             let sig = signer.sign(
                 &p.binding_key(),
+                &constraint,
                 "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset",
             );
             interaction(
@@ -565,6 +580,76 @@ mod tests {
         assert!(is_metadata("GET", "/fhir/metadata", "/fhir"));
     }
 
+    /// A link is signed for the caller's constraint as it was when the link was issued, in
+    /// both link forms: a supporter whose CVR lost a SOR code, or any caller after a reload
+    /// changed the label systems, cannot page on through a search the FHIR server stored
+    /// under the old constraint (a `_getpages` handle keeps it). c-any finding: the handle
+    /// form was signed over the handle alone and kept working.
+    #[test]
+    fn a_link_stops_working_when_the_callers_constraint_changes() {
+        use crate::fhir::labels::Constraint;
+        use crate::fhir::paging::{signed_link, target_of_link};
+        let signer = PageSigner::new(vec![7; 32]);
+        let before = CvrDirectory::from_pairs([("29189846", vec!["A1", "B2"])]);
+        let after = CvrDirectory::from_pairs([("29189846", vec!["A1"])]);
+        let labels = LabelSystems::default();
+        let moved = LabelSystems {
+            sor: "urn:eds-proxy:label:sor-v2".into(),
+            ..LabelSystems::default()
+        };
+        let who = supporter("29189846");
+        let issued = Constraint::for_principal(&who, &labels, &before).unwrap();
+        let sor = |code: &str| format!("urn%3Aeds-proxy%3Alabel%3Asor%7C{code}");
+        for relative in [
+            "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset".to_string(),
+            format!(
+                "/AuditEvent?_security={}%2C{}&_page=2",
+                sor("A1"),
+                sor("B2")
+            ),
+        ] {
+            let target = target_of_link(&relative, &issued, 50).unwrap();
+            let link = signed_link(
+                "https://p/fhir",
+                &target,
+                &issued,
+                &signer,
+                &who.binding_key(),
+                "/fhir",
+                8192,
+            )
+            .unwrap();
+            let query = link.strip_prefix("https://p/fhir?").unwrap();
+            let page = || {
+                Interaction::Page(
+                    parse_page_request(&crate::fhir::query::decode_pairs(query), 50).unwrap(),
+                )
+            };
+            let policy = |labels, directory| Policy {
+                labels,
+                directory,
+                signer: &signer,
+                drop_totals: false,
+            };
+            assert!(
+                plan(page(), &who, b"", &policy(&labels, &before)).is_ok(),
+                "{relative}"
+            );
+            for (why, labels, directory) in [
+                ("a SOR code removed", &labels, &after),
+                ("label systems changed", &moved, &before),
+            ] {
+                assert_eq!(
+                    plan(page(), &who, b"", &policy(labels, directory))
+                        .map(|_| ())
+                        .map_err(|e| e.reason()),
+                    Err("page_not_issued"),
+                    "{why}: {relative}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_page_handle_of_another_principal_is_refused() {
         let labels = LabelSystems::default();
@@ -580,6 +665,7 @@ mod tests {
         let other = citizen(without(ALL, 'c'));
         let sig = signer.sign(
             &owner.binding_key(),
+            &crate::fhir::labels::Constraint::for_principal(&owner, &labels, &directory).unwrap(),
             "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset",
         );
         let pairs = crate::fhir::query::decode_pairs(&format!(

@@ -45,6 +45,10 @@ pub struct CheckedBundle {
     pub body: Vec<u8>,
     /// Entries removed because they did not carry the caller's label.
     pub dropped: usize,
+    /// Bundle links removed because the proxy cannot vouch for them ([`rewrite_link`]).
+    pub links_dropped: usize,
+    /// The `next` link was among them: a client sees no further page, and nothing tells it.
+    pub next_dropped: bool,
 }
 
 /// Check a searchset: drop entries the caller may not see, rewrite and sign links.
@@ -119,6 +123,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             }
         }
     }
+    let (mut links_dropped, mut next_dropped) = (0, false);
     let links = match member("link") {
         Some(raw) => {
             let mut links: Vec<Value> =
@@ -133,7 +138,12 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
                         link["url"] = Value::String(u);
                         true
                     }
-                    None => false,
+                    None => {
+                        links_dropped += 1;
+                        next_dropped |=
+                            link.get("relation").and_then(Value::as_str) == Some("next");
+                        false
+                    }
                 }
             });
             serde_json::to_string(&links).map_err(|_| malformed())?
@@ -161,6 +171,8 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     Ok(CheckedBundle {
         body: out.into_bytes(),
         dropped,
+        links_dropped,
+        next_dropped,
     })
 }
 
@@ -905,12 +917,15 @@ pub(crate) fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<Strin
                 .filter(|r| r.is_empty() || r.starts_with(['/', '?']))
         })?;
     let target = paging::target_of_link(relative, ctx.constraint, ctx.max_count)?;
+    // The path `gateway::upstream` puts before the target (the base URL is checked at load).
+    let base_path = url::Url::parse(ctx.upstream_base).ok()?;
     paging::signed_link(
         ctx.public_base,
         &target,
         ctx.constraint,
         ctx.signer,
         ctx.principal_key,
+        base_path.path().trim_end_matches('/'),
         ctx.max_link_bytes,
     )
 }
@@ -1009,14 +1024,17 @@ mod tests {
                 check_searchset(&serde_json::to_vec(&bundle).unwrap(), ctx).unwrap(),
                 ctx.signer.sign(
                     ctx.principal_key,
+                    ctx.constraint,
                     "AuditEvent?_security=urn%3Aeds-proxy%3Alabel%3Adevice-id%7Cdev-1&message-id=x",
                 ),
                 ctx.signer.sign(
                     ctx.principal_key,
+                    ctx.constraint,
                     "?_getpages=abc&_getpagesoffset=10&_count=10&_bundletype=searchset",
                 ),
                 ctx.signer.sign(
                     ctx.principal_key,
+                    ctx.constraint,
                     "?_getpages=abc&_getpagesoffset=0&_count=10&_bundletype=searchset",
                 ),
             )
@@ -1033,6 +1051,14 @@ mod tests {
                 json!({"relation": "previous", "url": format!("https://proxy:8443/fhir?_getpages=abc&_getpagesoffset=0&_count=10&_bundletype=searchset&_eds_sig={prev_sig}")}),
             ]
         );
+        // Counted for the operator (a dropped `next` silently ends a client's paging).
+        assert_eq!((out.links_dropped, out.next_dropped), (2, false));
+        let next_elsewhere = json!({"resourceType": "Bundle", "type": "searchset", "link": [
+            {"relation": "next", "url": "http://hapi-behind-another-name:8080/fhir?_getpages=abc"}]});
+        let out = with_ctx(|ctx| {
+            check_searchset(&serde_json::to_vec(&next_elsewhere).unwrap(), ctx).unwrap()
+        });
+        assert_eq!((out.links_dropped, out.next_dropped), (1, true));
     }
 
     #[test]

@@ -653,6 +653,13 @@ impl Gateway {
                 .inc_by(checked.dropped as u64);
             outcome.dropped = checked.dropped;
         }
+        if checked.next_dropped {
+            // No URL: a server's link may hold a caller's label (a CPR).
+            log::warn!(
+                "the FHIR server's `next` paging link was dropped ({} link(s) in all): not a link eds-proxy can vouch for (README \"Requirements on the FHIR server\"), so the client gets no further page",
+                checked.links_dropped
+            );
+        }
         Ok(Answer::ok(200, checked.body))
     }
 

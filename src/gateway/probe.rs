@@ -5,6 +5,7 @@
 //! admin listener (`/readyz`) and the gateway (`on_nonconformant = "refuse"`), and in the
 //! metrics `eds_proxy_backend_conformant` and `eds_proxy_backend_probe_failures_total{check}`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -38,6 +39,11 @@ pub struct ProbeState {
     status: RwLock<Status>,
     /// The checks of the last round's advisory failures, to log a change once.
     advisory: RwLock<Vec<String>>,
+    /// Raised by [`ProbeState::restart`]: a round that started under an earlier generation
+    /// probed another FHIR server (or other label systems) and is not recorded.
+    generation: AtomicU64,
+    /// Wakes the prober for a round at once after a restart.
+    wake: tokio::sync::Notify,
 }
 
 impl ProbeState {
@@ -47,7 +53,30 @@ impl ProbeState {
             mode,
             status: RwLock::new(Status::Pending),
             advisory: RwLock::new(Vec::new()),
+            generation: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The current generation, taken before a round starts ([`ProbeState::record_round`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Forget the verdict: a reload changed the FHIR server or the label systems
+    /// (`lifecycle::conformance_must_restart`), so the last round says nothing about what is
+    /// served now. The verdict is pending as at start-up (`refuse` mode answers 503 until a
+    /// round passes), a round under way is not recorded, and the prober starts one at once.
+    /// A reload calls it before and after swapping the snapshot: a round that starts in
+    /// between may read the old snapshot, and the second call keeps it from being recorded.
+    pub fn restart(&self) {
+        {
+            let mut slot = self.status.write().unwrap_or_else(|e| e.into_inner());
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            *slot = Status::Pending;
+        }
+        metrics::BACKEND_CONFORMANT.set(0.0);
+        self.wake.notify_one();
     }
 
     fn status(&self) -> Status {
@@ -80,10 +109,21 @@ impl ProbeState {
         }
     }
 
-    /// Publish one round's failures: state (conformant unless a non-advisory check failed),
-    /// metrics (every failure counted), one log line when the verdict or the advisory failures
-    /// change.
+    /// [`ProbeState::record_round`] for a round of the current generation.
+    #[cfg(test)]
     pub fn record(&self, failures: &[Failure]) {
+        self.record_round(self.generation(), failures);
+    }
+
+    /// Publish the failures of a round that started at `generation`: state (conformant unless
+    /// a non-advisory check failed), metrics (every failure counted), one log line when the
+    /// verdict or the advisory failures change. Nothing if the state was restarted since the
+    /// round started ([`ProbeState::restart`]: the round probed what is no longer served).
+    pub fn record_round(&self, generation: u64, failures: &[Failure]) {
+        let mut slot = self.status.write().unwrap_or_else(|e| e.into_inner());
+        if self.generation() != generation {
+            return;
+        }
         let advisory: Vec<String> = failures
             .iter()
             .filter(|f| f.advisory)
@@ -112,7 +152,6 @@ impl ProbeState {
             Some(why) => Status::Nonconformant(why),
         };
         metrics::BACKEND_CONFORMANT.set(f64::from(u8::from(next == Status::Conformant)));
-        let mut slot = self.status.write().unwrap_or_else(|e| e.into_inner());
         if *slot != next {
             match &next {
                 Status::Nonconformant(why) => log::error!("{why}"),
@@ -181,8 +220,9 @@ impl Prober {
 impl BackgroundService for Prober {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
+            let generation = self.state.generation();
             let failures = self.round().await;
-            self.state.record(&failures);
+            self.state.record_round(generation, &failures);
             let wait = if conformance::summary(&failures).is_none() {
                 self.interval
             } else {
@@ -190,6 +230,7 @@ impl BackgroundService for Prober {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.state.wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -233,6 +274,32 @@ mod tests {
         assert_eq!(s.admit(), Ok(()));
         s.record(&[]);
         assert_eq!(s.not_ready_reason(), None);
+    }
+
+    /// A reload to another FHIR server (or other label systems) makes the verdict pending
+    /// again: in `refuse` mode nothing is served until a round against the new settings
+    /// passes, and a round that started before the restart cannot vouch for them.
+    #[test]
+    fn a_restarted_verdict_waits_for_a_round_of_its_own() {
+        let s = ProbeState::new(OnNonconformant::Refuse);
+        s.record(&[]);
+        assert_eq!(s.admit(), Ok(()));
+        let stale = s.generation();
+        s.restart();
+        assert_eq!(s.admit(), Err(Refusal::BackendNonconformant));
+        assert_eq!(
+            s.not_ready_reason().as_deref(),
+            Some("FHIR server conformance not yet verified")
+        );
+        s.record_round(stale, &[]);
+        assert_eq!(s.admit(), Err(Refusal::BackendNonconformant));
+        s.record_round(s.generation(), &[]);
+        assert_eq!(s.admit(), Ok(()));
+        // In `warn` mode a pending verdict is ready, as at start-up.
+        let w = ProbeState::new(OnNonconformant::Warn);
+        w.record(&failure());
+        w.restart();
+        assert_eq!(w.not_ready_reason(), None);
     }
 
     #[test]
