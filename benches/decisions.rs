@@ -129,6 +129,8 @@ fn main() {
     );
     // Token signature verification on a cache miss, per algorithm: the pure-Rust backend
     // (jsonwebtoken `rust_crypto`) against ring (`auth::ring_verify`, what the server uses).
+    // Needs the development key generator (`dev` feature, on by default).
+    #[cfg(feature = "dev")]
     {
         use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER as RUST_CRYPTO;
         use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};

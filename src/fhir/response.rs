@@ -45,7 +45,7 @@ pub struct CheckedBundle {
     pub body: Vec<u8>,
     /// Entries removed because they did not carry the caller's label.
     pub dropped: usize,
-    /// Bundle links removed because the proxy cannot vouch for them ([`rewrite_link`]).
+    /// Bundle links removed because the proxy cannot vouch for them (`rewrite_link`).
     pub links_dropped: usize,
     /// The `next` link was among them: a client sees no further page, and nothing tells it.
     pub next_dropped: bool,
