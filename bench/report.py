@@ -228,7 +228,7 @@ def main():
           "answer checked before the load (eds-proxy's searchset: all 20 entries)")
         if metrics:
             p(f"- eds_proxy_response_check_drops_total: {metrics['drops_before_load']} from the "
-              f"other station's search (all 20 entries) and read (404), unchanged under load; "
+              f"other station's search (all 20 entries) (its read, 404, counts as a hidden read), unchanged under load; "
               f"eds_proxy_response_foreign_total: {metrics['foreign']}")
     print("\n".join(out))
     sys.exit(1 if problems else 0)

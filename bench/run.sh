@@ -95,9 +95,10 @@ CLIENT="$ROOT/target/release/examples/bench_client"
 
 # ---------------------------------------------------------------- set-up
 pids=()
+# SIGINT: the fast stop of all three (Pingora waits out its grace period on SIGTERM).
 stop_all() {
   local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
 }
@@ -359,7 +360,9 @@ oha_run() { # PROXY WORKLOAD CONCURRENCY SECONDS ROUND
     taskset -c $LOAD_CPU perf record -q -e cpu-clock -F 2000 -p "$EDS_PID" -o "$RUN/perf-$w.data" >/dev/null 2>&1 & perf_pid=$!
   fi
   t0=$(cpu_ticks "$p"); start=$(date +%s.%N)
-  taskset -c $LOAD_CPU oha -z "${d}s" -c "$c" --no-tui --output-format json \
+  # Identity answers everywhere (eds-proxy gzips when asked, nginx and the passthrough do not
+  # compress proxied answers): the same bytes on the wire, and the size check below holds.
+  taskset -c $LOAD_CPU oha -z "${d}s" -c "$c" --no-tui --output-format json --disable-compression \
     --cacert "$PKI/ca.crt" --cert "$PKI/cura-eua.crt" --key "$PKI/cura-eua.key" \
     -H "Authorization: Bearer $TOKEN" -H "Accept: application/fhir+json" \
     "${args[@]}" > "$RUN/oha.json" 2>"$RUN/oha.err" || { cat "$RUN/oha.err"; return 1; }
@@ -461,9 +464,9 @@ if (( HAPI )); then
   for c in 1 16; do
     for via in hapi eds-proxy; do
       if [[ $via == hapi ]]; then
-        taskset -c $LOAD_CPU oha -z "${DURATION}s" -c "$c" --no-tui --output-format json -H "Accept: application/fhir+json" "$DIRECT" > "$RUN/oha.json"
+        taskset -c $LOAD_CPU oha -z "${DURATION}s" -c "$c" --no-tui --output-format json --disable-compression -H "Accept: application/fhir+json" "$DIRECT" > "$RUN/oha.json"
       else
-        taskset -c $LOAD_CPU oha -z "${DURATION}s" -c "$c" --no-tui --output-format json --cacert "$PKI/ca.crt" \
+        taskset -c $LOAD_CPU oha -z "${DURATION}s" -c "$c" --no-tui --output-format json --disable-compression --cacert "$PKI/ca.crt" \
           --cert "$PKI/cura-eua.crt" --key "$PKI/cura-eua.key" -H "Authorization: Bearer $TOKEN" \
           -H "Accept: application/fhir+json" "https://localhost:$HAPI_PROXY/fhir/AuditEvent?_count=20" > "$RUN/oha.json"
       fi
