@@ -44,19 +44,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(dir: &std::path::Path, config: String, port: u16) -> Proxy {
-        let path = dir.join("eds-proxy.toml");
-        std::fs::write(&path, config).unwrap();
-        let output = dir.join("proxy-output.log");
-        let file = std::fs::File::create(&output).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_eds-proxy"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
-        wait_for_port(port);
+        let (child, _, output) = spawn_proxy(dir, &config, "trace", port);
         Proxy { child, output }
     }
 

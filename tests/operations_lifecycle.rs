@@ -19,7 +19,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,19 +38,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(dir: &Path, config: &str, port: u16, admin_port: u16) -> Proxy {
-        let path = dir.join("eds-proxy.toml");
-        std::fs::write(&path, config).unwrap();
-        let output = dir.join("proxy-output.log");
-        let file = std::fs::File::create(&output).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_eds-proxy"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
-        wait_for_port(port);
+        let (child, path, output) = spawn_proxy(dir, config, "info", port);
         wait_for_port(admin_port);
         Proxy {
             child,

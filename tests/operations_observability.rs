@@ -81,18 +81,7 @@ async fn audit_records_are_written_with_the_log_level_at_error() {
         5_000,
         "[audit]\npath = \"audit.jsonl\"\n",
     );
-    std::fs::write(dir.join("eds-proxy.toml"), config).unwrap();
-    let output = dir.join("proxy-output.log");
-    let file = std::fs::File::create(&output).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eds-proxy"))
-        .arg("--config")
-        .arg(dir.join("eds-proxy.toml"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
+    let (mut child, _, output) = spawn_proxy(&dir, &config, "error", port);
 
     let cert = pki.client("obs-supporter");
     let identity =

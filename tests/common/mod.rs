@@ -322,6 +322,32 @@ pub fn example_registration() -> Value {
     serde_json::from_str(include_str!("../fixtures/AuditEvent-EDS-PDS-01.1.json")).unwrap()
 }
 
+/// Run the eds-proxy binary as a process: `config` written to `DIR/eds-proxy.toml`,
+/// `RUST_LOG=rust_log`, stdout and stderr both in `DIR/proxy-output.log`; returns once `port`
+/// accepts connections, with the child, the config path and the output path.
+pub fn spawn_proxy(
+    dir: &Path,
+    config: &str,
+    rust_log: &str,
+    port: u16,
+) -> (std::process::Child, PathBuf, PathBuf) {
+    use std::process::{Command, Stdio};
+    let path = dir.join("eds-proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = dir.join("proxy-output.log");
+    let file = std::fs::File::create(&output).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_eds-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (child, path, output)
+}
+
 pub fn wait_for_port(port: u16) {
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
