@@ -5,8 +5,12 @@
 #   bash bench/run.sh --quick    # harness check: c = 16, 2 s per run, one round (~2 min)
 #   --hapi                       # also the same search against real HAPI FHIR (native jar, under
 #                                # flock /tmp/hapi-run.lock): eds-proxy's share of the p50
-#   --perf                       # also profile eds-proxy (perf record -e cpu-clock) during its
-#                                # first search/read/create run at c = 16: bench-run/perf-*.txt
+#   --perf                       # also profile eds-proxy (perf record -e cpu-clock, DWARF call
+#                                # graphs) during its first search/read/create run at c = 16:
+#                                # bench-run/perf-*.txt (share per kind of work, top symbols) and
+#                                # bench-run/flame-*.svg (flamegraphs, inferno from crates.io)
+#   EDS_PROXY_BIN=path           # measure another eds-proxy build (e.g. the one before a change);
+#                                # the passthrough and the clients still come from target/release
 #
 # It starts, on this machine:
 #   origin       nginx serving labelled FHIR JSON (bench/fixtures.py: a 20-entry searchset of
@@ -82,6 +86,11 @@ if ! command -v oha >/dev/null || [[ "$(oha --version 2>/dev/null)" != *"$OHA_VE
   echo "== installing oha $OHA_VERSION (crates.io; presents client certificates: --cert/--key)"
   cargo install oha --version "$OHA_VERSION" --locked --quiet
 fi
+INFERNO_VERSION=0.12
+if (( PERF )) && ! command -v inferno-flamegraph >/dev/null; then
+  echo "== installing inferno $INFERNO_VERSION (crates.io; folds perf stacks, draws flamegraphs)"
+  cargo install inferno --version "~$INFERNO_VERSION" --locked --quiet
+fi
 
 cd "$ROOT"
 if (( BUILD )); then
@@ -89,7 +98,7 @@ if (( BUILD )); then
   cargo build --release --quiet --bin eds-proxy --example passthrough --example bench_client
   cargo bench --quiet --bench tokens --no-run 2>/dev/null
 fi
-BIN="$ROOT/target/release/eds-proxy"
+BIN="${EDS_PROXY_BIN:-$ROOT/target/release/eds-proxy}"
 PASS="$ROOT/target/release/examples/passthrough"
 CLIENT="$ROOT/target/release/examples/bench_client"
 
@@ -357,7 +366,10 @@ oha_run() { # PROXY WORKLOAD CONCURRENCY SECONDS ROUND
   esac
   local perf_pid=""
   if (( PERF )) && [[ "$p" == eds-proxy && "$c" == 16 && "$round" == 1 ]]; then
-    taskset -c $LOAD_CPU perf record -q -e cpu-clock -F 2000 -p "$EDS_PID" -o "$RUN/perf-$w.data" >/dev/null 2>&1 & perf_pid=$!
+    # DWARF call graphs (Pingora and eds-proxy build without frame pointers); 499 Hz keeps the
+    # stack copies small enough for perf to keep up on the load core.
+    taskset -c $LOAD_CPU perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$EDS_PID" \
+      -o "$RUN/perf-$w.data" >/dev/null 2>&1 & perf_pid=$!
   fi
   t0=$(cpu_ticks "$p"); start=$(date +%s.%N)
   # Identity answers everywhere (eds-proxy gzips when asked, nginx and the passthrough do not
@@ -371,6 +383,8 @@ oha_run() { # PROXY WORKLOAD CONCURRENCY SECONDS ROUND
     kill -INT "$perf_pid"; wait "$perf_pid" || true
     perf report -i "$RUN/perf-$w.data" --stdio --no-children --sort dso,symbol 2>/dev/null \
       | python3 bench/perf_summary.py > "$RUN/perf-$w.txt" || true
+    perf script -i "$RUN/perf-$w.data" 2>/dev/null | inferno-collapse-perf 2>/dev/null \
+      | inferno-flamegraph --title "eds-proxy, $w, c = $c (perf -e cpu-clock)" > "$RUN/flame-$w.svg" 2>/dev/null || true
   fi
   read -r rss hwm <<<"$(rss_kib "$p")"
   record "$(python3 - "$RUN/oha.json" "$p" "$w" "$c" "$round" "$((t1 - t0))" "$CLK_TCK" "$start" "$end" "$rss" "$hwm" "${SIZE[$p-$w]}" <<'PY'
