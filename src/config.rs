@@ -134,6 +134,14 @@ pub struct ListenConfig {
     /// SIGHUP (README, "Operating eds-proxy").
     #[serde(default)]
     pub client_crls: Vec<PathBuf>,
+    /// Bytes of the read buffer Pingora puts under each client connection's TLS layer
+    /// (`L4BufferSettings::read`), held for the connection's life; default 0: none, rustls
+    /// reads the socket itself, 4 KiB at a time. Pingora's own default (64 KiB) is 60% of what
+    /// an idle keep-alive connection costs and saves only read calls on bodies of several TLS
+    /// records (3 per 12 KB create); a buffer of 4 KiB or less saves none, since rustls'
+    /// 4 KiB reads bypass it (PERFORMANCE.md, "Memory").
+    #[serde(default)]
+    pub read_buffer_bytes: usize,
 }
 
 /// `[admin]`: plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`. Keep it off the
@@ -428,6 +436,10 @@ fn default_max_lifetime() -> u64 {
 }
 /// A day: beyond it, the limit no longer bounds anything an access token should do.
 pub const MAX_MAX_LIFETIME_SECONDS: u64 = 86_400;
+
+/// The largest `listen.read_buffer_bytes` accepted: Pingora's default (64 KiB) times 16; the
+/// buffer is allocated per connection, so a typo would multiply the memory of every one.
+pub const MAX_READ_BUFFER_BYTES: usize = 1 << 20;
 fn default_refresh_floor() -> u64 {
     30
 }
@@ -771,6 +783,12 @@ fn validate(c: &Config) -> Vec<ConfigProblem> {
     if c.server.threads == 0 {
         out.push(problem("server.threads", "must be greater than 0"));
     }
+    if c.listen.read_buffer_bytes > MAX_READ_BUFFER_BYTES {
+        out.push(problem(
+            "listen.read_buffer_bytes",
+            format!("must be at most {MAX_READ_BUFFER_BYTES} (it is allocated per connection)"),
+        ));
+    }
     if let Some(file) = c.audit.file() {
         // Not created here (check-config has no side effects): the folder must exist, and an
         // existing file must be a file.
@@ -927,6 +945,7 @@ server_cert = "/nonexistent/cert.pem"
 server_key = "/nonexistent/key.pem"
 client_ca = "/nonexistent/ca.pem"
 colour = "blue"
+read_buffer_bytes = 1048577
 [upstream]
 base_url = "ftp://x"
 [public]
@@ -948,6 +967,7 @@ secret_file = "/nonexistent/secret"
             "listen.server_cert",
             "listen.server_key",
             "listen.client_ca",
+            "listen.read_buffer_bytes",
             "upstream.base_url",
             "token.algorithms",
             "token.max_lifetime_seconds",

@@ -78,6 +78,9 @@ pub fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.listen.http2 != new.listen.http2 {
         out.push("listen.http2");
     }
+    if old.listen.read_buffer_bytes != new.listen.read_buffer_bytes {
+        out.push("listen.read_buffer_bytes");
+    }
     if old.admin.address != new.admin.address {
         out.push("admin.address");
     }
@@ -356,6 +359,10 @@ mod tests {
         // The probe's task runs for the process's life with its interval.
         b.admin.upstream_probe_interval_ms += 1;
         assert!(fixed_keys_changed(&a, &b).contains(&"admin.upstream_probe_interval_ms"));
+        // The read buffer is set on the listener, built once; none unless configured.
+        assert_eq!(a.listen.read_buffer_bytes, 0);
+        b.listen.read_buffer_bytes = 65_536;
+        assert!(fixed_keys_changed(&a, &b).contains(&"listen.read_buffer_bytes"));
     }
 
     #[test]

@@ -8,6 +8,13 @@ use clap::{Parser, Subcommand};
 
 use eds_proxy::{config, server};
 
+/// jemalloc instead of glibc's malloc: it returns the memory of a load or of closed
+/// connections to the system (glibc's arenas kept the peak), and allocates with fewer
+/// instructions (PERFORMANCE.md, "Memory"; Cargo.toml). Only the binary: the library, its
+/// tests and the fuzz targets keep the system allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "eds-proxy",

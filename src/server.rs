@@ -8,6 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -158,6 +159,21 @@ fn tls_settings(c: &Config, live: &SharedTls) -> Result<TlsSettings, String> {
     Ok(tls)
 }
 
+/// The FHIR listener's endpoint: its address, TLS, and the per-connection read buffer
+/// (`listen.read_buffer_bytes`, default 0: none). Pingora's default read buffer is 64 KiB per
+/// connection, held for the connection's life (`DEFAULT_L4_READ_BUFFER_SIZE`, pingora-core
+/// 0.9.1 `protocols/l4/stream.rs`): 64 MiB for 1,000 idle keep-alive connections. rustls reads
+/// at most 4 KiB at a time (`DeframerVecBuffer::prepare_read`), which a buffer of that size
+/// does not even serve (tokio's `BufReader` passes reads as large as itself through), and a
+/// larger one only saves read calls on bodies of several TLS records (PERFORMANCE.md,
+/// "Memory"). The write side keeps Pingora's default (1,460 bytes, one TCP segment).
+fn listener_config(c: &Config, tls: TlsSettings) -> ListenerConfig {
+    let buffers = L4BufferSettings::default().read(c.listen.read_buffer_bytes);
+    ListenerConfig::tcp(c.listen.address.clone())
+        .tls(tls)
+        .l4_buffer(buffers)
+}
+
 /// Everything `check-config` can build without listening: the listener's TLS material
 /// (certificate and key that belong together, CA, each CRL parsed) and the gateway.
 ///
@@ -197,7 +213,7 @@ pub(crate) fn build(c: &Config) -> Result<(Server, Arc<Live>), String> {
         "eds-proxy FHIR listener".to_string(),
         FhirApp::new(live.clone()),
     );
-    fhir.add_tls_with_settings(&c.listen.address, None, tls_settings(c, &live.tls)?);
+    fhir.add_listener(listener_config(c, tls_settings(c, &live.tls)?));
     server.add_service(fhir);
 
     let probe = Arc::new(UpstreamProbe {

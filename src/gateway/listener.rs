@@ -69,12 +69,12 @@ impl HttpServerApp for FhirApp {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
-                self.unreadable(
+                Box::pin(self.unreadable(
                     http,
                     e.etype(),
                     e.context.as_ref().map(|c| c.as_str()),
                     started,
-                )
+                ))
                 .await;
                 return None;
             }
@@ -89,8 +89,10 @@ impl HttpServerApp for FhirApp {
             &self.live.tls,
             tls.as_deref().and_then(|d| d.extension.get::<PeerChain>()),
         );
-        let (parts, body) = gateway
-            .response(&mut http, peer_accepted)
+        // Boxed: this future lives as long as the connection, idle between requests too, and
+        // holds every state of its body inline; the request's own (kilobytes of checks) is
+        // allocated only while a request is handled (PERFORMANCE.md, "Memory").
+        let (parts, body) = Box::pin(gateway.response(&mut http, peer_accepted))
             .await
             .into_parts();
         // A drain that began while the request ran: this answer is the connection's last.
