@@ -166,7 +166,9 @@ fn secret_at(b: &[u8], i: usize) -> Option<(usize, usize, &'static str)> {
             Some((i, end, PEM))
         }
         _ if c.is_ascii_alphabetic() && starts_word(b, i, |p| p.is_ascii_alphanumeric()) => {
-            if starts_with_ignore_case(b, i, "bearer") {
+            // Only names starting with this letter can match (most words start with none).
+            let first = c.to_ascii_lowercase();
+            if first == b'b' && starts_with_ignore_case(b, i, "bearer") {
                 let after = i + "bearer".len();
                 let spaces = run(b, after, |c| c == b' ' || c == b'\t');
                 let token = run(b, after + spaces, is_token68);
@@ -178,6 +180,7 @@ fn secret_at(b: &[u8], i: usize) -> Option<(usize, usize, &'static str)> {
             }
             let name = SECRET_FIELDS
                 .iter()
+                .filter(|n| n.as_bytes().first() == Some(&first))
                 .find(|n| starts_with_ignore_case(b, i, n))?;
             field_value(b, i + name.len())
         }
@@ -228,6 +231,10 @@ fn uuid_at(b: &[u8], i: usize) -> Option<usize> {
     const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
     if i > 0 && b.get(i - 1).is_some_and(|c| word(*c)) {
+        return None;
+    }
+    // The first group's end: most positions fail here, before any run is counted.
+    if b.get(i + 8) != Some(&b'-') {
         return None;
     }
     let mut j = i;
@@ -449,6 +456,10 @@ mod tests {
         }
         let access = r#"[2026-11-30T03:06:46Z INFO  access] {"bytes_in":12293,"bytes_out":3420,"client":"127.0.0.1:57598","decision":"allowed","dropped":0,"duration_ms":6.214,"interaction":"create","method":"POST","path":"/fhir/AuditEvent","principal":"station","principal_id":"glbgjfohojihjdhgddclacmcoakcoceg","reason":"ok","request_id":"01a22a6b-5425-75fe-b0ac-78a1128caf89","status":201,"ts":"2026-11-30T03:06:46.699413894Z","upstream_ms":6.118}"#;
         assert!(matches!(redact(access), Cow::Borrowed(_)));
+        // `secret_at` compares a word's lower-cased first letter with the names'.
+        assert!(SECRET_FIELDS
+            .iter()
+            .all(|n| !n.bytes().any(|c| c.is_ascii_uppercase())));
     }
 
     #[test]
