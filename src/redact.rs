@@ -97,17 +97,25 @@ pub fn redact(line: &str) -> Cow<'_, str> {
     }
 }
 
-/// True when no rule can start at `b[i]`, so the scan may step over it: a letter or digit
-/// right after a letter or digit, except a digit after a letter (a CPR-like number may start
-/// there) and a byte after a printed escape (`\n`, `\r`, `\t`), where a word starts. Every
-/// rule needs a word start ([`starts_word`]) or a `-` ([`PEM`]), and a UUID a non-word byte
-/// before it, so this only skips work (`tests::skipping_inside_words_changes_nothing`).
+/// True when no rule can start at `b[i]`, so the scan may step over it: a byte that is
+/// neither a letter, a digit nor `-` (every rule starts with one of those: a UUID with a hex
+/// digit, a JWT with `e`, a PEM block with `-`, a CPR number with a digit, a field name or
+/// `Bearer` with a letter), or a letter or digit right after a letter or digit, except a
+/// digit after a letter (a CPR-like number may start there) and a byte after a printed escape
+/// (`\n`, `\r`, `\t`), where a word starts (every letter and digit rule needs a word start,
+/// [`starts_word`], and a UUID a non-word byte before it). So this only skips work
+/// (`tests::skipping_inside_words_changes_nothing`).
 fn inside_word(b: &[u8], i: usize) -> bool {
-    let (Some(&c), Some(&p)) = (b.get(i), i.checked_sub(1).and_then(|k| b.get(k))) else {
+    let Some(&c) = b.get(i) else {
         return false;
     };
-    c.is_ascii_alphanumeric()
-        && p.is_ascii_alphanumeric()
+    if !c.is_ascii_alphanumeric() {
+        return c != b'-';
+    }
+    let Some(&p) = i.checked_sub(1).and_then(|k| b.get(k)) else {
+        return false;
+    };
+    p.is_ascii_alphanumeric()
         && (p.is_ascii_digit() || !c.is_ascii_digit())
         && !(matches!(p, b'n' | b'r' | b't')
             && i.checked_sub(2).and_then(|k| b.get(k)) == Some(&b'\\'))

@@ -409,12 +409,11 @@ impl Gateway {
         {
             return Err(Refusal::Unauthenticated(TokenFailure::Malformed));
         }
-        let authorization = session
-            .get_header("authorization")
-            .map(|v| v.as_bytes().to_vec());
+        // Borrowed: the token is not copied per request.
+        let authorization = session.get_header("authorization").map(|v| v.as_bytes());
         let principal = self
             .authenticator
-            .authenticate(authorization.as_deref(), &cert)
+            .authenticate(authorization, &cert)
             .await?;
         outcome.principal = principal.kind();
         outcome.pseudonym = Some(crate::audit::pseudonym(
