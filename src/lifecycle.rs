@@ -292,6 +292,7 @@ pub(crate) fn exit_when_drained(server: &Server, grace: Duration) -> Result<(), 
                     }
                     if n == 0 {
                         log::info!("SIGTERM: nothing in flight, exiting");
+                        crate::logging::flush();
                         std::process::exit(0);
                     }
                     log::warn!("SIGTERM: grace period over with {n} request(s) in flight");

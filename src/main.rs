@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     // Token signatures through ring, before any token is verified (auth::ring_verify).
     eds_proxy::auth::ring_verify::install();
     let cli = Cli::parse();
-    match (cli.command, cli.config) {
+    let code = match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => check_config(&file),
         (
             Some(Command::Health {
@@ -85,7 +85,10 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
-    }
+    };
+    // The log's queued lines are written before the process ends (`logging::flush`).
+    eds_proxy::logging::flush();
+    code
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

@@ -271,7 +271,10 @@ pub fn run(path: &std::path::Path, c: &Config) -> Result<std::convert::Infallibl
     let (server, live) = build(c)?;
     lifecycle::reload_on_sighup(path.to_path_buf(), live)?;
     lifecycle::exit_when_drained(&server, Duration::from_secs(c.server.grace_period_seconds))?;
-    server.run_forever()
+    // `run_forever` without its bare exit: the log's queued lines are written first.
+    server.run(pingora::server::RunArgs::default());
+    crate::logging::flush();
+    std::process::exit(0)
 }
 
 /// `eds_proxy_certificate_expiry_timestamp_seconds` for the server certificate (the first of

@@ -73,7 +73,10 @@ pub fn run(cmd: DevCommand) -> Result<(), String> {
         DevCommand::Pki { out, server_name } => write_pki(&out, &server_name),
         DevCommand::Issuer { config } => {
             let server = super::issuer::build_server(super::issuer::load_config(&config)?)?;
-            server.run_forever()
+            // As `server::run`: the log's queued lines are written before the exit.
+            server.run(pingora::server::RunArgs::default());
+            crate::logging::flush();
+            std::process::exit(0)
         }
         DevCommand::MintToken {
             key,

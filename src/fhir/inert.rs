@@ -33,6 +33,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Invalid, Refusal};
 use crate::fhir::interaction::is_fhir_id;
+use crate::fhir::json_path::JsonPath;
 
 /// Extension URL prefixes a registration may use: the EDS IG's own and HL7's core extensions.
 /// Anything else may be an extension the FHIR server itself acts on.
@@ -58,7 +59,7 @@ pub(crate) fn check_inert(resource: &Value) -> Result<(), Refusal> {
     };
     let contained_ids = contained_ids(top)?;
     check_meta(top.get("meta"))?;
-    walk(resource, "", &contained_ids, Place::Top)
+    walk(resource, &JsonPath::ROOT, &contained_ids, Place::Top)
 }
 
 /// `meta` of a registration: no `tag`, no client `security` coding (the proxy writes that
@@ -162,26 +163,28 @@ enum Place {
     Element,
 }
 
-fn walk(value: &Value, path: &str, ids: &HashSet<&str>, place: Place) -> Result<(), Refusal> {
+// The path is rendered only for a refusal (`JsonPath`): walking costs no allocation.
+fn walk(
+    value: &Value,
+    path: &JsonPath<'_>,
+    ids: &HashSet<&str>,
+    place: Place,
+) -> Result<(), Refusal> {
     match value {
         Value::Number(n) if n.is_f64() => Err(Refusal::Invalid(Invalid::Decimal {
-            path: path.to_string(),
+            path: path.render(),
         })),
         Value::Array(items) => items
             .iter()
             .try_for_each(|item| walk(item, path, ids, place)),
         Value::Object(members) => {
             for (name, member) in members {
-                let here = if path.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{path}.{name}")
-                };
+                let here = path.child(name);
                 match name.as_str() {
                     "reference" => check_reference(member, &here, ids)?,
                     "contained" if place != Place::Top => {
                         return Err(Refusal::Invalid(Invalid::NestedContained {
-                            path: here.to_string(),
+                            path: here.render(),
                         }))
                     }
                     "contained" => walk(member, &here, ids, Place::Contained)?,
@@ -204,26 +207,26 @@ fn walk(value: &Value, path: &str, ids: &HashSet<&str>, place: Place) -> Result<
     }
 }
 
-fn check_reference(value: &Value, path: &str, ids: &HashSet<&str>) -> Result<(), Refusal> {
+fn check_reference(value: &Value, path: &JsonPath<'_>, ids: &HashSet<&str>) -> Result<(), Refusal> {
     let Some(reference) = value.as_str() else {
         return Err(Refusal::Invalid(Invalid::NotAString {
-            path: path.to_string(),
+            path: path.render(),
         }));
     };
     match reference.strip_prefix('#') {
         Some(id) if is_fhir_id(id) && ids.contains(id) => Ok(()),
         _ => Err(Refusal::Invalid(Invalid::ResolvableReference {
-            path: path.to_string(),
+            path: path.render(),
         })),
     }
 }
 
 /// Extension URLs: absolute ones must be under an allowed prefix; relative names are only
 /// the parts of a complex extension (inside another extension).
-fn check_extensions(value: &Value, path: &str, place: Place) -> Result<(), Refusal> {
+fn check_extensions(value: &Value, path: &JsonPath<'_>, place: Place) -> Result<(), Refusal> {
     let Some(items) = value.as_array() else {
         return Err(Refusal::Invalid(Invalid::NotAnArray {
-            path: path.to_string(),
+            path: path.render(),
         }));
     };
     for item in items {
@@ -234,7 +237,7 @@ fn check_extensions(value: &Value, path: &str, place: Place) -> Result<(), Refus
             || (place == Place::Extension && is_part_name(url));
         if !allowed {
             return Err(Refusal::Invalid(Invalid::ForeignExtension {
-                path: path.to_string(),
+                path: path.render(),
             }));
         }
     }

@@ -6,6 +6,7 @@ pub mod compat;
 pub mod conformance;
 pub mod inert;
 pub mod interaction;
+pub mod json_path;
 pub mod labels;
 pub mod paging;
 pub mod plan;

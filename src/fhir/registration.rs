@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::auth::principal::Station;
 use crate::error::{Forbidden, Invalid, Refusal};
 use crate::fhir::inert;
+use crate::fhir::json_path::JsonPath;
 use crate::fhir::labels::{Label, LabelSystems};
 use crate::fhir::strict_json;
 
@@ -135,8 +136,18 @@ fn stamp(resource: &mut Value, labels: &[Label]) {
     }
 }
 
+/// The value at `pointer`, a JSON pointer of member names only (`/type/coding`): what
+/// `Value::pointer` finds for such a pointer (an array has no named member either way),
+/// without its per-segment allocation.
+fn at<'a>(v: &'a Value, pointer: &str) -> Option<&'a Value> {
+    pointer
+        .strip_prefix('/')?
+        .split('/')
+        .try_fold(v, |v, name| v.get(name))
+}
+
 fn text_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
-    v.pointer(pointer)
+    at(v, pointer)
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -194,7 +205,8 @@ const READ_SHAPES: &[&str] = &[
 
 /// Check one [`READ_SHAPES`] entry against `v`; `Err` names the path.
 fn check_shape(v: &Value, spec: &str) -> Result<(), String> {
-    fn step(v: &Value, path: &[&str], shown: &str, want: &str) -> Result<(), String> {
+    // The path is rendered only for a refusal (`JsonPath`).
+    fn step(v: &Value, path: &[&str], shown: &JsonPath<'_>, want: &str) -> Result<(), String> {
         let Some((head, rest)) = path.split_first() else {
             let ok = match want {
                 "{}" => v.is_object(),
@@ -202,17 +214,13 @@ fn check_shape(v: &Value, spec: &str) -> Result<(), String> {
                 "$" => v.is_string(),
                 _ => true,
             };
-            return if ok { Ok(()) } else { Err(shown.to_string()) };
+            return if ok { Ok(()) } else { Err(shown.render()) };
         };
         let (name, each) = match head.strip_suffix("[]") {
             Some(n) => (n, true),
             None => (*head, false),
         };
-        let here = if shown.is_empty() {
-            name.to_string()
-        } else {
-            format!("{shown}.{name}")
-        };
+        let here = shown.child(name);
         let Some(member) = v.get(name) else {
             return Ok(());
         };
@@ -237,7 +245,7 @@ fn check_shape(v: &Value, spec: &str) -> Result<(), String> {
         (spec.to_string(), "")
     };
     let parts: Vec<&str> = path.split('.').collect();
-    step(v, &parts, "", want)
+    step(v, &parts, &JsonPath::ROOT, want)
 }
 
 /// Read and check the parts of a registration the access rules depend on.
@@ -287,7 +295,7 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
             }
         }
     }
-    if let Some(path) = reserved_system_anywhere(r, systems, "") {
+    if let Some(path) = reserved_system_anywhere(r, systems, &JsonPath::ROOT) {
         return Err(Refusal::Invalid(Invalid::ReservedLabelSystem {
             path: path.to_string(),
         }));
@@ -333,19 +341,22 @@ pub fn read_registration(r: &Value, systems: &LabelSystems) -> Result<Registrati
 /// The JSON path of the first `system` member anywhere in the body (codings, identifiers,
 /// contained resources) that names one of the proxy's label systems: those are the proxy's
 /// alone, wherever they would be stored.
-fn reserved_system_anywhere(v: &Value, systems: &LabelSystems, path: &str) -> Option<String> {
+fn reserved_system_anywhere(
+    v: &Value,
+    systems: &LabelSystems,
+    path: &JsonPath<'_>,
+) -> Option<String> {
+    // The path is rendered only for the member found (`JsonPath`): the walk allocates nothing.
     match v {
         Value::Array(items) => items
             .iter()
             .find_map(|item| reserved_system_anywhere(item, systems, path)),
         Value::Object(members) => members.iter().find_map(|(name, member)| {
-            let here = if path.is_empty() {
-                name.clone()
-            } else {
-                format!("{path}.{name}")
-            };
+            let here = path.child(name);
             match member {
-                Value::String(s) if name == "system" && systems.is_reserved(s) => Some(here),
+                Value::String(s) if name == "system" && systems.is_reserved(s) => {
+                    Some(here.render())
+                }
                 _ => reserved_system_anywhere(member, systems, &here),
             }
         }),
@@ -364,9 +375,7 @@ fn entities(r: &Value) -> impl Iterator<Item = &Value> {
 /// identifier of the contained Device `source.observer` references. Every identity given
 /// must agree; at least one must be given.
 fn device_identity(r: &Value) -> Result<String, Refusal> {
-    let observer = r
-        .pointer("/source/observer")
-        .ok_or(Refusal::Invalid(Invalid::ObserverMissing))?;
+    let observer = at(r, "/source/observer").ok_or(Refusal::Invalid(Invalid::ObserverMissing))?;
     let mut identities: Vec<String> = Vec::new();
     if observer.get("identifier").is_some() {
         let v = text_at(observer, "/identifier/value")
@@ -421,7 +430,7 @@ fn party(r: &Value, role: &str) -> Result<Party, Refusal> {
         .into_iter()
         .flatten()
         .filter(|a| {
-            a.pointer("/type/coding")
+            at(a, "/type/coding")
                 .and_then(Value::as_array)
                 .is_some_and(|cs| cs.iter().any(|c| text_at(c, "/code") == Some(role)))
         })
@@ -445,7 +454,7 @@ fn party(r: &Value, role: &str) -> Result<Party, Refusal> {
         .flatten()
         .filter(|e| e.get("url").and_then(Value::as_str) == Some(OTHER_ID_EXTENSION))
         .filter(|e| {
-            e.pointer("/valueIdentifier/type/coding")
+            at(e, "/valueIdentifier/type/coding")
                 .and_then(Value::as_array)
                 .is_some_and(|cs| cs.iter().any(|c| text_at(c, "/code") == Some("GLN")))
         })

@@ -173,7 +173,7 @@ impl FhirApp {
         };
         access_line(
             &request_id,
-            http.client_addr().map(|a| a.to_string()),
+            http.client_addr().map(|a| a as &dyn std::fmt::Display),
             None,
             &outcome,
             status,

@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use http::Response;
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
 
 use crate::auth::principal::Principal;
 use crate::cvr_directory::CvrDirectory;
@@ -70,32 +69,71 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// `upstream_ms` (time waiting for the FHIR server), `bytes_in`, `bytes_out`.
 fn access_line(
     request_id: &str,
-    client: Option<String>,
+    client: Option<&dyn std::fmt::Display>,
     request: Option<(&str, &str)>,
     o: &Outcome,
     status: u16,
     started: Instant,
     bytes_out: usize,
 ) {
-    let line = json!({
-        "ts": now_rfc3339(),
-        "request_id": request_id,
-        "client": client,
-        "method": request.map(|(m, _)| m),
-        "path": request.map(|(_, p)| p),
-        "interaction": o.interaction,
-        "principal": o.principal,
-        "principal_id": o.pseudonym,
-        "decision": decision(status),
-        "status": status,
-        "reason": if status < 400 { "ok" } else { o.reason },
-        "dropped": o.dropped,
-        "duration_ms": listener::millis(started),
-        "upstream_ms": o.upstream_ms,
-        "bytes_in": o.bytes_in,
-        "bytes_out": bytes_out,
-    });
-    log::info!(target: "access", "{line}");
+    let ts = now_rfc3339();
+    let line = AccessLine {
+        ts: &ts,
+        request_id,
+        client: client.map(Shown),
+        method: request.map(|(m, _)| m),
+        path: request.map(|(_, p)| p),
+        interaction: o.interaction,
+        principal: o.principal,
+        principal_id: o.pseudonym.as_deref(),
+        decision: decision(status),
+        status,
+        reason: if status < 400 { "ok" } else { o.reason },
+        dropped: o.dropped,
+        duration_ms: listener::millis(started),
+        upstream_ms: o.upstream_ms,
+        bytes_in: o.bytes_in,
+        bytes_out,
+    };
+    // Serialising borrowed fields cannot fail; if it ever did, the line says so rather than
+    // vanishing.
+    match serde_json::to_string(&line) {
+        Ok(text) => log::info!(target: "access", "{text}"),
+        Err(_) => log::error!(target: "access", "access log line not serialisable"),
+    }
+}
+
+/// One access-log line as JSON: serialised straight from borrowed fields (no intermediate
+/// `serde_json::Value`). Fields in alphabetical order, the order the line had when it was
+/// built as a `Value` (a sorted map), so readers see the same line.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    bytes_in: usize,
+    bytes_out: usize,
+    client: Option<Shown<&'a dyn std::fmt::Display>>,
+    decision: &'static str,
+    dropped: usize,
+    duration_ms: f64,
+    interaction: &'a str,
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    principal: &'a str,
+    principal_id: Option<&'a str>,
+    reason: &'a str,
+    request_id: &'a str,
+    status: u16,
+    ts: &'a str,
+    upstream_ms: f64,
+}
+
+/// A value serialised as a JSON string through its `Display`, without an intermediate
+/// `String`.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> serde::Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 /// `allowed` for an answer below 400, else `refused`: the access log's `decision` and the
@@ -371,12 +409,11 @@ impl Gateway {
         {
             return Err(Refusal::Unauthenticated(TokenFailure::Malformed));
         }
-        let authorization = session
-            .get_header("authorization")
-            .map(|v| v.as_bytes().to_vec());
+        // Borrowed: the token is not copied per request.
+        let authorization = session.get_header("authorization").map(|v| v.as_bytes());
         let principal = self
             .authenticator
-            .authenticate(authorization.as_deref(), &cert)
+            .authenticate(authorization, &cert)
             .await?;
         outcome.principal = principal.kind();
         outcome.pseudonym = Some(crate::audit::pseudonym(
@@ -827,7 +864,7 @@ impl Gateway {
         let path = crate::redact::path_template(req.uri.path(), &self.public_base_path);
         access_line(
             request_id,
-            session.client_addr().map(|a| a.to_string()),
+            session.client_addr().map(|a| a as &dyn std::fmt::Display),
             Some((req.method.as_str(), path.as_str())),
             o,
             status,

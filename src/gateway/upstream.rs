@@ -368,22 +368,21 @@ impl Upstream {
         };
         let mut h = RequestHeader::build(method, path.as_bytes(), None).map_err(internal)?;
         let f = &self.forwarded;
-        let mut headers: Vec<(&'static str, String)> = vec![
-            ("Host", self.host_header.clone()),
-            ("Accept", "application/fhir+json".into()),
-            ("Accept-Encoding", "identity".into()),
-            ("X-Forwarded-Host", f.host.clone()),
-            ("X-Forwarded-Proto", f.proto.clone()),
-            ("X-Forwarded-Port", f.port.clone()),
-            ("X-Forwarded-Prefix", f.prefix.clone()),
-            ("X-Request-ID", request_id.to_string()),
+        // Borrowed values: each is copied once, into the header map.
+        let content_length = body_len.map(|n| n.to_string());
+        let mut headers: Vec<(&'static str, &str)> = vec![
+            ("Host", &self.host_header),
+            ("Accept", "application/fhir+json"),
+            ("Accept-Encoding", "identity"),
+            ("X-Forwarded-Host", &f.host),
+            ("X-Forwarded-Proto", &f.proto),
+            ("X-Forwarded-Port", &f.port),
+            ("X-Forwarded-Prefix", &f.prefix),
+            ("X-Request-ID", request_id),
         ];
-        if let Some(len) = body_len {
-            headers.push((
-                "Content-Type",
-                "application/fhir+json; charset=utf-8".into(),
-            ));
-            headers.push(("Content-Length", len.to_string()));
+        if let Some(len) = &content_length {
+            headers.push(("Content-Type", "application/fhir+json; charset=utf-8"));
+            headers.push(("Content-Length", len));
         }
         for (name, value) in headers {
             if !value.is_empty() {
