@@ -6,17 +6,17 @@
 //! exempt: the MinLog audit records, which name CPRs on purpose, go to their own sink
 //! (`audit.path`, `gateway::audit`), not through the logger.
 //!
-//! Lines reach stderr in batches ([`Batched`], env_logger's pipe target): a request appends
-//! its formatted, redacted line to a shared buffer instead of making a write system call
-//! under stderr's lock, and a background thread writes the buffer out at most
-//! [`WRITE_DELAY`] after its first line. Nothing is dropped: a buffer that reaches
-//! [`MAX_BUFFERED`] is written out by the logging thread itself, and [`flush`] writes out what
-//! is buffered before the process exits (and when the main thread panics).
+//! Lines reach stderr through a writer thread (tracing-appender's non-blocking writer as
+//! env_logger's pipe target): a request hands its formatted, redacted line to a queue instead
+//! of making a write system call under stderr's lock (issue 10: the synchronous access log
+//! cost reads 1.2-1.36x), and the thread writes what has queued up. Nothing is dropped: the
+//! writer is not lossy, so a full queue (128,000 lines) makes the logging request wait, and
+//! [`flush`] writes out what is queued before the process exits (and when the main thread
+//! panics).
 
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Mutex;
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 use log::{Log, Metadata, Record};
 
@@ -87,107 +87,22 @@ fn short_file(file: &str) -> &str {
     }
 }
 
-/// Longest a logged line waits in the buffer before the writer thread writes it out.
-const WRITE_DELAY: Duration = Duration::from_millis(10);
-
-/// Buffered bytes at which the logging thread writes the buffer out itself (back-pressure
-/// rather than loss when stderr is slower than the lines come).
-const MAX_BUFFERED: usize = 1 << 20;
-
-/// The lines not yet written, and whether the writer thread waits for one.
-struct Pending {
-    lines: Vec<u8>,
-    writer_waiting: bool,
-}
-
-/// The shared buffer. Lock order: [`OUTPUT`] before [`PENDING`], so batches reach stderr in
-/// the order their lines were logged.
-static PENDING: Mutex<Pending> = Mutex::new(Pending {
-    lines: Vec::new(),
-    writer_waiting: false,
-});
-/// Held while a batch is taken and written.
-static OUTPUT: Mutex<()> = Mutex::new(());
-/// Wakes the writer thread when a line arrives in an empty buffer.
-static ARRIVED: Condvar = Condvar::new();
-/// No writer thread: each line is written out as it is logged.
-static DIRECT: AtomicBool = AtomicBool::new(false);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while a line was appended leaves whole lines behind: keep logging.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Take what is buffered and write it to stderr (one `write` for the batch).
-fn write_out() {
-    let _order = lock(&OUTPUT);
-    let batch = std::mem::take(&mut lock(&PENDING).lines);
-    if !batch.is_empty() {
-        let mut err = std::io::stderr().lock();
-        // Nowhere to report a failing stderr.
-        let _ = err.write_all(&batch);
-        let _ = err.flush();
-    }
-}
-
-/// env_logger's output: appends each formatted line to the shared buffer.
-struct Batched;
-
-impl Write for Batched {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        if lock(&PENDING).lines.len() + line.len() > MAX_BUFFERED {
-            write_out();
-        }
-        let mut p = lock(&PENDING);
-        p.lines.extend_from_slice(line);
-        if DIRECT.load(Ordering::Relaxed) {
-            drop(p);
-            write_out();
-        } else if p.writer_waiting {
-            p.writer_waiting = false;
-            ARRIVED.notify_one();
-        }
-        Ok(line.len())
-    }
-
-    /// env_logger flushes after every line: the batch is written by the writer thread.
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The writer thread: waits for a line, lets more gather for [`WRITE_DELAY`], writes the
-/// batch.
-fn writer_loop() {
-    loop {
-        {
-            let mut p = lock(&PENDING);
-            while p.lines.is_empty() {
-                p.writer_waiting = true;
-                p = ARRIVED
-                    .wait(p)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-        }
-        std::thread::sleep(WRITE_DELAY);
-        write_out();
-    }
-}
+/// The writer thread's guard: dropping it writes out every queued line ([`flush`]).
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// Install the logger for the whole process (once, at start-up; later calls do nothing).
 pub fn init() {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("eds-proxy-log")
+        .finish(std::io::stderr());
     let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Pipe(Box::new(Batched)))
+        .target(env_logger::Target::Pipe(Box::new(writer)))
         .build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(RedactingLogger { inner })).is_ok() {
-        // Without the writer thread every line is written as it is logged.
-        if let Err(e) = std::thread::Builder::new()
-            .name("eds-proxy-log".into())
-            .spawn(writer_loop)
-        {
-            DIRECT.store(true, Ordering::Relaxed);
-            eprintln!("eds-proxy: log writer thread not started ({:?})", e.kind());
+        if let Ok(mut slot) = WRITER.lock() {
+            *slot = Some(guard);
         }
         log::set_max_level(max);
         // A panic's message would otherwise go to stderr past the redaction: route it through
@@ -221,10 +136,14 @@ pub fn init() {
     }
 }
 
-/// Write out every buffered log line now: called right before the process exits (`main`,
-/// `server::run`, `lifecycle::exit_when_drained`) and when the main thread panics.
+/// Write out every queued log line and stop the writer thread: called right before the
+/// process exits (`main`, `server::run`, `lifecycle::exit_when_drained`) and when the main
+/// thread panics. Lines logged afterwards are not written.
 pub fn flush() {
-    write_out();
+    // Dropping the guard queues a shutdown behind the waiting lines and waits (up to 1 s, in
+    // tracing-appender) until the thread has written them.
+    let guard = WRITER.lock().ok().and_then(|mut slot| slot.take());
+    drop(guard);
 }
 
 #[cfg(test)]
