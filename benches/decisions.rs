@@ -23,8 +23,7 @@ use eds_proxy::fhir::labels::{Constraint, LabelSystems};
 use eds_proxy::fhir::paging::PageSigner;
 use eds_proxy::fhir::registration::validate_and_label;
 use eds_proxy::fhir::response::{
-    check_created, check_resource, check_searchset, CreatedContext, ResourceCheck,
-    ResponseContext,
+    check_created, check_resource, check_searchset, CreatedContext, ResourceCheck, ResponseContext,
 };
 use serde_json::{json, Value};
 
@@ -158,14 +157,22 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         out
     };
-    match (fixtures("https://proxy:8443/fhir"), fixtures("http://hapi:8080/fhir")) {
+    match (
+        fixtures("https://proxy:8443/fhir"),
+        fixtures("http://hapi:8080/fhir"),
+    ) {
         (Some((Some(ig), Some(read), Some(created))), Some((Some(ig_rebased), _, _))) => {
             let checked = check_searchset(&ig, &ctx).unwrap();
             assert_eq!(checked.dropped, 0);
             println!("IG searchset of 20 entries, {} bytes", ig.len());
-            measure("response check (IG searchset, public base)", ig.len(), 2_000, || {
-                black_box(check_searchset(black_box(&ig), &ctx).unwrap());
-            });
+            measure(
+                "response check (IG searchset, public base)",
+                ig.len(),
+                2_000,
+                || {
+                    black_box(check_searchset(black_box(&ig), &ctx).unwrap());
+                },
+            );
             measure(
                 "response check (IG searchset, rebased)",
                 ig_rebased.len(),
