@@ -404,6 +404,15 @@ fn scan_entry(text: &str) -> Result<EntryScan<'_>, String> {
     Ok(scanned)
 }
 
+/// One JSON object as a whole: a resource, or what it holds.
+fn object<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Scanned<'de>, A::Error> {
+    let mut found = Vec::new();
+    Ok(match scan_object(map, &mut found)? {
+        Some(resource) => Scanned::Resource(resource),
+        None => Scanned::Other(found),
+    })
+}
+
 /// A value that must be a JSON object, scanned like any other.
 struct ObjectScanSeed;
 
@@ -420,7 +429,7 @@ impl<'de> DeserializeSeed<'de> for ObjectScanSeed {
                 self,
                 map: A,
             ) -> Result<Scanned<'de>, A::Error> {
-                scan_object(map)
+                object(map)
             }
         }
         d.deserialize_map(ObjectVisitor)
@@ -629,7 +638,7 @@ fn scan(text: &str) -> Result<Scanned<'_>, String> {
             Ok(Scanned::Other(found))
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Scanned<'de>, A::Error> {
-            scan_object(map)
+            object(map)
         }
     }
     let mut de = serde_json::Deserializer::from_str(text);
@@ -721,25 +730,32 @@ impl<'de> serde::de::Visitor<'de> for ScanVisitor<'_, 'de> {
         Ok(())
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        scan_object(map)?.push_into(self.0);
+        if let Some(resource) = scan_object(map, &mut *self.0)? {
+            self.0.push(resource);
+        }
         Ok(())
     }
 }
 
-/// One JSON object: a resource if it has `resourceType` (what it holds becomes its `nested`),
-/// else just what it holds.
-fn scan_object<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Scanned<'de>, A::Error> {
+/// One JSON object. If it has `resourceType` it is a resource and returned, what it holds
+/// being its `nested`; else what it holds is added to `found`, in document order.
+fn scan_object<'de, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    found: &mut Vec<Res<'de>>,
+) -> Result<Option<Res<'de>>, A::Error> {
     use serde::de::Error;
+    // What this object holds goes straight to `found` and is taken back if it is a resource:
+    // no list of its own for the many objects that hold nothing.
+    let start = found.len();
     let mut resource_type = None;
     let mut id: Option<Cow<'de, str>> = None;
     let mut meta: Option<MetaScan<'de>> = None;
-    let mut inside = Vec::new();
     while let Some(key) = map.next_key::<Key>()? {
         match key {
             Key::ResourceType => read_once(&mut map, &mut resource_type, "resourceType")?,
             // Resource ids are strings; any other value is scanned like any member.
             Key::Id => {
-                if let Some(s) = map.next_value_seed(IdSeed(&mut inside))? {
+                if let Some(s) = map.next_value_seed(IdSeed(&mut *found))? {
                     if id.replace(s).is_some() {
                         return Err(A::Error::custom("duplicate id"));
                     }
@@ -750,22 +766,19 @@ fn scan_object<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Scanned<
                     return Err(A::Error::custom("duplicate meta"));
                 }
             }
-            Key::Other => map.next_value_seed(ScanSeed(&mut inside))?,
+            Key::Other => map.next_value_seed(ScanSeed(&mut *found))?,
         }
     }
     // What `meta` holds comes after everything else the object holds (the order the
     // reasons for a refusal are looked for in).
     let (security, in_meta) = meta.unwrap_or_default();
-    Scanned::Other(in_meta).push_into(&mut inside);
-    Ok(match resource_type {
-        Some(resource_type) => Scanned::Resource(Res {
-            resource_type,
-            id,
-            security,
-            nested: inside,
-        }),
-        None => Scanned::Other(inside),
-    })
+    found.extend(in_meta);
+    Ok(resource_type.map(|resource_type| Res {
+        resource_type,
+        id,
+        security,
+        nested: found.split_off(start),
+    }))
 }
 
 /// What `meta` holds for the check: its security codings and any resources inside it.
