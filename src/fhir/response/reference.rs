@@ -2,7 +2,7 @@
 //! the reference the differential tests compare the new check against (`super::tests`):
 //! deliberately the old, simple structure (every top-level member captured raw, entries
 //! split raw, each entry scanned, a rebased entry re-parsed), byte for byte as it was.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs)]
 
 use std::borrow::Cow;
 
@@ -772,7 +772,12 @@ pub fn check_created(
 /// thousands of seeded mutations of them.
 #[cfg(test)]
 mod differential {
-    #![allow(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::expect_used,
+        clippy::panic
+    )]
     use super::super as new;
     use super::*;
     use crate::auth::principal::{Principal, Station};
