@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
+use jiter::{Jiter, Peek};
 use serde::de::DeserializeSeed;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{BadGateway, Invalid, Refusal};
@@ -69,8 +69,15 @@ pub struct CheckedBundle {
 /// where the check reads, or that holds a foreign resource outside its entries.
 pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<CheckedBundle, Refusal> {
     let not_json = || Refusal::BadGateway(BadGateway::NotJson);
-    let malformed = || Refusal::BadGateway(BadGateway::MalformedSearchset);
     let text = std::str::from_utf8(body).map_err(|_| not_json())?;
+    // The usual answer: delimited by jiter, read by serde_json, one pass. Whatever it cannot
+    // read, and every refusal, is decided again by the serde_json-only path below, so that
+    // what is refused and why never depend on the delimiter (see [`read_delimited`]).
+    if let Some(bundle) = read_delimited(text) {
+        if let Ok(checked) = decide(bundle, body.len(), ctx) {
+            return Ok(checked);
+        }
+    }
     let bundle = match read_bundle(text) {
         Ok(bundle) => bundle,
         // The walk stops at the first thing it cannot read. Which refusal that is follows
@@ -83,14 +90,36 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
                 .into_iter()
                 .map(|(key, raw)| {
                     if key == "entry" {
-                        entries = Some(strict_json::elements(raw.get()).map_err(|_| ()));
+                        entries = Some(
+                            strict_json::elements(raw.get())
+                                .map(|all| {
+                                    all.into_iter()
+                                        .map(|raw| Entry {
+                                            raw: raw.get(),
+                                            scanned: None,
+                                        })
+                                        .collect()
+                                })
+                                .map_err(|_| ()),
+                        );
                     }
-                    (Cow::Owned(key), RawMember::Raw(raw))
+                    (Cow::Owned(key), RawMember::Raw(raw.get()))
                 })
                 .collect();
             Bundle { members, entries }
         }
     };
+    decide(bundle, body.len(), ctx)
+}
+
+/// The searchset check proper, over a bundle read by [`read_delimited`] or [`read_bundle`]
+/// (the caller's order of refusals: not JSON is decided before).
+fn decide(
+    bundle: Bundle<'_>,
+    body_len: usize,
+    ctx: &ResponseContext<'_>,
+) -> Result<CheckedBundle, Refusal> {
+    let malformed = || Refusal::BadGateway(BadGateway::MalformedSearchset);
     let member = |name: &str| {
         bundle
             .members
@@ -123,13 +152,16 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     let mut dropped = 0;
     // What is kept: each entry's raw text, and the `fullUrl` that replaces the server's.
     let mut kept: Vec<(&str, Option<Option<String>>)> = Vec::new();
-    match &bundle.entries {
+    match bundle.entries {
         None => {}
         Some(Err(())) => return Err(malformed()),
         Some(Ok(entries)) => {
             kept.reserve_exact(entries.len());
             for entry in entries {
-                let scanned = scan_entry(entry.get()).map_err(|_| malformed())?;
+                let scanned = match entry.scanned {
+                    Some(scanned) => scanned,
+                    None => scan_entry(entry.raw).map_err(|_| malformed())?,
+                };
                 if entry_visible(&scanned, ctx.constraint).is_err() {
                     dropped += 1;
                     continue;
@@ -144,7 +176,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
                     (Some(old), Some(url)) if *old == url => None,
                     (Some(_), url) => Some(url),
                 };
-                kept.push((entry.get(), replacement));
+                kept.push((entry.raw, replacement));
             }
         }
     }
@@ -175,7 +207,7 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
         }
         None => "[]".to_string(),
     };
-    let mut out: Vec<u8> = Vec::with_capacity(body.len() + links.len());
+    let mut out: Vec<u8> = Vec::with_capacity(body_len + links.len());
     out.push(b'{');
     for (key, raw) in &bundle.members {
         // The server's count included what the caller may not see.
@@ -221,29 +253,30 @@ struct Bundle<'a> {
     /// (name, value) in the server's order; names decoded, values as written.
     members: Vec<(Cow<'a, str>, RawMember<'a>)>,
     /// `entry`'s elements; `Err` if `entry` is not an array; `None` without `entry`.
-    entries: Option<Result<Vec<&'a RawValue>, ()>>,
+    entries: Option<Result<Vec<Entry<'a>>, ()>>,
+}
+
+/// One element of `entry`: its text as the server wrote it (what is written out if it is
+/// kept), and its scan if the reader already made it ([`read_delimited`]).
+struct Entry<'a> {
+    raw: &'a str,
+    scanned: Option<EntryScan<'a>>,
 }
 
 /// A top-level member's value: its raw text, except `entry`, which is read element by element.
 #[derive(Clone, Copy)]
 enum RawMember<'a> {
-    Raw(&'a RawValue),
+    Raw(&'a str),
     Entries,
 }
 
 impl<'a> RawMember<'a> {
     fn get(&self) -> &'a str {
         match self {
-            RawMember::Raw(raw) => raw.get(),
+            RawMember::Raw(raw) => raw,
             // Never read: `entry` is skipped in the envelope and written from the entries.
             RawMember::Entries => "",
         }
-    }
-}
-
-impl<'a> From<&'a RawValue> for RawMember<'a> {
-    fn from(raw: &'a RawValue) -> Self {
-        RawMember::Raw(raw)
     }
 }
 
@@ -273,7 +306,8 @@ fn read_bundle(text: &str) -> Result<Bundle<'_>, serde_json::Error> {
                     entries = Some(Ok(map.next_value_seed(EntriesSeed)?));
                     members.push((key, RawMember::Entries));
                 } else {
-                    members.push((key, RawMember::Raw(map.next_value()?)));
+                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                    members.push((key, RawMember::Raw(raw.get())));
                 }
             }
             Ok(Bundle { members, entries })
@@ -282,11 +316,11 @@ fn read_bundle(text: &str) -> Result<Bundle<'_>, serde_json::Error> {
     /// `entry`: an array, each element left as raw text.
     struct EntriesSeed;
     impl<'de> DeserializeSeed<'de> for EntriesSeed {
-        type Value = Vec<&'de RawValue>;
+        type Value = Vec<Entry<'de>>;
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             struct EntriesVisitor;
             impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
-                type Value = Vec<&'de RawValue>;
+                type Value = Vec<Entry<'de>>;
                 fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                     f.write_str("an array")
                 }
@@ -295,8 +329,11 @@ fn read_bundle(text: &str) -> Result<Bundle<'_>, serde_json::Error> {
                     mut seq: A,
                 ) -> Result<Self::Value, A::Error> {
                     let mut out = Vec::with_capacity(32);
-                    while let Some(e) = seq.next_element()? {
-                        out.push(e);
+                    while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+                        out.push(Entry {
+                            raw: raw.get(),
+                            scanned: None,
+                        });
                     }
                     Ok(out)
                 }
@@ -308,6 +345,76 @@ fn read_bundle(text: &str) -> Result<Bundle<'_>, serde_json::Error> {
     let bundle = serde::Deserializer::deserialize_map(&mut de, BundleVisitor)?;
     de.end()?;
     Ok(bundle)
+}
+
+/// The usual searchset read in one pass over the body (issue 10), or `None` for anything it
+/// does not read: jiter delimits, serde_json reads. jiter steps over the top level's
+/// punctuation and whitespace (strict RFC 8259: the same four whitespace bytes as serde_json,
+/// no trailing comma, no BOM, nothing after the object) and says where each member's value
+/// and each entry starts and ends; serde_json decodes every key (the quoted text, so its
+/// escapes, control characters and surrogates are judged by serde_json) and reads every entry
+/// from where it starts to where it ends with the typed scan ([`ScannedEntry`], through a
+/// `StreamDeserializer` whose `byte_offset` is where the entry ends). The envelope members'
+/// values are read by serde_json later, in [`decide`], which scans every one of them.
+///
+/// So every byte of an accepted answer was read by serde_json except the top level's
+/// `{`, `}`, `,`, `:`, `[`, `]` and whitespace, which jiter reads as strictly. `None` (jiter or
+/// serde_json refused something, a duplicate member, `entry` not an array) sends the body to
+/// [`read_bundle`], which decides it as if this pass had not been made.
+fn read_delimited(text: &str) -> Option<Bundle<'_>> {
+    let bytes = text.as_bytes();
+    // `jiter` reads from `at`: a fresh jiter is started at the end of each entry.
+    let mut at = 0;
+    let mut jiter = Jiter::new(bytes);
+    let mut members: Vec<(Cow<'_, str>, RawMember<'_>)> = Vec::with_capacity(8);
+    let mut entries = None;
+    let mut key = jiter.next_object_bytes().ok()?;
+    while let Some(name) = key {
+        // The key as serde_json reads it: its quoted text, located from jiter's slice of it.
+        let start = (name.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+        let quoted = text.get(start.checked_sub(1)?..start.checked_add(name.len() + 1)?)?;
+        #[allow(clippy::disallowed_methods)] // a string: it has no members to duplicate
+        let Text(name) = serde_json::from_str(quoted).ok()?;
+        if members.iter().any(|(k, _)| *k == name) {
+            return None;
+        }
+        let peek = jiter.peek().ok()?;
+        if name == "entry" {
+            if peek != Peek::Array {
+                return None;
+            }
+            let mut list = Vec::with_capacity(32);
+            let mut next = jiter.known_array().ok()?;
+            let mut from = at + jiter.current_index();
+            while next.is_some() {
+                let mut stream = serde_json::Deserializer::from_str(text.get(from..)?)
+                    .into_iter::<ScannedEntry<'_>>();
+                let ScannedEntry(scanned) = stream.next()?.ok()?;
+                let end = from.checked_add(stream.byte_offset())?;
+                list.push(Entry {
+                    raw: text.get(from..end)?,
+                    scanned: Some(scanned),
+                });
+                jiter = Jiter::new(bytes.get(end..)?);
+                at = end;
+                next = jiter.array_step().ok()?;
+                from = at + jiter.current_index();
+            }
+            // Past the `]`: the rest of the object.
+            jiter = Jiter::new(bytes.get(from..)?);
+            at = from;
+            entries = Some(Ok(list));
+            members.push((name, RawMember::Entries));
+        } else {
+            let from = at + jiter.current_index();
+            jiter.known_skip(peek).ok()?;
+            let raw = text.get(from..at + jiter.current_index())?;
+            members.push((name, RawMember::Raw(raw)));
+        }
+        key = jiter.next_key_bytes().ok()?;
+    }
+    jiter.finish().ok()?;
+    Some(Bundle { members, entries })
 }
 
 /// A JSON string as read: borrowed from the body unless it holds escapes (then decoded). Any
@@ -363,45 +470,58 @@ struct EntryScan<'a> {
 /// are refused (a client might read the other one); `resource` and `search` must be objects
 /// and `fullUrl`/`mode` strings. Any other member is scanned for resources, duplicates and all.
 fn scan_entry(text: &str) -> Result<EntryScan<'_>, String> {
-    struct EntryVisitor;
-    impl<'de> serde::de::Visitor<'de> for EntryVisitor {
-        type Value = EntryScan<'de>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a Bundle entry object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<EntryScan<'de>, A::Error> {
-            use serde::de::Error;
-            let mut out = EntryScan::default();
-            let (mut saw_search, mut saw_resource) = (false, false);
-            while let Some(Text(key)) = map.next_key()? {
-                match key.as_ref() {
-                    "resource" => {
-                        if std::mem::replace(&mut saw_resource, true) {
-                            return Err(A::Error::custom("duplicate entry.resource"));
-                        }
-                        out.resource = Some(map.next_value_seed(ObjectScanSeed)?);
-                    }
-                    "search" => {
-                        if std::mem::replace(&mut saw_search, true) {
-                            return Err(A::Error::custom("duplicate entry.search"));
-                        }
-                        out.mode = map.next_value_seed(SearchSeed(&mut out.elsewhere))?;
-                    }
-                    "fullUrl" => read_once(&mut map, &mut out.full_url, "entry.fullUrl")?,
-                    _ => map.next_value_seed(ScanSeed(&mut out.elsewhere))?,
-                }
-            }
-            Ok(out)
-        }
-    }
     let mut de = serde_json::Deserializer::from_str(text);
     let scanned =
         serde::Deserializer::deserialize_map(&mut de, EntryVisitor).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(scanned)
+}
+
+/// An entry, scanned as [`scan_entry`] does, as a value serde_json can read from a stream
+/// ([`read_delimited`]).
+struct ScannedEntry<'a>(EntryScan<'a>);
+
+impl<'de> Deserialize<'de> for ScannedEntry<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EntryVisitor).map(ScannedEntry)
+    }
+}
+
+/// [`scan_entry`]'s visitor.
+struct EntryVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+    type Value = EntryScan<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Bundle entry object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<EntryScan<'de>, A::Error> {
+        use serde::de::Error;
+        let mut out = EntryScan::default();
+        let (mut saw_search, mut saw_resource) = (false, false);
+        while let Some(Text(key)) = map.next_key()? {
+            match key.as_ref() {
+                "resource" => {
+                    if std::mem::replace(&mut saw_resource, true) {
+                        return Err(A::Error::custom("duplicate entry.resource"));
+                    }
+                    out.resource = Some(map.next_value_seed(ObjectScanSeed)?);
+                }
+                "search" => {
+                    if std::mem::replace(&mut saw_search, true) {
+                        return Err(A::Error::custom("duplicate entry.search"));
+                    }
+                    out.mode = map.next_value_seed(SearchSeed(&mut out.elsewhere))?;
+                }
+                "fullUrl" => read_once(&mut map, &mut out.full_url, "entry.fullUrl")?,
+                _ => map.next_value_seed(ScanSeed(&mut out.elsewhere))?,
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// One JSON object as a whole: a resource, or what it holds.

@@ -800,9 +800,56 @@ mod differential {
         Constraint::for_principal(&p, &LabelSystems::default(), &CvrDirectory::default()).unwrap()
     }
 
+    /// The one-pass reader (jiter delimits, serde_json reads) against the serde_json-only
+    /// reader: wherever the one-pass reader reads a body, serde_json alone reads it too, into
+    /// the same members (names, raw text) and the same entries (raw text, scan). Returns
+    /// whether the one-pass reader read it.
+    fn same_reading(body: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(body) else {
+            return false;
+        };
+        let Some(fast) = new::read_delimited(text) else {
+            return false;
+        };
+        let show = String::from_utf8_lossy(body);
+        let slow = new::read_bundle(text)
+            .unwrap_or_else(|e| panic!("read by jiter, refused by serde_json ({e}): {show}"));
+        let names = |b: &new::Bundle<'_>| {
+            b.members
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.get().to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&fast), names(&slow), "members differ on {show}");
+        // An entry's scan as the reader made it, or as `decide` makes it from the raw text.
+        let entries = |b: &new::Bundle<'_>| match &b.entries {
+            None => None,
+            Some(Err(())) => Some(Err(())),
+            Some(Ok(list)) => Some(Ok(list
+                .iter()
+                .map(|e| {
+                    let scan = match &e.scanned {
+                        Some(scan) => Ok(format!("{scan:?}")),
+                        None => new::scan_entry(e.raw).map(|scan| format!("{scan:?}")),
+                    };
+                    (e.raw.to_string(), scan)
+                })
+                .collect::<Vec<_>>())),
+        };
+        let (f, s) = (entries(&fast), entries(&slow));
+        assert!(
+            matches!(&f, Some(Ok(list)) if list.iter().all(|(_, scan)| scan.is_ok()))
+                || f.is_none(),
+            "the one-pass reader kept an entry serde_json refuses: {show}"
+        );
+        assert_eq!(f, s, "entries differ on {show}");
+        true
+    }
+
     /// Compare every entry point of the new check with the reference on one body.
     fn same(body: &[u8], c: &Constraint, signer: &PageSigner) {
         let show = || String::from_utf8_lossy(body).into_owned();
+        same_reading(body);
         for drop_totals in [false, true] {
             let ctx = ResponseContext {
                 constraint: c,
@@ -1225,7 +1272,13 @@ mod differential {
                 entry(r, UPSTREAM, "match")
             })
             .collect();
-        same(bundle(all, PUBLIC).to_string().as_bytes(), &c, &signer);
+        let all = bundle(all, PUBLIC);
+        same(all.to_string().as_bytes(), &c, &signer);
+        // The usual answer takes the one-pass reader, compact or pretty.
+        assert!(same_reading(all.to_string().as_bytes()));
+        assert!(same_reading(
+            serde_json::to_string_pretty(&all).unwrap().as_bytes()
+        ));
         // The fuzz corpus, and any other directory of inputs named in `EDS_DIFF_CORPUS` (a
         // fuzz run's own corpus: `cargo fuzz run response_check DIR ...`).
         let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/response_check");
@@ -1237,6 +1290,214 @@ mod differential {
             }
         }
         assert!(n > 100, "{n}");
+    }
+
+    /// Bodies aimed at the one-pass reader's seams: where jiter stops and serde_json starts.
+    fn at_the_seams() -> Vec<String> {
+        let a = r#"{"resourceType":"AuditEvent","id":"a","meta":{"security":[{"system":"urn:eds-proxy:label:device-id","code":"dev-1"}]}}"#;
+        let e = format!(r#"{{"fullUrl":"{UPSTREAM}/AuditEvent/a","resource":{a}}}"#);
+        let head = r#""resourceType":"Bundle","type":"searchset""#;
+        let mut v: Vec<String> = Vec::new();
+        // Every byte that is or is not JSON whitespace, at every top-level seam.
+        for ws in [
+            " ", "\t", "\n", "\r", " \r\n\t ", "\u{0b}", "\u{0c}", "\u{00}", "\u{a0}", "\u{85}",
+            "\u{2028}", "\u{3000}", "\u{feff}", "/**/", "//\n", "#\n",
+        ] {
+            let w = ws;
+            let seams = [
+                format!("{w}{{{head},\"entry\":[{e},{e}]}}"),
+                format!("{{{w}{head},\"entry\":[{e},{e}]}}"),
+                format!("{{{head}{w},\"entry\":[{e},{e}]}}"),
+                format!("{{{head},{w}\"entry\":[{e},{e}]}}"),
+                format!("{{{head},\"entry\"{w}:[{e},{e}]}}"),
+                format!("{{{head},\"entry\":{w}[{e},{e}]}}"),
+                format!("{{{head},\"entry\":[{w}{e},{e}]}}"),
+                format!("{{{head},\"entry\":[{e}{w},{e}]}}"),
+                format!("{{{head},\"entry\":[{e},{w}{e}]}}"),
+                format!("{{{head},\"entry\":[{e},{e}{w}]}}"),
+                format!("{{{head},\"entry\":[{e},{e}]{w}}}"),
+                format!("{{{head},\"entry\":[{e},{e}]}}{w}"),
+                format!("{{{head},\"entry\":[{w}]}}"),
+                format!("{{\"resourceType\"{w}:{w}\"Bundle\"{w},{w}\"type\":\"searchset\"}}"),
+            ];
+            v.extend(seams);
+        }
+        // Punctuation: missing, doubled, trailing, swapped, and what serde_json's stream
+        // reader accepts after a value (`"`, `[`, `{`, `:`) where only `,` or `]` may follow.
+        for (x, y) in [
+            ("", ""),
+            (",", ""),
+            ("", ","),
+            (",,", ""),
+            ("", ":1"),
+            ("", "\"x\""),
+            ("", "[]"),
+            ("", "{}"),
+            ("", "1"),
+            ("", "}"),
+            ("", "]"),
+            (":", ""),
+            ("[", ""),
+            ("{", ""),
+        ] {
+            v.push(format!("{{{head},\"entry\":[{e}{x}{e}{y}]}}"));
+            v.push(format!("{{{head},\"entry\":[{e}{y}]{x}}}"));
+            v.push(format!("{{{head}{x},\"entry\":[]{y}}}"));
+            v.push(format!("{{{head},\"entry\":[{y}]}}"));
+            v.push(format!("{{{head},\"total\":1{x}{y},\"entry\":[{e}]}}"));
+        }
+        // Escapes just before `,`, `]` and `}`, strings that end in a backslash or a quote.
+        for s in [
+            r#""a\\""#,
+            r#""a\"""#,
+            r#""\\""#,
+            r#""\u005c""#,
+            r#""\u0022""#,
+            r#""\"\\""#,
+        ] {
+            let ent = format!(r#"{{"resource":{a},"x":{s}}}"#);
+            v.push(format!("{{{head},\"entry\":[{ent},{ent}]}}"));
+            v.push(format!(
+                r#"{{{head},"entry":[{{"x":{s},"resource":{a}}}]}}"#
+            ));
+            v.push(format!(r#"{{{head},"id":{s},"entry":[{ent}]}}"#));
+            v.push(format!(r#"{{{head},"entry":[{ent}],"id":{s}}}"#));
+            v.push(format!(
+                r#"{{{head},"entry":[{{"resource":{a},"x":[{s}]}}]}}"#
+            ));
+        }
+        // Keys: escapes, control characters, surrogates, names that decode to `entry`.
+        for k in [
+            r#""\u0065ntry""#,
+            r#""entr\u0079""#,
+            "\"en\ttry\"",
+            r#""\ud800entry""#,
+            r#""\udc00""#,
+            r#""\ud83d\ude00""#,
+            r#""\u0000""#,
+            r#""""#,
+            r#""e\/ntry""#,
+        ] {
+            v.push(format!(r#"{{{head},{k}:[{e}]}}"#));
+            v.push(format!(r#"{{{head},"entry":[{e}],{k}:1}}"#));
+            v.push(format!(r#"{{{head},{k}:1,"entry":[{e}]}}"#));
+        }
+        // `entry`: empty, not an array, duplicated (both ways), nested arrays in entries,
+        // an entry that is an array, a number, a string.
+        for entries in [
+            "[]".to_string(),
+            "[ ]".into(),
+            "{}".into(),
+            "null".into(),
+            "\"x\"".into(),
+            "1".into(),
+            format!("[{e}],\"entry\":[{e}]"),
+            format!("[],\"entry\":[{e}]"),
+            format!("[{e}],\"entry\":[]"),
+            format!("[{e}],\"\\u0065ntry\":[{e}]"),
+            format!(r#"[{{"resource":{a},"x":[[[1,[2,[]]],{{"y":[[]]}}]]}}]"#),
+            format!("[[{e}]]"),
+            format!("[{e},[]]"),
+            format!("[{e},1]"),
+            format!("[{e},\"x\"]"),
+            format!("[{e},null]"),
+            format!("[{e},{{}}]"),
+            format!("[{{}},{e}]"),
+        ] {
+            v.push(format!("{{{head},\"entry\":{entries}}}"));
+            v.push(format!("{{\"entry\":{entries},{head}}}"));
+        }
+        // A byte-order mark, a second value, an unterminated body.
+        for body in [
+            format!("\u{feff}{{{head},\"entry\":[{e}]}}"),
+            format!("{{{head},\"entry\":[{e}]}}{{}}"),
+            format!("{{{head},\"entry\":[{e}]}}[]"),
+            format!("{{{head},\"entry\":[{e}]"),
+            format!("{{{head},\"entry\":[{e}"),
+            format!("{{{head},\"entry\":["),
+            format!("{{{head},\"entry\":"),
+            format!("{{{head},\"entry\""),
+            format!("{{{head},"),
+            format!("{{{head},\"entry\":[{e}]}}\u{0}"),
+            format!("{{{head},\"total\":NaN,\"entry\":[{e}]}}"),
+            format!("{{{head},\"total\":-Infinity,\"entry\":[{e}]}}"),
+            format!("{{{head},\"total\":01,\"entry\":[{e}]}}"),
+            format!("{{{head},\"total\":1.,\"entry\":[{e}]}}"),
+            format!("{{{head},\"total\":1e400,\"entry\":[{e}]}}"),
+            format!("{{{head},\"total\":tru,\"entry\":[{e}]}}"),
+            format!("{{{head},\"entry\":[{e}]}}\n\n"),
+        ] {
+            v.push(body);
+        }
+        v
+    }
+
+    #[test]
+    fn same_as_the_reference_at_the_one_pass_readers_seams() {
+        let (c, signer) = (constraint(), PageSigner::new(vec![7; 32]));
+        let (mut read, mut n) = (0, 0);
+        for body in at_the_seams() {
+            same(body.as_bytes(), &c, &signer);
+            read += usize::from(same_reading(body.as_bytes()));
+            n += 1;
+        }
+        // Both readers are exercised: the one-pass reader takes the well-formed variants.
+        assert!(n > 300 && read > 60 && read < n - 100, "{read} of {n}");
+    }
+
+    /// Single-byte edits at the seams of the usual answer: every JSON punctuation byte and
+    /// some that are not whitespace, inserted, deleted or replaced at random positions.
+    #[test]
+    fn same_as_the_reference_on_seeded_byte_edits() {
+        let (c, signer) = (constraint(), PageSigner::new(vec![7; 32]));
+        let bases: Vec<Vec<u8>> = bases()
+            .into_iter()
+            .filter(|v| v.get("entry").is_some())
+            .flat_map(|v| {
+                [
+                    v.to_string().into_bytes(),
+                    serde_json::to_string_pretty(&v).unwrap().into_bytes(),
+                ]
+            })
+            .collect();
+        assert!(!bases.is_empty());
+        let bytes: &[u8] = b"{}[],:\" \t\n\r\\\x0b\x0c\x00/1en";
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let (mut read, mut ok, mut refused) = (0, 0, 0);
+        for _ in 0..4_000 {
+            let mut body = bases[rng.below(bases.len())].clone();
+            for _ in 0..=rng.below(2) {
+                let at = rng.below(body.len());
+                let b = bytes[rng.below(bytes.len())];
+                match rng.below(3) {
+                    0 => body.insert(at, b),
+                    1 => {
+                        body.remove(at);
+                    }
+                    _ => body[at] = b,
+                }
+            }
+            same(&body, &c, &signer);
+            read += usize::from(same_reading(&body));
+            let ctx = ResponseContext {
+                constraint: &c,
+                public_base: PUBLIC,
+                upstream_base: UPSTREAM,
+                signer: &signer,
+                principal_key: "station\0dev-1",
+                drop_totals: false,
+                max_count: 50,
+                max_link_bytes: 8192,
+            };
+            match check_searchset(&body, &ctx) {
+                Ok(_) => ok += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            ok > 500 && refused > 500 && read > 500,
+            "ok {ok}, refused {refused}, read {read}"
+        );
     }
 
     #[test]
