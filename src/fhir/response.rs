@@ -59,11 +59,14 @@ pub struct CheckedBundle {
 /// `fullUrl` and `link` are rewritten). Duplicate keys at the bundle level and in every member
 /// that is read are refused; a resource in the envelope that does not pass fails the answer.
 ///
-/// How the body is read (issue 10: one walk, no per-value allocation): one serde_json pass
-/// over the bundle captures each top-level member and each entry as borrowed raw text; each
-/// entry is then scanned once by typed visitors that borrow every string they read; the
-/// answer is written into one buffer sized from the body. Refusals keep their order: not
-/// JSON, not a searchset, the envelope (member order), the entries, the links.
+/// How the body is read (issue 10: one pass, no per-value allocation): jiter steps over the
+/// top level and says where each member and each entry starts and ends, serde_json reads each
+/// key and each entry (typed visitors that borrow every string they read) and, later, each
+/// envelope member ([`read_delimited`]); the answer is written into one buffer sized from the
+/// body. Anything that pass cannot read, and every refusal, goes to the serde_json-only path
+/// ([`read_bundle`]: one pass capturing each member and entry as raw text, each entry scanned
+/// after), so refusals and their order do not depend on jiter: not JSON, not a searchset, the
+/// envelope (member order), the entries, the links.
 ///
 /// Errors: [`Refusal::BadGateway`] for an answer that is not a searchset, not JSON, malformed
 /// where the check reads, or that holds a foreign resource outside its entries.
