@@ -1,5 +1,7 @@
 //! Cost of the pure decisions on the request path, printed as figures (not asserted):
-//! `cargo bench --bench decisions`.
+//! `cargo bench --bench decisions`. `cargo bench --bench decisions -- WORD` measures only the
+//! cases whose name holds WORD; `DECISIONS_ITERATIONS=N` runs each case N times (for
+//! instruction counts under callgrind).
 
 // Benchmark code: a panic is a failure, and it reads JSON answers with plain serde_json.
 #![allow(
@@ -20,7 +22,9 @@ use eds_proxy::fhir::interaction::{classify, RequestParts};
 use eds_proxy::fhir::labels::{Constraint, LabelSystems};
 use eds_proxy::fhir::paging::PageSigner;
 use eds_proxy::fhir::registration::validate_and_label;
-use eds_proxy::fhir::response::{check_searchset, ResponseContext};
+use eds_proxy::fhir::response::{
+    check_created, check_resource, check_searchset, CreatedContext, ResourceCheck, ResponseContext,
+};
 use serde_json::{json, Value};
 
 fn systems() -> LabelSystems {
@@ -28,6 +32,15 @@ fn systems() -> LabelSystems {
 }
 
 fn measure(name: &str, bytes: usize, iterations: u32, mut f: impl FnMut()) {
+    // `cargo bench` passes `--bench`; the first other argument filters the cases by name.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.is_some_and(|w| !name.contains(&w)) {
+        return;
+    }
+    let iterations = std::env::var("DECISIONS_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(iterations);
     for _ in 0..iterations / 10 {
         f();
     }
@@ -117,6 +130,90 @@ fn main() {
             black_box(check_searchset(black_box(&rebased_bundle), &ctx).unwrap());
         },
     );
+    // The benchmark origin's answers (bench/fixtures.py, as bench/run.sh serves them): the
+    // 77 KB 20-entry searchset of IG examples, on the public base (HAPI behind X-Forwarded-*)
+    // and on the server's own base (every fullUrl rebased); the 1 KB read; the create answer.
+    let fixtures = |base: &str| {
+        let dir = std::env::temp_dir().join(format!(
+            "eds-decisions-{}-{}",
+            std::process::id(),
+            base.len()
+        ));
+        let ok = std::process::Command::new("python3")
+            .args(["bench/fixtures.py", "tests/fixtures/ig"])
+            .arg(&dir)
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let read = |f: &str| std::fs::read(dir.join(f)).ok();
+        let out = ok.then(|| {
+            (
+                read("searchset.json"),
+                read("read.json"),
+                read("created.json"),
+            )
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    };
+    match (
+        fixtures("https://proxy:8443/fhir"),
+        fixtures("http://hapi:8080/fhir"),
+    ) {
+        (Some((Some(ig), Some(read), Some(created))), Some((Some(ig_rebased), _, _))) => {
+            let checked = check_searchset(&ig, &ctx).unwrap();
+            assert_eq!(checked.dropped, 0);
+            println!("IG searchset of 20 entries, {} bytes", ig.len());
+            measure(
+                "response check (IG searchset, public base)",
+                ig.len(),
+                2_000,
+                || {
+                    black_box(check_searchset(black_box(&ig), &ctx).unwrap());
+                },
+            );
+            measure(
+                "response check (IG searchset, rebased)",
+                ig_rebased.len(),
+                2_000,
+                || {
+                    black_box(check_searchset(black_box(&ig_rebased), &ctx).unwrap());
+                },
+            );
+            assert_eq!(
+                check_resource(&read, &constraint, "bench-read").unwrap(),
+                ResourceCheck::Visible
+            );
+            measure("read check (1 KB AuditEvent)", read.len(), 50_000, || {
+                black_box(check_resource(black_box(&read), &constraint, "bench-read").unwrap());
+            });
+            let v: Value = serde_json::from_slice(&created).unwrap();
+            let stamped: Vec<eds_proxy::fhir::labels::Label> = v["meta"]["security"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| eds_proxy::fhir::labels::Label {
+                    system: c["system"].as_str().unwrap().into(),
+                    code: c["code"].as_str().unwrap().into(),
+                })
+                .collect();
+            let sys = systems();
+            let cctx = CreatedContext {
+                constraint: &constraint,
+                stamped: &stamped,
+                systems: &sys,
+                public_base: "https://proxy:8443/fhir",
+                upstream_base: "http://hapi:8080/fhir",
+            };
+            let location = "http://hapi:8080/fhir/AuditEvent/bench-created/_history/1";
+            check_created(&created, Some(location), &cctx).unwrap();
+            measure("create check (3 KB answer)", created.len(), 50_000, || {
+                black_box(check_created(black_box(&created), Some(location), &cctx).unwrap());
+            });
+        }
+        _ => println!("(IG searchset cases skipped: python3 bench/fixtures.py did not run)"),
+    }
     let serde_baseline = || {
         let v: Value = serde_json::from_slice(black_box(&bundle)).unwrap();
         black_box(serde_json::to_vec(&v).unwrap());

@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
+use jiter::{Jiter, Peek};
 use serde::de::DeserializeSeed;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{BadGateway, Invalid, Refusal};
@@ -59,15 +59,73 @@ pub struct CheckedBundle {
 /// `fullUrl` and `link` are rewritten). Duplicate keys at the bundle level and in every member
 /// that is read are refused; a resource in the envelope that does not pass fails the answer.
 ///
+/// How the body is read (issue 10: one pass, no per-value allocation): jiter steps over the
+/// top level and says where each member and each entry starts and ends, serde_json reads each
+/// key and each entry (typed visitors that borrow every string they read) and, later, each
+/// envelope member ([`read_delimited`]); the answer is written into one buffer sized from the
+/// body. Anything that pass cannot read, and every refusal, goes to the serde_json-only path
+/// ([`read_bundle`]: one pass capturing each member and entry as raw text, each entry scanned
+/// after), so refusals and their order do not depend on jiter: not JSON, not a searchset, the
+/// envelope (member order), the entries, the links.
+///
 /// Errors: [`Refusal::BadGateway`] for an answer that is not a searchset, not JSON, malformed
 /// where the check reads, or that holds a foreign resource outside its entries.
 pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<CheckedBundle, Refusal> {
     let not_json = || Refusal::BadGateway(BadGateway::NotJson);
-    let malformed = || Refusal::BadGateway(BadGateway::MalformedSearchset);
     let text = std::str::from_utf8(body).map_err(|_| not_json())?;
-    let members = strict_json::object_members(text).map_err(|_| not_json())?;
+    // The usual answer: delimited by jiter, read by serde_json, one pass. Whatever it cannot
+    // read, and every refusal, is decided again by the serde_json-only path below, so that
+    // what is refused and why never depend on the delimiter (see [`read_delimited`]).
+    if let Some(bundle) = read_delimited(text) {
+        if let Ok(checked) = decide(bundle, body.len(), ctx) {
+            return Ok(checked);
+        }
+    }
+    let bundle = match read_bundle(text) {
+        Ok(bundle) => bundle,
+        // The walk stops at the first thing it cannot read. Which refusal that is follows
+        // the order above: the text is not one JSON object without duplicate members (not
+        // JSON), or else `entry` is not an array, which is decided after the envelope.
+        Err(_) => {
+            let members = strict_json::object_members(text).map_err(|_| not_json())?;
+            let mut entries = None;
+            let members = members
+                .into_iter()
+                .map(|(key, raw)| {
+                    if key == "entry" {
+                        entries = Some(
+                            strict_json::elements(raw.get())
+                                .map(|all| {
+                                    all.into_iter()
+                                        .map(|raw| Entry {
+                                            raw: raw.get(),
+                                            scanned: None,
+                                        })
+                                        .collect()
+                                })
+                                .map_err(|_| ()),
+                        );
+                    }
+                    (Cow::Owned(key), RawMember::Raw(raw.get()))
+                })
+                .collect();
+            Bundle { members, entries }
+        }
+    };
+    decide(bundle, body.len(), ctx)
+}
+
+/// The searchset check proper, over a bundle read by [`read_delimited`] or [`read_bundle`]
+/// (the caller's order of refusals: not JSON is decided before).
+fn decide(
+    bundle: Bundle<'_>,
+    body_len: usize,
+    ctx: &ResponseContext<'_>,
+) -> Result<CheckedBundle, Refusal> {
+    let malformed = || Refusal::BadGateway(BadGateway::MalformedSearchset);
     let member = |name: &str| {
-        members
+        bundle
+            .members
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.get())
@@ -80,11 +138,11 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
     }
     // Resources outside the entries (a server's own extensions, R5 `issues`, anything in
     // `link` or `meta`) have no place in a searchset's envelope unless they pass on their own.
-    for (key, raw) in &members {
+    for (key, raw) in &bundle.members {
         if key == "entry" {
             continue;
         }
-        let found = find_resources(raw.get()).map_err(|_| malformed())?;
+        let found = find_in(raw.get()).map_err(|_| malformed())?;
         if let Some(why) = found
             .iter()
             .find_map(|f| judge_nested(f, ctx.constraint).err())
@@ -95,31 +153,33 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
         }
     }
     let mut dropped = 0;
-    let mut entries_out: Vec<String> = Vec::new();
-    if let Some(raw) = member("entry") {
-        let entries: Vec<&RawValue> = strict_json::elements(raw).map_err(|_| malformed())?;
-        for entry in entries {
-            let scanned = scan_entry(entry.get()).map_err(|_| malformed())?;
-            if entry_visible(&scanned, ctx.constraint).is_err() {
-                dropped += 1;
-                continue;
-            }
-            let full_url = scanned.full_url;
-            let rebased = full_url
-                .as_deref()
-                .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base));
-            // A fullUrl outside both bases would reveal an internal address: it is removed.
-            let replacement = match (&full_url, rebased) {
-                (None, _) => None,
-                (Some(old), Some(url)) if *old == url => None,
-                (Some(_), url) => Some(url),
-            };
-            match replacement {
-                None => entries_out.push(entry.get().to_string()),
-                Some(url) => entries_out.push(
-                    replace_member(entry.get(), "fullUrl", url.as_deref())
-                        .map_err(|_| malformed())?,
-                ),
+    // What is kept: each entry's raw text, and the `fullUrl` that replaces the server's.
+    let mut kept: Vec<(&str, Option<Option<String>>)> = Vec::new();
+    match bundle.entries {
+        None => {}
+        Some(Err(())) => return Err(malformed()),
+        Some(Ok(entries)) => {
+            kept.reserve_exact(entries.len());
+            for entry in entries {
+                let scanned = match entry.scanned {
+                    Some(scanned) => scanned,
+                    None => scan_entry(entry.raw).map_err(|_| malformed())?,
+                };
+                if entry_visible(&scanned, ctx.constraint).is_err() {
+                    dropped += 1;
+                    continue;
+                }
+                let full_url = scanned.full_url;
+                let rebased = full_url
+                    .as_deref()
+                    .and_then(|u| rebase(u, ctx.public_base, ctx.upstream_base));
+                // A fullUrl outside both bases would reveal an internal address: it is removed.
+                let replacement = match (&full_url, rebased) {
+                    (None, _) => None,
+                    (Some(old), Some(url)) if *old == url => None,
+                    (Some(_), url) => Some(url),
+                };
+                kept.push((entry.raw, replacement));
             }
         }
     }
@@ -150,91 +210,269 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
         }
         None => "[]".to_string(),
     };
-    let mut out = String::with_capacity(body.len());
-    out.push('{');
-    for (key, raw) in &members {
-        let value = match key.as_str() {
-            // The server's count included what the caller may not see.
-            "total" if dropped > 0 || ctx.drop_totals => continue,
-            "entry" => format!("[{}]", entries_out.join(",")),
-            "link" => links.clone(),
-            _ => raw.get().to_string(),
-        };
-        if out.len() > 1 {
-            out.push(',');
+    let mut out: Vec<u8> = Vec::with_capacity(body_len + links.len());
+    out.push(b'{');
+    for (key, raw) in &bundle.members {
+        // The server's count included what the caller may not see.
+        if key == "total" && (dropped > 0 || ctx.drop_totals) {
+            continue;
         }
-        out.push_str(&serde_json::to_string(key).map_err(|_| malformed())?);
-        out.push(':');
-        out.push_str(&value);
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key.as_ref()).map_err(|_| malformed())?;
+        out.push(b':');
+        match key.as_ref() {
+            "entry" => {
+                out.push(b'[');
+                for (i, (entry, replacement)) in kept.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    match replacement {
+                        None => out.extend_from_slice(entry.as_bytes()),
+                        Some(url) => replace_member(&mut out, entry, "fullUrl", url.as_deref())
+                            .map_err(|_| malformed())?,
+                    }
+                }
+                out.push(b']');
+            }
+            "link" => out.extend_from_slice(links.as_bytes()),
+            _ => out.extend_from_slice(raw.get().as_bytes()),
+        }
     }
-    out.push('}');
+    out.push(b'}');
     Ok(CheckedBundle {
-        body: out.into_bytes(),
+        body: out,
         dropped,
         links_dropped,
         next_dropped,
     })
 }
 
+/// The top level of a searchset as read in one pass: every member in order with its raw text
+/// (`entry` too, for the fallback; see [`read_bundle`]), and `entry`'s elements as raw text.
+struct Bundle<'a> {
+    /// (name, value) in the server's order; names decoded, values as written.
+    members: Vec<(Cow<'a, str>, RawMember<'a>)>,
+    /// `entry`'s elements; `Err` if `entry` is not an array; `None` without `entry`.
+    entries: Option<Result<Vec<Entry<'a>>, ()>>,
+}
+
+/// One element of `entry`: its text as the server wrote it (what is written out if it is
+/// kept), and its scan if the reader already made it ([`read_delimited`]).
+struct Entry<'a> {
+    raw: &'a str,
+    scanned: Option<EntryScan<'a>>,
+}
+
+/// A top-level member's value: its raw text, except `entry`, which is read element by element.
+#[derive(Clone, Copy)]
+enum RawMember<'a> {
+    Raw(&'a str),
+    Entries,
+}
+
+impl<'a> RawMember<'a> {
+    fn get(&self) -> &'a str {
+        match self {
+            RawMember::Raw(raw) => raw,
+            // Never read: `entry` is skipped in the envelope and written from the entries.
+            RawMember::Entries => "",
+        }
+    }
+}
+
+/// One serde_json pass over a searchset's top level: the members as raw text, duplicates
+/// refused (as [`strict_json::object_members`]), `entry`'s elements as raw text in the same
+/// pass (as [`strict_json::elements`]). Any error (not JSON, a duplicate member, `entry` not
+/// an array) is sorted out by the caller.
+fn read_bundle(text: &str) -> Result<Bundle<'_>, serde_json::Error> {
+    struct BundleVisitor;
+    impl<'de> serde::de::Visitor<'de> for BundleVisitor {
+        type Value = Bundle<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Bundle<'de>, A::Error> {
+            use serde::de::Error;
+            let mut members: Vec<(Cow<'de, str>, RawMember<'de>)> = Vec::with_capacity(8);
+            let mut entries = None;
+            while let Some(Text(key)) = map.next_key()? {
+                if members.iter().any(|(k, _)| *k == key) {
+                    return Err(A::Error::custom("duplicate key"));
+                }
+                if key == "entry" {
+                    entries = Some(Ok(map.next_value_seed(EntriesSeed)?));
+                    members.push((key, RawMember::Entries));
+                } else {
+                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                    members.push((key, RawMember::Raw(raw.get())));
+                }
+            }
+            Ok(Bundle { members, entries })
+        }
+    }
+    /// `entry`: an array, each element left as raw text.
+    struct EntriesSeed;
+    impl<'de> DeserializeSeed<'de> for EntriesSeed {
+        type Value = Vec<Entry<'de>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            struct EntriesVisitor;
+            impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
+                type Value = Vec<Entry<'de>>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an array")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::with_capacity(32);
+                    while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+                        out.push(Entry {
+                            raw: raw.get(),
+                            scanned: None,
+                        });
+                    }
+                    Ok(out)
+                }
+            }
+            d.deserialize_seq(EntriesVisitor)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let bundle = serde::Deserializer::deserialize_map(&mut de, BundleVisitor)?;
+    de.end()?;
+    Ok(bundle)
+}
+
+/// The usual searchset read in one pass over the body (issue 10), or `None` for anything it
+/// does not read: jiter delimits, serde_json reads. jiter steps over the top level's
+/// punctuation and whitespace (strict RFC 8259: the same four whitespace bytes as serde_json,
+/// no trailing comma, no BOM, nothing after the object) and says where each member's value
+/// and each entry starts and ends; serde_json decodes every key (the quoted text, so its
+/// escapes, control characters and surrogates are judged by serde_json) and reads every entry
+/// from where it starts to where it ends with the typed scan ([`ScannedEntry`], through a
+/// `StreamDeserializer` whose `byte_offset` is where the entry ends). The envelope members'
+/// values are read by serde_json later, in [`decide`], which scans every one of them.
+///
+/// So every byte of an accepted answer was read by serde_json except the top level's
+/// `{`, `}`, `,`, `:`, `[`, `]` and whitespace, which jiter reads as strictly. `None` (jiter or
+/// serde_json refused something, a duplicate member, `entry` not an array) sends the body to
+/// [`read_bundle`], which decides it as if this pass had not been made.
+fn read_delimited(text: &str) -> Option<Bundle<'_>> {
+    let bytes = text.as_bytes();
+    // `jiter` reads from `at`: a fresh jiter is started at the end of each entry.
+    let mut at = 0;
+    let mut jiter = Jiter::new(bytes);
+    let mut members: Vec<(Cow<'_, str>, RawMember<'_>)> = Vec::with_capacity(8);
+    let mut entries = None;
+    let mut key = jiter.next_object_bytes().ok()?;
+    while let Some(name) = key {
+        // The key as serde_json reads it: its quoted text, located from jiter's slice of it.
+        let start = (name.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+        let quoted = text.get(start.checked_sub(1)?..start.checked_add(name.len() + 1)?)?;
+        #[allow(clippy::disallowed_methods)] // a string: it has no members to duplicate
+        let Text(name) = serde_json::from_str(quoted).ok()?;
+        if members.iter().any(|(k, _)| *k == name) {
+            return None;
+        }
+        let peek = jiter.peek().ok()?;
+        if name == "entry" {
+            if peek != Peek::Array {
+                return None;
+            }
+            let mut list = Vec::with_capacity(32);
+            let mut next = jiter.known_array().ok()?;
+            let mut from = at + jiter.current_index();
+            while next.is_some() {
+                let mut stream = serde_json::Deserializer::from_str(text.get(from..)?)
+                    .into_iter::<ScannedEntry<'_>>();
+                let ScannedEntry(scanned) = stream.next()?.ok()?;
+                let end = from.checked_add(stream.byte_offset())?;
+                list.push(Entry {
+                    raw: text.get(from..end)?,
+                    scanned: Some(scanned),
+                });
+                jiter = Jiter::new(bytes.get(end..)?);
+                at = end;
+                next = jiter.array_step().ok()?;
+                from = at + jiter.current_index();
+            }
+            // Past the `]`: the rest of the object.
+            jiter = Jiter::new(bytes.get(from..)?);
+            at = from;
+            entries = Some(Ok(list));
+            members.push((name, RawMember::Entries));
+        } else {
+            let from = at + jiter.current_index();
+            jiter.known_skip(peek).ok()?;
+            let raw = text.get(from..at + jiter.current_index())?;
+            members.push((name, RawMember::Raw(raw)));
+        }
+        key = jiter.next_key_bytes().ok()?;
+    }
+    jiter.finish().ok()?;
+    Some(Bundle { members, entries })
+}
+
+/// A JSON string as read: borrowed from the body unless it holds escapes (then decoded). Any
+/// other JSON value is an error, as for `String`.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> serde::de::Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+/// Read one JSON string value into `slot`, refusing a second one (`what` names it).
+fn read_once<'de, A: serde::de::MapAccess<'de>>(
+    map: &mut A,
+    slot: &mut Option<Cow<'de, str>>,
+    what: &str,
+) -> Result<(), A::Error> {
+    let Text(value) = map.next_value()?;
+    if slot.replace(value).is_some() {
+        return Err(serde::de::Error::custom(format_args!("duplicate {what}")));
+    }
+    Ok(())
+}
+
 /// What the check reads of one searchset entry, from one pass over its text.
 #[derive(Debug, Default)]
-struct EntryScan {
+struct EntryScan<'a> {
     /// `resource`, scanned (an object, or the entry is malformed).
-    resource: Option<Scanned>,
+    resource: Option<Scanned<'a>>,
     /// `search.mode`.
-    mode: Option<String>,
+    mode: Option<Cow<'a, str>>,
     /// `fullUrl`.
-    full_url: Option<String>,
+    full_url: Option<Cow<'a, str>>,
     /// Resources anywhere else in the entry (`search`, `response.outcome`, extensions).
-    elsewhere: Vec<Found>,
+    elsewhere: Vec<Res<'a>>,
 }
 
 /// Scan one entry in one pass. Duplicate `resource`, `search`, `mode` and `fullUrl` members
 /// are refused (a client might read the other one); `resource` and `search` must be objects
 /// and `fullUrl`/`mode` strings. Any other member is scanned for resources, duplicates and all.
-fn scan_entry(text: &str) -> Result<EntryScan, String> {
-    struct EntryVisitor;
-    impl<'de> serde::de::Visitor<'de> for EntryVisitor {
-        type Value = EntryScan;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a Bundle entry object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<EntryScan, A::Error> {
-            use serde::de::Error;
-            let mut out = EntryScan::default();
-            let (mut saw_search, mut saw_resource) = (false, false);
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                match key.as_ref() {
-                    "resource" => {
-                        if std::mem::replace(&mut saw_resource, true) {
-                            return Err(A::Error::custom("duplicate entry.resource"));
-                        }
-                        out.resource = Some(map.next_value_seed(ObjectScanSeed)?);
-                    }
-                    "search" => {
-                        if std::mem::replace(&mut saw_search, true) {
-                            return Err(A::Error::custom("duplicate entry.search"));
-                        }
-                        let (mode, found) = map.next_value_seed(SearchSeed)?;
-                        out.mode = mode;
-                        out.elsewhere.extend(found);
-                    }
-                    "fullUrl" => {
-                        if out.full_url.replace(map.next_value()?).is_some() {
-                            return Err(A::Error::custom("duplicate entry.fullUrl"));
-                        }
-                    }
-                    _ => out
-                        .elsewhere
-                        .extend(map.next_value_seed(ScanSeed)?.into_found()),
-                }
-            }
-            Ok(out)
-        }
-    }
+fn scan_entry(text: &str) -> Result<EntryScan<'_>, String> {
     let mut de = serde_json::Deserializer::from_str(text);
     let scanned =
         serde::Deserializer::deserialize_map(&mut de, EntryVisitor).map_err(|e| e.to_string())?;
@@ -242,25 +480,95 @@ fn scan_entry(text: &str) -> Result<EntryScan, String> {
     Ok(scanned)
 }
 
-/// A value that must be a JSON object, scanned like any other.
-struct ObjectScanSeed;
+/// An entry, scanned as [`scan_entry`] does, as a value serde_json can read from a stream
+/// ([`read_delimited`]).
+struct ScannedEntry<'a>(EntryScan<'a>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for ObjectScanSeed {
-    type Value = Scanned;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Scanned, D::Error> {
-        d.deserialize_map(ScanVisitor)
+impl<'de> Deserialize<'de> for ScannedEntry<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EntryVisitor).map(ScannedEntry)
     }
 }
 
-/// `entry.search`: an object; `mode` read (a string, once), everything else scanned.
-struct SearchSeed;
+/// [`scan_entry`]'s visitor.
+struct EntryVisitor;
 
-impl<'de> serde::de::DeserializeSeed<'de> for SearchSeed {
-    type Value = (Option<String>, Vec<Found>);
+impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+    type Value = EntryScan<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Bundle entry object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<EntryScan<'de>, A::Error> {
+        use serde::de::Error;
+        let mut out = EntryScan::default();
+        let (mut saw_search, mut saw_resource) = (false, false);
+        while let Some(Text(key)) = map.next_key()? {
+            match key.as_ref() {
+                "resource" => {
+                    if std::mem::replace(&mut saw_resource, true) {
+                        return Err(A::Error::custom("duplicate entry.resource"));
+                    }
+                    out.resource = Some(map.next_value_seed(ObjectScanSeed)?);
+                }
+                "search" => {
+                    if std::mem::replace(&mut saw_search, true) {
+                        return Err(A::Error::custom("duplicate entry.search"));
+                    }
+                    out.mode = map.next_value_seed(SearchSeed(&mut out.elsewhere))?;
+                }
+                "fullUrl" => read_once(&mut map, &mut out.full_url, "entry.fullUrl")?,
+                _ => map.next_value_seed(ScanSeed(&mut out.elsewhere))?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One JSON object as a whole: a resource, or what it holds.
+fn object<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Scanned<'de>, A::Error> {
+    let mut found = Vec::new();
+    Ok(match scan_object(map, &mut found)? {
+        Some(resource) => Scanned::Resource(resource),
+        None => Scanned::Other(found),
+    })
+}
+
+/// A value that must be a JSON object, scanned like any other.
+struct ObjectScanSeed;
+
+impl<'de> DeserializeSeed<'de> for ObjectScanSeed {
+    type Value = Scanned<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Scanned<'de>, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = Scanned<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Scanned<'de>, A::Error> {
+                object(map)
+            }
+        }
+        d.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// `entry.search`: an object; `mode` read (a string, once), everything else scanned (what it
+/// holds goes to the entry's resources found elsewhere).
+struct SearchSeed<'s, 'de>(&'s mut Vec<Res<'de>>);
+
+impl<'de> DeserializeSeed<'de> for SearchSeed<'_, 'de> {
+    type Value = Option<Cow<'de, str>>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        struct SearchVisitor;
-        impl<'de> serde::de::Visitor<'de> for SearchVisitor {
-            type Value = (Option<String>, Vec<Found>);
+        struct SearchVisitor<'s, 'de>(&'s mut Vec<Res<'de>>);
+        impl<'de> serde::de::Visitor<'de> for SearchVisitor<'_, 'de> {
+            type Value = Option<Cow<'de, str>>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a Bundle entry search object")
             }
@@ -268,22 +576,18 @@ impl<'de> serde::de::DeserializeSeed<'de> for SearchSeed {
                 self,
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
-                use serde::de::Error;
-                let mut mode: Option<String> = None;
-                let mut found = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                let mut mode = None;
+                while let Some(Text(key)) = map.next_key()? {
                     if key == "mode" {
-                        if mode.replace(map.next_value()?).is_some() {
-                            return Err(A::Error::custom("duplicate entry.search.mode"));
-                        }
+                        read_once(&mut map, &mut mode, "entry.search.mode")?;
                     } else {
-                        found.extend(map.next_value_seed(ScanSeed)?.into_found());
+                        map.next_value_seed(ScanSeed(&mut *self.0))?;
                     }
                 }
-                Ok((mode, found))
+                Ok(mode)
             }
         }
-        d.deserialize_map(SearchVisitor)
+        d.deserialize_map(SearchVisitor(self.0))
     }
 }
 
@@ -292,7 +596,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for SearchSeed {
 /// Shown: an AuditEvent with the caller's label and nothing foreign inside, or the server's
 /// own OperationOutcome (`search.mode = outcome`) with nothing foreign inside; every resource
 /// elsewhere in the entry (`response.outcome`, extensions) must pass as nested.
-fn entry_visible(entry: &EntryScan, constraint: &Constraint) -> Result<(), Withheld> {
+fn entry_visible(entry: &EntryScan<'_>, constraint: &Constraint) -> Result<(), Withheld> {
     entry
         .elsewhere
         .iter()
@@ -300,7 +604,7 @@ fn entry_visible(entry: &EntryScan, constraint: &Constraint) -> Result<(), Withh
     let Some(Scanned::Resource(resource)) = &entry.resource else {
         return Err(Withheld::Foreign("an entry without a resource"));
     };
-    match resource.resource_type.as_str() {
+    match resource.resource_type.as_ref() {
         "AuditEvent" => judge_record(resource, constraint),
         "OperationOutcome" if entry.mode.as_deref() == Some("outcome") => resource
             .nested
@@ -318,22 +622,37 @@ pub(crate) fn withheld_text(w: Withheld) -> &'static str {
     }
 }
 
-/// Re-emit a JSON object with one member's value replaced by a string, or removed (`None`).
-fn replace_member(object: &str, name: &str, value: Option<&str>) -> Result<String, String> {
+/// Write a JSON object to `out` with one member's value replaced by a string, or removed
+/// (`None`): the members re-emitted in order, names re-encoded, every other value as written.
+/// Any duplicate member name is refused. Only for the rare entry whose `fullUrl` changes.
+fn replace_member(
+    out: &mut Vec<u8>,
+    object: &str,
+    name: &str,
+    value: Option<&str>,
+) -> Result<(), String> {
     let members = strict_json::object_members(object)?;
-    let mut parts = Vec::with_capacity(members.len());
+    out.push(b'{');
+    let mut first = true;
     for (k, raw) in &members {
-        let v = match (k == name, value) {
-            (true, None) => continue,
-            (true, Some(value)) => serde_json::to_string(value).map_err(|e| e.to_string())?,
-            (false, _) => raw.get().to_string(),
-        };
-        parts.push(format!(
-            "{}:{v}",
-            serde_json::to_string(k).map_err(|e| e.to_string())?
-        ));
+        let replaced = k == name;
+        if replaced && value.is_none() {
+            continue;
+        }
+        if !std::mem::replace(&mut first, false) {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, k).map_err(|e| e.to_string())?;
+        out.push(b':');
+        match value {
+            Some(value) if replaced => {
+                serde_json::to_writer(&mut *out, value).map_err(|e| e.to_string())?
+            }
+            _ => out.extend_from_slice(raw.get().as_bytes()),
+        }
     }
-    Ok(format!("{{{}}}", parts.join(",")))
+    out.push(b'}');
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,19 +674,53 @@ pub struct Found {
     pub nested: Vec<Found>,
 }
 
-/// What one JSON value is: a resource, or something holding zero or more resources.
-#[derive(Debug)]
-enum Scanned {
-    Resource(Found),
-    Other(Vec<Found>),
+/// [`Found`] as the check reads it: strings borrowed from the body where they hold no
+/// escapes, so the scan allocates only for what it finds, never per value or member name.
+#[derive(Debug, Default)]
+struct Res<'a> {
+    resource_type: Cow<'a, str>,
+    id: Option<Cow<'a, str>>,
+    security: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    nested: Vec<Res<'a>>,
 }
 
-impl Scanned {
-    fn into_found(self) -> Vec<Found> {
-        match self {
-            Scanned::Resource(f) => vec![f],
-            Scanned::Other(v) => v,
+impl From<Res<'_>> for Found {
+    fn from(r: Res<'_>) -> Found {
+        Found {
+            resource_type: r.resource_type.into_owned(),
+            id: r.id.map(Cow::into_owned),
+            security: r
+                .security
+                .into_iter()
+                .map(|(s, c)| (s.into_owned(), c.into_owned()))
+                .collect(),
+            nested: r.nested.into_iter().map(Found::from).collect(),
         }
+    }
+}
+
+/// What one JSON value is: a resource, or something holding zero or more resources.
+#[derive(Debug)]
+enum Scanned<'a> {
+    Resource(Res<'a>),
+    Other(Vec<Res<'a>>),
+}
+
+impl<'a> Scanned<'a> {
+    /// Add what this value is or holds to `found` (no allocation for a value holding nothing).
+    fn push_into(self, found: &mut Vec<Res<'a>>) {
+        match self {
+            Scanned::Resource(f) => found.push(f),
+            Scanned::Other(v) if v.is_empty() => {}
+            Scanned::Other(v) if found.is_empty() => *found = v,
+            Scanned::Other(mut v) => found.append(&mut v),
+        }
+    }
+
+    fn into_found(self) -> Vec<Res<'a>> {
+        let mut found = Vec::new();
+        self.push_into(&mut found);
+        found
     }
 }
 
@@ -375,11 +728,52 @@ impl Scanned {
 /// `resourceType`, `id`, `meta`, `security`, `system` and `code` members are refused (a client
 /// might read the other one), `meta` must be an object and `meta.security` an array of
 /// objects; serde_json's recursion limit bounds the depth.
-fn scan(text: &str) -> Result<Scanned, String> {
+fn scan(text: &str) -> Result<Scanned<'_>, String> {
+    /// The top-level value: an object is returned as read (a resource or not), anything else
+    /// as what it holds.
+    struct TopVisitor;
+    impl<'de> serde::de::Visitor<'de> for TopVisitor {
+        type Value = Scanned<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Scanned<'de>, E> {
+            Ok(Scanned::Other(Vec::new()))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Scanned<'de>, E> {
+            Ok(Scanned::Other(Vec::new()))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Scanned<'de>, E> {
+            Ok(Scanned::Other(Vec::new()))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Scanned<'de>, E> {
+            Ok(Scanned::Other(Vec::new()))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Scanned<'de>, E> {
+            Ok(Scanned::Other(Vec::new()))
+        }
+        fn visit_unit<E>(self) -> Result<Scanned<'de>, E> {
+            Ok(Scanned::Other(Vec::new()))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Scanned<'de>, A::Error> {
+            let mut found = Vec::new();
+            ScanVisitor(&mut found).visit_seq(seq)?;
+            Ok(Scanned::Other(found))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Scanned<'de>, A::Error> {
+            object(map)
+        }
+    }
     let mut de = serde_json::Deserializer::from_str(text);
-    let scanned = ScanSeed.deserialize(&mut de).map_err(|e| e.to_string())?;
+    let scanned =
+        serde::Deserializer::deserialize_any(&mut de, TopVisitor).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(scanned)
+}
+
+/// [`find_resources`], borrowing from `text`.
+fn find_in(text: &str) -> Result<Vec<Res<'_>>, String> {
+    scan(text).map(Scanned::into_found)
 }
 
 /// The resources found anywhere in `text` (a resource itself is one entry).
@@ -387,7 +781,7 @@ fn scan(text: &str) -> Result<Scanned, String> {
 /// Errors: the text is not JSON, or a member the check decides on is duplicated or of the
 /// wrong shape.
 pub fn find_resources(text: &str) -> Result<Vec<Found>, String> {
-    scan(text).map(Scanned::into_found)
+    find_in(text).map(|found| found.into_iter().map(Found::from).collect())
 }
 
 /// Member names the scan treats specially; matched without allocating.
@@ -419,103 +813,109 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-struct ScanSeed;
+/// Scans any JSON value, adding every resource it is or holds to the sink, in document order.
+struct ScanSeed<'s, 'de>(&'s mut Vec<Res<'de>>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for ScanSeed {
-    type Value = Scanned;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Scanned, D::Error> {
-        d.deserialize_any(ScanVisitor)
+impl<'de> DeserializeSeed<'de> for ScanSeed<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(ScanVisitor(self.0))
     }
 }
 
-struct ScanVisitor;
+struct ScanVisitor<'s, 'de>(&'s mut Vec<Res<'de>>);
 
-impl<'de> serde::de::Visitor<'de> for ScanVisitor {
-    type Value = Scanned;
+impl<'de> serde::de::Visitor<'de> for ScanVisitor<'_, 'de> {
+    type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Scanned, E> {
-        Ok(Scanned::Other(Vec::new()))
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Scanned, E> {
-        Ok(Scanned::Other(Vec::new()))
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Scanned, E> {
-        Ok(Scanned::Other(Vec::new()))
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Scanned, E> {
-        Ok(Scanned::Other(Vec::new()))
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E>(self, _: &str) -> Result<Scanned, E> {
-        Ok(Scanned::Other(Vec::new()))
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E>(self) -> Result<Scanned, E> {
-        Ok(Scanned::Other(Vec::new()))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scanned, A::Error> {
-        let mut found = Vec::new();
-        while let Some(item) = seq.next_element_seed(ScanSeed)? {
-            found.extend(item.into_found());
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(ScanSeed(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        if let Some(resource) = scan_object(map, &mut *self.0)? {
+            self.0.push(resource);
         }
-        Ok(Scanned::Other(found))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
-        use serde::de::Error;
-        let mut resource_type: Option<String> = None;
-        let mut id: Option<String> = None;
-        let mut meta: Option<MetaScan> = None;
-        let mut inside = Vec::new();
-        while let Some(key) = map.next_key::<Key>()? {
-            match key {
-                Key::ResourceType => {
-                    if resource_type.replace(map.next_value()?).is_some() {
-                        return Err(A::Error::custom("duplicate resourceType"));
-                    }
-                }
-                Key::Id => match map.next_value_seed(IdSeed)? {
-                    // Resource ids are strings; any other value is scanned like any member.
-                    IdValue::Text(s) => {
-                        if id.replace(s).is_some() {
-                            return Err(A::Error::custom("duplicate id"));
-                        }
-                    }
-                    IdValue::Other(scanned) => inside.extend(scanned.into_found()),
-                },
-                Key::Meta => {
-                    if meta.replace(map.next_value_seed(MetaSeed)?).is_some() {
-                        return Err(A::Error::custom("duplicate meta"));
-                    }
-                }
-                Key::Other => inside.extend(map.next_value_seed(ScanSeed)?.into_found()),
-            }
-        }
-        let (security, in_meta) = meta.unwrap_or_default();
-        inside.extend(in_meta);
-        Ok(match resource_type {
-            Some(resource_type) => Scanned::Resource(Found {
-                resource_type,
-                id,
-                security,
-                nested: inside,
-            }),
-            None => Scanned::Other(inside),
-        })
+        Ok(())
     }
 }
 
+/// One JSON object. If it has `resourceType` it is a resource and returned, what it holds
+/// being its `nested`; else what it holds is added to `found`, in document order.
+fn scan_object<'de, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    found: &mut Vec<Res<'de>>,
+) -> Result<Option<Res<'de>>, A::Error> {
+    use serde::de::Error;
+    // What this object holds goes straight to `found` and is taken back if it is a resource:
+    // no list of its own for the many objects that hold nothing.
+    let start = found.len();
+    let mut resource_type = None;
+    let mut id: Option<Cow<'de, str>> = None;
+    let mut meta: Option<MetaScan<'de>> = None;
+    while let Some(key) = map.next_key::<Key>()? {
+        match key {
+            Key::ResourceType => read_once(&mut map, &mut resource_type, "resourceType")?,
+            // Resource ids are strings; any other value is scanned like any member.
+            Key::Id => {
+                if let Some(s) = map.next_value_seed(IdSeed(&mut *found))? {
+                    if id.replace(s).is_some() {
+                        return Err(A::Error::custom("duplicate id"));
+                    }
+                }
+            }
+            Key::Meta => {
+                if meta.replace(map.next_value_seed(MetaSeed)?).is_some() {
+                    return Err(A::Error::custom("duplicate meta"));
+                }
+            }
+            Key::Other => map.next_value_seed(ScanSeed(&mut *found))?,
+        }
+    }
+    // What `meta` holds comes after everything else the object holds (the order the
+    // reasons for a refusal are looked for in).
+    let (security, in_meta) = meta.unwrap_or_default();
+    found.extend(in_meta);
+    Ok(resource_type.map(|resource_type| Res {
+        resource_type,
+        id,
+        security,
+        nested: found.split_off(start),
+    }))
+}
+
 /// What `meta` holds for the check: its security codings and any resources inside it.
-type MetaScan = (Vec<(String, String)>, Vec<Found>);
+type MetaScan<'a> = (Vec<(Cow<'a, str>, Cow<'a, str>)>, Vec<Res<'a>>);
 
 /// `meta`: an object; its `security` is read, everything else scanned for resources.
 struct MetaSeed;
 
-impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed {
-    type Value = MetaScan;
+impl<'de> DeserializeSeed<'de> for MetaSeed {
+    type Value = MetaScan<'de>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         struct MetaVisitor;
         impl<'de> serde::de::Visitor<'de> for MetaVisitor {
-            type Value = MetaScan;
+            type Value = MetaScan<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a meta object")
             }
@@ -524,9 +924,9 @@ impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 use serde::de::Error;
-                let mut security: Option<MetaScan> = None;
+                let mut security: Option<MetaScan<'de>> = None;
                 let mut inside = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key()? {
                     if key == "security" {
                         if security
                             .replace(map.next_value_seed(SecuritySeed)?)
@@ -535,11 +935,11 @@ impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed {
                             return Err(A::Error::custom("duplicate meta.security"));
                         }
                     } else {
-                        inside.extend(map.next_value_seed(ScanSeed)?.into_found());
+                        map.next_value_seed(ScanSeed(&mut inside))?;
                     }
                 }
                 let (codings, in_codings) = security.unwrap_or_default();
-                inside.extend(in_codings);
+                Scanned::Other(in_codings).push_into(&mut inside);
                 Ok((codings, inside))
             }
         }
@@ -551,12 +951,12 @@ impl<'de> serde::de::DeserializeSeed<'de> for MetaSeed {
 /// each); every other member of a Coding is scanned for resources like anything else.
 struct SecuritySeed;
 
-impl<'de> serde::de::DeserializeSeed<'de> for SecuritySeed {
-    type Value = MetaScan;
+impl<'de> DeserializeSeed<'de> for SecuritySeed {
+    type Value = MetaScan<'de>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         struct SecurityVisitor;
         impl<'de> serde::de::Visitor<'de> for SecurityVisitor {
-            type Value = MetaScan;
+            type Value = MetaScan<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an array of Codings")
             }
@@ -566,9 +966,8 @@ impl<'de> serde::de::DeserializeSeed<'de> for SecuritySeed {
             ) -> Result<Self::Value, A::Error> {
                 let mut codings = Vec::new();
                 let mut inside = Vec::new();
-                while let Some((coding, found)) = seq.next_element_seed(CodingSeed)? {
+                while let Some(coding) = seq.next_element_seed(CodingSeed(&mut inside))? {
                     codings.extend(coding);
-                    inside.extend(found);
                 }
                 Ok((codings, inside))
             }
@@ -577,16 +976,16 @@ impl<'de> serde::de::DeserializeSeed<'de> for SecuritySeed {
     }
 }
 
-/// One Coding of `meta.security`: `(system, code)` if it has both, and the resources found in
-/// its other members.
-struct CodingSeed;
+/// One Coding of `meta.security`: `(system, code)` if it has both; the resources found in its
+/// other members go to the sink.
+struct CodingSeed<'s, 'de>(&'s mut Vec<Res<'de>>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for CodingSeed {
-    type Value = (Option<(String, String)>, Vec<Found>);
+impl<'de> DeserializeSeed<'de> for CodingSeed<'_, 'de> {
+    type Value = Option<(Cow<'de, str>, Cow<'de, str>)>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        struct CodingVisitor;
-        impl<'de> serde::de::Visitor<'de> for CodingVisitor {
-            type Value = (Option<(String, String)>, Vec<Found>);
+        struct CodingVisitor<'s, 'de>(&'s mut Vec<Res<'de>>);
+        impl<'de> serde::de::Visitor<'de> for CodingVisitor<'_, 'de> {
+            type Value = Option<(Cow<'de, str>, Cow<'de, str>)>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a Coding object")
             }
@@ -594,74 +993,70 @@ impl<'de> serde::de::DeserializeSeed<'de> for CodingSeed {
                 self,
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
-                use serde::de::Error;
-                let mut system: Option<String> = None;
-                let mut code: Option<String> = None;
-                let mut inside = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let slot = match key.as_ref() {
-                        "system" => &mut system,
-                        "code" => &mut code,
-                        _ => {
-                            inside.extend(map.next_value_seed(ScanSeed)?.into_found());
-                            continue;
-                        }
-                    };
-                    if slot.replace(map.next_value()?).is_some() {
-                        return Err(A::Error::custom(format!("duplicate Coding.{key}")));
+                let mut system = None;
+                let mut code = None;
+                while let Some(Text(key)) = map.next_key()? {
+                    match key.as_ref() {
+                        "system" => read_once(&mut map, &mut system, "Coding.system")?,
+                        "code" => read_once(&mut map, &mut code, "Coding.code")?,
+                        _ => map.next_value_seed(ScanSeed(&mut *self.0))?,
                     }
                 }
-                Ok((system.zip(code), inside))
+                Ok(system.zip(code))
             }
         }
-        d.deserialize_map(CodingVisitor)
+        d.deserialize_map(CodingVisitor(self.0))
     }
 }
 
-/// A member named `id`: a string (a resource's or an element's id), or anything else, which
-/// is scanned like any member.
-enum IdValue {
-    Text(String),
-    Other(Scanned),
-}
+/// A member named `id`: a string (a resource's or an element's id) is returned; anything
+/// else is scanned like any member, what it holds going to the sink.
+struct IdSeed<'s, 'de>(&'s mut Vec<Res<'de>>);
 
-struct IdSeed;
-
-impl<'de> serde::de::DeserializeSeed<'de> for IdSeed {
-    type Value = IdValue;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<IdValue, D::Error> {
-        struct IdVisitor;
-        impl<'de> serde::de::Visitor<'de> for IdVisitor {
-            type Value = IdValue;
+impl<'de> DeserializeSeed<'de> for IdSeed<'_, 'de> {
+    type Value = Option<Cow<'de, str>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct IdVisitor<'s, 'de>(&'s mut Vec<Res<'de>>);
+        impl<'de> serde::de::Visitor<'de> for IdVisitor<'_, 'de> {
+            type Value = Option<Cow<'de, str>>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON value")
             }
-            fn visit_str<E>(self, v: &str) -> Result<IdValue, E> {
-                Ok(IdValue::Text(v.to_string()))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Borrowed(v)))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<IdValue, E> {
-                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Owned(v.to_string())))
             }
-            fn visit_i64<E>(self, _: i64) -> Result<IdValue, E> {
-                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
             }
-            fn visit_u64<E>(self, _: u64) -> Result<IdValue, E> {
-                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
             }
-            fn visit_f64<E>(self, _: f64) -> Result<IdValue, E> {
-                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
             }
-            fn visit_unit<E>(self) -> Result<IdValue, E> {
-                Ok(IdValue::Other(Scanned::Other(Vec::new())))
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<IdValue, A::Error> {
-                ScanVisitor.visit_seq(seq).map(IdValue::Other)
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<IdValue, A::Error> {
-                ScanVisitor.visit_map(map).map(IdValue::Other)
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                ScanVisitor(self.0).visit_seq(seq).map(|()| None)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                ScanVisitor(self.0).visit_map(map).map(|()| None)
             }
         }
-        d.deserialize_any(IdVisitor)
+        d.deserialize_any(IdVisitor(self.0))
     }
 }
 
@@ -682,11 +1077,11 @@ const ENVELOPES: &[&str] = &["Bundle", "OperationOutcome", "Parameters"];
 
 /// An AuditEvent in record position (a searchset entry, a read): it must carry one of the
 /// caller's labels, and everything inside it must be a part of that record.
-pub(crate) fn judge_record(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
+fn judge_record(f: &Res<'_>, constraint: &Constraint) -> Result<(), Withheld> {
     if f.resource_type != "AuditEvent" {
         return Err(Withheld::Foreign("a resource type other than AuditEvent"));
     }
-    let codings = f.security.iter().map(|(s, c)| (s.as_str(), c.as_str()));
+    let codings = f.security.iter().map(|(s, c)| (s.as_ref(), c.as_ref()));
     if !constraint.admits_codings(codings) {
         return Err(Withheld::NotCallers);
     }
@@ -695,8 +1090,8 @@ pub(crate) fn judge_record(f: &Found, constraint: &Constraint) -> Result<(), Wit
 
 /// A resource inside one of the caller's AuditEvents: a contained resource of a type a
 /// registration may hold, or an AuditEvent / envelope that passes on its own.
-fn judge_part(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
-    if crate::fhir::inert::ALLOWED_CONTAINED_TYPES.contains(&f.resource_type.as_str()) {
+fn judge_part(f: &Res<'_>, constraint: &Constraint) -> Result<(), Withheld> {
+    if crate::fhir::inert::ALLOWED_CONTAINED_TYPES.contains(&f.resource_type.as_ref()) {
         return f
             .nested
             .iter()
@@ -708,8 +1103,8 @@ fn judge_part(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
 /// A resource anywhere outside record position (inside an OperationOutcome, a Parameters, a
 /// nested Bundle, a Bundle's envelope): an AuditEvent must carry the caller's label, envelopes
 /// are looked into, anything else is foreign.
-pub(crate) fn judge_nested(f: &Found, constraint: &Constraint) -> Result<(), Withheld> {
-    match f.resource_type.as_str() {
+fn judge_nested(f: &Res<'_>, constraint: &Constraint) -> Result<(), Withheld> {
+    match f.resource_type.as_ref() {
         "AuditEvent" => judge_record(f, constraint).map_err(|e| match e {
             Withheld::NotCallers => Withheld::Foreign("another caller's AuditEvent nested inside"),
             foreign => foreign,
@@ -763,7 +1158,7 @@ pub fn check_resource(
     Ok(judge_record(&f, constraint).into())
 }
 
-fn single_resource(body: &[u8]) -> Result<Found, Refusal> {
+fn single_resource(body: &[u8]) -> Result<Res<'_>, Refusal> {
     let text = std::str::from_utf8(body).map_err(|_| not_json())?;
     match scan(text).map_err(|_| not_json())? {
         Scanned::Resource(f) => Ok(f),
@@ -836,8 +1231,8 @@ pub fn check_created(
         .iter()
         .filter(|(system, _)| ctx.systems.is_reserved(system))
         .map(|(system, code)| Label {
-            system: system.clone(),
-            code: code.clone(),
+            system: system.to_string(),
+            code: code.to_string(),
         })
         .collect();
     labels.sort();
@@ -929,6 +1324,9 @@ pub(crate) fn rewrite_link(url: &str, ctx: &ResponseContext<'_>) -> Option<Strin
         ctx.max_link_bytes,
     )
 }
+
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 mod tests {
