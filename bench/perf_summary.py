@@ -10,8 +10,8 @@ import re
 import sys
 
 KINDS = [
-    ("serde_json (parse, skip, raw values)", r"serde_json|serde_core|ScanVisitor|response::Key|strict_json"),
-    ("allocator (malloc, free, realloc)", r"malloc|_int_free|cfree|realloc|unlink_chunk|malloc_consolidate"),
+    ("serde_json (parse, skip, raw values)", r"serde_json|serde_core|ScanVisitor|ScanSeed|scan_object|response::Key|strict_json|jiter"),
+    ("allocator (malloc, free, realloc)", r"malloc|_int_free|cfree|realloc|unlink_chunk|malloc_consolidate|_rjem_|je_|sdallocx|tcache"),
     ("memmove / memcmp", r"memmove|memcmp|memcpy|memset"),
     ("TLS (ring AES-GCM, rustls)", r"ring_core|rustls|aes_gcm"),
     ("kernel (syscalls, wake-ups, copies)", r"\[k\]|\[kernel"),

@@ -381,7 +381,7 @@ oha_run() { # PROXY WORKLOAD CONCURRENCY SECONDS ROUND
   end=$(date +%s.%N); t1=$(cpu_ticks "$p")
   if [[ -n "$perf_pid" ]]; then
     kill -INT "$perf_pid"; wait "$perf_pid" || true
-    perf report -i "$RUN/perf-$w.data" --stdio --no-children --sort dso,symbol 2>/dev/null \
+    perf report -i "$RUN/perf-$w.data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null \
       | python3 bench/perf_summary.py > "$RUN/perf-$w.txt" || true
     perf script -i "$RUN/perf-$w.data" 2>/dev/null | inferno-collapse-perf 2>/dev/null \
       | inferno-flamegraph --title "eds-proxy, $w, c = $c (perf -e cpu-clock)" > "$RUN/flame-$w.svg" 2>/dev/null || true
