@@ -575,10 +575,7 @@ async fn pipelined_requests_close_after_the_first_answer() {
 async fn a_create_trickled_in_small_tls_records_is_read_whole() {
     let h = Harness::start("compat-trickle", Options::default());
     let cert = h.pki.client("compat-trickle");
-    let token = h.token(
-        &cert,
-        station_claims(DEVICE, "937961000016000", "GLN-1234"),
-    );
+    let token = h.token(&cert, station_claims(DEVICE, "937961000016000", "GLN-1234"));
     let connector = raw::tls_connector(&h.pki.ca.cert.cert_der, &cert);
     let body = example_registration().to_string();
     // Padded with JSON white space up to the limit (64 KiB in the harness).
