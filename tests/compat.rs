@@ -567,3 +567,38 @@ async fn pipelined_requests_close_after_the_first_answer() {
     );
     assert!(!closed);
 }
+
+/// Issue 10's unbuffered reads (`listen.read_buffer_bytes` = 0, the default): a create whose
+/// head and body arrive a few bytes per TLS record, with `Expect: 100-continue`, is read whole
+/// and forwarded once, exactly as sent; a body at `limits.max_body_bytes` the same way.
+#[tokio::test]
+async fn a_create_trickled_in_small_tls_records_is_read_whole() {
+    let h = Harness::start("compat-trickle", Options::default());
+    let cert = h.pki.client("compat-trickle");
+    let token = h.token(&cert, station_claims(DEVICE, "937961000016000", "GLN-1234"));
+    let connector = raw::tls_connector(&h.pki.ca.cert.cert_der, &cert);
+    let body = example_registration().to_string();
+    // Padded with JSON white space up to the limit (64 KiB in the harness).
+    let padded = format!("{body}{}", " ".repeat(65_536 - body.len()));
+    for (body, step) in [(&body, 7), (&padded, 997)] {
+        let before = h.upstream.requests().len();
+        let head = format!(
+            "POST /fhir/AuditEvent HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut tls = raw::connect(h.port, &connector).await;
+        let bytes = format!("{head}{body}").into_bytes();
+        for piece in bytes.chunks(step) {
+            tls.write_all(piece).await.unwrap();
+            tls.flush().await.unwrap();
+        }
+        let (answer, _) = raw::read_answers(&mut tls).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("HTTP/1.1 201"), "{text}");
+        let seen = h.upstream.requests();
+        assert_eq!(seen.len(), before + 1, "{seen:?}");
+        let sent: Value = serde_json::from_slice(&seen[before].body).unwrap();
+        assert_eq!(sent["resourceType"], "AuditEvent");
+        assert_eq!(sent["id"], Value::Null);
+    }
+}

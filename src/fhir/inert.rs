@@ -519,6 +519,13 @@ mod tests {
         let mut v = example();
         v["x"] = json!({"valueInteger": 42, "big": 18446744073709551615u64, "neg": -9223372036854775808i64});
         check_inert(&v).unwrap();
+        // A member named "" at the top adds no segment (the eager paths' text, issue 10).
+        let mut v = example();
+        v[""] = json!({"valueDecimal": 1.5});
+        assert_eq!(
+            refused(&v),
+            "valueDecimal: numbers in decimal or exponent form are not accepted: they would not reach the FHIR server exactly"
+        );
     }
 
     #[test]

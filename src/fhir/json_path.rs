@@ -39,8 +39,15 @@ impl<'a> JsonPath<'a> {
             }
             at = p.parent;
         }
-        names.reverse();
-        names.join(".")
+        // As the eager `format!` did: a `.` only after text (so a member named `""` adds no
+        // segment of its own at the top: `{"": {"x": …}}` is `x`, not `.x`).
+        names.iter().rev().fold(String::new(), |mut out, name| {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(name);
+            out
+        })
     }
 }
 
@@ -58,5 +65,11 @@ mod tests {
         assert_eq!(id.render(), "agent.who.identifier");
         // A member named like a path keeps its dots, as the `format!` did.
         assert_eq!(agent.child("a.b").render(), "agent.a.b");
+        // Empty member names: the eager `if path.is_empty() { name } else { path.name }`.
+        let empty = JsonPath::ROOT.child("");
+        assert_eq!(empty.render(), "");
+        assert_eq!(empty.child("x").render(), "x");
+        assert_eq!(empty.child("").child("x").render(), "x");
+        assert_eq!(agent.child("").child("x").render(), "agent..x");
     }
 }
