@@ -62,9 +62,9 @@ pub struct CheckedBundle {
 /// How the body is read (issue 10: one pass, no per-value allocation): jiter steps over the
 /// top level and says where each member and each entry starts and ends, serde_json reads each
 /// key and each entry (typed visitors that borrow every string they read) and, later, each
-/// envelope member ([`read_delimited`]); the answer is written into one buffer sized from the
+/// envelope member (`read_delimited`); the answer is written into one buffer sized from the
 /// body. Anything that pass cannot read, and every refusal, goes to the serde_json-only path
-/// ([`read_bundle`]: one pass capturing each member and entry as raw text, each entry scanned
+/// (`read_bundle`: one pass capturing each member and entry as raw text, each entry scanned
 /// after), so refusals and their order do not depend on jiter: not JSON, not a searchset, the
 /// envelope (member order), the entries, the links.
 ///
@@ -260,7 +260,7 @@ struct Bundle<'a> {
 }
 
 /// One element of `entry`: its text as the server wrote it (what is written out if it is
-/// kept), and its scan if the reader already made it ([`read_delimited`]).
+/// kept), and its scan if the reader already made it (`read_delimited`).
 struct Entry<'a> {
     raw: &'a str,
     scanned: Option<EntryScan<'a>>,
@@ -481,7 +481,7 @@ fn scan_entry(text: &str) -> Result<EntryScan<'_>, String> {
 }
 
 /// An entry, scanned as [`scan_entry`] does, as a value serde_json can read from a stream
-/// ([`read_delimited`]).
+/// (`read_delimited`).
 struct ScannedEntry<'a>(EntryScan<'a>);
 
 impl<'de> Deserialize<'de> for ScannedEntry<'de> {
