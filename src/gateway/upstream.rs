@@ -335,9 +335,16 @@ impl Upstream {
             )
         };
         // Sized once from the announced length (a 77 KB searchset otherwise grows through
-        // ~12 reallocations and copies), never beyond what the proxy accepts at all; the length
-        // is only a hint: what arrives is still counted against the limit below.
-        let mut out = Vec::with_capacity(length.unwrap_or(0).min(self.max_response_bytes));
+        // ~12 reallocations and copies), never beyond what the proxy accepts at all nor beyond
+        // PRESIZE_LIMIT (a server announcing a huge length and sending little reserves no more
+        // than that); the length is only a hint: what arrives is counted against the limit
+        // below.
+        let mut out = Vec::with_capacity(
+            length
+                .unwrap_or(0)
+                .min(self.max_response_bytes)
+                .min(PRESIZE_LIMIT),
+        );
         while let Some(chunk) = session.read_response_body().await.map_err(late)? {
             if out.len() + chunk.len() > self.max_response_bytes {
                 return Err((Refusal::BadGateway(BadGateway::ResponseTooLarge), false));
@@ -396,6 +403,10 @@ impl Upstream {
         Ok(h)
     }
 }
+
+/// Most bytes reserved up front for an answer from its `Content-Length` (a larger answer grows
+/// the buffer as it arrives, up to `upstream.max_response_bytes`).
+const PRESIZE_LIMIT: usize = 1 << 20;
 
 fn map_error(e: &pingora::Error) -> Refusal {
     match e.etype() {
