@@ -456,7 +456,7 @@ async fn gzip_after_the_check() {
 /// exists, is visible and unchanged (and hands out its `ETag`/`Last-Modified`): it is a read
 /// and leaves a MinLog record like the 200 does; when the record cannot be written the 304 is
 /// refused too (fail closed). A 304 must not be a way to watch a citizen's registration
-/// without the citizen seeing it in MinLog.
+/// without the citizen seeing it in MinLog. A HEAD answer is audited as its GET.
 #[tokio::test]
 async fn a_supporters_conditional_read_is_audited_like_a_read() {
     // Its own test binary's metrics: no other test here writes audit records or fails to.
@@ -523,8 +523,21 @@ async fn a_supporters_conditional_read_is_audited_like_a_read() {
             json!([{"id": id, "cpr": [CPR]}]),
             "{name}"
         );
+        assert_eq!(last["cpr"], json!([CPR]), "{name}");
         assert_eq!(last["request_id"], json!(a.header("x-request-id").unwrap()));
     }
+
+    // A HEAD is audited as its GET.
+    let before = records().len();
+    supporter
+        .request("HEAD", &read)
+        .expect(&h, upstream(200, "", "GET", upstream_read.clone()))
+        .await;
+    assert_eq!(
+        records().len(),
+        before + 1,
+        "the HEAD answer got no audit record"
+    );
 
     // Fail closed: no record, no 304.
     std::fs::remove_dir_all(&audit_dir).unwrap();
