@@ -59,12 +59,7 @@ async fn a_backend_that_ignores_the_constraint_leaks_nothing() {
         .collect();
     assert_eq!(ids, vec![mine.as_str()]);
     assert!(bundle.get("total").is_none());
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(h.admin_port).await;
     assert!(
         metrics
             .lines()

@@ -94,34 +94,17 @@ impl Proxy {
     }
 
     async fn metric(&self, series: &str) -> Option<f64> {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        metric(self.admin_port, series).await
     }
 
     /// How often this process refused a request for `reason` (`Refusal::reason`), summed over
     /// the other labels of `eds_proxy_requests_total`: the reason a refusal was counted under.
     async fn refused_for(&self, reason: &str) -> f64 {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
+        refusals(self.admin_port)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let label = format!("reason=\"{reason}\"");
-        text.lines()
-            .filter(|l| {
-                l.starts_with("eds_proxy_requests_total{")
-                    && l.contains("decision=\"refused\"")
-                    && l.contains(&label)
-            })
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-            .sum()
+            .get(reason)
+            .copied()
+            .unwrap_or(0.0)
     }
 
     fn url(&self, rel: &str) -> String {

@@ -38,18 +38,6 @@ fn visible_to_supporter() -> Value {
     r
 }
 
-/// The value of one sample line of a Prometheus text exposition, e.g. `name{label="x"}`.
-async fn metric(admin_port: u16, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// True for a hyphenated UUID of version 7 and the RFC 9562 variant.
 fn is_uuid_v7(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();

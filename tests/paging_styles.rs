@@ -102,19 +102,11 @@ fn seen_since(h: &Harness, before: usize) -> Vec<String> {
 
 /// How many requests the proxy refused for `reason` (`eds_proxy_requests_total`).
 async fn refused(h: &Harness, reason: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
+    refusals(h.admin_port)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("eds_proxy_requests_total{")
-                && l.contains(&format!("reason=\"{reason}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .get(reason)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// Stateless offsets and an opaque cursor: the signed link hides the constraint, and

@@ -266,14 +266,7 @@ fn describe(seen: &[Recorded]) -> Vec<String> {
 /// tests running in parallel: a rise proves a case's reason unless another test was refused
 /// for the very same rule at the same moment.
 pub async fn refusals(admin_port: u16) -> std::collections::BTreeMap<String, f64> {
-    let text = Client::new()
-        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .send()
-        .await
-        .expect("admin listener")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(admin_port).await;
     let mut by_reason = std::collections::BTreeMap::new();
     for l in text.lines().filter(|l| {
         l.starts_with("eds_proxy_requests_total{") && l.contains("decision=\"refused\"")
@@ -593,14 +586,30 @@ pub async fn run_scripted(
     }
 }
 
-/// Sum of a counter's series on the admin listener.
-pub async fn metric_value(h: &Harness, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.admin_port))
+/// The admin listener's Prometheus text exposition.
+pub async fn metrics_text(admin_port: u16) -> String {
+    Client::new()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
         .await
-        .unwrap()
+        .expect("admin listener")
         .text()
         .await
-        .unwrap();
+        .expect("metrics text")
+}
+
+/// The value of one sample line of the exposition, e.g. `name{label="x"}` (exactly that
+/// series: name and labels as written).
+pub async fn metric(admin_port: u16, series: &str) -> Option<f64> {
+    metrics_text(admin_port)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Sum of a counter's series on the admin listener.
+pub async fn metric_value(h: &Harness, name: &str) -> f64 {
+    let text = metrics_text(h.admin_port).await;
     text.lines()
         .filter(|l| {
             l.starts_with(name)
