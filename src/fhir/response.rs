@@ -64,9 +64,9 @@ pub struct CheckedBundle {
 /// key and each entry (typed visitors that borrow every string they read) and, later, each
 /// envelope member (`read_delimited`); the answer is written into one buffer sized from the
 /// body. Anything that pass cannot read, and every refusal, goes to the serde_json-only path
-/// (`read_bundle`: one pass capturing each member and entry as raw text, each entry scanned
-/// after), so refusals and their order do not depend on jiter: not JSON, not a searchset, the
-/// envelope (member order), the entries, the links.
+/// (`read_plain`: each member and entry captured as raw text, each entry scanned after), so
+/// refusals and their order do not depend on jiter: not JSON, not a searchset, the envelope
+/// (member order), the entries, the links.
 ///
 /// Errors: [`Refusal::BadGateway`] for an answer that is not a searchset, not JSON, malformed
 /// where the check reads, or that holds a foreign resource outside its entries.
@@ -81,41 +81,11 @@ pub fn check_searchset(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Checked
             return Ok(checked);
         }
     }
-    let bundle = match read_bundle(text) {
-        Ok(bundle) => bundle,
-        // The walk stops at the first thing it cannot read. Which refusal that is follows
-        // the order above: the text is not one JSON object without duplicate members (not
-        // JSON), or else `entry` is not an array, which is decided after the envelope.
-        Err(_) => {
-            let members = strict_json::object_members(text).map_err(|_| not_json())?;
-            let mut entries = None;
-            let members = members
-                .into_iter()
-                .map(|(key, raw)| {
-                    if key == "entry" {
-                        entries = Some(
-                            strict_json::elements(raw.get())
-                                .map(|all| {
-                                    all.into_iter()
-                                        .map(|raw| Entry {
-                                            raw: raw.get(),
-                                            scanned: None,
-                                        })
-                                        .collect()
-                                })
-                                .map_err(|_| ()),
-                        );
-                    }
-                    (Cow::Owned(key), RawMember::Raw(raw.get()))
-                })
-                .collect();
-            Bundle { members, entries }
-        }
-    };
+    let bundle = read_plain(text).map_err(|()| not_json())?;
     decide(bundle, body.len(), ctx)
 }
 
-/// The searchset check proper, over a bundle read by [`read_delimited`] or [`read_bundle`]
+/// The searchset check proper, over a bundle read by [`read_delimited`] or [`read_plain`]
 /// (the caller's order of refusals: not JSON is decided before).
 fn decide(
     bundle: Bundle<'_>,
@@ -250,8 +220,8 @@ fn decide(
     })
 }
 
-/// The top level of a searchset as read in one pass: every member in order with its raw text
-/// (`entry` too, for the fallback; see [`read_bundle`]), and `entry`'s elements as raw text.
+/// The top level of a searchset as read ([`read_delimited`], [`read_plain`]): every member in
+/// order with its raw text (`entry` only marked: its elements are in `entries`, as raw text).
 struct Bundle<'a> {
     /// (name, value) in the server's order; names decoded, values as written.
     members: Vec<(Cow<'a, str>, RawMember<'a>)>,
@@ -283,71 +253,37 @@ impl<'a> RawMember<'a> {
     }
 }
 
-/// One serde_json pass over a searchset's top level: the members as raw text, duplicates
-/// refused (as [`strict_json::object_members`]), `entry`'s elements as raw text in the same
-/// pass (as [`strict_json::elements`]). Any error (not JSON, a duplicate member, `entry` not
-/// an array) is sorted out by the caller.
-fn read_bundle(text: &str) -> Result<Bundle<'_>, serde_json::Error> {
-    struct BundleVisitor;
-    impl<'de> serde::de::Visitor<'de> for BundleVisitor {
-        type Value = Bundle<'de>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Bundle<'de>, A::Error> {
-            use serde::de::Error;
-            let mut members: Vec<(Cow<'de, str>, RawMember<'de>)> = Vec::with_capacity(8);
-            let mut entries = None;
-            while let Some(Text(key)) = map.next_key()? {
-                if members.iter().any(|(k, _)| *k == key) {
-                    return Err(A::Error::custom("duplicate key"));
-                }
-                if key == "entry" {
-                    entries = Some(Ok(map.next_value_seed(EntriesSeed)?));
-                    members.push((key, RawMember::Entries));
-                } else {
-                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
-                    members.push((key, RawMember::Raw(raw.get())));
-                }
+/// The serde_json-only read of a searchset's top level: the members as raw text, duplicates
+/// refused ([`strict_json::object_members`]), `entry`'s elements as raw text
+/// ([`strict_json::elements`]), nothing scanned yet. It decides every body the one-pass
+/// reader does not accept, and every refusal. `Err` when the text is not one JSON object
+/// without duplicate members (not JSON); `entry` not being an array is left to [`decide`],
+/// which refuses it after the envelope.
+fn read_plain(text: &str) -> Result<Bundle<'_>, ()> {
+    let members = strict_json::object_members(text).map_err(|_| ())?;
+    let mut entries = None;
+    let members = members
+        .into_iter()
+        .map(|(key, raw)| {
+            if key != "entry" {
+                return (Cow::Owned(key), RawMember::Raw(raw.get()));
             }
-            Ok(Bundle { members, entries })
-        }
-    }
-    /// `entry`: an array, each element left as raw text.
-    struct EntriesSeed;
-    impl<'de> DeserializeSeed<'de> for EntriesSeed {
-        type Value = Vec<Entry<'de>>;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            struct EntriesVisitor;
-            impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
-                type Value = Vec<Entry<'de>>;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("an array")
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<Self::Value, A::Error> {
-                    let mut out = Vec::with_capacity(32);
-                    while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
-                        out.push(Entry {
-                            raw: raw.get(),
-                            scanned: None,
-                        });
-                    }
-                    Ok(out)
-                }
-            }
-            d.deserialize_seq(EntriesVisitor)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let bundle = serde::Deserializer::deserialize_map(&mut de, BundleVisitor)?;
-    de.end()?;
-    Ok(bundle)
+            entries = Some(
+                strict_json::elements(raw.get())
+                    .map(|all| {
+                        all.into_iter()
+                            .map(|raw| Entry {
+                                raw: raw.get(),
+                                scanned: None,
+                            })
+                            .collect()
+                    })
+                    .map_err(|_| ()),
+            );
+            (Cow::Owned(key), RawMember::Entries)
+        })
+        .collect();
+    Ok(Bundle { members, entries })
 }
 
 /// The usual searchset read in one pass over the body (issue 10), or `None` for anything it
@@ -363,7 +299,7 @@ fn read_bundle(text: &str) -> Result<Bundle<'_>, serde_json::Error> {
 /// So every byte of an accepted answer was read by serde_json except the top level's
 /// `{`, `}`, `,`, `:`, `[`, `]` and whitespace, which jiter reads as strictly. `None` (jiter or
 /// serde_json refused something, a duplicate member, `entry` not an array) sends the body to
-/// [`read_bundle`], which decides it as if this pass had not been made.
+/// [`read_plain`], which decides it as if this pass had not been made.
 fn read_delimited(text: &str) -> Option<Bundle<'_>> {
     let bytes = text.as_bytes();
     // `jiter` reads from `at`: a fresh jiter is started at the end of each entry.
