@@ -322,18 +322,24 @@ class Client:
             if body is not None:
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 headers["Content-Type"] = content_type
-            try:
-                conn.request(method, target, body=data, headers=headers)
-                resp = conn.getresponse()
-                raw = resp.read()
-            except (OSError, ssl.SSLError, http.client.HTTPException) as e:
-                return ("after_send", repr(e))
-            try:
-                return ("answered", resp.status, json.loads(raw or b"null"))
-            except ValueError:
-                return ("answered", resp.status, None)
+            return answer_of(conn, lambda: conn.request(method, target, body=data, headers=headers))
         finally:
             conn.close()
+
+
+def answer_of(conn, send):
+    """Runs `send()` on `conn` and reads the answer: ("after_send", error) if sending or
+    reading failed, else ("answered", status, the JSON body or None)."""
+    try:
+        send()
+        resp = conn.getresponse()
+        raw = resp.read()
+    except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+        return ("after_send", repr(e))
+    try:
+        return ("answered", resp.status, json.loads(raw or b"null"))
+    except ValueError:
+        return ("answered", resp.status, None)
 
 
 def target_of(url):
@@ -451,16 +457,7 @@ def finish_registration(held):
     """Sends the held rest of the body; answers as Client.call does."""
     conn, rest, _, _ = held
     try:
-        try:
-            conn.send(rest)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (OSError, ssl.SSLError, http.client.HTTPException) as e:
-            return ("after_send", repr(e))
-        try:
-            return ("answered", resp.status, json.loads(raw or b"null"))
-        except ValueError:
-            return ("answered", resp.status, None)
+        return answer_of(conn, lambda: conn.send(rest))
     finally:
         conn.close()
 
